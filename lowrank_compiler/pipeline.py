@@ -1,0 +1,213 @@
+"""Pipelines of passes, and the manager that runs them, verifies the graph and dumps it.
+
+A pipeline is a list of ``PassSpec(name, options)`` and prints as a string that parses
+back to the same pipeline (MLIR's textual pass pipelines)::
+
+    find-linears{target=all-linear},insert-lora{rank=16,alpha=32.0}
+
+``PassManager.run`` executes the passes in order. After each one it lints the graph
+(``fx.Graph.lint``, every module reference resolves, the graph and the user's model
+hold the same module objects, the generated code compiles) and, with ``dump_dir``,
+writes ``NN-<pass>.txt``: a header naming the pass, its options and the nodes it
+added, removed and rewrote, then the graph. ``00-trace.txt`` holds the graph as traced.
+A pass that raises is reported as ``PassError`` naming it and the passes before it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.fx as fx
+
+from .passes import PassResult, get_pass
+from .runtime import graph as G
+from .runtime.errors import LintError, PassError, PassInputError, PipelineError
+from .options import Reader, format_value
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        body = ",".join(f"{k}={format_value(v)}" for k, v in self.options.items())
+        return f"{self.name}{{{body}}}"
+
+    def validate(self) -> None:
+        try:
+            info = get_pass(self.name)
+        except KeyError as e:
+            raise PipelineError(str(e.args[0])) from None
+        unknown = set(self.options) - set(info.options)
+        if unknown:
+            raise PipelineError(
+                f"pass {self.name!r} has no option(s) {sorted(unknown)}; its options are {sorted(info.options)}"
+            )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    passes: tuple[PassSpec, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    @classmethod
+    def parse(cls, text: str) -> "Pipeline":
+        """Build a pipeline from its textual form; unknown passes or options are errors."""
+        if not isinstance(text, str) or not text.strip():
+            raise PipelineError("a pipeline string names at least one pass, e.g. 'find-linears,insert-lora{rank=8}'")
+        r = Reader(text)
+        specs = []
+        while True:
+            name = r.word()
+            options = r.mapping() if r.peek() == "{" else {}
+            specs.append(PassSpec(name, options))
+            if not r.peek():
+                break
+            r.expect(",")
+        pipeline = cls(tuple(specs))
+        pipeline.validate()
+        return pipeline
+
+    def validate(self) -> None:
+        for spec in self.passes:
+            spec.validate()
+
+
+def lint(gm: fx.GraphModule) -> None:
+    """Verify the graph; raise ``LintError`` saying what is wrong."""
+    try:
+        gm.graph.lint()
+    except Exception as e:
+        raise LintError(f"graph is malformed: {e}") from e
+    model = G.model_of(gm)
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "get_attr"):
+            continue
+        try:
+            obj = gm.get_submodule(node.target) if node.op == "call_module" else _get_attr(gm, node.target)
+        except AttributeError as e:
+            raise LintError(f"node {node.name} refers to {node.target!r}, which does not exist: {e}") from e
+        if node.op == "call_module" and model is not None and model is not gm:
+            try:
+                in_model = model.get_submodule(node.target)
+            except AttributeError:
+                continue  # the tracer's own containers (torch.export) have no model counterpart
+            if in_model is not obj:
+                raise LintError(
+                    f"graph and model disagree at {node.target!r}: graph holds {type(obj).__name__}, "
+                    f"model holds {type(in_model).__name__}"
+                )
+    try:
+        gm.recompile()
+    except Exception as e:
+        raise LintError(f"graph does not compile to Python: {e}") from e
+
+
+def _get_attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _signature(gm: fx.GraphModule) -> dict[str, str]:
+    return {n.name: f"{n.op} {n.target} {n.args} {n.kwargs}" for n in gm.graph.nodes}
+
+
+def _node_line(gm: fx.GraphModule, name: str) -> str:
+    node = next(n for n in gm.graph.nodes if n.name == name)
+    target = getattr(node.target, "__name__", node.target)
+    return f"{name} = {node.op}[{target}]"
+
+
+def diff_nodes(before: dict[str, str], gm: fx.GraphModule) -> dict[str, list[str]]:
+    after = _signature(gm)
+    return {
+        "added": [n for n in after if n not in before],
+        "removed": [n for n in before if n not in after],
+        "rewritten": [n for n in after if n in before and before[n] != after[n]],
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def render_dump(title: str, header: list[str], gm: fx.GraphModule) -> str:
+    lines = [f"// {title}"] + [f"// {h}" for h in header] + ["", str(gm.graph)]
+    return "\n".join(lines) + "\n"
+
+
+class PassManager:
+    """Runs a pipeline on a graph module: each pass, then lint, then the dump."""
+
+    def __init__(self, pipeline: Pipeline | str, *, dump_dir: str | os.PathLike | None = None,
+                 verify: bool = True, on_pass: Callable[[str, PassResult], None] | None = None):
+        self.pipeline = Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
+        self.pipeline.validate()
+        self.dump_dir = Path(dump_dir) if dump_dir is not None else None
+        self.verify = verify
+        self.on_pass = on_pass
+        self.results: list[tuple[PassSpec, PassResult]] = []
+
+    def _dump(self, index: int, name: str, text: str) -> None:
+        if self.dump_dir is not None:
+            write_atomic(self.dump_dir / f"{index:02d}-{name}.txt", text)
+
+    def run(self, gm: fx.GraphModule) -> fx.GraphModule:
+        if self.dump_dir is not None:
+            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            tracer = gm.meta.get(G.TRACER, "?")
+            self._dump(0, "trace", render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm))
+        done: list[str] = []
+        total = len(self.pipeline.passes)
+        for index, spec in enumerate(self.pipeline.passes, start=1):
+            before = _signature(gm)
+            try:
+                result = get_pass(spec.name).fn(gm, **spec.options)
+                if not isinstance(result, PassResult):
+                    raise TypeError(f"returned {type(result).__name__}, not PassResult")
+                if self.verify:
+                    lint(result.gm)
+            except Exception as e:
+                after = f" (after {', '.join(done)})" if done else " (the first pass)"
+                kind = PassInputError if isinstance(e, ValueError) else PassError
+                raise kind(f"pass {spec.name!r}, step {index} of {total}{after}, failed: {e}",
+                           pass_name=spec.name, before=tuple(done)) from e
+            gm = result.gm
+            self.results.append((spec, result))
+            changes = diff_nodes(before, gm)
+            header = [
+                f"step {index} of {total}" + (f", after: {', '.join(done)}" if done else ""),
+                f"modified: {'yes' if result.modified else 'no'}",
+                f"stats: {result.stats}",
+                f"nodes: +{len(changes['added'])} added, -{len(changes['removed'])} removed, "
+                f"~{len(changes['rewritten'])} rewritten",
+            ]
+            header += [f"  {line}" for line in result.report]
+            header += [f"  + {_node_line(gm, n)}" for n in changes["added"]]
+            header += [f"  - {n}" for n in changes["removed"]]
+            header += [f"  ~ {_node_line(gm, n)}" for n in changes["rewritten"]]
+            self._dump(index, spec.name, render_dump(f"after pass {spec}", header, gm))
+            if self.on_pass is not None:
+                self.on_pass(spec.name, result)
+            done.append(spec.name)
+        return gm

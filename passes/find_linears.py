@@ -1,0 +1,164 @@
+"""find-linears: tag every linear op with its module name and select the policy's targets.
+
+Linear ops are ``call_module`` nodes whose module is an ``nn.Linear`` or GPT-2
+``Conv1D`` (the tracer turns torch.export's ``aten.linear``/``aten.addmm`` into such
+nodes), plus functional ``F.linear`` calls on a raw parameter, which are reported but
+cannot be rewritten (no module to swap). Selection rules:
+
+- ``target=all-linear`` selects every linear layer except the output head
+  (``get_output_embeddings()`` or a layer named ``lm_head``), as PEFT does;
+- other patterns (see ``runtime.select``) must each match at least one layer, and an
+  ``exclude`` pattern must match at least one layer: a typo is an error, not a no-op.
+
+The graph is not changed; nodes get ``node.meta["lowrank_compiler.linear"]`` and
+``["lowrank_compiler.selected"]`` and the graph module a list of ``LinearOp``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch.fx as fx
+from torch import nn
+
+from ..runtime import graph as G
+from ..runtime.errors import TargetError
+from ..runtime.linear import is_linear_module, linear_shape
+from ..runtime.select import ALL_LINEAR, check_pattern, first_match, matches
+from .registry import PassResult, register_pass
+
+
+def _as_tuple(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value)
+
+
+def _output_heads(model: nn.Module | None) -> set[str]:
+    if model is None:
+        return set()
+    heads = {name for name, _ in model.named_modules() if name == "lm_head" or name.endswith(".lm_head")}
+    getter = getattr(model, "get_output_embeddings", None)
+    if callable(getter):
+        try:
+            head = getter()
+        except Exception:  # some models raise NotImplementedError here
+            head = None
+        if isinstance(head, nn.Module):
+            heads |= {name for name, m in model.named_modules() if m is head}
+    return heads
+
+
+def _functional_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int, int] | None:
+    """(owner name, in, out) of an ``F.linear(x, <parameter>)`` node, else None."""
+    if node.op != "call_function" or node.target not in G.FUNCTIONAL_LINEARS or len(node.args) < 2:
+        return None
+    w = node.args[1]
+    if not isinstance(w, fx.Node) or w.op != "get_attr":
+        return None
+    try:
+        weight = gm.get_parameter(w.target)
+    except AttributeError:  # a buffer or a computed tensor: not a layer's weight
+        return None
+    if weight.dim() != 2:
+        return None
+    owner = w.target.rsplit(".", 1)[0] if "." in w.target else w.target
+    return owner, int(weight.shape[1]), int(weight.shape[0])
+
+
+def _collect(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, list[fx.Node]]]:
+    found: dict[str, tuple[str, int, int, list[fx.Node]]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if not is_linear_module(module):
+                continue
+            shape = linear_shape(module)
+            entry = found.setdefault(node.target, (shape.kind, shape.in_features, shape.out_features, []))
+        else:
+            fn = _functional_op(gm, node)
+            if fn is None:
+                continue
+            owner, k, n = fn
+            entry = found.setdefault(owner, ("functional", k, n, []))
+        entry[3].append(node)
+    return found
+
+
+@register_pass("find-linears", "tag linear ops with their module names and select the policy's targets")
+def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> PassResult:
+    target, exclude = _as_tuple(target), _as_tuple(exclude)
+    for p in target + exclude:
+        if p != ALL_LINEAR:
+            check_pattern(p)
+    found = _collect(gm)
+    if not found:
+        raise TargetError(
+            "the model has no linear layers (nn.Linear, F.linear or GPT-2 Conv1D) in its traced graph; "
+            "nothing to rewrite"
+        )
+    names = list(found)
+    listing = ", ".join(names)
+    heads = _output_heads(G.model_of(gm))
+    explicit = [p for p in target if p != ALL_LINEAR]
+    status: dict[str, str] = {}
+    for name in names:
+        kind = found[name][0]
+        if ALL_LINEAR in target and first_match(explicit, name) is None:
+            status[name] = "output-head" if name in heads else ("functional" if kind == "functional" else "selected")
+        elif first_match(explicit, name) is not None:
+            status[name] = "selected"
+        else:
+            status[name] = "not-targeted"
+    unmatched = [p for p in explicit if not any(matches(p, n) for n in names)]
+    if not any(s == "selected" for s in status.values()):
+        raise TargetError(
+            f"target {list(target)} matches none of the model's {len(names)} linear layers: {listing}"
+        )
+    if unmatched:
+        raise TargetError(
+            f"target pattern(s) {unmatched} match no linear layer while the others do; "
+            f"fix or drop them. Linear layers: {listing}"
+        )
+    for p in exclude:
+        hits = [n for n in names if matches(p, n)]
+        if not hits:
+            raise TargetError(f"exclude pattern {p!r} matches no linear layer. Linear layers: {listing}")
+        for n in hits:
+            if status[n] == "selected":
+                status[n] = "excluded"
+    bad = [n for n in names if status[n] == "selected" and found[n][0] == "functional"]
+    if bad:
+        raise TargetError(
+            f"layers {bad} are functional F.linear calls on raw parameters: there is no module to rewrite. "
+            f"Wrap the weight in an nn.Linear, or add them to exclude"
+        )
+    if not any(s == "selected" for s in status.values()):
+        raise TargetError(f"exclude {list(exclude)} leaves no linear layer selected. Linear layers: {listing}")
+
+    ops = []
+    for name, (kind, k, n, nodes) in found.items():
+        op = G.LinearOp(name, kind, k, n, len(nodes), status[name])
+        ops.append(op)
+        for node in nodes:
+            node.meta[G.LINEAR] = op
+            node.meta[G.SELECTED] = status[name] == "selected"
+    gm.meta[G.LINEARS] = ops
+
+    model = G.model_of(gm)
+    unused = []
+    if model is not None:
+        unused = [m for m, mod in model.named_modules() if is_linear_module(mod) and m not in found]
+    counts = Counter(op.status for op in ops)
+    stats = {
+        "linear_layers": len(ops),
+        "linear_calls": sum(op.calls for op in ops),
+        "kinds": dict(Counter(op.kind for op in ops)),
+        **{s: counts[s] for s in ("selected", "excluded", "output-head", "not-targeted", "functional") if counts[s]},
+        "not_in_graph": unused,
+    }
+    report = [f"{op.status:12s} {op.name} ({op.kind}, {op.in_features}->{op.out_features}"
+              f"{f', {op.calls} calls' if op.calls > 1 else ''})" for op in ops]
+    return PassResult(gm, False, stats, report)

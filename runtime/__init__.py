@@ -1,0 +1,33 @@
+"""Runtime layer: linear-layer facts, adapter layers, name patterns, graph helpers, errors.
+
+Imports torch (and later numpy, onnx, onnxruntime) only: never the passes or the API.
+"""
+
+from .errors import (
+    LintError,
+    LowRankError,
+    PassError,
+    PassInputError,
+    PipelineError,
+    PolicyError,
+    TargetError,
+    TraceError,
+)
+from .layers import AdapterLayer, LoRALinear
+from .linear import is_conv1d, is_linear_module, linear_shape
+
+__all__ = [
+    "AdapterLayer",
+    "LintError",
+    "LoRALinear",
+    "LowRankError",
+    "PassError",
+    "PassInputError",
+    "PipelineError",
+    "PolicyError",
+    "TargetError",
+    "TraceError",
+    "is_conv1d",
+    "is_linear_module",
+    "linear_shape",
+]

@@ -1,0 +1,131 @@
+"""The graph the passes rewrite, and the helpers every pass shares.
+
+The IR is a ``torch.fx.GraphModule`` at module granularity: each linear layer of the
+user's model is one ``call_module`` node whose target is the layer's fully-qualified
+name, and the GraphModule holds *the same module objects* as the model. The model
+itself (which keeps its class, ``generate`` and loss) is the thing returned to users;
+the graph is the view the passes analyse, rewrite and dump. ``swap_module`` keeps the
+two in step, and the pass manager's lint checks they agree after every pass.
+
+Keys used in ``gm.meta`` and ``node.meta`` are namespaced ``lowrank_compiler.*``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .linear import is_conv1d
+
+MODEL = "lowrank_compiler.model"  # gm.meta: the user's nn.Module
+TRACER = "lowrank_compiler.tracer"  # gm.meta: "export" | "fx" | "modules"
+SWAPS = "lowrank_compiler.swaps"  # gm.meta: [(fqn, original module)], for rollback
+LINEARS = "lowrank_compiler.linears"  # gm.meta: [LinearOp] found by find-linears
+LINEAR = "lowrank_compiler.linear"  # node.meta: LinearOp of a linear-op node
+SELECTED = "lowrank_compiler.selected"  # node.meta: True when the policy targets it
+ADAPTER = "lowrank_compiler.adapter"  # node.meta: fqn of the adapter layer a node belongs to
+
+# call_function targets that compute a linear op on a weight tensor
+FUNCTIONAL_LINEARS = (F.linear, torch._C._nn.linear, torch.ops.aten.linear.default)
+
+
+@dataclass(frozen=True)
+class LinearOp:
+    """One linear layer as found in the graph."""
+
+    name: str  # fully-qualified module name (for functional ops: the weight's owner path)
+    kind: str  # "linear" | "conv1d" | "functional"
+    in_features: int
+    out_features: int
+    calls: int  # graph nodes calling it (a shared layer is called more than once)
+    status: str  # "selected" | "excluded" | "output-head" | "not-targeted" | "functional"
+
+
+class LeafTracer(fx.Tracer):
+    """symbolic_trace's tracer, with GPT-2's Conv1D kept as a leaf like nn.Linear."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_conv1d(m) or super().is_leaf_module(m, qualname)
+
+
+def model_of(gm: fx.GraphModule) -> nn.Module | None:
+    return gm.meta.get(MODEL)
+
+
+def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``name`` in both the graph module and the user's model.
+
+    Returns the module it replaced; the swap is journaled so a failed compile can undo it.
+    """
+    old = gm.get_submodule(name)
+    model = model_of(gm)
+    if model is not None and model is not gm:
+        model.set_submodule(name, new)
+    gm.set_submodule(name, new)
+    gm.meta.setdefault(SWAPS, []).append((name, old))
+    return old
+
+
+def undo_swaps(gm: fx.GraphModule) -> None:
+    """Restore every module ``swap_module`` replaced, newest first."""
+    model = model_of(gm)
+    for name, old in reversed(gm.meta.get(SWAPS, [])):
+        if model is not None and model is not gm:
+            model.set_submodule(name, old)
+        gm.set_submodule(name, old)
+    gm.meta[SWAPS] = []
+
+
+def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
+    """Replace ``call_module`` ``node`` by the ops of its module's forward.
+
+    The module is traced with ``LeafTracer``; its own attributes and submodules keep
+    their place under the node's target, so the graph stays runnable and a dump shows
+    exactly what the layer computes. Returns the inserted nodes.
+    """
+    prefix = node.target
+    module = gm.get_submodule(prefix)
+    sub = LeafTracer().trace(module)
+    stem = prefix.replace(".", "_")
+    env: dict[fx.Node, object] = {}
+    inputs = list(node.args) + list(node.kwargs.values())
+    inserted: list[fx.Node] = []
+    result = None
+    with gm.graph.inserting_before(node):
+        for n in sub.nodes:
+            if n.op == "placeholder":
+                if not inputs:
+                    raise ValueError(f"cannot inline {prefix}: its forward takes more inputs than the call passes")
+                env[n] = inputs.pop(0)
+            elif n.op == "get_attr" and not n.users:
+                continue  # symbolic tracing leaves unused weight reads behind
+            elif n.op == "output":
+                result = fx.map_arg(n.args[0], lambda a: env[a])
+            else:
+                args = fx.map_arg(n.args, lambda a: env[a])
+                kwargs = fx.map_arg(n.kwargs, lambda a: env[a])
+                target = f"{prefix}.{n.target}" if n.op in ("call_module", "get_attr") else n.target
+                new = gm.graph.create_node(n.op, target, args, kwargs, name=f"{stem}_{n.name}")
+                new.meta[ADAPTER] = prefix
+                env[n] = new
+                inserted.append(new)
+    node.replace_all_uses_with(result)
+    gm.graph.erase_node(node)
+    return inserted
+
+
+def linear_nodes(gm: fx.GraphModule, *, selected_only: bool = False) -> list[fx.Node]:
+    """Nodes find-linears tagged, in graph order."""
+    out = []
+    for n in gm.graph.nodes:
+        op = n.meta.get(LINEAR)
+        if op is None:
+            continue
+        if selected_only and not n.meta.get(SELECTED):
+            continue
+        out.append(n)
+    return out

@@ -1,0 +1,91 @@
+"""Adapter layers: modules that replace a linear layer and carry trainable weights.
+
+LoRA (Hu et al. 2021). For a frozen base layer ``W: [N, K]`` (out, in)::
+
+    y = W x + b + s * B A dropout(x),     s = alpha / r
+    A: [r, K]  random (Kaiming-uniform, as PEFT does)
+    B: [N, r]  zero, so the wrapped layer starts exactly equal to the base
+
+Only ``A`` and ``B`` train: ``r (K + N)`` parameters instead of ``K N``.
+
+Every adapter layer keeps its base in ``.base`` (an ``nn.Linear`` or GPT-2 ``Conv1D``),
+exposes ``adapter_parameters()`` and ``describe()`` (one row of the summary), and is a
+leaf of no tracer: its forward traces into plain ops, so graph dumps show the adapter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .linear import linear_shape
+
+
+class AdapterLayer(nn.Module):
+    """Base of every layer a rewrite pass puts in place of a linear layer."""
+
+    kind: str = "adapter"
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class LoRALinear(AdapterLayer):
+    """``base(x) + (alpha / r) * B(A(dropout(x)))`` around a frozen linear base."""
+
+    kind = "lora"
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        shape = linear_shape(base)
+        weight = base.weight
+        self.base = base
+        self.rank = int(rank)
+        self.alpha = float(alpha)
+        self.scale = self.alpha / self.rank
+        self.in_features = shape.in_features
+        self.out_features = shape.out_features
+        factory = {"dtype": weight.dtype, "device": weight.device}
+        self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))  # (r, K)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **factory))  # (N, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    @classmethod
+    def from_linear(cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
+        return cls(base, rank, alpha, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., K)
+        y = self.base(x)  # (..., N)
+        h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
+        return y + F.linear(h, self.lora_B) * self.scale  # (..., N)
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        yield self.lora_A
+        yield self.lora_B
+
+    def describe(self) -> dict[str, Any]:
+        weight = self.base.weight
+        return {
+            "kind": self.kind,
+            "base": type(self.base).__name__,
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "bits": weight.element_size() * 8,
+            "group_size": None,
+            "adapter_params": self.lora_A.numel() + self.lora_B.numel(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}"

@@ -1,0 +1,72 @@
+"""Module-name patterns, as the policy writes them.
+
+A pattern matches a fully-qualified module name (``model.layers.0.self_attn.q_proj``):
+
+- ``re:<regex>``: the regex matches the whole name;
+- a glob (``*``, ``?``, ``[``): the whole name, or a dotted suffix of it, matches
+  (``layers.*.mlp.*`` matches ``model.layers.0.mlp.up_proj``);
+- anything else: the exact name, or a dotted suffix (``q_proj``, ``attn.q_proj``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from .errors import PolicyError, TargetError
+
+ALL_LINEAR = "all-linear"
+
+_GLOB_CHARS = set("*?[")
+
+# per-layer settings a policy override may change
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` for a pattern that can never work."""
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"a module-name pattern must be a non-empty string, got {pattern!r}")
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as e:
+            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+
+
+def matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    if _GLOB_CHARS & set(pattern):
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, "*." + pattern)
+    return name == pattern or name.endswith("." + pattern)
+
+
+def first_match(patterns, name: str) -> str | None:
+    for p in patterns:
+        if matches(p, name):
+            return p
+    return None
+
+
+OVERRIDE_FIELDS = ("rank", "alpha", "bits", "group_size")
+
+
+def resolve_layer_options(name: str, base: dict, overrides: dict | None) -> dict:
+    """The options for layer ``name``: ``base`` updated by every override pattern that matches."""
+    opts = dict(base)
+    for pattern, fields in (overrides or {}).items():
+        if matches(pattern, name):
+            opts.update({k: v for k, v in fields.items() if k in opts})
+    return opts
+
+
+def check_overrides(overrides: dict | None, selected: list[str]) -> None:
+    for pattern, fields in (overrides or {}).items():
+        check_pattern(pattern)
+        if not isinstance(fields, dict):
+            raise PolicyError(f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {fields!r}")
+        unknown = set(fields) - set(OVERRIDE_FIELDS)
+        if unknown:
+            raise PolicyError(f"overrides[{pattern!r}] has unknown field(s) {sorted(unknown)}; allowed: {OVERRIDE_FIELDS}")
+        if not any(matches(pattern, n) for n in selected):
+            raise TargetError(f"override pattern {pattern!r} matches no targeted layer. Targeted: {', '.join(selected)}")
