@@ -25,7 +25,7 @@ import torch.fx as fx
 
 from .passes import PassResult, get_pass
 from .runtime import graph as G
-from .runtime.errors import LintError, PassError, PassInputError, PipelineError
+from .runtime.errors import LintError, LowRankError, PassError, PassInputError, PipelineError
 from .options import Reader, format_value
 
 
@@ -112,6 +112,23 @@ def lint(gm: fx.GraphModule) -> None:
         raise LintError(f"graph does not compile to Python: {e}") from e
 
 
+_COMBINED: dict[type, type] = {}
+
+
+def _error_type(e: Exception) -> type:
+    """PassError (PassInputError for bad input), also of the project error type the pass raised.
+
+    So ``except PolicyError`` and ``except PassError`` both catch a pass's policy error.
+    """
+    parent = PassInputError if isinstance(e, ValueError) else PassError
+    base = type(e)
+    if not isinstance(e, LowRankError) or isinstance(e, PassError):
+        return parent
+    if base not in _COMBINED:
+        _COMBINED[base] = type(base.__name__, (parent, base), {"__module__": base.__module__})
+    return _COMBINED[base]
+
+
 def _get_attr(gm: fx.GraphModule, target: str):
     obj = gm
     for part in target.split("."):
@@ -189,8 +206,7 @@ class PassManager:
                     lint(result.gm)
             except Exception as e:
                 after = f" (after {', '.join(done)})" if done else " (the first pass)"
-                kind = PassInputError if isinstance(e, ValueError) else PassError
-                raise kind(f"pass {spec.name!r}, step {index} of {total}{after}, failed: {e}",
+                raise _error_type(e)(f"pass {spec.name!r}, step {index} of {total}{after}, failed: {e}",
                            pass_name=spec.name, before=tuple(done)) from e
             gm = result.gm
             self.results.append((spec, result))

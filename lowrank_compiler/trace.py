@@ -35,12 +35,12 @@ _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))
 
 def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str = "auto") -> fx.GraphModule:
     if mode not in MODES:
-        raise ValueError(f"trace mode must be one of {MODES}, got {mode!r}")
+        raise ValueError(f"trace_mode must be one of {MODES}, got {mode!r}")
     if mode == "auto":
         mode = "export" if (example_inputs is not None or example_kwargs) else "fx"
     if mode == "export":
         if example_inputs is None and not example_kwargs:
-            raise TraceError("trace='export' needs example_inputs (or example_kwargs) to run the model once")
+            raise TraceError("trace_mode='export' needs example_inputs (or example_kwargs) to run the model once")
         gm = _export(model, example_inputs, example_kwargs)
     elif mode == "fx":
         gm = _symbolic(model)
@@ -62,7 +62,7 @@ def _where(e: BaseException) -> str:
 
 _ADVICE = (
     "pass example_inputs=(...) (and example_kwargs) to trace with torch.export, "
-    "or trace='modules' to match linear modules by name without a graph"
+    "or trace_mode='modules' to match linear modules by name without a graph"
 )
 
 
@@ -104,7 +104,7 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
         raise TraceError(
             f"torch.export of {type(model).__name__} failed at {_where(e)} ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}). Check that the example inputs run the model, "
-            f"or pass trace='modules' to match linear modules by name without a graph"
+            f"or pass trace_mode='modules' to match linear modules by name without a graph"
         ) from e
     finally:
         model.train(was_training)

@@ -1,0 +1,89 @@
+"""The small models every test shares, built from configs with random weights (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lowrank_compiler.toy import GPTConfig, TinyGPT
+
+VOCAB = 96
+
+
+def tiny_gpt(seed: int = 0, **cfg) -> TinyGPT:
+    torch.manual_seed(seed)
+    return TinyGPT(GPTConfig(vocab_size=VOCAB, n_embd=32, n_head=4, n_layer=2, **cfg)).eval()
+
+
+def _quiet():
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+
+
+def hf_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _quiet()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def hf_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _quiet()
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def hf_bert(seed: int = 0):
+    from transformers import BertConfig, BertModel
+
+    _quiet()
+    torch.manual_seed(seed)
+    cfg = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     vocab_size=VOCAB, max_position_embeddings=64)
+    return BertModel(cfg).eval()
+
+
+def ids(batch: int = 2, seq: int = 8, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(2, VOCAB, (batch, seq), generator=g)
+
+
+def output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's main output tensor whatever its return type."""
+    out = model(x)
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+class DataDependent(nn.Module):
+    """A model torch.fx cannot trace (Python control flow on a tensor value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if h.sum() > 0:
+            h = h.relu()
+        return self.fc2(h)
+
+
+class NoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x):
+        return self.norm(x)
