@@ -5,7 +5,7 @@
     print(lrc.summary(model))
 """
 
-from .api import CompileInfo, compile, compile_info
+from .api import CompileInfo, compile, compile_info, fold
 from .pipeline import PassManager, PassSpec, Pipeline, lint
 from .policy import Override, Policy
 from .runtime.errors import (
@@ -42,6 +42,7 @@ __all__ = [
     "TraceError",
     "compile",
     "compile_info",
+    "fold",
     "lint",
     "summary",
     "trace",

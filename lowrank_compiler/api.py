@@ -8,6 +8,7 @@ restored, so the caller's model is as it was.
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from .policy import Policy
 from .runtime import graph as G
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.layers import AdapterLayer
-from .trace import trace
+from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"
 
@@ -36,6 +37,18 @@ class CompileInfo:
     linears: list[G.LinearOp]
     stats: dict[str, dict[str, Any]]
     graph: fx.GraphModule | None = field(default=None, repr=False)
+    fold_errors: dict[str, float] | None = None  # per folded layer: max|y_fold - y| / max|y| on a probe
+
+    def __getstate__(self):
+        """Pickling (``torch.save(model)``) leaves the graph out: its generated code does not pickle.
+        ``fold`` rebuilds a graph of the adapter layers when it finds none."""
+        return {**self.__dict__, "graph": None}
+
+    def __deepcopy__(self, memo):
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))  # graph included, mapped onto the copied model
+        return new
 
 
 def _as_policy(policy) -> Policy:
@@ -109,4 +122,38 @@ def compile_info(model: nn.Module) -> CompileInfo | None:
     return getattr(model, INFO_ATTR, None)
 
 
-__all__ = ["CompileInfo", "Pipeline", "compile", "compile_info"]
+def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
+    """A new model with every adapter folded into its base layer; ``model`` is left as it is.
+
+    QA-LoRA layers become ``IntLinear`` with the same codes: ``zeros="split"`` (integer
+    zero points plus an exact correction; the default), ``"float"`` (real zero points)
+    or ``"round"`` (integer zero points alone: lossy, for comparison). Layers trained with
+    ``zero_point="int"`` fold to integer zero points exactly whatever ``zeros`` says.
+    LoRA merges into ``nn.Linear``; QLoRA merges and requantizes (the peers' way).
+    Per-layer errors on a probe batch: ``compile_info(new).fold_errors``, and the summary.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fold expects a torch.nn.Module, got {type(model).__name__}")
+    info = compile_info(model)
+    if info is None:
+        raise LowRankError("model was not produced by lowrank_compiler.compile: there is nothing to fold")
+    if not any(isinstance(m, AdapterLayer) for m in model.modules()):
+        raise LowRankError("model holds no adapter layers (already folded, or compiled with method='rtn')")
+    pipeline = info.policy.fold_pipeline(zeros)
+    done = len(Pipeline.parse(info.pipeline).passes)
+    new = copy.deepcopy(model)  # the graph in its info is copied along and points at the copy's modules
+    new_info = compile_info(new)
+    if new_info.graph is None:  # unpickled: no graph came along
+        new_info.graph = adapter_graph(new)
+    manager = PassManager(pipeline, dump_dir=dump_dir, first_index=done + 1)
+    new_info.graph = manager.run(new_info.graph)
+    new.requires_grad_(False)
+    stats = manager.results[-1][1].stats
+    new_info.pipeline = f"{info.pipeline},{pipeline}"
+    new_info.stats = {**info.stats, "fold": stats}
+    new_info.fold_errors = dict(stats["rel_err"])
+    new_info.graph.meta[G.SWAPS] = []
+    return new
+
+
+__all__ = ["CompileInfo", "compile", "compile_info", "fold"]

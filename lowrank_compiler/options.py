@@ -5,7 +5,7 @@ Grammar (whitespace between tokens is ignored)::
     value  := scalar | "[" [value ("," value)*] "]" | "{" [key "=" value ("," key "=" value)*] "}"
     key    := bare | quoted
     scalar := quoted | bare       bare = run of characters other than , { } [ ] = " and space
-                                  true/false/none, integers and floats parse as such;
+                                  true/false/none, integers and finite floats parse as such;
                                   any other bare word is a string
     quoted := a JSON string literal (for regexes and anything with special characters)
 
@@ -23,7 +23,7 @@ from .runtime.errors import PipelineError
 
 _SPECIAL = set(',{}[]=" \t\n')
 _INT = re.compile(r"^[+-]?\d+$")
-_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$")
+_FLOAT = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")  # finite only: no inf, nan
 _WORDS = {"true": True, "false": False, "none": None}
 
 
@@ -45,7 +45,7 @@ def format_value(value) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise PipelineError(f"option value {value!r} is not finite")
-        return repr(value)
+        return repr(float(value))  # also for numpy floats, whose repr names their type
     if isinstance(value, str):
         bare = value and not (_SPECIAL & set(value)) and _bare_value(value) == value and value.isprintable()
         return value if bare else json.dumps(value)

@@ -34,6 +34,9 @@ class PassSpec:
     name: str
     options: dict[str, Any] = field(default_factory=dict)
 
+    def __hash__(self) -> int:  # options is a dict: hash what equality compares, order-free
+        return hash((self.name, frozenset((k, format_value(v)) for k, v in self.options.items())))
+
     def __str__(self) -> str:
         if not self.options:
             return self.name
@@ -177,12 +180,14 @@ class PassManager:
     """Runs a pipeline on a graph module: each pass, then lint, then the dump."""
 
     def __init__(self, pipeline: Pipeline | str, *, dump_dir: str | os.PathLike | None = None,
-                 verify: bool = True, on_pass: Callable[[str, PassResult], None] | None = None):
+                 verify: bool = True, on_pass: Callable[[str, PassResult], None] | None = None,
+                 first_index: int = 1):
         self.pipeline = Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
         self.pipeline.validate()
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         self.verify = verify
         self.on_pass = on_pass
+        self.first_index = first_index  # dump numbering, to continue an earlier pipeline's dumps
         self.results: list[tuple[PassSpec, PassResult]] = []
 
     def _dump(self, index: int, name: str, text: str) -> None:
@@ -192,11 +197,13 @@ class PassManager:
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
+        if self.dump_dir is not None and self.first_index == 1:
             tracer = gm.meta.get(G.TRACER, "?")
             self._dump(0, "trace", render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm))
         done: list[str] = []
         total = len(self.pipeline.passes)
-        for index, spec in enumerate(self.pipeline.passes, start=1):
+        for step, spec in enumerate(self.pipeline.passes, start=1):
+            index = self.first_index + step - 1
             before = _signature(gm)
             try:
                 result = get_pass(spec.name).fn(gm, **spec.options)
@@ -206,13 +213,13 @@ class PassManager:
                     lint(result.gm)
             except Exception as e:
                 after = f" (after {', '.join(done)})" if done else " (the first pass)"
-                raise _error_type(e)(f"pass {spec.name!r}, step {index} of {total}{after}, failed: {e}",
+                raise _error_type(e)(f"pass {spec.name!r}, step {step} of {total}{after}, failed: {e}",
                            pass_name=spec.name, before=tuple(done)) from e
             gm = result.gm
             self.results.append((spec, result))
             changes = diff_nodes(before, gm)
             header = [
-                f"step {index} of {total}" + (f", after: {', '.join(done)}" if done else ""),
+                f"step {step} of {total}" + (f", after: {', '.join(done)}" if done else ""),
                 f"modified: {'yes' if result.modified else 'no'}",
                 f"stats: {result.stats}",
                 f"nodes: +{len(changes['added'])} added, -{len(changes['removed'])} removed, "

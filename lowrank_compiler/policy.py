@@ -22,7 +22,8 @@ from .runtime.errors import PolicyError
 from .runtime.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
 from .pipeline import PassSpec, Pipeline
 
-METHODS = ("lora",)
+METHODS = ("lora", "qalora", "qlora", "rtn")
+ZERO_POINTS = ("float", "int")
 BITS = (2, 3, 4, 8)
 
 
@@ -33,7 +34,9 @@ def _patterns(name: str, value) -> tuple[str, ...]:
         raise PolicyError(f"{name} must be a pattern string or a list of them, got {value!r}")
     out = tuple(value)
     for p in out:
-        if p == ALL_LINEAR and name == "target":
+        if p == ALL_LINEAR:
+            if name != "target":
+                raise PolicyError(f"{name} cannot be {ALL_LINEAR!r}: name the layers to leave out")
             continue
         try:
             check_pattern(p)
@@ -54,7 +57,7 @@ def _check_positive(name: str, value) -> None:
 
 
 def _check_bits(name: str, value) -> None:
-    if value not in BITS or isinstance(value, bool):
+    if type(value) is not int or value not in BITS:
         raise PolicyError(f"{name} must be one of {BITS}, got {value!r}")
 
 
@@ -98,10 +101,16 @@ class Override:
 class Policy:
     """How ``compile`` rewrites a model.
 
-    method: ``"lora"`` (float base, LoRA adapters).
+    method: ``"lora"`` (float base, LoRA adapters), ``"qalora"`` (INT-``bits`` base in
+        groups of ``group_size``, group-pooled adapters that fold exactly), ``"qlora"``
+        (NF4 base, LoRA adapters: the baseline), ``"rtn"`` (quantize only, no adapter).
     target / exclude: module-name patterns, or ``"all-linear"``.
-    rank, alpha, dropout: adapter rank ``r``, scale ``alpha / r``, dropout on the adapter input.
-    bits, group_size: quantization of the frozen base for the quantizing methods.
+    rank, alpha, dropout: adapter rank ``r``, scale ``alpha / r``, dropout on the adapter input
+        (QA-LoRA: after pooling).
+    bits, group_size: the integer format (qalora, rtn; qlora's merge requantizes to it).
+    zero_point: QA-LoRA training form, ``"float"`` (official) or ``"int"`` (integer zero
+        points in the loop, straight-through).
+    double_quant: QLoRA's 8-bit quantization of the NF4 block scales.
     overrides: per-pattern rank/alpha/bits/group_size.
     """
 
@@ -113,6 +122,8 @@ class Policy:
     dropout: float = 0.0
     bits: int = 4
     group_size: int = 32
+    zero_point: str = "float"
+    double_quant: bool = False
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self):
@@ -130,6 +141,10 @@ class Policy:
         object.__setattr__(self, "dropout", float(self.dropout))
         _check_bits("bits", self.bits)
         _check_group("group_size", self.group_size)
+        if self.zero_point not in ZERO_POINTS:
+            raise PolicyError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
+        if not isinstance(self.double_quant, bool):
+            raise PolicyError(f"double_quant must be true or false, got {self.double_quant!r}")
         object.__setattr__(self, "overrides", _overrides(self.overrides))
 
     # --- serialisation -------------------------------------------------------------
@@ -184,10 +199,21 @@ class Policy:
         select = {"target": list(self.target)}
         if self.exclude:
             select["exclude"] = list(self.exclude)
-        rewrite = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
+        adapter = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
+        quant = {"bits": self.bits, "group_size": self.group_size}
+        name, options = {
+            "lora": ("insert-lora", adapter),
+            "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant}),
+            "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant}),
+            "rtn": ("quantize", quant),
+        }[self.method]
         if self.overrides:
-            rewrite["overrides"] = {o.pattern: o.fields() for o in self.overrides}
-        return Pipeline((PassSpec("find-linears", select), PassSpec("insert-lora", rewrite)))
+            options["overrides"] = {o.pattern: o.fields() for o in self.overrides}
+        return Pipeline((PassSpec("find-linears", select), PassSpec(name, options)))
+
+    def fold_pipeline(self, zeros: str = "split") -> Pipeline:
+        """The pass that folds this policy's adapters (QLoRA requantizes to bits/group_size)."""
+        return Pipeline((PassSpec("fold", {"zeros": zeros, "bits": self.bits, "group_size": self.group_size}),))
 
 
 def _overrides(value) -> tuple[Override, ...]:
@@ -202,5 +228,9 @@ def _overrides(value) -> tuple[Override, ...]:
             out.append(Override(pattern, **spec))
         return tuple(out)
     if isinstance(value, (list, tuple)) and all(isinstance(o, Override) for o in value):
+        patterns = [o.pattern for o in value]
+        twice = sorted({p for p in patterns if patterns.count(p) > 1})
+        if twice:
+            raise PolicyError(f"overrides name pattern(s) {twice} more than once; merge their fields into one entry")
         return tuple(value)
     raise PolicyError(f"overrides must be a mapping {{pattern: {{field: value}}}}, got {value!r}")

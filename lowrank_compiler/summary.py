@@ -1,8 +1,8 @@
 """``summary(model)``: which layers were rewritten and how, and what trains.
 
 Works on any model: it walks the modules, so it also describes a model that was
-rewritten without a graph (``trace_mode="modules"``, flagged in the header) or one
-whose adapters were loaded later.
+rewritten without a graph (``trace_mode="modules"``, flagged in the notes), a quantized
+one (``method="rtn"``) and a folded one (with each layer's fold error).
 """
 
 from __future__ import annotations
@@ -14,21 +14,24 @@ from torch import nn
 
 from .api import compile_info
 from .runtime.layers import AdapterLayer
-from .runtime.linear import is_linear_module, linear_shape
+from .runtime.linear import is_linear_module, is_quantized_linear, linear_shape
 
 
 @dataclass(frozen=True)
 class LayerRow:
     name: str
-    kind: str
+    kind: str  # lora, qalora, qalora-int, qlora, int4 (int2/3/8), nf4, linear (a folded float layer)
     in_features: int
     out_features: int
     rank: int | None
     alpha: float | None
-    bits: int | None
+    bits: int | None  # bits of the stored base weight (32 for an fp32 base)
     group_size: int | None
+    zeros: str | None  # integer layers: "int", "float" or "split"
     params: int  # parameters of the layer, base included
     trainable: int
+    bytes: int  # parameters and buffers of the layer
+    fold_rel_err: float | None = None  # max|y_fold - y| / max|y| measured by fold
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,20 @@ class Summary:
         return asdict(self)
 
     def __str__(self) -> str:
-        cols = ("layer", "kind", "in", "out", "rank", "alpha", "bits", "group", "params", "trainable")
-        rows = [
-            (r.name, r.kind, r.in_features, r.out_features, r.rank, r.alpha, r.bits, r.group_size, r.params, r.trainable)
-            for r in self.layers
-        ]
-        text = [[("-" if v is None else (f"{v:g}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else v))
-                 for v in row] for row in rows]
-        widths = [max([len(c)] + [len(str(t[i])) for t in text]) for i, c in enumerate(cols)]
-        line = lambda vals: "  ".join(str(v).ljust(w) if i < 2 else str(v).rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+        folded = any(r.fold_rel_err is not None for r in self.layers)
+        cols = ["layer", "kind", "in", "out", "rank", "alpha", "bits", "group", "zeros", "trainable", "bytes"]
+        cols += ["fold err"] if folded else []
+        rows = []
+        for r in self.layers:
+            row = [r.name, r.kind, r.in_features, r.out_features, r.rank, r.alpha, r.bits, r.group_size, r.zeros,
+                   r.trainable, r.bytes]
+            rows.append(row + ([None if r.fold_rel_err is None else f"{r.fold_rel_err:.1e}"] if folded else []))
+        text = [[_cell(v) for v in row] for row in rows]
+        widths = [max([len(c)] + [len(t[i]) for t in text]) for i, c in enumerate(cols)]
+
+        def line(vals):
+            return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+
         out = [f"tracer: {self.tracer or 'none (not compiled)'}"]
         if self.pipeline:
             out.append(f"pipeline: {self.pipeline}")
@@ -71,31 +79,59 @@ class Summary:
         return "\n".join(out)
 
 
-def _bytes(n: int) -> str:
+def _cell(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def _bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _row(name: str, m: nn.Module, fold_errors: dict) -> LayerRow:
+    if isinstance(m, AdapterLayer) or is_quantized_linear(m):
+        d = m.describe()
+    else:  # a float layer that fold merged an adapter into
+        s = linear_shape(m)
+        d = {"kind": "linear", "in_features": s.in_features, "out_features": s.out_features,
+             "bits": m.weight.element_size() * 8}
+    tensors = list(m.parameters()) + list(m.buffers())
+    return LayerRow(
+        name=name, kind=d["kind"], in_features=d["in_features"], out_features=d["out_features"],
+        rank=d.get("rank"), alpha=d.get("alpha"), bits=d.get("bits"), group_size=d.get("group_size"),
+        zeros=d.get("zeros"),
+        params=sum(p.numel() for p in m.parameters()),
+        trainable=sum(p.numel() for p in m.parameters() if p.requires_grad),
+        bytes=sum(t.numel() * t.element_size() for t in tensors),
+        fold_rel_err=fold_errors.get(name),
+    )
 
 
 def summary(model: nn.Module) -> Summary:
     if not isinstance(model, nn.Module):
         raise TypeError(f"summary expects a torch.nn.Module, got {type(model).__name__}")
+    info = compile_info(model)
+    fold_errors = (info.fold_errors or {}) if info else {}
     rows, inside = [], set()
     for name, m in model.named_modules():
-        if isinstance(m, AdapterLayer):
-            d = m.describe()
-            params = sum(p.numel() for p in m.parameters())
-            trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
-            rows.append(LayerRow(name, d["kind"], d["in_features"], d["out_features"], d.get("rank"),
-                                 d.get("alpha"), d.get("bits"), d.get("group_size"), params, trainable))
-            inside.update(f"{name}.{sub}" if sub else name for sub, _ in m.named_modules())
-    info = compile_info(model)
+        if name in inside:
+            continue
+        if isinstance(m, AdapterLayer) or is_quantized_linear(m) or name in fold_errors:
+            rows.append(_row(name, m, fold_errors))
+            inside.update(f"{name}.{sub}" for sub, _ in m.named_modules() if sub)
     status = {op.name: op.status for op in info.linears} if info else {}
     untouched = []
     for name, m in model.named_modules():
-        if name in inside or not is_linear_module(m):
+        if name in inside or name in fold_errors or not is_linear_module(m):
             continue
         s = linear_shape(m)
         reason = status.get(name, "not in graph" if info and info.tracer != "modules" else "not targeted")

@@ -27,15 +27,24 @@ from torch import nn
 
 from .runtime import graph as G
 from .runtime.errors import TraceError
+from .runtime.layers import AdapterLayer
 from .runtime.linear import is_conv1d, is_linear_module
 
 MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+# frames of the tracing machinery itself are never "where tracing failed"
+_OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py", "pipeline.py")} | {os.path.abspath(G.__file__)}
 
 
 def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str = "auto") -> fx.GraphModule:
     if mode not in MODES:
         raise ValueError(f"trace_mode must be one of {MODES}, got {mode!r}")
+    if isinstance(model, nn.Module) and is_linear_module(model):
+        raise TraceError(
+            f"the model is a bare {type(model).__name__}: layers are rewritten by module name, and the root "
+            f"has none. Wrap it, e.g. nn.Sequential(layer), and compile that"
+        )
     if mode == "auto":
         mode = "export" if (example_inputs is not None or example_kwargs) else "fx"
     if mode == "export":
@@ -53,7 +62,8 @@ def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str 
 
 def _where(e: BaseException) -> str:
     """The innermost frame of the traceback that is the user's code, not torch's."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(_LIB_DIRS)]
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not f.filename.startswith(_LIB_DIRS) and os.path.abspath(f.filename) not in _OWN_FILES]
     if not frames:
         return "inside torch"
     f = frames[-1]
@@ -96,7 +106,7 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
     if not isinstance(args, tuple):
         args = tuple(args) if isinstance(args, list) else (args,)
     kwargs = _with_defaults(model, dict(example_kwargs or {}))
-    was_training = model.training
+    modes = {m: m.training for m in model.modules()}
     model.eval()  # the graph is for analysis: no dropout nodes
     try:
         ep = torch.export.export(model, args, kwargs, strict=False)
@@ -107,7 +117,8 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
             f"or pass trace_mode='modules' to match linear modules by name without a graph"
         ) from e
     finally:
-        model.train(was_training)
+        for m, training in modes.items():  # each module's own flag, not the root's
+            m.training = training
     gm = ep.module()
     _fold_linear_calls(gm, model)
     return gm
@@ -116,12 +127,12 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
 def _linear_owner(model: nn.Module, node: fx.Node, weight: torch.Tensor) -> str | None:
     """The name of the linear module whose forward this aten node is."""
     names = []
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:  # the module whose forward ran this op: right even when weights are tied
+        names.append(list(stack.values())[-1][0])
     w = node.args[2] if node.target is torch.ops.aten.addmm.default else node.args[1]
     if isinstance(w, fx.Node) and w.op == "get_attr" and "." in w.target:
         names.append(w.target.rsplit(".", 1)[0])
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        names.append(list(stack.values())[-1][0])
     for name in names:
         try:
             module = model.get_submodule(name)
@@ -165,11 +176,19 @@ def _fold_linear_calls(gm: fx.GraphModule, model: nn.Module) -> None:
     gm.recompile()
 
 
-def _modules_only(model: nn.Module) -> fx.GraphModule:
+def adapter_graph(model: nn.Module) -> fx.GraphModule:
+    """A graph of one ``call_module`` per adapter layer, for a model whose traced graph was lost."""
+    gm = _modules_only(model, lambda m: isinstance(m, AdapterLayer))
+    gm.meta[G.MODEL] = model
+    gm.meta[G.TRACER] = "modules"
+    return gm
+
+
+def _modules_only(model: nn.Module, keep=is_linear_module) -> fx.GraphModule:
     graph = fx.Graph()
     outputs = []
     for name, module in model.named_modules():
-        if is_linear_module(module):
+        if keep(module):
             x = graph.placeholder(f"x_{name.replace('.', '_')}")
             outputs.append(graph.call_module(name, (x,)))
     graph.output(tuple(outputs))

@@ -69,21 +69,22 @@ def _functional_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int, int] | 
 
 
 def _collect(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, list[fx.Node]]]:
-    found: dict[str, tuple[str, int, int, list[fx.Node]]] = {}
+    """name -> (kind, in, out, nodes). Module calls first; functional uses of a weight whose
+    owner is also called as a module are listed apart, as ``<owner> (F.linear)``."""
+    modules: dict[str, tuple[str, int, int, list[fx.Node]]] = {}
+    functional: dict[str, tuple[str, int, int, list[fx.Node]]] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
-            if not is_linear_module(module):
-                continue
-            shape = linear_shape(module)
-            entry = found.setdefault(node.target, (shape.kind, shape.in_features, shape.out_features, []))
-        else:
-            fn = _functional_op(gm, node)
-            if fn is None:
-                continue
+            if is_linear_module(module):
+                shape = linear_shape(module)
+                modules.setdefault(node.target, (shape.kind, shape.in_features, shape.out_features, []))[3].append(node)
+        elif (fn := _functional_op(gm, node)) is not None:
             owner, k, n = fn
-            entry = found.setdefault(owner, ("functional", k, n, []))
-        entry[3].append(node)
+            functional.setdefault(owner, ("functional", k, n, []))[3].append(node)
+    found = dict(modules)
+    for owner, entry in functional.items():
+        found[f"{owner} (F.linear)" if owner in modules else owner] = entry
     return found
 
 
@@ -106,7 +107,9 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
     status: dict[str, str] = {}
     for name in names:
         kind = found[name][0]
-        if ALL_LINEAR in target and first_match(explicit, name) is None:
+        if kind == "functional" and name.endswith(" (F.linear)"):
+            status[name] = "functional"  # the module itself is selected (or not) by its own name
+        elif ALL_LINEAR in target and first_match(explicit, name) is None:
             status[name] = "output-head" if name in heads else ("functional" if kind == "functional" else "selected")
         elif first_match(explicit, name) is not None:
             status[name] = "selected"

@@ -17,33 +17,20 @@ import torch.fx as fx
 from ..runtime import graph as G
 from ..runtime.errors import PolicyError, TargetError
 from ..runtime.layers import LoRALinear
+from ..runtime.rewrite import check_rank
 from ..runtime.select import check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
-
-def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
-        raise PolicyError(f"rank for layer {name!r} must be a positive integer, got {rank!r}")
-    if rank > min(k, n):
-        raise PolicyError(
-            f"rank={rank} for layer {name!r} (in={k}, out={n}) exceeds min(in, out)={min(k, n)}; "
-            f"use rank <= {min(k, n)} or an override for this layer"
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-        raise PolicyError(f"alpha for layer {name!r} must be a positive number, got {alpha!r}")
-
 
 @register_pass("insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)")
 def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrides=None) -> PassResult:
     if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
-    nodes = G.linear_nodes(gm, selected_only=True)
-    if not nodes:
+    selected = G.selected_layers(gm)
+    if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lora")
-    selected = list(dict.fromkeys(n.meta[G.LINEAR].name for n in nodes))
-    check_overrides(overrides, selected)
+    check_overrides(overrides, list(selected))
     layers: dict[str, LoRALinear] = {}
-    for name in selected:
-        op = next(n.meta[G.LINEAR] for n in nodes if n.meta[G.LINEAR].name == name)
+    for name, (op, _) in selected.items():
         opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
         check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
         layers[name] = LoRALinear.from_linear(gm.get_submodule(name), dropout=dropout, **opts)
@@ -51,7 +38,5 @@ def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrid
     for name, layer in layers.items():
         G.swap_module(gm, name, layer)
         added += sum(p.numel() for p in layer.adapter_parameters())
-    inserted = 0
-    for node in nodes:
-        inserted += len(G.inline_call(gm, node))
+    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
     return PassResult(gm, True, {"rewritten": len(layers), "nodes_inserted": inserted, "adapter_params": added})

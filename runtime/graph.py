@@ -19,15 +19,16 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import is_conv1d
+from .linear import is_conv1d, is_quantized_linear
 
 MODEL = "lowrank_compiler.model"  # gm.meta: the user's nn.Module
 TRACER = "lowrank_compiler.tracer"  # gm.meta: "export" | "fx" | "modules"
-SWAPS = "lowrank_compiler.swaps"  # gm.meta: [(fqn, original module)], for rollback
+SWAPS = "lowrank_compiler.swaps"  # gm.meta: [(root, fqn, original module)], for rollback
 LINEARS = "lowrank_compiler.linears"  # gm.meta: [LinearOp] found by find-linears
 LINEAR = "lowrank_compiler.linear"  # node.meta: LinearOp of a linear-op node
 SELECTED = "lowrank_compiler.selected"  # node.meta: True when the policy targets it
 ADAPTER = "lowrank_compiler.adapter"  # node.meta: fqn of the adapter layer a node belongs to
+CALL = "lowrank_compiler.call"  # node.meta: name of the call_module node an inlined node replaced
 
 # call_function targets that compute a linear op on a weight tensor
 FUNCTIONAL_LINEARS = (F.linear, torch._C._nn.linear, torch.ops.aten.linear.default)
@@ -46,10 +47,10 @@ class LinearOp:
 
 
 class LeafTracer(fx.Tracer):
-    """symbolic_trace's tracer, with GPT-2's Conv1D kept as a leaf like nn.Linear."""
+    """symbolic_trace's tracer; GPT-2's Conv1D and quantized linears are leaves like nn.Linear."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_conv1d(m) or super().is_leaf_module(m, qualname)
+        return is_conv1d(m) or is_quantized_linear(m) or super().is_leaf_module(m, qualname)
 
 
 def model_of(gm: fx.GraphModule) -> nn.Module | None:
@@ -63,20 +64,20 @@ def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
     """
     old = gm.get_submodule(name)
     model = model_of(gm)
-    if model is not None and model is not gm:
-        model.set_submodule(name, new)
-    gm.set_submodule(name, new)
-    gm.meta.setdefault(SWAPS, []).append((name, old))
+    journal = gm.meta.setdefault(SWAPS, [])
+    for root in (model, gm) if model is not None and model is not gm else (gm,):
+        # every name the module is reachable by (``self.b = self.a``), so no alias keeps the old layer
+        aliases = [n for n, m in root.named_modules(remove_duplicate=False) if m is old and n] or [name]
+        for alias in dict.fromkeys(aliases):
+            root.set_submodule(alias, new)
+            journal.append((root, alias, old))
     return old
 
 
 def undo_swaps(gm: fx.GraphModule) -> None:
     """Restore every module ``swap_module`` replaced, newest first."""
-    model = model_of(gm)
-    for name, old in reversed(gm.meta.get(SWAPS, [])):
-        if model is not None and model is not gm:
-            model.set_submodule(name, old)
-        gm.set_submodule(name, old)
+    for root, name, old in reversed(gm.meta.get(SWAPS, [])):
+        root.set_submodule(name, old)
     gm.meta[SWAPS] = []
 
 
@@ -111,6 +112,7 @@ def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
                 target = f"{prefix}.{n.target}" if n.op in ("call_module", "get_attr") else n.target
                 new = gm.graph.create_node(n.op, target, args, kwargs, name=f"{stem}_{n.name}")
                 new.meta[ADAPTER] = prefix
+                new.meta[CALL] = node.name
                 env[n] = new
                 inserted.append(new)
     node.replace_all_uses_with(result)
@@ -129,3 +131,37 @@ def linear_nodes(gm: fx.GraphModule, *, selected_only: bool = False) -> list[fx.
             continue
         out.append(n)
     return out
+
+
+def selected_layers(gm: fx.GraphModule) -> dict[str, tuple[LinearOp, list[fx.Node]]]:
+    """Selected layer name -> (its LinearOp, the nodes calling it), in graph order."""
+    out: dict[str, tuple[LinearOp, list[fx.Node]]] = {}
+    for node in linear_nodes(gm, selected_only=True):
+        op = node.meta[LINEAR]
+        out.setdefault(op.name, (op, []))[1].append(node)
+    return out
+
+
+def inlined_calls(gm: fx.GraphModule) -> dict[tuple[str, str], list[fx.Node]]:
+    """(layer name, call) -> the nodes ``inline_call`` inserted for that call, in graph order."""
+    groups: dict[tuple[str, str], list[fx.Node]] = {}
+    for node in gm.graph.nodes:
+        if ADAPTER in node.meta:
+            groups.setdefault((node.meta[ADAPTER], node.meta[CALL]), []).append(node)
+    return groups
+
+
+def collapse_call(gm: fx.GraphModule, name: str, nodes: list[fx.Node]) -> fx.Node:
+    """Replace an inlined call (``nodes``) by one ``call_module`` node of ``name``; the inverse of inline_call."""
+    inside = set(nodes)
+    inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in inside))
+    outputs = [n for n in nodes if any(u not in inside for u in n.users)]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ValueError(f"cannot collapse the inlined call of {name}: it has {len(inputs)} inputs and "
+                         f"{len(outputs)} outputs outside itself, expected 1 and 1")
+    with gm.graph.inserting_before(outputs[0]):
+        call = gm.graph.call_module(name, (inputs[0],))
+    outputs[0].replace_all_uses_with(call)
+    for n in reversed(nodes):
+        gm.graph.erase_node(n)
+    return call

@@ -22,7 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear_shape
+from .linear import is_quantized_linear, linear_shape, weight_out_in
+
+
+def _factory(base: nn.Module) -> dict:
+    """dtype/device for adapter weights: the base's float weight, else float32 beside its buffers."""
+    weight = getattr(base, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+        return {"dtype": weight.dtype, "device": weight.device}
+    device = next(iter(base.buffers()), torch.empty(0)).device
+    return {"dtype": torch.float32, "device": device}
 
 
 class AdapterLayer(nn.Module):
@@ -45,14 +54,13 @@ class LoRALinear(AdapterLayer):
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         shape = linear_shape(base)
-        weight = base.weight
         self.base = base
         self.rank = int(rank)
         self.alpha = float(alpha)
         self.scale = self.alpha / self.rank
         self.in_features = shape.in_features
         self.out_features = shape.out_features
-        factory = {"dtype": weight.dtype, "device": weight.device}
+        factory = _factory(base)
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))  # (r, K)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **factory))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -64,7 +72,8 @@ class LoRALinear(AdapterLayer):
     def from_linear(cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
         return cls(base, rank, alpha, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., K)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
+        x = input
         y = self.base(x)  # (..., N)
         h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
         return y + F.linear(h, self.lora_B) * self.scale  # (..., N)
@@ -73,17 +82,46 @@ class LoRALinear(AdapterLayer):
         yield self.lora_A
         yield self.lora_B
 
+    def fold(self, *, bits: int | None = None, group_size: int | None = None) -> nn.Module:
+        """Merge ``s B A`` into the base weight; a new module.
+
+        Float base: an ``nn.Linear`` with ``W + s B A`` (float arithmetic, no rounding
+        beyond it). Quantized base (QLoRA's NF4): dequantize, add, requantize to an
+        ``IntLinear`` of ``bits``/``group_size`` -- the peers' merge, which re-rounds
+        every weight; it exists as the baseline.
+        """
+        delta = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * self.scale  # (N, K)
+        bias = getattr(self.base, "bias", None)
+        if is_quantized_linear(self.base):
+            if bits is None or group_size is None:
+                raise ValueError("folding an adapter over a quantized base requantizes: pass bits and group_size")
+            from .int_linear import IntLinear
+
+            merged = (self.base.dequantize().double() + delta).to(torch.float32)
+            return IntLinear.from_weight(merged, bias, bits=bits, group_size=group_size)
+        weight = weight_out_in(self.base)
+        out = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
+                        dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            out.weight.copy_((weight.double() + delta).to(weight.dtype))
+            if bias is not None:
+                out.bias.copy_(bias)
+        out.requires_grad_(False)
+        return out
+
     def describe(self) -> dict[str, Any]:
-        weight = self.base.weight
+        weight = getattr(self.base, "weight", None)
+        quantized = is_quantized_linear(self.base)
+        bits = self.base.describe()["bits"] if quantized else weight.element_size() * 8
         return {
-            "kind": self.kind,
+            "kind": "qlora" if getattr(self.base, "kind", None) == "nf4" else self.kind,
             "base": type(self.base).__name__,
             "in_features": self.in_features,
             "out_features": self.out_features,
             "rank": self.rank,
             "alpha": self.alpha,
-            "bits": weight.element_size() * 8,
-            "group_size": None,
+            "bits": bits,
+            "group_size": self.base.describe()["group_size"] if quantized else None,
             "adapter_params": self.lora_A.numel() + self.lora_B.numel(),
         }
 

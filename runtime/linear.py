@@ -26,6 +26,11 @@ def is_conv1d(module: nn.Module) -> bool:
     )
 
 
+def is_quantized_linear(module: nn.Module) -> bool:
+    """A frozen quantized linear layer of this package (``IntLinear``, ``NF4Linear``)."""
+    return isinstance(getattr(module, "in_features", None), int) and callable(getattr(module, "dequantize", None))
+
+
 def is_linear_module(module: nn.Module) -> bool:
     """True for modules the passes know how to rewrite (nn.Linear and Conv1D)."""
     return isinstance(module, nn.Linear) or is_conv1d(module)
@@ -38,7 +43,7 @@ class LinearShape:
     in_features: int
     out_features: int
     has_bias: bool
-    kind: str  # "linear" (weight [out, in]) or "conv1d" (weight [in, out])
+    kind: str  # "linear" (weight [out, in]), "conv1d" (weight [in, out]), or a quantized layer's kind
 
 
 def linear_shape(module: nn.Module) -> LinearShape:
@@ -47,6 +52,8 @@ def linear_shape(module: nn.Module) -> LinearShape:
     if is_conv1d(module):
         k, n = module.weight.shape  # Conv1D stores [in, out]
         return LinearShape(int(k), int(n), getattr(module, "bias", None) is not None, "conv1d")
+    if is_quantized_linear(module):
+        return LinearShape(module.in_features, module.out_features, module.bias is not None, module.kind)
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or GPT-2 Conv1D)")
 
 

@@ -26,7 +26,7 @@ def test_summary_prints_a_table():
     lines = text.splitlines()
     assert lines[0] == "tracer: export"
     header = next(line for line in lines if line.startswith("layer"))
-    for col in ("kind", "in", "out", "rank", "alpha", "bits", "group", "params", "trainable"):
+    for col in ("kind", "in", "out", "rank", "alpha", "bits", "group", "zeros", "trainable", "bytes"):
         assert col in header
     assert any(line.startswith("model.layers.1.mlp.down_proj") and " lora " in line for line in lines)
     assert "14 layer(s) rewritten, 1 linear layer(s) untouched" in text

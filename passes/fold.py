@@ -1,0 +1,71 @@
+"""fold: replace every adapter layer by the plain layer that computes the same thing.
+
+- QA-LoRA (``runtime.qalora``): an ``IntLinear`` with the same codes and scales and
+  zero points moved by the adapter; ``zeros`` = ``"split"`` (integer zeros + exact
+  correction), ``"float"`` (real zeros) or ``"round"`` (integer zeros alone, lossy).
+  Layers trained with ``zero_point="int"`` always fold to integer zeros, exactly.
+- LoRA over a float base: an ``nn.Linear`` with ``W + s B A``.
+- LoRA over NF4 (QLoRA): dequantize, add, requantize to ``IntLinear(bits, group_size)``,
+  the peers' lossy merge.
+
+For each layer the pass measures, on a seeded random probe batch, the folded layer's
+output against the adapter layer's: ``max |y_fold - y| / max |y|`` (stats ``rel_err``).
+The inlined adapter ops collapse back into one ``call_module`` per call.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from ..runtime import graph as G
+from ..runtime.errors import PolicyError, TargetError
+from ..runtime.layers import AdapterLayer
+from ..runtime.progress import progress
+from ..runtime.qalora import FOLD_ZEROS, QALoRALinear
+from ..runtime.quant import BITS
+from .registry import PassResult, register_pass
+
+
+def _probe_error(layer: torch.nn.Module, folded: torch.nn.Module, rows: int, seed: int) -> float:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, layer.in_features, generator=g).to(layer.lora_A.device, layer.lora_A.dtype)
+    was = layer.training
+    layer.eval()  # no dropout in the comparison
+    with torch.no_grad():
+        y = layer(x)
+        y_fold = folded(x)
+    layer.train(was)
+    return ((y_fold - y).abs().max() / y.abs().max().clamp(min=1e-30)).item()
+
+
+@register_pass("fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)")
+def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
+    if zeros not in FOLD_ZEROS:
+        raise PolicyError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
+    if bits not in BITS:
+        raise PolicyError(f"bits must be one of {BITS}, got {bits!r}")
+    calls = G.inlined_calls(gm)
+    direct = [n.target for n in gm.graph.nodes  # graphs built without inlining (adapter_graph)
+              if n.op == "call_module" and isinstance(gm.get_submodule(n.target), AdapterLayer)]
+    names = list(dict.fromkeys([name for name, _ in calls] + direct))
+    if not names:
+        raise TargetError("the graph holds no adapter layer to fold (compile with an adapter method first)")
+    errors, report = {}, []
+    for name in progress(names, "fold", total=len(names)):
+        layer = gm.get_submodule(name)
+        if not isinstance(layer, AdapterLayer):
+            raise TargetError(f"{name} is a {type(layer).__name__}, not an adapter layer")
+        if isinstance(layer, QALoRALinear):
+            folded = layer.fold(zeros)
+        else:
+            folded = layer.fold(bits=bits, group_size=group_size)
+        errors[name] = _probe_error(layer, folded, probe, seed)
+        G.swap_module(gm, name, folded)
+        form = folded.describe()["zeros"] if hasattr(folded, "describe") else "float"
+        report.append(f"{name}: {layer.describe()['kind']} -> {type(folded).__name__}"
+                      f"({form} zeros)  rel_err {errors[name]:.3e}")
+    for (name, _), nodes in calls.items():
+        G.collapse_call(gm, name, nodes)
+    stats = {"folded": len(names), "max_rel_err": max(errors.values()), "rel_err": errors}
+    return PassResult(gm, True, stats, report)

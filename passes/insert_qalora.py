@@ -1,0 +1,51 @@
+"""insert-qalora: group-quantize each selected layer and add a QA-LoRA adapter (``runtime.qalora``).
+
+Float layers are quantized first (as the ``quantize`` pass does, same checks);
+layers an earlier ``quantize`` pass already turned into ``IntLinear`` are used as they
+are. The adapter pools each quantization group of the input (``A: [r, K/g]``,
+``B: [N, r]`` zero), so after training ``fold`` moves it into the zero points exactly.
+``zero_point="int"`` trains with integer zero points (straight-through rounding).
+The adapter's ops are inlined so dumps show them.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..runtime import graph as G
+from ..runtime.errors import PolicyError, TargetError
+from ..runtime.qalora import ZERO_POINT_MODES, QALoRALinear
+from ..runtime.rewrite import check_rank, plan_quantization, quantize_layers
+from ..runtime.select import resolve_layer_options
+from .registry import PassResult, register_pass
+
+
+@register_pass("insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters")
+def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_point="float", bits=4,
+                  group_size=32, overrides=None) -> PassResult:
+    if zero_point not in ZERO_POINT_MODES:
+        raise PolicyError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+    selected = G.selected_layers(gm)
+    if not selected:
+        raise TargetError("no layer is selected: run find-linears before insert-qalora")
+    settings = plan_quantization(gm, selected, bits, group_size, overrides)
+    adapters = {}
+    for name, (op, _) in selected.items():
+        g = settings[name]["group_size"] if name in settings else gm.get_submodule(name).group_size
+        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
+        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
+        adapters[name] = opts
+    report = quantize_layers(gm, settings)
+    params = 0
+    for name, opts in adapters.items():
+        layer = QALoRALinear.from_int_linear(gm.get_submodule(name), dropout=dropout, zero_point=zero_point, **opts)
+        G.swap_module(gm, name, layer)
+        params += sum(p.numel() for p in layer.adapter_parameters())
+        report.append(f"{name}: + QA-LoRA(rank {layer.rank}, alpha {layer.alpha:g}, A [{layer.rank}, "
+                      f"{layer.lora_A.shape[1]}], zero_point {zero_point})")
+    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+    stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
+             "adapter_params": params}
+    return PassResult(gm, True, stats, report)

@@ -1,0 +1,54 @@
+"""insert-qlora: the QLoRA baseline: NF4 base (``runtime.nf4``) plus a full-width LoRA adapter.
+
+Each selected layer becomes ``LoRALinear(NF4Linear(W))``: blocks of ``block_size``
+(64) weights in NF4 with optional double quantization of the block scales, and
+``A: [r, K]``, ``B: [N, r]`` in float. ``fold`` later merges it the way the peers do
+(dequantize, add ``s B A``, requantize to INT-N groups), which re-rounds every weight.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..runtime import graph as G
+from ..runtime.errors import PolicyError, TargetError
+from ..runtime.layers import LoRALinear
+from ..runtime.linear import weight_out_in
+from ..runtime.nf4 import NF4Linear
+from ..runtime.progress import progress
+from ..runtime.rewrite import check_rank
+from ..runtime.select import check_overrides, resolve_layer_options
+from .registry import PassResult, register_pass
+
+
+@register_pass("insert-qlora", "QLoRA baseline: NF4 base (blocks of 64) plus full-width LoRA adapters")
+def insert_qlora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, block_size=64, double_quant=False,
+                 overrides=None) -> PassResult:
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+    if block_size not in (32, 64, 128, 256):
+        raise PolicyError(f"block_size must be one of (32, 64, 128, 256), got {block_size!r}")
+    selected = G.selected_layers(gm)
+    if not selected:
+        raise TargetError("no layer is selected: run find-linears before insert-qlora")
+    check_overrides(overrides, list(selected))
+    plans = {}
+    for name, (op, _) in selected.items():
+        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
+        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
+        weight = weight_out_in(gm.get_submodule(name))
+        if (op.in_features * op.out_features) % block_size or not weight.isfinite().all():
+            raise PolicyError(f"layer {name!r} ([{op.out_features}, {op.in_features}]) cannot be stored in NF4: "
+                              f"it needs finite weights and in*out divisible by block_size={block_size}")
+        plans[name] = opts
+    report, params = [], 0
+    for name, opts in progress(plans.items(), "nf4", total=len(plans)):
+        base = NF4Linear.from_float(gm.get_submodule(name), block_size=block_size, double_quant=double_quant)
+        layer = LoRALinear.from_linear(base, dropout=dropout, **opts)
+        G.swap_module(gm, name, layer)
+        params += sum(p.numel() for p in layer.adapter_parameters())
+        report.append(f"{name}: NF4(block {block_size}{', double quant' if double_quant else ''}) + "
+                      f"LoRA(rank {layer.rank}, alpha {layer.alpha:g})")
+    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+    return PassResult(gm, True, {"rewritten": len(plans), "nodes_inserted": inserted, "adapter_params": params},
+                      report)

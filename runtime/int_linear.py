@@ -1,0 +1,90 @@
+"""``IntLinear``: a frozen linear layer with group-quantized integer weights.
+
+    y = x W^T + bias [+ group_sum(x) @ correction^T]
+    W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]),   l = i // g
+
+Buffers (``quant.py`` documents the byte layouts; all are MatMulNBits inputs as they are):
+
+    qweight     uint8 [N, K/g, g*bits/8]   packed codes
+    scales      f32   [N, K/g]
+    zeros       uint8 [N, ceil(K/g*bits/8)] packed integer zero points, or f32 [N, K/g]
+    bias        f32   [N] or absent
+    correction  f32   [N, K/g] or absent: the exact fractional part of folded zero
+                points (``zeros="split"``): ``correction = scales * (round(z') - z')``
+
+It has no parameters; the op it calls is ``torch.ops.lowrank_compiler.int_linear``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import ops  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
+from .linear import linear_shape, weight_out_in
+from .quant import dequantize, group_sum, pack_codes, pack_zeros, quantize, zero_points
+
+
+class IntLinear(nn.Module):
+    kind = "int"
+
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
+                 group_size: int, bias: torch.Tensor | None = None, correction: torch.Tensor | None = None):
+        super().__init__()
+        n, groups, blob = qweight.shape
+        if blob * 8 != group_size * bits:
+            raise ValueError(f"qweight blob of {blob} bytes does not hold {group_size} codes of {bits} bits")
+        self.bits, self.group_size = int(bits), int(group_size)
+        self.in_features, self.out_features = groups * group_size, n
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("zeros", zeros)
+        self.register_buffer("bias", bias)
+        self.register_buffer("correction", correction)
+
+    @classmethod
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, bits: int, group_size: int) -> "IntLinear":
+        """Quantize a float weight ``[N, K]`` (round to nearest, min-max per group)."""
+        codes, scales, zeros = quantize(weight, bits, group_size)
+        b = None if bias is None else bias.detach().to(torch.float32).clone()
+        return cls(pack_codes(codes, bits, group_size), scales, pack_zeros(zeros, bits),
+                   bits=bits, group_size=group_size, bias=b)
+
+    @classmethod
+    def from_float(cls, module: nn.Module, *, bits: int = 4, group_size: int = 32) -> "IntLinear":
+        """From an ``nn.Linear`` or GPT-2 ``Conv1D``."""
+        linear_shape(module)  # raises for anything else
+        return cls.from_weight(weight_out_in(module), getattr(module, "bias", None), bits=bits, group_size=group_size)
+
+    @property
+    def float_zeros(self) -> bool:
+        return self.zeros.dtype != torch.uint8
+
+    def zero_points(self) -> torch.Tensor:
+        """f32 [N, K/g]."""
+        return zero_points(self.zeros, self.bits, self.in_features // self.group_size)
+
+    def dequantize(self) -> torch.Tensor:
+        """f32 [N, K]."""
+        return dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
+        x = input
+        y = torch.ops.lowrank_compiler.int_linear(x, self.qweight, self.scales, self.zeros, self.bias,
+                                                  self.bits, self.group_size)  # (..., N)
+        if self.correction is not None:
+            y = y + group_sum(x, self.group_size) @ self.correction.to(x.dtype).T  # (..., K/g) @ (K/g, N)
+        return y
+
+    def describe(self) -> dict[str, Any]:
+        zeros = "float" if self.float_zeros else "int"
+        if self.correction is not None:
+            zeros = "split"
+        return {"kind": f"int{self.bits}", "in_features": self.in_features, "out_features": self.out_features,
+                "bits": self.bits, "group_size": self.group_size, "zeros": zeros}
+
+    def extra_repr(self) -> str:
+        d = self.describe()
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, zeros={d['zeros']}"

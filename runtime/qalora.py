@@ -1,0 +1,136 @@
+"""QA-LoRA (Xu et al. 2023): group-pooled adapters over a group-quantized base, foldable exactly.
+
+Base ``IntLinear`` with ``W[j, i] = scale[j, l] (q[j, i] - zero[j, l])``, group size ``g``,
+``L = K / g`` groups. The adapter sees the input averaged over each group::
+
+    pool(x)[l] = mean(x[l g : (l + 1) g])          (..., K) -> (..., L)
+    y = W x + b + s B A dropout(pool(x)),   A: [r, L] random,  B: [N, r] zero,  s = alpha / r
+
+Its effective weight is constant inside a group, ``c[j, l] = s (B A)[j, l] / g``, so it
+folds into the zero point:  ``zero'[j, l] = zero[j, l] - c[j, l] / scale[j, l]``; the
+codes never change. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
+
+- ``"float"``: real zero points (MatMulNBits accepts them; exact, but a slower kernel);
+- ``"split"``: ``zr = clamp(round(zero'), 0, 2^b - 1)`` packed as integers, plus the exact
+  correction ``y += group_sum(x) @ D^T`` with ``D = scale (zr - zero')``, ``D: [N, L]``;
+- ``"round"``: ``zr`` alone: lossy by up to scale/2 per weight, there to show the loss.
+
+Training mode ``zero_point="int"`` puts the rounding inside the forward pass
+(straight-through estimator, clamped to the code range)::
+
+    zero'' = clamp(round_ste(zero - c / scale), 0, 2^b - 1)
+    y = W x + b + group_sum(dropout(pool(x)) g) @ (scale (zero - zero''))^T
+
+so the fold is integer by construction: ``zeros = zero''`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .int_linear import IntLinear
+from .layers import AdapterLayer
+from .quant import pack_zeros, qmax
+
+ZERO_POINT_MODES = ("float", "int")
+FOLD_ZEROS = ("split", "float", "round")
+
+
+def _round_ste(t: torch.Tensor) -> torch.Tensor:
+    """round() forward, identity gradient backward."""
+    return t + (torch.round(t) - t).detach()
+
+
+class QALoRALinear(AdapterLayer):
+    kind = "qalora"
+
+    def __init__(self, base: IntLinear, rank: int, alpha: float, dropout: float = 0.0, zero_point: str = "float"):
+        super().__init__()
+        if not isinstance(base, IntLinear):
+            raise TypeError(f"QA-LoRA needs an IntLinear base, got {type(base).__name__}")
+        if zero_point not in ZERO_POINT_MODES:
+            raise ValueError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
+        self.base = base
+        self.rank, self.alpha = int(rank), float(alpha)
+        self.scale = self.alpha / self.rank
+        self.zero_point = zero_point
+        self.group_size = base.group_size
+        self.in_features, self.out_features = base.in_features, base.out_features
+        groups = self.in_features // self.group_size
+        dev = base.scales.device
+        self.lora_A = nn.Parameter(torch.empty(self.rank, groups, device=dev))  # (r, L)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @classmethod
+    def from_int_linear(cls, base: IntLinear, *, rank: int, alpha: float, dropout: float = 0.0,
+                        zero_point: str = "float") -> "QALoRALinear":
+        return cls(base, rank, alpha, dropout, zero_point)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., L)
+        return x.unflatten(-1, (x.shape[-1] // self.group_size, self.group_size)).mean(-1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
+        x = input
+        y = self.base(x)  # (..., N)
+        p = self.dropout(self.pool(x))  # (..., L)
+        if self.zero_point == "float":
+            return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
+        zero = self.base.zero_points()  # (N, L), integers
+        c = (self.lora_B @ self.lora_A) * (self.scale / self.group_size)  # (N, L)
+        moved = torch.clamp(_round_ste(zero - c / self.base.scales), 0, qmax(self.base.bits))
+        d = self.base.scales * (zero - moved)  # (N, L): whole quantization steps only
+        return y + F.linear(p * self.group_size, d.to(x.dtype))
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        yield self.lora_A
+        yield self.lora_B
+
+    # --- folding -------------------------------------------------------------------
+    def folded_zero_points(self) -> torch.Tensor:
+        """zero' = zero - c / scale, float64 [N, L] (rounded and clamped for zero_point="int")."""
+        base = self.base
+        zero = base.zero_points().double()
+        c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (self.scale / self.group_size)
+        moved = zero - c / base.scales.double()
+        if self.zero_point == "int":
+            moved = torch.clamp(torch.round(moved), 0, qmax(base.bits))
+        return moved
+
+    def fold(self, zeros: str = "split") -> IntLinear:
+        """A new ``IntLinear`` computing this layer (same codes and scales, new zero points)."""
+        if zeros not in FOLD_ZEROS:
+            raise ValueError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
+        base = self.base
+        moved = self.folded_zero_points()  # (N, L) float64
+        common = dict(bits=base.bits, group_size=base.group_size,
+                      bias=None if base.bias is None else base.bias.clone())
+        if self.zero_point == "int" or zeros != "float":
+            rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
+            correction = None
+            if zeros == "split" and self.zero_point == "float":
+                correction = (base.scales.double() * (rounded - moved)).to(torch.float32)  # D: (N, L)
+            packed = pack_zeros(rounded.to(torch.uint8), base.bits)
+            return IntLinear(base.qweight.clone(), base.scales.clone(), packed, correction=correction, **common)
+        return IntLinear(base.qweight.clone(), base.scales.clone(), moved.to(torch.float32), **common)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind if self.zero_point == "float" else "qalora-int",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "bits": self.base.bits,
+            "group_size": self.group_size,
+            "adapter_params": self.lora_A.numel() + self.lora_B.numel(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha:g}, group={self.group_size}, zero_point={self.zero_point}"

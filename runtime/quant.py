@@ -1,0 +1,143 @@
+"""Group quantization: formats, packing, quantize / dequantize.
+
+Asymmetric min-max round-to-nearest, per output row ``j`` and group ``l`` of ``g``
+consecutive input columns (``K`` inputs, ``N`` outputs, ``L = K / g`` groups)::
+
+    lo = min(0, min W[j, group l])      hi = max(0, max W[j, group l])
+    scale[j, l] = (hi - lo) / (2^b - 1)            (1 where hi == lo)
+    zero[j, l]  = round(-lo / scale)               integer in [0, 2^b - 1]
+    q[j, i]     = clamp(round(W[j, i] / scale + zero), 0, 2^b - 1)
+    W[j, i]    ~= scale[j, l] * (q[j, i] - zero[j, l]),   |error| <= scale / 2
+
+Including 0 in [lo, hi] keeps ``zero`` inside the code range, which is what makes the
+``scale / 2`` bound hold for every weight.
+
+Storage is onnxruntime's ``MatMulNBits`` layout, so export copies bytes:
+
+    qweight  uint8 [N, L, g * b / 8]     codes, little-end first: for 4 bits the low
+                                         nibble holds the even k (a bit stream, LSB first)
+    scales   float [N, L]
+    zeros    uint8 [N, ceil(L * b / 8)]  packed the same way along the groups, or
+             float [N, L]                real-valued zero points (after a fold)
+
+Packing works on runs of 8 codes -> ``b`` bytes, which covers b in {2, 3, 4, 8}.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BITS = (2, 3, 4, 8)
+
+
+def qmax(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> str | None:
+    """Why ``weight`` ([N, K]) cannot be quantized with these settings, or None."""
+    if bits not in BITS:
+        return f"{name}: bits={bits} is not one of {BITS}"
+    if group_size < 16 or group_size & (group_size - 1):
+        return f"{name}: group_size={group_size} is not a power of two >= 16"
+    n, k = weight.shape
+    if group_size > k:
+        return f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"
+    if k % group_size:
+        return f"{name}: input width {k} is not divisible by group_size={group_size} (shape [{n}, {k}])"
+    if not torch.isfinite(weight).all():
+        bad = (~torch.isfinite(weight)).sum().item()
+        return f"{name}: weight has {bad} NaN/inf value(s) (shape [{n}, {k}])"
+    return None
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes along the last dim (length a multiple of 8) into uint8, LSB first."""
+    *lead, length = codes.shape
+    if length % 8:
+        raise ValueError(f"pack needs a multiple of 8 codes per row, got {length}")
+    c = codes.to(torch.int64).reshape(*lead, length // 8, 8)
+    shifts = torch.arange(8, device=codes.device) * bits
+    word = (c << shifts).sum(-1, keepdim=True)  # (..., length/8, 1): 8 codes in 8*bits bits
+    byte_shifts = torch.arange(bits, device=codes.device) * 8
+    out = (word >> byte_shifts) & 0xFF  # (..., length/8, bits)
+    return out.to(torch.uint8).reshape(*lead, length // 8 * bits)
+
+
+def unpack(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
+    """Inverse of ``pack``: uint8 [..., ceil(length*bits/8)] -> uint8 codes [..., length]."""
+    *lead, nbytes = packed.shape
+    runs = -(-length // 8)
+    need = runs * bits
+    p = packed.to(torch.int64)
+    if nbytes < need:  # a trimmed tail (zero points): pad with zero bytes
+        p = torch.nn.functional.pad(p, (0, need - nbytes))
+    p = p[..., :need].reshape(*lead, runs, bits)
+    word = (p << (torch.arange(bits, device=packed.device) * 8)).sum(-1, keepdim=True)
+    codes = (word >> (torch.arange(8, device=packed.device) * bits)) & qmax(bits)
+    return codes.reshape(*lead, runs * 8)[..., :length].to(torch.uint8)
+
+
+def pack_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer zero points [N, L] -> uint8 [N, ceil(L * bits / 8)] (MatMulNBits zero_points)."""
+    n, groups = zeros.shape
+    padded = torch.nn.functional.pad(zeros.to(torch.int64), (0, (-groups) % 8))
+    return pack(padded, bits)[:, : -(-groups * bits // 8)].contiguous()
+
+
+def quantize(weight: torch.Tensor, bits: int, group_size: int):
+    """weight [N, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L])."""
+    n, k = weight.shape
+    w = weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)  # (N, L, g)
+    lo = w.amin(-1).clamp(max=0.0)
+    hi = w.amax(-1).clamp(min=0.0)
+    scales = (hi - lo) / qmax(bits)
+    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
+    zeros = torch.round(-lo / scales).clamp(0, qmax(bits))
+    codes = torch.round(w / scales[..., None] + zeros[..., None]).clamp(0, qmax(bits))
+    return codes.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
+
+
+def pack_codes(codes: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """codes uint8 [N, K] -> qweight uint8 [N, L, g * bits / 8]."""
+    n, k = codes.shape
+    return pack(codes.reshape(n, k // group_size, group_size), bits)
+
+
+def unpack_codes(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """qweight uint8 [N, L, g * bits / 8] -> codes uint8 [N, K]."""
+    n, groups, _ = qweight.shape
+    return unpack(qweight, bits, group_size).reshape(n, groups * group_size)
+
+
+def zero_points(zeros: torch.Tensor, bits: int, groups: int) -> torch.Tensor:
+    """Stored zeros (packed uint8 or float [N, L]) -> float32 [N, L]."""
+    if zeros.dtype == torch.uint8:
+        return unpack(zeros, bits, groups).to(torch.float32)
+    return zeros.to(torch.float32)
+
+
+def dequantize(qweight, scales, zeros, bits: int, group_size: int) -> torch.Tensor:
+    """-> W float32 [N, K] with W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l])."""
+    n, groups, _ = qweight.shape
+    q = unpack(qweight, bits, group_size).to(torch.float32)  # (N, L, g)
+    z = zero_points(zeros, bits, groups)  # (N, L)
+    return ((q - z[..., None]) * scales.to(torch.float32)[..., None]).reshape(n, groups * group_size)
+
+
+def group_sum(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x [..., K] -> [..., K / g]: the sum of each group of g inputs."""
+    return x.unflatten(-1, (x.shape[-1] // group_size, group_size)).sum(-1)
+
+
+def check_layers(problems: list[str], *, hint: str) -> None:
+    """Raise one error listing every layer that cannot be quantized as asked."""
+    from .errors import PolicyError
+
+    if problems:
+        listing = "\n  ".join(problems)
+        raise PolicyError(f"{len(problems)} layer(s) cannot be quantized as asked:\n  {listing}\n{hint}")
+
+
+GROUP_HINT = ("Use a group_size that divides every targeted layer's input width, an override for these "
+              "layers (overrides={'<pattern>': {'group_size': ...}}), or exclude them.")
