@@ -24,7 +24,7 @@ from torch import nn
 from ..runtime import graph as G
 from ..runtime.errors import TargetError
 from ..runtime.linear import is_linear_module, linear_shape
-from ..runtime.select import ALL_LINEAR, check_pattern, first_match, matches
+from ..runtime.select import ALL_LINEAR, check_pattern, matches
 from .registry import PassResult, register_pass
 
 
@@ -49,6 +49,22 @@ def _output_heads(model: nn.Module | None) -> set[str]:
         if isinstance(head, nn.Module):
             heads |= {name for name, m in model.named_modules() if m is head}
     return heads
+
+
+def _aliases(model: nn.Module | None, names: list[str]) -> dict[str, tuple[str, ...]]:
+    """Every name each found layer is reachable by in the model (``self.b = self.a``)."""
+    if model is None:
+        return {}
+    by_id: dict[int, list[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        by_id.setdefault(id(m), []).append(n)
+    out = {}
+    for name in names:
+        try:
+            out[name] = tuple(by_id.get(id(model.get_submodule(name)), [name]))
+        except AttributeError:  # functional entries are named after a weight's owner, maybe no module
+            pass
+    return out
 
 
 def _functional_op(gm: fx.GraphModule, node: fx.Node) -> tuple[str, int, int] | None:
@@ -102,20 +118,26 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         )
     names = list(found)
     listing = ", ".join(names)
+    aliases = _aliases(G.model_of(gm), names)
+
+    def hit(pattern: str, name: str) -> bool:  # a layer reachable by several names matches by any
+        return any(matches(pattern, a) for a in aliases.get(name, (name,)))
+
     heads = _output_heads(G.model_of(gm))
     explicit = [p for p in target if p != ALL_LINEAR]
     status: dict[str, str] = {}
     for name in names:
         kind = found[name][0]
+        explicit_hit = any(hit(p, name) for p in explicit)
         if kind == "functional" and name.endswith(" (F.linear)"):
             status[name] = "functional"  # the module itself is selected (or not) by its own name
-        elif ALL_LINEAR in target and first_match(explicit, name) is None:
+        elif ALL_LINEAR in target and not explicit_hit:
             status[name] = "output-head" if name in heads else ("functional" if kind == "functional" else "selected")
-        elif first_match(explicit, name) is not None:
+        elif explicit_hit:
             status[name] = "selected"
         else:
             status[name] = "not-targeted"
-    unmatched = [p for p in explicit if not any(matches(p, n) for n in names)]
+    unmatched = [p for p in explicit if not any(hit(p, n) for n in names)]
     if not any(s == "selected" for s in status.values()):
         raise TargetError(
             f"target {list(target)} matches none of the model's {len(names)} linear layers: {listing}"
@@ -126,7 +148,7 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
             f"fix or drop them. Linear layers: {listing}"
         )
     for p in exclude:
-        hits = [n for n in names if matches(p, n)]
+        hits = [n for n in names if hit(p, n)]
         if not hits:
             raise TargetError(f"exclude pattern {p!r} matches no linear layer. Linear layers: {listing}")
         for n in hits:

@@ -68,6 +68,15 @@ class LoRALinear(AdapterLayer):
         for p in self.base.parameters():
             p.requires_grad_(False)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base's weight, for code that reads ``layer.weight`` (tied heads, ``F.linear(x, m.weight)``)."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base, "bias", None)
+
     @classmethod
     def from_linear(cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
         return cls(base, rank, alpha, dropout)

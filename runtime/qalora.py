@@ -83,10 +83,15 @@ class QALoRALinear(AdapterLayer):
         if self.zero_point == "float":
             return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
         zero = self.base.zero_points()  # (N, L), integers
-        c = (self.lora_B @ self.lora_A) * (self.scale / self.group_size)  # (N, L)
-        moved = torch.clamp(_round_ste(zero - c / self.base.scales), 0, qmax(self.base.bits))
-        d = self.base.scales * (zero - moved)  # (N, L): whole quantization steps only
+        d = self.base.scales * (zero - self._int_zero_points())  # (N, L): whole quantization steps only
         return y + F.linear(p * self.group_size, d.to(x.dtype))
+
+    def _int_zero_points(self) -> torch.Tensor:
+        """zero'' of ``zero_point="int"``, f32 [N, L]. The fold calls this very function, so it
+        rounds exactly as training did (float64 could round a value near .5 the other way)."""
+        zero = self.base.zero_points()  # (N, L)
+        c = (self.lora_B @ self.lora_A) * (self.scale / self.group_size)  # (N, L)
+        return torch.clamp(_round_ste(zero - c / self.base.scales), 0, qmax(self.base.bits))
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         yield self.lora_A
@@ -94,14 +99,14 @@ class QALoRALinear(AdapterLayer):
 
     # --- folding -------------------------------------------------------------------
     def folded_zero_points(self) -> torch.Tensor:
-        """zero' = zero - c / scale, float64 [N, L] (rounded and clamped for zero_point="int")."""
+        """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training used)."""
+        if self.zero_point == "int":
+            with torch.no_grad():
+                return self._int_zero_points().double()
         base = self.base
         zero = base.zero_points().double()
         c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (self.scale / self.group_size)
-        moved = zero - c / base.scales.double()
-        if self.zero_point == "int":
-            moved = torch.clamp(torch.round(moved), 0, qmax(base.bits))
-        return moved
+        return zero - c / base.scales.double()
 
     def fold(self, zeros: str = "split") -> IntLinear:
         """A new ``IntLinear`` computing this layer (same codes and scales, new zero points)."""

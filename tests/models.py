@@ -87,3 +87,27 @@ class NoLinear(nn.Module):
 
     def forward(self, x):
         return self.norm(x)
+
+
+def lm_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy of a TinyGPT on a fixed batch."""
+    logits = model(x)
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+
+
+def train(model: nn.Module, x: torch.Tensor, steps: int = 50, lr: float = 1e-2, loss_fn=lm_loss) -> list[float]:
+    """AdamW on the trainable parameters; returns the losses."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = loss_fn(model, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return ((a - b).abs().max() / b.abs().max()).item()

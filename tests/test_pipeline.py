@@ -126,3 +126,13 @@ def test_gm_still_computes_the_model_after_rewrites():
     with torch.no_grad():
         model.blocks[0].attn.q_proj.lora_B.normal_()
         assert torch.equal(gm(x), model(x))
+
+
+def test_numpy_floats_format_as_plain_numbers_and_specs_hash():
+    import numpy as np
+
+    assert format_value(np.float64(1.5)) == "1.5"
+    assert parse_value("inf") == "inf" and parse_value("nan") == "nan"  # strings, never non-finite numbers
+    a = PassSpec("insert-lora", {"rank": 2, "alpha": 4.0})
+    b = PassSpec("insert-lora", {"alpha": 4.0, "rank": 2})
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1

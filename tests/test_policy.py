@@ -108,3 +108,24 @@ def test_pipeline_string_round_trips_and_carries_every_option():
 def test_override_objects_are_accepted_directly():
     o = Override("q_proj", rank=2)
     assert Policy(overrides=(o,)).overrides == (o,)
+
+
+def test_more_invalid_policies():
+    with pytest.raises(PolicyError, match="bits must be one of"):
+        Policy(bits=4.0)
+    with pytest.raises(PolicyError, match=r"overrides name pattern\(s\) \['q_proj'\] more than once"):
+        Policy(overrides=(Override("q_proj", rank=2), Override("q_proj", alpha=3.0)))
+    with pytest.raises(PolicyError, match="exclude cannot be 'all-linear'"):
+        Policy(exclude="all-linear")
+    with pytest.raises(PolicyError, match="double_quant must be true or false"):
+        Policy(double_quant=1)
+
+
+@pytest.mark.parametrize("method, pass_name", [("lora", "insert-lora"), ("qalora", "insert-qalora"),
+                                               ("qlora", "insert-qlora"), ("rtn", "quantize")])
+def test_every_method_lowers_to_a_runnable_pipeline(method, pass_name):
+    p = Policy(method=method, overrides={"q_proj": {"rank": 2, "bits": 8}})
+    pipeline = p.pipeline()
+    assert [s.name for s in pipeline.passes] == ["find-linears", pass_name]
+    assert Pipeline.parse(str(pipeline)) == pipeline
+    assert Policy.from_dict(p.to_dict()) == p
