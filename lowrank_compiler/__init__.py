@@ -6,6 +6,7 @@
 """
 
 from .api import CompileInfo, compile, compile_info, fold
+from .export import OnnxReport, export_onnx, inspect_onnx
 from .pipeline import PassManager, PassSpec, Pipeline, lint
 from .policy import Override, Policy
 from .runtime.errors import (
@@ -42,6 +43,9 @@ __all__ = [
     "TraceError",
     "compile",
     "compile_info",
+    "export_onnx",
+    "inspect_onnx",
+    "OnnxReport",
     "fold",
     "lint",
     "summary",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -141,7 +142,9 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
         raise LowRankError("model holds no adapter layers (already folded, or compiled with method='rtn')")
     pipeline = info.policy.fold_pipeline(zeros)
     done = len(Pipeline.parse(info.pipeline).passes)
-    new = copy.deepcopy(model)  # the graph in its info is copied along and points at the copy's modules
+    with warnings.catch_warnings():  # torch.export's graph modules warn about pytree internals on copy
+        warnings.simplefilter("ignore", FutureWarning)
+        new = copy.deepcopy(model)  # the graph in its info is copied along and points at the copy's modules
     new_info = compile_info(new)
     if new_info.graph is None:  # unpickled: no graph came along
         new_info.graph = adapter_graph(new)

@@ -120,6 +120,7 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
         for m, training in modes.items():  # each module's own flag, not the root's
             m.training = training
     gm = ep.module()
+    gm.meta[G.EXAMPLE] = (args, kwargs)
     _fold_linear_calls(gm, model)
     return gm
 

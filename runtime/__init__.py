@@ -15,6 +15,7 @@ from .errors import (
 )
 from .layers import AdapterLayer, LoRALinear
 from .linear import is_conv1d, is_linear_module, linear_shape
+from .session import Session, load
 
 __all__ = [
     "AdapterLayer",
@@ -30,4 +31,6 @@ __all__ = [
     "is_conv1d",
     "is_linear_module",
     "linear_shape",
+    "load",
+    "Session",
 ]

@@ -28,6 +28,7 @@ LINEARS = "lowrank_compiler.linears"  # gm.meta: [LinearOp] found by find-linear
 LINEAR = "lowrank_compiler.linear"  # node.meta: LinearOp of a linear-op node
 SELECTED = "lowrank_compiler.selected"  # node.meta: True when the policy targets it
 ADAPTER = "lowrank_compiler.adapter"  # node.meta: fqn of the adapter layer a node belongs to
+EXAMPLE = "lowrank_compiler.example"  # gm.meta: (args, kwargs) the model was exported with
 CALL = "lowrank_compiler.call"  # node.meta: name of the call_module node an inlined node replaced
 
 # call_function targets that compute a linear op on a weight tensor

@@ -1,6 +1,6 @@
 """``IntLinear``: a frozen linear layer with group-quantized integer weights.
 
-    y = x W^T + bias [+ group_sum(x) @ correction^T]
+    y = x W^T + bias [+ group_sum(x) @ correction]
     W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]),   l = i // g
 
 Buffers (``quant.py`` documents the byte layouts; all are MatMulNBits inputs as they are):
@@ -9,8 +9,9 @@ Buffers (``quant.py`` documents the byte layouts; all are MatMulNBits inputs as 
     scales      f32   [N, K/g]
     zeros       uint8 [N, ceil(K/g*bits/8)] packed integer zero points, or f32 [N, K/g]
     bias        f32   [N] or absent
-    correction  f32   [N, K/g] or absent: the exact fractional part of folded zero
-                points (``zeros="split"``): ``correction = scales * (round(z') - z')``
+    correction  f32   [K/g, N] or absent: the exact fractional part of folded zero
+                points (``zeros="split"``): ``correction = (scales * (round(z') - z'))^T``,
+                stored transposed so the export is one MatMul on a named initializer
 
 It has no parameters; the op it calls is ``torch.ops.lowrank_compiler.int_linear``.
 """
@@ -75,7 +76,7 @@ class IntLinear(nn.Module):
         y = torch.ops.lowrank_compiler.int_linear(x, self.qweight, self.scales, self.zeros, self.bias,
                                                   self.bits, self.group_size)  # (..., N)
         if self.correction is not None:
-            y = y + group_sum(x, self.group_size) @ self.correction.to(x.dtype).T  # (..., K/g) @ (K/g, N)
+            y = y + group_sum(x, self.group_size) @ self.correction.to(x.dtype)  # (..., K/g) @ (K/g, N)
         return y
 
     def describe(self) -> dict[str, Any]:

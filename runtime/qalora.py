@@ -12,7 +12,8 @@ codes never change. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
 
 - ``"float"``: real zero points (MatMulNBits accepts them; exact, but a slower kernel);
 - ``"split"``: ``zr = clamp(round(zero'), 0, 2^b - 1)`` packed as integers, plus the exact
-  correction ``y += group_sum(x) @ D^T`` with ``D = scale (zr - zero')``, ``D: [N, L]``;
+  correction ``y += group_sum(x) @ D^T`` with ``D = scale (zr - zero')``, ``D: [N, L]``
+  (stored as ``D^T``);
 - ``"round"``: ``zr`` alone: lossy by up to scale/2 per weight, there to show the loss.
 
 Training mode ``zero_point="int"`` puts the rounding inside the forward pass
@@ -120,7 +121,7 @@ class QALoRALinear(AdapterLayer):
             rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
             correction = None
             if zeros == "split" and self.zero_point == "float":
-                correction = (base.scales.double() * (rounded - moved)).to(torch.float32)  # D: (N, L)
+                correction = (base.scales.double() * (rounded - moved)).T.to(torch.float32).contiguous()  # D^T: (L, N)
             packed = pack_zeros(rounded.to(torch.uint8), base.bits)
             return IntLinear(base.qweight.clone(), base.scales.clone(), packed, correction=correction, **common)
         return IntLinear(base.qweight.clone(), base.scales.clone(), moved.to(torch.float32), **common)

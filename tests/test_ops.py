@@ -59,7 +59,7 @@ def test_float_zero_points_and_correction():
     fz = IntLinear(m.qweight, m.scales, z, bits=4, group_size=32)
     w = (torch.stack([m.dequantize()]) - 0.25 * m.scales.repeat_interleave(32, 1))[0]
     torch.testing.assert_close(fz(x), x @ w.T, rtol=1e-5, atol=1e-5)
-    d = torch.randn(24, 2)
+    d = torch.randn(2, 24)  # D^T: (K/g, N)
     cm = IntLinear(m.qweight, m.scales, m.zeros, bits=4, group_size=32, correction=d)
-    torch.testing.assert_close(cm(x), m(x) + x.reshape(4, 2, 32).sum(-1) @ d.T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cm(x), m(x) + x.reshape(4, 2, 32).sum(-1) @ d, rtol=1e-5, atol=1e-5)
     assert fz.describe()["zeros"] == "float" and cm.describe()["zeros"] == "split"

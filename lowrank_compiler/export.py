@@ -1,0 +1,44 @@
+"""``export_onnx``: a compiled, folded (or float) model to an ONNX file onnxruntime runs.
+
+``format="matmulnbits"``: one ``com.microsoft::MatMulNBits`` node per integer layer, fed
+by its stored codes, scales and zero points (packed integers, or floats after a
+``zeros="float"`` fold), bias inside the node; a ``"split"`` layer's exact correction
+sits beside it. ``format="qdq"``: standard ONNX only (opset 21): UINT4 ``[K, N]``
+codes, ``DequantizeLinear(axis=0, block_size=g)``, ``MatMul`` — the layout onnxruntime
+fuses; float zero points go there in the exact split form. Nothing is re-quantized.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from torch import nn
+
+from .api import compile_info
+from .runtime.onnx_export import FORMATS, export_model
+from .runtime.onnx_inspect import OnnxReport, inspect_onnx
+from .trace import _with_defaults
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, example_kwargs=None,
+                format: str = "matmulnbits", accuracy_level: int = 0, dynamic: bool = True) -> Path:
+    """Write ``model`` to ``path`` (temporary name, checked, renamed); returns the path.
+
+    example_inputs / example_kwargs: one call's arguments (batch and sequence >= 2 when
+        ``dynamic``: those axes are then free in the file).
+    accuracy_level: MatMulNBits' compute precision, 0 (fp32) to 4 (int8 activations,
+        several times faster at batch 1). ``runtime.load`` keeps it for QDQ files too.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export_onnx expects a torch.nn.Module, got {type(model).__name__}")
+    args = example_inputs if isinstance(example_inputs, tuple) else (
+        tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
+    kwargs = _with_defaults(model, dict(example_kwargs or {}))
+    info = compile_info(model)
+    targets = [op.name for op in info.linears if op.status == "selected"] if info else None
+    return export_model(model, path, args=args, kwargs=kwargs, fmt=format, accuracy_level=accuracy_level,
+                        dynamic=dynamic, targets=targets)
+
+
+__all__ = ["FORMATS", "OnnxReport", "export_onnx", "inspect_onnx"]

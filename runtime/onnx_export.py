@@ -1,0 +1,216 @@
+"""Export a (quantized, folded) model to ONNX with ``torch.onnx`` (dynamo) and write it safely.
+
+Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the
+layer's own buffers (``onnx_ops.py``); a ``"split"``-folded layer's correction exports as
+the plain ops it is (group sums times ``D^T``). ``format="qdq"`` then lowers each
+MatMulNBits node to standard ``DequantizeLinear`` + ``MatMul`` (``qdq.py``), after
+float-zero layers were converted to the exact split form.
+
+Metadata ``lowrank_compiler`` (JSON in ``metadata_props``) records the format, the
+accuracy level, the targeted layers and how each layer was lowered, for ``inspect``
+and ``session.load``. The file is written under a temporary name, checked with
+``onnx.checker`` (full check), then renamed; past 2 GB the weights go to
+``<name>.data`` beside it (external data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from .errors import LowRankError
+from .int_linear import IntLinear
+from .layers import AdapterLayer, LoRALinear
+from .nf4 import NF4Linear
+from .onnx_ops import int_linear_translation, register_matmulnbits_schema
+from .qalora import QALoRALinear
+from .qdq import QDQ_BITS, lower_to_qdq
+from .quant import pack_zeros, qmax
+
+FORMATS = ("matmulnbits", "qdq")
+META = "lowrank_compiler"
+OPSET = 21  # DequantizeLinear with block_size
+_TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the graph itself
+
+
+class ExportError(LowRankError, ValueError):
+    """The model cannot be exported as asked (the message says which layer and what to do)."""
+
+
+def lowering(module: nn.Module, fmt: str) -> str:
+    """How one layer appears in the exported graph."""
+    if isinstance(module, QALoRALinear):
+        return f"{lowering(module.base, fmt)} + float QA-LoRA adapter"
+    if isinstance(module, LoRALinear):
+        return "float MatMul + float LoRA adapter"
+    if isinstance(module, IntLinear):
+        d = module.describe()
+        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
+        zeros = "split" if fmt == "qdq" and d["zeros"] == "float" else d["zeros"]
+        return f"{node} int{module.bits} g{module.group_size} zeros={zeros}"
+    return "float MatMul"
+
+
+def check_exportable(model: nn.Module, fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
+    problems = []
+    for name, m in model.named_modules():
+        if isinstance(m, NF4Linear):
+            problems.append(f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first")
+        elif isinstance(m, IntLinear) and m.bits == 3:
+            problems.append(f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8")
+        elif fmt == "qdq" and isinstance(m, IntLinear) and m.bits not in QDQ_BITS:
+            problems.append(f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'")
+        elif fmt == "qdq" and isinstance(m, AdapterLayer):
+            problems.append(f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
+                            f"lowrank_compiler.fold(model) first, or use format='matmulnbits'")
+    if problems:
+        raise ExportError("cannot export:\n  " + "\n  ".join(problems))
+
+
+def split_form(layer: IntLinear) -> IntLinear:
+    """The exact integer-zero + correction equivalent of a float-zero layer."""
+    z = layer.zero_points().double()
+    zr = torch.clamp(torch.round(z), 0, qmax(layer.bits))
+    correction = (layer.scales.double() * (zr - z)).T.to(torch.float32).contiguous()  # (L, N)
+    if layer.correction is not None:
+        correction = correction + layer.correction
+    return IntLinear(layer.qweight, layer.scales, pack_zeros(zr.to(torch.uint8), layer.bits), bits=layer.bits,
+                     group_size=layer.group_size, bias=layer.bias, correction=correction)
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, fmt: str):
+    """Eval mode (and, for qdq, split-form float-zero layers) for the export; all undone after."""
+    modes = {m: m.training for m in model.modules()}
+    swaps = []
+    if fmt == "qdq":
+        for name, m in list(model.named_modules()):
+            if isinstance(m, IntLinear) and m.float_zeros:
+                swaps.append((name, m))
+                model.set_submodule(name, split_form(m))
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, m in reversed(swaps):
+            model.set_submodule(name, m)
+        for m, training in modes.items():
+            m.training = training
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter narrates each step on stdout and logs optional registrations: keep ours clean."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
+    """Batch (dim 0) and sequence (dim 1) of every tensor input are dynamic, shared across inputs."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+
+    def spec(v):
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            return {0: batch, 1: seq} if v.dim() >= 2 and not v.is_floating_point() or v.dim() >= 3 else {0: batch}
+        return None
+
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    out = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out[name] = {k: spec(v) for k, v in value.items()}
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            out[name] = tuple(spec(v) for v in value)
+        else:
+            out[name] = spec(value)
+    return out
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise ExportError(f"accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), "
+                          f"got {accuracy_level!r}")
+    check_exportable(model, fmt)
+    register_matmulnbits_schema()
+    layers = {n: lowering(m, fmt) for n, m in model.named_modules()
+              if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
+    layers = {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
+    table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level)}
+    with _prepared(model, fmt):
+        shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+        with _quiet():
+            try:
+                program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
+                                            custom_translation_table=table, dynamic_shapes=shapes, optimize=True)
+            except Exception as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {first}. Check that the "
+                                  f"example inputs run the model; with dynamic=True, use batch and sequence "
+                                  f"sizes of at least 2") from e
+    proto = program.model_proto
+    if dynamic:
+        name_dynamic_dims(proto)
+    if fmt == "qdq":
+        lower_to_qdq(proto)
+    meta = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers,
+            "targets": sorted(targets if targets is not None else layers)}
+    kept = [p for p in proto.metadata_props if p.key != META]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=META, value=json.dumps(meta, sort_keys=True))
+    write_model(proto, path)
+    return path
+
+
+def name_dynamic_dims(proto: onnx.ModelProto) -> None:
+    """The exporter's symbols (``s72``) become ``batch`` and ``seq`` wherever they appear."""
+    rename = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, label in zip(range(len(dims)), ("batch", "seq")):
+            if dims[axis].dim_param and dims[axis].dim_param not in rename:
+                rename[dims[axis].dim_param] = label
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Temporary name, full check, rename; external data past 2 GB. No partial file is left behind."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    data = path.with_name(path.name + ".data")
+    external = proto.ByteSize() > _TWO_GB
+    try:
+        onnx.save_model(proto, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        onnx.checker.check_model(str(tmp), full_check=True)
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (tmp, data if external else None):
+            if leftover is not None and leftover.exists():
+                leftover.unlink()
+        raise

@@ -1,0 +1,98 @@
+"""``load(path)``: an onnxruntime session that takes and returns numpy arrays or torch tensors.
+
+- Inputs by position (the graph's input order) or by name; torch tensors are moved to CPU
+  numpy, and then outputs come back as torch tensors too (numpy otherwise).
+- Providers: CUDA first when onnxruntime-gpu sees a GPU, else CPU; or what you pass.
+- Numerics: onnxruntime fuses standard ``DequantizeLinear + MatMul`` into MatMulNBits and
+  then silently computes at accuracy level 4 (int8 activations). The session pins the
+  level the model was exported with (``session.qdq_matmulnbits_accuracy_level``), or the
+  ``accuracy_level`` you pass.
+- A session serves concurrent ``__call__``s from several threads (onnxruntime's ``run``
+  is thread-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from .errors import LowRankError
+
+META = "lowrank_compiler"
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available and torch.cuda.is_available():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == META:
+            return json.loads(prop.value)
+    return {}
+
+
+class Session:
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
+                 accuracy_level: int | None = None, threads: int | None = None):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX file at {str(path)!r}")
+        try:
+            self.metadata = read_metadata(path)
+        except Exception as e:
+            raise LowRankError(f"{str(path)!r} is not a readable ONNX model: {e}") from e
+        level = accuracy_level if accuracy_level is not None else self.metadata.get("accuracy_level", 0)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int(level)))
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
+        except Exception as e:
+            raise LowRankError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
+        self.accuracy_level = int(level)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def __call__(self, *args, **kwargs):
+        """Run once; returns the output, or a tuple of outputs when the graph has several."""
+        if len(args) > len(self.input_names):
+            raise ValueError(f"the model takes {len(self.input_names)} inputs {self.input_names}, got {len(args)}")
+        feeds = dict(zip(self.input_names, args))
+        for name, value in kwargs.items():
+            if name not in self.input_names:
+                raise ValueError(f"the model has no input {name!r}; its inputs are {self.input_names}")
+            if name in feeds:
+                raise ValueError(f"input {name!r} given by position and by name")
+            feeds[name] = value
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ValueError(f"missing input(s) {missing}; the model takes {self.input_names}")
+        as_torch = any(isinstance(v, torch.Tensor) for v in feeds.values())
+        arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+                  for k, v in feeds.items()}
+        outputs = self.session.run(None, arrays)
+        if as_torch:
+            outputs = [torch.from_numpy(o) for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def load(path: str | os.PathLike, providers: list[str] | None = None, *, accuracy_level: int | None = None,
+         threads: int | None = None) -> Session:
+    return Session(path, providers, accuracy_level, threads)
