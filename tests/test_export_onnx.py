@@ -178,3 +178,16 @@ def test_export_pass_ends_a_pipeline_with_an_onnx_dump(tmp_path):
     dump = (tmp_path / "dumps" / "04-export-onnx.txt").read_text()
     assert "com.microsoft::MatMulNBits(" in dump and "input input_ids: int64[batch, seq]" in dump
     assert "uint8[" in dump and "float[batch, seq, 32]" in dump
+
+
+def test_large_models_go_to_external_data(gpt_float, tmp_path, monkeypatch):
+    from lowrank_compiler.runtime import onnx_export
+
+    monkeypatch.setattr(onnx_export, "_TWO_GB", 0)  # pretend the model is past protobuf's limit
+    folded = lrc.fold(gpt_float)
+    path = lrc.export_onnx(folded, tmp_path / "big.onnx", example_inputs=(ids(),))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data"]
+    assert lrc.inspect_onnx(path).is_pure_int4
+    x = ids(3, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(load(path)(x), folded(x), rtol=1e-4, atol=1e-4)
