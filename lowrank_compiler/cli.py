@@ -1,7 +1,8 @@
 """Command line: ``lowrank-compiler <command>`` (also ``python -m lowrank_compiler``).
 
 Commands:
-  demo    compile the built-in small GPT with LoRA and print the summary
+  demo    the main job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
+  toy     compile the built-in small GPT with LoRA and print the summary
   passes  list the registered passes, their options and defaults
 """
 
@@ -13,7 +14,18 @@ import sys
 from .runtime.errors import LowRankError
 
 
-def _demo(args) -> int:
+def _minilm(args) -> int:
+    from .minilm import JobConfig, run
+
+    cfg = JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, steps=args.steps, out=args.out,
+                    eval_sentences=args.eval_sentences, baselines=not args.no_baselines, alpha=2.0 * args.rank)
+    run(cfg)
+    print(f"written to {args.out}: qalora_int4.onnx (the deployable model), the baselines' files, "
+          f"adapters.safetensors, dumps/, results.md")
+    return 0
+
+
+def _toy(args) -> int:
     import torch
 
     from .api import compile
@@ -47,12 +59,21 @@ def _passes(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lowrank-compiler", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compile the built-in small GPT with LoRA and print the summary")
-    demo.add_argument("--rank", type=int, default=8)
-    demo.add_argument("--target", nargs="+", default=["all-linear"], help="module-name patterns")
-    demo.add_argument("--dump-dir", default=None, help="write graph dumps here")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(fn=_demo)
+    job = sub.add_parser("demo", help="the main job on MiniLM (a few minutes on 2 cores)")
+    job.add_argument("--bits", type=int, choices=(2, 4, 8), default=4)
+    job.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
+    job.add_argument("--rank", type=int, default=16)
+    job.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
+    job.add_argument("--eval-sentences", type=int, default=256)
+    job.add_argument("--out", default="out/minilm", help="output directory")
+    job.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
+    job.set_defaults(fn=_minilm)
+    toy = sub.add_parser("toy", help="compile the built-in small GPT with LoRA and print the summary")
+    toy.add_argument("--rank", type=int, default=8)
+    toy.add_argument("--target", nargs="+", default=["all-linear"], help="module-name patterns")
+    toy.add_argument("--dump-dir", default=None, help="write graph dumps here")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.set_defaults(fn=_toy)
     sub.add_parser("passes", help="list the registered passes").set_defaults(fn=_passes)
     args = parser.parse_args(argv)
     try:

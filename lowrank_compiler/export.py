@@ -18,7 +18,7 @@ from torch import nn
 from .api import compile_info
 from .runtime.onnx_export import FORMATS, export_model
 from .runtime.onnx_inspect import OnnxReport, inspect_onnx
-from .trace import _with_defaults
+from .trace import with_defaults
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, example_kwargs=None,
@@ -34,7 +34,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, ex
         raise TypeError(f"export_onnx expects a torch.nn.Module, got {type(model).__name__}")
     args = example_inputs if isinstance(example_inputs, tuple) else (
         tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
-    kwargs = _with_defaults(model, dict(example_kwargs or {}))
+    kwargs = with_defaults(model, dict(example_kwargs or {}))
     info = compile_info(model)
     targets = [op.name for op in info.linears if op.status == "selected"] if info else None
     return export_model(model, path, args=args, kwargs=kwargs, fmt=format, accuracy_level=accuracy_level,

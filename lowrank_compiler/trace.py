@@ -90,7 +90,7 @@ def _symbolic(model: nn.Module) -> fx.GraphModule:
     return gm
 
 
-def _with_defaults(model: nn.Module, kwargs: dict) -> dict:
+def with_defaults(model: nn.Module, kwargs: dict) -> dict:
     """HF models: trace without a KV cache unless the caller asked for one."""
     try:
         params = inspect.signature(model.forward).parameters
@@ -105,7 +105,7 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
     args = () if example_inputs is None else example_inputs
     if not isinstance(args, tuple):
         args = tuple(args) if isinstance(args, list) else (args,)
-    kwargs = _with_defaults(model, dict(example_kwargs or {}))
+    kwargs = with_defaults(model, dict(example_kwargs or {}))
     modes = {m: m.training for m in model.modules()}
     model.eval()  # the graph is for analysis: no dropout nodes
     try:

@@ -112,15 +112,17 @@ def _prepared(model: nn.Module, fmt: str):
 @contextlib.contextmanager
 def _quiet():
     """The exporter narrates each step on stdout and logs optional registrations: keep ours clean."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
@@ -214,3 +216,26 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
             if leftover is not None and leftover.exists():
                 leftover.unlink()
         raise
+
+
+def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: int) -> Path:
+    """Copy an exported file with every MatMulNBits node's ``accuracy_level`` set to ``level``.
+
+    The weights are untouched; only the kernel's compute precision changes (0: fp32,
+    4: int8 activations). For standard QDQ files the session option does this instead.
+    """
+    if level not in (0, 1, 2, 3, 4):
+        raise ExportError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {level!r}")
+    model = onnx.load(str(src))
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(attrs + [onnx.helper.make_attribute("accuracy_level", level)])
+    for prop in model.metadata_props:
+        if prop.key == META:
+            meta = json.loads(prop.value)
+            meta["accuracy_level"] = level
+            prop.value = json.dumps(meta, sort_keys=True)
+    write_model(model, Path(dst))
+    return Path(dst)

@@ -67,6 +67,14 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     """Inverse of ``pack``: uint8 [..., ceil(length*bits/8)] -> uint8 codes [..., length]."""
     *lead, nbytes = packed.shape
+    if 8 % bits == 0:  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (the hot path of training)
+        per = 8 // bits
+        need = -(-length // per)
+        p = packed[..., :need]
+        if per == 1:
+            return p[..., :length].clone()
+        parts = [(p >> (bits * i)) & qmax(bits) for i in range(per)]  # LSB first
+        return torch.stack(parts, dim=-1).reshape(*lead, -1)[..., :length]
     runs = -(-length // 8)
     need = runs * bits
     p = packed.to(torch.int64)

