@@ -8,7 +8,7 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import load
 from lowrank_compiler.runtime.onnx_export import ExportError
-from models import hf_bert, hf_llama, ids, output, tiny_gpt
+from models import hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
 
 NEW_SHAPES = [(1, 5), (3, 13)]  # export uses (2, 8)
 
@@ -86,6 +86,7 @@ def test_tiny_gpt_parity_every_format_and_zero_mode(gpt_float, gpt_int, tmp_path
 @pytest.mark.parametrize("build, fmt, zeros", [  # each model: both formats and all three zero-point modes
     (hf_llama, "matmulnbits", "split"), (hf_llama, "qdq", "float"), (hf_llama, "qdq", "int"),
     (hf_bert, "qdq", "split"), (hf_bert, "matmulnbits", "float"), (hf_bert, "matmulnbits", "int"),
+    (hf_gpt2, "matmulnbits", "split"),  # Conv1D layers: weights stored [in, out]
 ])
 def test_hf_models_parity(build, fmt, zeros, tmp_path):
     model = compiled(build, zero_point="int" if zeros == "int" else "float", hf=True)
