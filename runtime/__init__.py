@@ -1,6 +1,8 @@
-"""Runtime layer: linear-layer facts, adapter layers, name patterns, graph helpers, errors.
+"""Runtime layer: quantization formats, the int_linear op and its ONNX translation, integer
+and adapter layers, ONNX export/lowering/inspection, the onnxruntime session, name
+patterns, graph helpers, errors.
 
-Imports torch (and later numpy, onnx, onnxruntime) only: never the passes or the API.
+Imports torch, numpy, onnx, onnxscript and onnxruntime only: never the passes or the API.
 """
 
 from .errors import (
