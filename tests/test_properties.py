@@ -1,0 +1,91 @@
+"""Property tests over random shapes, bits, group sizes and ranks (hypothesis, bounded for speed)."""
+
+import threading
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import lowrank_compiler as lrc
+from lowrank_compiler.runtime.int_linear import IntLinear
+from lowrank_compiler.runtime.qalora import QALoRALinear
+from lowrank_compiler.runtime.quant import dequantize, pack, pack_codes, pack_zeros, quantize, unpack, unpack_codes
+
+FAST = settings(max_examples=25, deadline=None)
+shapes = st.tuples(st.integers(1, 12), st.sampled_from([1, 2, 3, 5]), st.sampled_from([16, 32, 64]))
+
+
+@FAST
+@given(shape=shapes, bits=st.sampled_from([2, 3, 4, 8]), seed=st.integers(0, 2**16), scale=st.floats(1e-3, 1e3))
+def test_quantize_dequantize_within_half_a_step(shape, bits, seed, scale):
+    n, groups, g = shape
+    w = torch.randn(n, groups * g, generator=torch.Generator().manual_seed(seed)) * scale
+    codes, scales, zeros = quantize(w, bits, g)
+    deq = dequantize(pack_codes(codes, bits, g), scales, pack_zeros(zeros, bits), bits, g)
+    bound = scales.repeat_interleave(g, 1) / 2
+    assert ((deq - w).abs() <= bound * (1 + 1e-5) + 1e-6 * scale).all()
+
+
+@FAST
+@given(bits=st.sampled_from([2, 3, 4, 8]), lead=st.integers(1, 4), runs=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_pack_unpack_identity(bits, lead, runs, seed):
+    codes = torch.randint(0, 2**bits, (lead, runs * 8), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    assert torch.equal(unpack(pack(codes, bits), bits, runs * 8), codes)
+    c2 = codes.reshape(lead, -1)[:, : (runs * 8 // 16) * 16] if runs * 8 >= 16 else None
+    if c2 is not None:
+        assert torch.equal(unpack_codes(pack_codes(c2, bits, 16), bits, 16), c2)
+
+
+@FAST
+@given(shape=shapes, rank=st.integers(1, 8), zero_point=st.sampled_from(["float", "int"]),
+       seed=st.integers(0, 2**16), spread=st.floats(0.01, 3.0))
+def test_fold_is_exact_for_any_adapter(shape, rank, zero_point, seed, spread):
+    n, groups, g = shape
+    gen = torch.Generator().manual_seed(seed)
+    base = IntLinear.from_weight(torch.randn(max(n, rank), groups * g, generator=gen), None, bits=4, group_size=g)
+    layer = QALoRALinear.from_int_linear(base, rank=rank, alpha=2.0 * rank, zero_point=zero_point)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * spread)
+        x = torch.randn(7, groups * g, generator=gen)
+        y = layer(x)
+        for zeros in ("split", "float"):
+            err = ((layer.fold(zeros)(x) - y).abs().max() / y.abs().max().clamp(min=1e-6)).item()
+            assert err <= (1e-6 if zero_point == "int" else 1e-5)
+
+
+@FAST
+@given(rank=st.integers(1, 64), alpha=st.floats(0.01, 1e3), dropout=st.floats(0, 0.9),
+       target=st.lists(st.sampled_from(["q_proj", "v_proj", "re:.*mlp.*", "layers.*.o_proj"]), min_size=1,
+                       max_size=3, unique=True),
+       method=st.sampled_from(["lora", "qalora", "qlora", "rtn"]), bits=st.sampled_from([2, 3, 4, 8]),
+       group=st.sampled_from([16, 32, 64, 128]), over=st.dictionaries(st.sampled_from(["q_proj", "mlp.*"]),
+                                                                      st.fixed_dictionaries({"rank": st.integers(1, 8)}),
+                                                                      max_size=2))
+def test_policy_round_trip(rank, alpha, dropout, target, method, bits, group, over):
+    p = lrc.Policy(method=method, target=target, rank=rank, alpha=alpha, dropout=dropout, bits=bits,
+                   group_size=group, overrides=over)
+    assert lrc.Policy.from_dict(p.to_dict()) == p
+    assert lrc.Pipeline.parse(str(p.pipeline())) == p.pipeline()
+
+
+def test_session_serves_threads_with_serial_results(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
+    lrc.compile(model, lrc.Policy(method="rtn", target=["0", "2"]))
+    path = lrc.export_onnx(model, tmp_path / "m.onnx", example_inputs=(torch.randn(2, 64),))
+    session = lrc.runtime.load(path)
+    inputs = [np.random.default_rng(i).standard_normal((1 + i % 4, 64)).astype(np.float32) for i in range(24)]
+    serial = [session(x) for x in inputs]
+    results: dict[int, np.ndarray] = {}
+
+    def worker(k):
+        for i in range(k, len(inputs), 4):
+            results[i] = session(inputs[i])
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(np.array_equal(results[i], serial[i]) for i in range(len(inputs)))
