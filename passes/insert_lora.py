@@ -15,16 +15,15 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime import graph as G
-from ..runtime.errors import PolicyError, TargetError
+from ..runtime.errors import TargetError
 from ..runtime.layers import LoRALinear
-from ..runtime.rewrite import check_rank
+from ..runtime.rewrite import check_dropout, check_rank, inline_selected
 from ..runtime.select import check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
 @register_pass("insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)")
 def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrides=None) -> PassResult:
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lora")
@@ -38,5 +37,5 @@ def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrid
     for name, layer in layers.items():
         G.swap_module(gm, name, layer)
         added += sum(p.numel() for p in layer.adapter_parameters())
-    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+    inserted = inline_selected(gm, selected)
     return PassResult(gm, True, {"rewritten": len(layers), "nodes_inserted": inserted, "adapter_params": added})

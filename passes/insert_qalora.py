@@ -15,7 +15,7 @@ import torch.fx as fx
 from ..runtime import graph as G
 from ..runtime.errors import PolicyError, TargetError
 from ..runtime.qalora import ZERO_POINT_MODES, QALoRALinear
-from ..runtime.rewrite import check_rank, plan_quantization, quantize_layers
+from ..runtime.rewrite import check_dropout, check_rank, inline_selected, plan_quantization, quantize_layers
 from ..runtime.select import resolve_layer_options
 from .registry import PassResult, register_pass
 
@@ -25,8 +25,7 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
                   group_size=32, overrides=None) -> PassResult:
     if zero_point not in ZERO_POINT_MODES:
         raise PolicyError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-qalora")
@@ -45,7 +44,7 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
         params += sum(p.numel() for p in layer.adapter_parameters())
         report.append(f"{name}: + QA-LoRA(rank {layer.rank}, alpha {layer.alpha:g}, A [{layer.rank}, "
                       f"{layer.lora_A.shape[1]}], zero_point {zero_point})")
-    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+    inserted = inline_selected(gm, selected)
     stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
              "adapter_params": params}
     return PassResult(gm, True, stats, report)

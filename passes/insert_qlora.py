@@ -16,7 +16,7 @@ from ..runtime.layers import LoRALinear
 from ..runtime.linear import weight_out_in
 from ..runtime.nf4 import NF4Linear
 from ..runtime.progress import progress
-from ..runtime.rewrite import check_rank
+from ..runtime.rewrite import check_dropout, check_rank, inline_selected
 from ..runtime.select import check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
@@ -24,8 +24,7 @@ from .registry import PassResult, register_pass
 @register_pass("insert-qlora", "QLoRA baseline: NF4 base (blocks of 64) plus full-width LoRA adapters")
 def insert_qlora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, block_size=64, double_quant=False,
                  overrides=None) -> PassResult:
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+    check_dropout(dropout)
     if block_size not in (32, 64, 128, 256):
         raise PolicyError(f"block_size must be one of (32, 64, 128, 256), got {block_size!r}")
     selected = G.selected_layers(gm)
@@ -49,6 +48,6 @@ def insert_qlora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, block_
         params += sum(p.numel() for p in layer.adapter_parameters())
         report.append(f"{name}: NF4(block {block_size}{', double quant' if double_quant else ''}) + "
                       f"LoRA(rank {layer.rank}, alpha {layer.alpha:g})")
-    inserted = sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+    inserted = inline_selected(gm, selected)
     return PassResult(gm, True, {"rewritten": len(plans), "nodes_inserted": inserted, "adapter_params": params},
                       report)

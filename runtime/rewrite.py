@@ -15,6 +15,16 @@ from .quant import GROUP_HINT, check_layer, check_layers
 from .select import check_overrides, resolve_layer_options
 
 
+def check_dropout(dropout) -> None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+def inline_selected(gm: fx.GraphModule, selected: dict) -> int:
+    """Inline every call of every selected layer (now an adapter layer); returns the nodes inserted."""
+    return sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+
+
 def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
     """rank in [1, min(in, out)].
 
