@@ -63,11 +63,15 @@ def _as_policy(policy) -> Policy:
 
 
 def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | None = None, *,
-            example_inputs=None, example_kwargs=None, dump_dir=None, trace_mode: str = "auto") -> nn.Module:
+            example_inputs=None, example_kwargs=None, calibration=None, dump_dir=None,
+            trace_mode: str = "auto") -> nn.Module:
     """Rewrite ``model``'s targeted linear layers as ``policy`` says; return the model.
 
     example_inputs / example_kwargs: one call's arguments; given, the model is traced
         with ``torch.export`` (needed for transformers models), else with ``torch.fx``.
+    calibration: batches of real inputs (each a dict of keyword arguments, a tuple, or a
+        tensor) for ``quantizer="gptq"``: the float model runs on them once to measure
+        each layer's inputs (padding left out where a batch has an ``attention_mask``).
     dump_dir: write ``NN-<pass>.txt`` graph dumps and ``pipeline.txt`` there.
     trace_mode: "auto", "export", "fx" or "modules" (no graph; match modules by name).
     """
@@ -84,8 +88,13 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
         dump_dir = Path(dump_dir)
         if dump_dir.exists() and not dump_dir.is_dir():
             raise NotADirectoryError(f"dump_dir {str(dump_dir)!r} exists and is not a directory")
+    if policy.quantizer == "gptq" and calibration is None:
+        raise PolicyError("quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, ...]), "
+                          "each batch what the model takes, e.g. a tokenizer's output")
     pipeline = policy.pipeline()
     gm = trace(model, example_inputs, example_kwargs, trace_mode)
+    if calibration is not None:
+        gm.meta[G.CALIBRATION] = list(calibration)
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     manager = PassManager(pipeline, dump_dir=dump_dir)
     try:
@@ -99,6 +108,9 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
             if id(p) in grad_flags:
                 p.requires_grad_(grad_flags[id(p)])
         raise
+    finally:  # the model keeps its graph; not the batches or the [K, K] statistics
+        gm.meta.pop(G.CALIBRATION, None)
+        gm.meta.pop(G.MOMENTS, None)
     gm.meta[G.SWAPS] = []  # committed: nothing to undo
     info = CompileInfo(
         policy=policy,

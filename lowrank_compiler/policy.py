@@ -24,6 +24,7 @@ from .pipeline import PassSpec, Pipeline
 
 METHODS = ("lora", "qalora", "qlora", "rtn")
 ZERO_POINTS = ("float", "int")
+QUANTIZERS = ("rtn", "gptq")
 BITS = (2, 3, 4, 8)
 
 
@@ -110,6 +111,9 @@ class Policy:
     bits, group_size: the integer format (qalora, rtn; qlora's merge requantizes to it).
     zero_point: QA-LoRA training form, ``"float"`` (official) or ``"int"`` (integer zero
         points in the loop, straight-through).
+    quantizer: how qalora and rtn round the base: ``"rtn"`` (min-max, round to nearest)
+        or ``"gptq"`` (error feedback along calibration statistics; ``compile`` then needs
+        ``calibration=`` batches and runs the ``calibrate`` pass first).
     double_quant: QLoRA's 8-bit quantization of the NF4 block scales.
     overrides: per-pattern rank/alpha/bits/group_size.
     """
@@ -123,6 +127,7 @@ class Policy:
     bits: int = 4
     group_size: int = 32
     zero_point: str = "float"
+    quantizer: str = "rtn"
     double_quant: bool = False
     overrides: tuple[Override, ...] = ()
 
@@ -143,6 +148,11 @@ class Policy:
         _check_group("group_size", self.group_size)
         if self.zero_point not in ZERO_POINTS:
             raise PolicyError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
+        if self.quantizer not in QUANTIZERS:
+            raise PolicyError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer != "rtn" and self.method not in ("qalora", "rtn"):
+            raise PolicyError(f"quantizer={self.quantizer!r} applies to methods 'qalora' and 'rtn' (integer bases); "
+                              f"method {self.method!r} has none: leave quantizer='rtn'")
         if not isinstance(self.double_quant, bool):
             raise PolicyError(f"double_quant must be true or false, got {self.double_quant!r}")
         object.__setattr__(self, "overrides", _overrides(self.overrides))
@@ -201,6 +211,8 @@ class Policy:
             select["exclude"] = list(self.exclude)
         adapter = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
         quant = {"bits": self.bits, "group_size": self.group_size}
+        if self.quantizer != "rtn":
+            quant["quantizer"] = self.quantizer
         name, options = {
             "lora": ("insert-lora", adapter),
             "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant}),
@@ -209,7 +221,8 @@ class Policy:
         }[self.method]
         if self.overrides:
             options["overrides"] = {o.pattern: o.fields() for o in self.overrides}
-        return Pipeline((PassSpec("find-linears", select), PassSpec(name, options)))
+        calibrate = (PassSpec("calibrate", {}),) if self.quantizer == "gptq" else ()
+        return Pipeline((PassSpec("find-linears", select), *calibrate, PassSpec(name, options)))
 
     def fold_pipeline(self, zeros: str = "split") -> Pipeline:
         """The pass that folds this policy's adapters (QLoRA requantizes to bits/group_size)."""

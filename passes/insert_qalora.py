@@ -1,6 +1,7 @@
 """insert-qalora: group-quantize each selected layer and add a QA-LoRA adapter (``runtime.qalora``).
 
-Float layers are quantized first (as the ``quantize`` pass does, same checks);
+Float layers are quantized first (as the ``quantize`` pass does, same checks and
+``quantizer``: ``"rtn"`` or ``"gptq"``, which the official QA-LoRA starts from);
 layers an earlier ``quantize`` pass already turned into ``IntLinear`` are used as they
 are. The adapter pools each quantization group of the input (``A: [r, K/g]``,
 ``B: [N, r]`` zero), so after training ``fold`` moves it into the zero points exactly.
@@ -22,14 +23,14 @@ from .registry import PassResult, register_pass
 
 @register_pass("insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters")
 def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_point="float", bits=4,
-                  group_size=32, overrides=None) -> PassResult:
+                  group_size=32, quantizer="rtn", damp=0.01, overrides=None) -> PassResult:
     if zero_point not in ZERO_POINT_MODES:
         raise PolicyError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
     check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-qalora")
-    settings = plan_quantization(gm, selected, bits, group_size, overrides)
+    settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
     adapters = {}
     for name, (op, _) in selected.items():
         g = settings[name]["group_size"] if name in settings else gm.get_submodule(name).group_size

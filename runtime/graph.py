@@ -30,6 +30,8 @@ SELECTED = "lowrank_compiler.selected"  # node.meta: True when the policy target
 ADAPTER = "lowrank_compiler.adapter"  # node.meta: fqn of the adapter layer a node belongs to
 EXAMPLE = "lowrank_compiler.example"  # gm.meta: (args, kwargs) the model was exported with
 CALL = "lowrank_compiler.call"  # node.meta: name of the call_module node an inlined node replaced
+CALIBRATION = "lowrank_compiler.calibration"  # gm.meta: the batches compile(calibration=...) was given
+MOMENTS = "lowrank_compiler.moments"  # gm.meta: {layer: input second moment [K, K]} from calibrate
 
 # call_function targets that compute a linear op on a weight tensor
 FUNCTIONAL_LINEARS = (F.linear, torch._C._nn.linear, torch.ops.aten.linear.default)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
+from .gptq import gptq_quantize
 from .linear import linear_shape, weight_out_in
 from .quant import dequantize, group_sum, pack_codes, pack_zeros, quantize, zero_points
 
@@ -46,18 +47,25 @@ class IntLinear(nn.Module):
         self.register_buffer("correction", correction)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, bits: int, group_size: int) -> "IntLinear":
-        """Quantize a float weight ``[N, K]`` (round to nearest, min-max per group)."""
-        codes, scales, zeros = quantize(weight, bits, group_size)
+    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, bits: int, group_size: int,
+                    hessian: torch.Tensor | None = None, damp: float = 0.01) -> "IntLinear":
+        """Quantize a float weight ``[N, K]``: min-max per group, round to nearest, or GPTQ
+        (``runtime.gptq``) when the input second moment ``hessian`` ``[K, K]`` is given."""
+        if hessian is None:
+            codes, scales, zeros = quantize(weight, bits, group_size)
+        else:
+            codes, scales, zeros = gptq_quantize(weight, hessian, bits, group_size, damp=damp)
         b = None if bias is None else bias.detach().to(torch.float32).clone()
         return cls(pack_codes(codes, bits, group_size), scales, pack_zeros(zeros, bits),
                    bits=bits, group_size=group_size, bias=b)
 
     @classmethod
-    def from_float(cls, module: nn.Module, *, bits: int = 4, group_size: int = 32) -> "IntLinear":
-        """From an ``nn.Linear`` or GPT-2 ``Conv1D``."""
+    def from_float(cls, module: nn.Module, *, bits: int = 4, group_size: int = 32,
+                   hessian: torch.Tensor | None = None, damp: float = 0.01) -> "IntLinear":
+        """From an ``nn.Linear`` or GPT-2 ``Conv1D`` (GPTQ when ``hessian`` is given)."""
         linear_shape(module)  # raises for anything else
-        return cls.from_weight(weight_out_in(module), getattr(module, "bias", None), bits=bits, group_size=group_size)
+        return cls.from_weight(weight_out_in(module), getattr(module, "bias", None), bits=bits, group_size=group_size,
+                               hessian=hessian, damp=damp)
 
     @property
     def float_zeros(self) -> bool:

@@ -43,9 +43,29 @@ def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
         raise PolicyError(f"alpha for layer {name!r} must be a positive finite number, got {alpha!r}")
 
 
-def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, overrides) -> dict[str, dict]:
-    """Per-layer {bits, group_size} for every float layer in ``selected``; raises listing every bad layer."""
+QUANTIZERS = ("rtn", "gptq")
+
+
+def check_quantizer(quantizer, damp) -> None:
+    if quantizer not in QUANTIZERS:
+        raise PolicyError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 < damp < 1.0:
+        raise PolicyError(f"damp must be a number in (0, 1), got {damp!r}")
+
+
+def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, overrides, *, quantizer="rtn",
+                      damp=0.01) -> dict[str, dict]:
+    """Per-layer {bits, group_size[, hessian, damp]} for every float layer in ``selected``.
+
+    Raises listing every bad layer. ``quantizer="gptq"`` takes each layer's input second
+    moment from the ``calibrate`` pass (``gm.meta[MOMENTS]``).
+    """
+    check_quantizer(quantizer, damp)
     check_overrides(overrides, list(selected))
+    moments = gm.meta.get(G.MOMENTS) if quantizer == "gptq" else None
+    if quantizer == "gptq" and moments is None:
+        raise PolicyError("quantizer='gptq' needs each layer's input statistics: run the calibrate pass first, "
+                          "i.e. compile(model, policy, calibration=[batch, ...])")
     settings, problems = {}, []
     for name in selected:
         module = gm.get_submodule(name)
@@ -55,6 +75,11 @@ def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, over
         problem = check_layer(name, weight_out_in(module), opts["bits"], opts["group_size"])
         if problem:
             problems.append(problem)
+        if moments is not None:
+            if name not in moments:
+                problems.append(f"{name}: no calibration statistics (the calibration batches never reached it)")
+                continue
+            opts = {**opts, "hessian": moments[name], "damp": damp}
         settings[name] = opts
     check_layers(problems, hint=GROUP_HINT)
     return settings
@@ -67,5 +92,6 @@ def quantize_layers(gm: fx.GraphModule, settings: dict[str, dict]) -> list[str]:
         old = gm.get_submodule(name)
         new = IntLinear.from_float(old, **opts)
         G.swap_module(gm, name, new)
-        report.append(f"{name}: {type(old).__name__} -> IntLinear(int{opts['bits']}, group {opts['group_size']})")
+        how = "GPTQ" if "hessian" in opts else "RTN"
+        report.append(f"{name}: {type(old).__name__} -> IntLinear(int{opts['bits']}, group {opts['group_size']}, {how})")
     return report

@@ -38,7 +38,7 @@ def test_graph_shows_pooling_and_adapter_ops(tmp_path):
     lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", target=["q_proj"], group_size=16, rank=2),
                 dump_dir=tmp_path)
     dump = (tmp_path / "02-insert-qalora.txt").read_text()
-    assert "blocks.0.attn.q_proj: Linear -> IntLinear(int4, group 16)" in dump
+    assert "blocks.0.attn.q_proj: Linear -> IntLinear(int4, group 16, RTN)" in dump
     assert "blocks.0.attn.q_proj: + QA-LoRA(rank 2, alpha 32, A [2, 2], zero_point float)" in dump
     assert "call_module[target=blocks.0.attn.q_proj.base]" in dump
     assert "call_method[target=mean]" in dump and "get_attr[target=blocks.1.attn.q_proj.lora_A]" in dump

@@ -56,5 +56,5 @@ def test_override_bits_per_layer_and_dump(tmp_path):
     model = lrc.compile(tiny_gpt(), lrc.Policy(method="rtn", overrides={"mlp.*": {"bits": 8}}), dump_dir=tmp_path)
     assert model.blocks[0].mlp.up_proj.bits == 8 and model.blocks[0].attn.q_proj.bits == 4
     dump = (tmp_path / "02-quantize.txt").read_text()
-    assert "blocks.0.mlp.up_proj: Linear -> IntLinear(int8, group 32)" in dump
+    assert "blocks.0.mlp.up_proj: Linear -> IntLinear(int8, group 32, RTN)" in dump
     assert "call_module[target=blocks.0.mlp.up_proj]" in dump  # IntLinear stays one node

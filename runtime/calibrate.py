@@ -1,0 +1,64 @@
+"""Calibration statistics: the second moment of each layer's input over real data.
+
+    H = (1 / T) * sum_t x_t x_t^T        x_t: one token's input row [K], T tokens in all
+
+accumulated in float64 while the float model runs on the calibration batches (no grad,
+eval mode, then the model's modes are restored). A batch is what the model takes: a
+dict of keyword arguments, a tuple of positional ones, or one tensor. When a dict batch
+holds an ``attention_mask`` ``(B, T)`` and a layer's input is ``(B, T, K)``, padded
+tokens are left out: they are not text the model will see, and on short sentences
+they would outweigh it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .progress import progress
+
+
+def _call(model: nn.Module, batch):
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable) -> tuple[dict, int]:
+    """-> ({layer name: H float32 [K, K]}, number of batches) for every module in ``layers``."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    state: dict = {"mask": None}
+
+    def hook_for(name):
+        def hook(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            x = x.detach()
+            mask = state["mask"]
+            if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
+                x = x[mask.bool()]  # (tokens, K): real tokens only
+            x = x.reshape(-1, x.shape[-1]).to(torch.float64)  # (T, K)
+            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in layers.items()]
+    modes = {m: m.training for m in model.modules()}
+    n = 0
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in progress(batches, "calibrate", unit="batch"):
+                state["mask"] = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+                _call(model, batch)
+                n += 1
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    return {name: (s / max(counts[name], 1)).to(torch.float32) for name, s in sums.items()}, n
