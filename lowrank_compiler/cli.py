@@ -18,7 +18,8 @@ def _minilm(args) -> int:
     from .minilm import JobConfig, run
 
     cfg = JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, steps=args.steps, out=args.out,
-                    eval_sentences=args.eval_sentences, baselines=not args.no_baselines, alpha=2.0 * args.rank)
+                    eval_sentences=args.eval_sentences, baselines=not args.no_baselines, alpha=2.0 * args.rank,
+                    quantizer=args.quantizer)
     run(cfg)
     print(f"written to {args.out}: qalora_int4.onnx (the deployable model), the baselines' files, "
           f"adapters.safetensors, dumps/, results.md")
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     job.add_argument("--rank", type=int, default=16)
     job.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
     job.add_argument("--eval-sentences", type=int, default=256)
+    job.add_argument("--quantizer", choices=("gptq", "rtn"), default="gptq",
+                     help="how the INT base is rounded before training (gptq: calibrated on training text)")
     job.add_argument("--out", default="out/minilm", help="output directory")
     job.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
     job.set_defaults(fn=_minilm)

@@ -1,9 +1,9 @@
 """The main job: a real pretrained sentence encoder (MiniLM-L6) to pure INT4 ONNX, measured.
 
-compile (QA-LoRA, INT-``bits`` in groups of ``group_size``, every linear layer) ->
-distil the adapters toward the fp32 model's hidden states on unlabeled text ->
+compile (QA-LoRA, INT-``bits`` in groups of ``group_size``, every linear layer, the
+base rounded by GPTQ on ``calibration_sentences`` training sentences) -> distil the adapters toward the fp32 model's hidden states on unlabeled text ->
 fold (split zero points) -> export ONNX -> run with onnxruntime -> one table against
-fp32, RTN (no training), onnxruntime's own INT4 quantizer and the QLoRA way (NF4 +
+fp32, RTN (no training), GPTQ (no training), onnxruntime's own INT4 quantizer and the QLoRA way (NF4 +
 LoRA trained on the same budget, then merged and requantized), by mean and worst cosine
 similarity to the fp32 sentence embeddings on held-out sentences, file size and latency
 at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
@@ -47,6 +47,8 @@ class JobConfig:
     batch: int = 16
     lr: float = 5e-3
     eval_sentences: int = 256
+    quantizer: str = "gptq"  # how the base is rounded: "gptq" (QA-LoRA's own start) or "rtn"
+    calibration_sentences: int = 512  # GPTQ's statistics, from the training text
     seed: int = 0
     out: str = "out/minilm"
     baselines: bool = True  # RTN, onnxruntime's quantizer, QLoRA
@@ -200,11 +202,14 @@ def run(cfg: JobConfig, log=print) -> dict:
     kwargs = {"attention_mask": t["attention_mask"]}
     ref = torch_embed(teacher, tokenizer, eval_text)
     policy = dict(bits=cfg.bits, group_size=cfg.group_size, rank=cfg.rank, alpha=cfg.alpha)
+    cal_text = train_text[: cfg.calibration_sentences]
+    calibration = [dict(tokenize(tokenizer, cal_text[i:i + 32])) for i in range(0, len(cal_text), 32)]
     rows, files = {}, {}
 
-    def student(method):
+    def student(method, quantizer="rtn"):
         model, _ = load_minilm()
-        return compile(model, Policy(method=method, **policy), example_inputs=example, example_kwargs=kwargs,
+        return compile(model, Policy(method=method, quantizer=quantizer, **policy), example_inputs=example,
+                       example_kwargs=kwargs, calibration=calibration if quantizer == "gptq" else None,
                        dump_dir=out / "dumps" if method == "qalora" else None)
 
     def export(model, name):
@@ -213,7 +218,7 @@ def run(cfg: JobConfig, log=print) -> dict:
 
     files["fp32"] = export(teacher, "fp32")
     started = time.perf_counter()
-    ours = student("qalora")
+    ours = student("qalora", cfg.quantizer)
     losses = distil(ours, teacher, tokenizer, train_text, cfg, "QA-LoRA")
     train_s = time.perf_counter() - started
     trained_emb = torch_embed(ours, tokenizer, eval_text)
@@ -226,6 +231,9 @@ def run(cfg: JobConfig, log=print) -> dict:
     if cfg.baselines:
         export(student("rtn"), "rtn_int4")
         rows["RTN INT4 (no training)"] = cosines(onnx_embed(load(files["rtn_int4"]), tokenizer, eval_text), ref)
+        if cfg.quantizer == "gptq":
+            export(student("rtn", "gptq"), "gptq_int4")
+            rows["GPTQ INT4 (no training)"] = cosines(onnx_embed(load(files["gptq_int4"]), tokenizer, eval_text), ref)
         files["ort_int4"] = ort_quantize(files["fp32"], out / "ort_int4.onnx", cfg)
         rows["onnxruntime INT4 quantizer"] = cosines(onnx_embed(load(files["ort_int4"]), tokenizer, eval_text), ref)
         qlora = student("qlora")
@@ -233,11 +241,15 @@ def run(cfg: JobConfig, log=print) -> dict:
         export(fold(qlora), "qlora_merged_int4")
         rows["QLoRA, merged + requantized"] = cosines(
             onnx_embed(load(files["qlora_merged_int4"]), tokenizer, eval_text), ref)
-    rows["QA-LoRA, folded (ours)"] = cosines(ours_onnx, ref)
-    names = {"fp32": "fp32", "RTN INT4 (no training)": "rtn_int4", "onnxruntime INT4 quantizer": "ort_int4",
-             "QLoRA, merged + requantized": "qlora_merged_int4", "QA-LoRA, folded (ours)": "qalora_int4"}
+    ours_label = f"QA-LoRA{' over GPTQ' if cfg.quantizer == 'gptq' else ''}, folded (ours)"
+    rows[ours_label] = cosines(ours_onnx, ref)
+    names = {"fp32": "fp32", "RTN INT4 (no training)": "rtn_int4", "GPTQ INT4 (no training)": "gptq_int4",
+             "onnxruntime INT4 quantizer": "ort_int4", "QLoRA, merged + requantized": "qlora_merged_int4",
+             ours_label: "qalora_int4"}
     table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
-             f"sentences ({train_s:.0f} s of training); {len(eval_text)} held-out sentences; cosine to fp32 "
+             f"sentences ({train_s:.0f} s to compile and train, {cfg.quantizer.upper()} base"
+             f"{f' from {len(cal_text)} sentences' if cfg.quantizer == 'gptq' else ''}); "
+             f"{len(eval_text)} held-out sentences; cosine to fp32 "
              f"embeddings computed by onnxruntime at accuracy level 0; latency: batch 1, one thread, "
              f"median of 30 runs, INT4 kernels at accuracy level 0 and 4 (int8 activations)", "",
              "| model | mean cosine | worst cosine | file size | latency acc0 | latency acc4 |",
@@ -250,7 +262,7 @@ def run(cfg: JobConfig, log=print) -> dict:
         table.append(f"| {label} | {mean:.4f} | {worst:.4f} | {path.stat().st_size / 2**20:.1f} MiB | "
                      f"{acc0:.2f} ms | {acc4} |")
     rtn = rows.get("RTN INT4 (no training)", (None,))[0]
-    ours_mean = rows["QA-LoRA, folded (ours)"][0]
+    ours_mean = rows[ours_label][0]
     table.append("")
     if rtn is not None and rtn < 1:
         table.append(f"gap to fp32 closed by training: (ours - RTN) / (1 - RTN) = {(ours_mean - rtn) / (1 - rtn):.1%}")

@@ -13,9 +13,18 @@ yet quantized, along ``H``'s inverse, the optimal least-squares update (OBS)::
     w_j -= e_i * U[i, j]                                 for every j > i
 
 The format is exactly ``runtime.quant``'s (asymmetric, per output row and group of
-``g`` consecutive inputs): when column ``i`` opens a group, that group's ``scale`` and
-``zero`` are set by min-max over its columns *as updated by then*. So the codes, scales
-and zeros drop into ``IntLinear`` unchanged, and QA-LoRA's fold stays exact.
+``g`` consecutive inputs), so the codes, scales and zeros drop into ``IntLinear``
+unchanged and QA-LoRA's fold stays exact. Two orders:
+
+- ``act_order=True`` (default): columns in decreasing ``H[i, i]`` (the inputs with the
+  most energy first, while the most columns remain to absorb their error), with each
+  group's ``scale`` and ``zero`` fixed up front by min-max over the original weights
+  ("static groups"), since a group's columns are no longer visited together.
+- ``act_order=False``: columns in storage order; a group's ``scale`` and ``zero`` are set
+  when its first column comes up, by min-max over its columns as updated by then.
+
+On MiniLM (INT4 g32, 512 calibration sentences, no training) the held-out worst cosine
+to fp32 goes RTN 0.940 -> 0.977 in storage order -> 0.981 with ``act_order``.
 Columns whose input is always zero (``H[i, i] = 0``) carry no signal: their weights
 quantize as they are. Work is ``O(K^2 N)``; the column loop runs in blocks of ``block``
 with the update to later blocks applied once per block (the paper's lazy batching).
@@ -43,30 +52,36 @@ def inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *,
-                  damp: float = 0.01, block: int = 128):
+                  damp: float = 0.01, act_order: bool = True, block: int = 128):
     """weight [N, K], H [K, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L])."""
     n, k = weight.shape
     if hessian.shape != (k, k):
         raise ValueError(f"hessian has shape {list(hessian.shape)}, expected [{k}, {k}] for a weight [{n}, {k}]")
     g, top = group_size, qmax(bits)
-    block = max(block // g, 1) * g  # whole groups per block: a group's scale sees its own updated columns
-    u = inverse_factor(hessian, damp)  # (K, K)
     w = weight.detach().to(torch.float32).clone()  # (N, K), updated in place as errors spread
+    if act_order:
+        _, scales, zeros = quantize(w, bits, g)  # static groups: fixed before any column moves
+        order = torch.argsort(torch.diagonal(hessian), descending=True, stable=True)  # (K,)
+    else:
+        block = max(block // g, 1) * g  # whole groups per block: a group's scale sees its updated columns
+        scales, zeros = torch.empty(n, k // g), torch.empty(n, k // g, dtype=torch.uint8)
+        order = torch.arange(k)
+    group = (order // g).tolist()  # the group of the column visited at step i
+    w, u = w[:, order], inverse_factor(hessian[order][:, order], damp)  # (N, K), (K, K) in visit order
     codes = torch.empty(n, k, dtype=torch.uint8)
-    scales = torch.empty(n, k // g)
-    zeros = torch.empty(n, k // g)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         errs = torch.empty(n, b1 - b0)  # (N, block)
         for i in range(b0, b1):
-            if i % g == 0:  # open group l: min-max over its columns as they stand now
+            l = group[i]
+            if not act_order and i % g == 0:  # open group l: min-max over its columns as they stand now
                 _, s, z = quantize(w[:, i:i + g], bits, g)
-                scales[:, i // g], zeros[:, i // g] = s[:, 0], z[:, 0].float()
-            s, z = scales[:, i // g], zeros[:, i // g]  # (N,)
+                scales[:, l], zeros[:, l] = s[:, 0], z[:, 0]
+            s, z = scales[:, l], zeros[:, l].to(torch.float32)  # (N,)
             q = torch.clamp(torch.round(w[:, i] / s + z), 0, top)
             codes[:, i] = q.to(torch.uint8)
             e = (w[:, i] - s * (q - z)) / u[i, i]  # (N,)
             w[:, i + 1:b1] -= e[:, None] * u[i, i + 1:b1][None, :]
             errs[:, i - b0] = e
         w[:, b1:] -= errs @ u[b0:b1, b1:]  # (N, block) @ (block, K - b1): the lazy update
-    return codes, scales, zeros.to(torch.uint8)
+    return codes[:, torch.argsort(order)], scales, zeros
