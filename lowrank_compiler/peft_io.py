@@ -108,23 +108,24 @@ def _check_config(cfg: dict, file: Path) -> None:
     if unknown:
         raise AdapterError(f"{file}: field(s) {unknown} are not known to this reader and are set; if they do not "
                            f"change the adapter's forward, remove them from {CONFIG}")
-    for key in ("r", "lora_alpha"):
-        _check_positive(f"{file}: {key}", cfg.get(key))
+    _check_positive(f"{file}: r", cfg.get("r"), integer=True)
+    _check_positive(f"{file}: lora_alpha", cfg.get("lora_alpha"))
     for field in ("rank_pattern", "alpha_pattern"):
         patterns = cfg.get(field) or {}
         if not isinstance(patterns, dict):
             raise AdapterError(f"{file}: {field} must map layer-name regexes to numbers, got {patterns!r}")
         for key, value in patterns.items():
-            _check_positive(f"{file}: {field}[{key!r}]", value)
+            _check_positive(f"{file}: {field}[{key!r}]", value, integer=field == "rank_pattern")
             try:
                 re.compile(key)
             except re.error as e:
                 raise AdapterError(f"{file}: {field} key {key!r} is not a valid regular expression: {e}") from None
 
 
-def _check_positive(where: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise AdapterError(f"{where} must be a positive number, got {value!r}")
+def _check_positive(where: str, value, integer: bool = False) -> None:
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        raise AdapterError(f"{where} must be a positive {'integer' if integer else 'number'}, got {value!r}")
 
 
 _WHY = {
@@ -280,7 +281,8 @@ def _check_layer(name: str, layer: nn.Module, pair: dict, cfg: dict, path: Path)
         if tuple(pair[ab].shape) != tuple(ours.shape):
             raise AdapterError(f"layer {name}: {PREFIX}{name}.lora_{ab}.weight has shape {list(pair[ab].shape)}, "
                                f"the compiled layer's lora_{ab} is {list(ours.shape)} (rank {layer.rank}, "
-                               f"in {layer.in_features}, out {layer.out_features})")
+                               f"in {layer.in_features}, out {layer.out_features}); compile with "
+                               f"lrc.peft_policy({str(path)!r})")
     r, alpha = _rank_alpha(cfg, name)
     if not math.isclose(alpha / r, layer.scale, rel_tol=1e-6):
         raise AdapterError(f"layer {name}: the adapter's scale is {alpha / r:g} (r={r}, our alpha={alpha:g}), the "

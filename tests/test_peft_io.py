@@ -126,7 +126,8 @@ def _edited(peft_dir, tmp_path, **fields):
     ({"init_lora_weights": "pissa"}, "rewrote the base weights"),
     ({"peft_type": "IA3"}, "peft_type"),
     ({"some_new_variant": {"k": 1}}, "some_new_variant"),
-    ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj']"),
+    ({"rank_pattern": {"q_proj": 0}}, "rank_pattern['q_proj'] must be a positive integer"),
+    ({"r": 4.5}, "r must be a positive integer"),
 ])
 def test_configs_we_cannot_compute_are_refused_naming_the_field(peft_dir, tmp_path, fields, words):
     path = _edited(peft_dir, tmp_path, **fields)
