@@ -7,9 +7,11 @@
 
 from .api import CompileInfo, compile, compile_info, fold
 from .export import OnnxReport, export_onnx, inspect_onnx
+from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
 from .pipeline import PassManager, PassSpec, Pipeline, lint
 from .policy import Override, Policy
 from .runtime.errors import (
+    AdapterError,
     LintError,
     LowRankError,
     PassError,
@@ -25,6 +27,7 @@ from .trace import trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
     "CompileInfo",
     "LayerRow",
     "LintError",
@@ -48,6 +51,9 @@ __all__ = [
     "OnnxReport",
     "fold",
     "lint",
+    "load_peft_adapter",
+    "peft_policy",
+    "save_peft_adapter",
     "summary",
     "trace",
 ]

@@ -10,6 +10,8 @@ back to the same pipeline (MLIR's textual pass pipelines)::
 hold the same module objects, the generated code compiles) and, with ``dump_dir``,
 writes ``NN-<pass>.txt``: a header naming the pass, its options and the nodes it
 added, removed and rewrote, then the graph. ``00-trace.txt`` holds the graph as traced.
+Beside each, ``NN-<pass>.html`` shows the same with the changed nodes highlighted, and
+``index.html`` links them in order (``dump_html``).
 A pass that raises is reported as ``PassError`` naming it and the passes before it.
 """
 
@@ -23,6 +25,7 @@ from typing import Any, Callable
 
 import torch.fx as fx
 
+from .dump_html import HtmlDump
 from .passes import PassResult, get_pass
 from .runtime import graph as G
 from .runtime.errors import LintError, LowRankError, PassError, PassInputError, PipelineError
@@ -158,11 +161,11 @@ def diff_nodes(before: dict[str, str], gm: fx.GraphModule) -> dict[str, list[str
     }
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to a temporary file beside ``path``, then rename it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -189,17 +192,21 @@ class PassManager:
         self.on_pass = on_pass
         self.first_index = first_index  # dump numbering, to continue an earlier pipeline's dumps
         self.results: list[tuple[PassSpec, PassResult]] = []
+        self._html: HtmlDump | None = None  # made by run() when there is a dump_dir
 
-    def _dump(self, index: int, name: str, text: str) -> None:
+    def _dump(self, index: int, name: str, text: str, gm: fx.GraphModule, **page) -> None:
         if self.dump_dir is not None:
             write_atomic(self.dump_dir / f"{index:02d}-{name}.txt", text)
+            self._html.page(index, name, gm, **page)
 
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
+            self._html = HtmlDump(self.dump_dir, self.first_index, write_atomic)
         if self.dump_dir is not None and self.first_index == 1:
             tracer = gm.meta.get(G.TRACER, "?")
-            self._dump(0, "trace", render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm))
+            self._dump(0, "trace", render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm), gm,
+                       title=f"traced with {tracer}", stats={"tracer": tracer, "pipeline": str(self.pipeline)})
         done: list[str] = []
         total = len(self.pipeline.passes)
         for step, spec in enumerate(self.pipeline.passes, start=1):
@@ -229,7 +236,9 @@ class PassManager:
             header += [f"  + {_node_line(gm, n)}" for n in changes["added"]]
             header += [f"  - {n}" for n in changes["removed"]]
             header += [f"  ~ {_node_line(gm, n)}" for n in changes["rewritten"]]
-            self._dump(index, spec.name, render_dump(f"after pass {spec}", header, gm))
+            self._dump(index, spec.name, render_dump(f"after pass {spec}", header, gm), gm, title=str(spec),
+                       stats=result.stats, report=result.report, changes=changes, before=before,
+                       modified=result.modified)
             if self.on_pass is not None:
                 self.on_pass(spec.name, result)
             done.append(spec.name)

@@ -6,6 +6,7 @@ Imports torch, numpy, onnx, onnxscript and onnxruntime only: never the passes or
 """
 
 from .errors import (
+    AdapterError,
     LintError,
     LowRankError,
     PassError,
@@ -20,6 +21,7 @@ from .linear import is_conv1d, is_linear_module, linear_shape
 from .session import Session, load
 
 __all__ = [
+    "AdapterError",
     "AdapterLayer",
     "LintError",
     "LoRALinear",

@@ -43,3 +43,7 @@ class PassError(LowRankError, RuntimeError):
 
 class PassInputError(PassError, ValueError):
     """A pass rejected its input (bad option or unsupported layer); also a ``ValueError``."""
+
+
+class AdapterError(LowRankError, ValueError):
+    """Adapter files cannot be read onto this model, or its adapters cannot be written in that format."""

@@ -30,7 +30,8 @@ def test_compiled_model_equals_original_and_keeps_its_class(name, tmp_path):
     assert "lora_A" in dump and "lora_B" in dump
     assert (tmp_path / "pipeline.txt").read_text().strip() == str(lrc.Policy(rank=4, alpha=8).pipeline())
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "00-trace.txt", "01-find-linears.txt", "02-insert-lora.txt", "pipeline.txt"]
+        "00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
+        "02-insert-lora.html", "02-insert-lora.txt", "index.html", "pipeline.txt"]
 
 
 def lm_loss(name, model, x):

@@ -102,7 +102,8 @@ def test_dumps_one_file_per_pass_with_header_and_graph(tmp_path):
     gm = trace(model)
     PassManager("find-linears{target=[q_proj]},insert-lora{rank=2}", dump_dir=tmp_path).run(gm)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-trace.txt", "01-find-linears.txt", "02-insert-lora.txt"]
+    assert names == ["00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
+                     "02-insert-lora.html", "02-insert-lora.txt", "index.html"]
     find = (tmp_path / "01-find-linears.txt").read_text()
     assert find.startswith("// after pass find-linears{target=[q_proj]}")
     assert "modified: no" in find and "nodes: +0 added, -0 removed" in find

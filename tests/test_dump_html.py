@@ -1,0 +1,158 @@
+"""HTML dumps: the index links every pass in order, pages highlight what each pass added,
+text is escaped, and the pages render in a real browser (headless Chromium) as more than a blank."""
+
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+import torch.fx
+from torch import nn
+
+import lowrank_compiler as lrc
+from models import tiny_gpt
+
+LAYERS = 12  # linear layers of tiny_gpt the policy targets (all but the output head)
+
+
+class _Page(HTMLParser):
+    """The links, graph rows (name -> class) and script elements of one page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.links, self.rows, self.scripts, self._row, self._cells = [], {}, [], None, []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.links.append(a["href"])
+        elif tag == "tr" and (a.get("id") or "").startswith("n-"):
+            self._row, self._cells = a["id"][2:], []
+            self.rows[self._row] = {"class": a.get("class"), "cells": self._cells}
+        elif tag == "td" and self._row is not None:
+            self._cells.append("")
+        elif tag == "script":
+            self.scripts.append(a.get("type"))
+
+    def handle_data(self, data):
+        if self._row is not None and self._cells:
+            self._cells[-1] += data
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self._row = None
+
+
+def _read(path: Path) -> _Page:
+    return _Page(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def dumps(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dumps")
+    model = lrc.compile(tiny_gpt(), lrc.Policy(method="lora", rank=4, alpha=8), dump_dir=d)
+    lrc.fold(model, dump_dir=d)  # a second pass manager continues the numbering and the index
+    return d
+
+
+def test_index_links_every_pass_in_order_with_its_stats(dumps):
+    expected = ["00-trace", "01-find-linears", "02-insert-lora", "03-fold"]
+    index = _read(dumps / "index.html")
+    pages = [h[:-5] for h in index.links if re.fullmatch(r"\d\d-[a-z-]+\.html", h)]
+    assert pages == expected
+    assert [h[:-4] for h in index.links if h.endswith(".txt")] == expected
+    for name in expected:
+        assert (dumps / f"{name}.html").is_file() and (dumps / f"{name}.txt").is_file()
+    text = (dumps / "index.html").read_text()
+    assert re.search(r"<td>rewritten</td><td>12</td>", text) and re.search(r"<td>folded</td><td>12</td>", text)
+    # each page links its neighbours
+    assert "01-find-linears.html" in _read(dumps / "02-insert-lora.html").links
+    assert "03-fold.html" in _read(dumps / "02-insert-lora.html").links
+
+
+def test_highlighted_nodes_are_the_nodes_each_pass_added(dumps):
+    before, after = _read(dumps / "01-find-linears.html").rows, _read(dumps / "02-insert-lora.html").rows
+    added = {n for n, r in after.items() if r["class"] == "added"}
+    assert added == set(after) - set(before)
+    lora_a = [n for n in added if after[n]["cells"][3].endswith(".lora_A")]  # cells: #, node, op, target, ...
+    assert len(lora_a) == LAYERS  # one A per rewritten layer
+    text_added = re.findall(r"^//   \+ (\S+) =", (dumps / "02-insert-lora.txt").read_text(), re.M)
+    assert set(text_added) == added  # the text dump says the same
+    rewritten = {n for n, r in after.items() if r["class"] == "rewritten"}
+    assert rewritten and rewritten <= set(before)
+    assert not {r["class"] for r in before.values()} - {"same"}  # find-linears changes no node
+    folded = _read(dumps / "03-fold.html").rows
+    assert {n for n, r in folded.items() if r["class"] == "added"} == set(folded) - set(after)
+
+
+@torch.fx.wrap
+def _tag(x, label):
+    return x
+
+
+class _Labelled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return _tag(self.fc(x), "<script>alert('x')</script> & <b>")
+
+
+def test_text_from_the_graph_is_escaped(tmp_path):
+    lrc.compile(_Labelled(), lrc.Policy(rank=2, alpha=2), dump_dir=tmp_path)
+    text = (tmp_path / "02-insert-lora.html").read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;alert" in text and "&amp; &lt;b&gt;" in text
+    assert _read(tmp_path / "02-insert-lora.html").scripts == ["application/json"]  # only the page's own data
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)  # self-contained: nothing fetched
+
+
+# --- rendering in a browser -------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def _screenshot(page: Path, out: Path) -> None:
+    browser = _chromium()
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1200,900", page.as_uri()]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.is_file(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+
+
+def _ink(png: Path) -> tuple[int, float]:
+    """Distinct colours, and the fraction of pixels not of the most common (background) colour."""
+    from PIL import Image
+
+    with Image.open(png) as im:
+        rgb = im.convert("RGB")
+        colours = rgb.getcolors(maxcolors=rgb.width * rgb.height)
+        total = rgb.width * rgb.height
+    return len(colours), 1 - max(c for c, _ in colours) / total
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)")
+def test_pages_render_in_headless_chromium_and_are_not_blank(dumps, tmp_path):
+    pytest.importorskip("PIL", reason="pillow decodes the screenshots (the dev extra)")
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!DOCTYPE html><html><body></body></html>")
+    _screenshot(blank, tmp_path / "blank.png")
+    colours, ink = _ink(tmp_path / "blank.png")
+    assert colours <= 2 and ink < 0.01  # the measure does tell a blank page
+    for name in ("index", "02-insert-lora"):
+        _screenshot(dumps / f"{name}.html", tmp_path / f"{name}.png")
+        colours, ink = _ink(tmp_path / f"{name}.png")
+        assert colours >= 50 and ink >= 0.15, (name, colours, ink)
