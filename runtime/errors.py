@@ -43,3 +43,11 @@ class PassError(LowRankError, RuntimeError):
 
 class PassInputError(PassError, ValueError):
     """A pass rejected its input (bad option or unsupported layer); also a ``ValueError``."""
+
+
+class AdapterError(LowRankError, ValueError):
+    """Saved adapters or a compiled model's state do not fit the model, or their files are damaged."""
+
+
+class ModelSpecError(LowRankError, ValueError):
+    """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
