@@ -5,13 +5,16 @@
     print(lrc.summary(model))
 """
 
+from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .pipeline import PassManager, PassSpec, Pipeline, lint
 from .policy import Override, Policy
 from .runtime.errors import (
+    AdapterError,
     LintError,
     LowRankError,
+    ModelSpecError,
     PassError,
     PassInputError,
     PipelineError,
@@ -25,10 +28,12 @@ from .trace import trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterError",
     "CompileInfo",
     "LayerRow",
     "LintError",
     "LowRankError",
+    "ModelSpecError",
     "Override",
     "PassError",
     "PassInputError",
@@ -48,6 +53,8 @@ __all__ = [
     "OnnxReport",
     "fold",
     "lint",
+    "load_adapters",
+    "save_adapters",
     "summary",
     "trace",
 ]
