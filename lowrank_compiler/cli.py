@@ -87,8 +87,14 @@ def _inputs(args):
     """The policy and the model spec, both checked before any model is built."""
     from .model_spec import parse_model_spec
     from .policy import Policy
+    from .runtime.errors import PolicyError
 
-    return Policy.from_file(args.policy), parse_model_spec(args.model)
+    policy = Policy.from_file(args.policy)
+    if policy.quantizer != "rtn":
+        raise PolicyError(f"policy {args.policy!r} asks for quantizer={policy.quantizer!r}, which needs calibration "
+                          f"batches; the command line has none to give: compile in Python, "
+                          f"compile(model, policy, calibration=[...]), or use quantizer='rtn'")
+    return policy, parse_model_spec(args.model)
 
 
 def _compile(args) -> int:

@@ -302,3 +302,12 @@ def test_export_needs_example_inputs(tmp_path, capsys):
     line = one_line_error(code, err)
     assert "came without example inputs" in line and "gpt_without_inputs() return (module" in line
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_gptq_policy_is_refused_without_calibration_data(tmp_path, capsys):
+    (tmp_path / "policy.json").write_text('{"method": "qalora", "quantizer": "gptq", "group_size": 16}')
+    code, _, err = run_main(capsys, "compile", f"{FACTORIES}:gpt", "--policy", tmp_path / "policy.json",
+                            "--out", tmp_path / "c")
+    line = one_line_error(code, err)
+    assert "quantizer='gptq'" in line and "calibration=[...]" in line and "quantizer='rtn'" in line
+    assert not (tmp_path / "c").exists()
