@@ -12,6 +12,8 @@ from .policy import Override, Policy
 from .runtime.errors import (
     LintError,
     LowRankError,
+    ModelFileError,
+    OutputError,
     PassError,
     PassInputError,
     PipelineError,
@@ -29,6 +31,8 @@ __all__ = [
     "LayerRow",
     "LintError",
     "LowRankError",
+    "ModelFileError",
+    "OutputError",
     "Override",
     "PassError",
     "PassInputError",

@@ -8,6 +8,8 @@ Imports torch, numpy, onnx, onnxscript and onnxruntime only: never the passes or
 from .errors import (
     LintError,
     LowRankError,
+    ModelFileError,
+    OutputError,
     PassError,
     PassInputError,
     PipelineError,
@@ -24,6 +26,8 @@ __all__ = [
     "LintError",
     "LoRALinear",
     "LowRankError",
+    "ModelFileError",
+    "OutputError",
     "PassError",
     "PassInputError",
     "PipelineError",
