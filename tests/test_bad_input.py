@@ -28,17 +28,15 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import lowrank_compiler as lrc
 from lowrank_compiler.cli import main
 from lowrank_compiler.runtime import onnx_export
 from lowrank_compiler.runtime.onnx_export import ExportError
-from models import NoLinear
+from models import NoLinear, external_data_onnx
 
 
 @dataclass(frozen=True)
@@ -127,20 +125,6 @@ def export(**kw) -> Callable:
 
 # --- files ------------------------------------------------------------------------------
 
-def external_model(location: str) -> bytes:
-    """A one-MatMul graph whose weight lives in external data at ``location``."""
-    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
-    w.ClearField("raw_data")
-    w.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", "64")):
-        entry = w.external_data.add()
-        entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
-
-
 def corrupt(data: bytes) -> bytes:
     out = bytearray(data)
     for i in range(64, len(out), 97):
@@ -168,13 +152,13 @@ ONNX_FILES = [  # (id, setup, words)
      ("not a readable onnx model", "truncated")),
     ("truncated-10-bytes", onnx_file(lambda ctx: ctx.good.read_bytes()[:10]), ("not a readable onnx model",)),
     ("corrupted", onnx_file(lambda ctx: corrupt(ctx.good.read_bytes())), ("not a readable onnx model",)),
-    ("external-parent", onnx_file(lambda ctx: external_model("../secret"), secret=True),
+    ("external-parent", onnx_file(lambda ctx: external_data_onnx("../secret"), secret=True),
      ("'../secret'", "outside the model's directory")),
-    ("external-absolute", onnx_file(lambda ctx: external_model(str(ctx.inp.parent / "secret")), secret=True),
+    ("external-absolute", onnx_file(lambda ctx: external_data_onnx(str(ctx.inp.parent / "secret")), secret=True),
      ("secret'", "outside the model's directory")),
-    ("external-climbs-out", onnx_file(lambda ctx: external_model("sub/../../secret"), secret=True),
+    ("external-climbs-out", onnx_file(lambda ctx: external_data_onnx("sub/../../secret"), secret=True),
      ("outside the model's directory",)),
-    ("external-symlink-out", onnx_file(lambda ctx: external_model("w.data"), link=True),
+    ("external-symlink-out", onnx_file(lambda ctx: external_data_onnx("w.data"), link=True),
      ("'w.data'", "outside the model's directory")),
 ]
 
