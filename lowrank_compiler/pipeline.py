@@ -12,7 +12,9 @@ writes ``NN-<pass>.txt``: a header naming the pass, its options and the nodes it
 added, removed and rewrote, then the graph. ``00-trace.txt`` holds the graph as traced.
 Beside each, ``NN-<pass>.html`` shows the same with the changed nodes highlighted, and
 ``index.html`` links them in order (``dump_html``).
-A pass that raises is reported as ``PassError`` naming it and the passes before it.
+A pass that raises is reported as ``PassError`` naming it and the passes before it, and
+the run's module swaps and ``requires_grad`` changes are undone. Dumps of the passes that
+completed stay: they show the graph up to the failure. Nothing else is written.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch.fx as fx
 from .dump_html import HtmlDump
 from .passes import PassResult, get_pass
 from .runtime import graph as G
-from .runtime.errors import LintError, LowRankError, PassError, PassInputError, PipelineError
+from .runtime.errors import LintError, LowRankError, OutputError, PassError, PassInputError, PipelineError
 from .options import Reader, format_value
 
 
@@ -162,8 +164,14 @@ def diff_nodes(before: dict[str, str], gm: fx.GraphModule) -> dict[str, list[str
 
 
 def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``text`` (or bytes) to a temporary file beside ``path``, then rename it into place.
+
+    A failure (disk full, no permission) removes the temporary file and raises ``OutputError``.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError.of(path, e) from e
     try:
         with os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -171,10 +179,33 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes files private; give the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError.of(path, e) from e
         raise
+
+
+def check_dir(path: Path, what: str) -> None:
+    """Raise ``OutputError`` if ``path`` cannot be (or become) a writable directory; creates nothing."""
+    for p in (path, *path.parents):
+        if not p.exists():
+            continue
+        if not p.is_dir():
+            reason = "it is a file" if p == path else f"{str(p)!r} is a file"
+            raise OutputError(f"{what} {str(path)!r} cannot be a directory: {reason}; name a directory")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise OutputError(f"{what} {str(path)!r} cannot be written: no permission to write in {str(p)!r}")
+        return
+
+
+def make_dir(path: Path, what: str) -> None:
+    check_dir(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError.of(path, e, what) from e
 
 
 def render_dump(title: str, header: list[str], gm: fx.GraphModule) -> str:
@@ -203,8 +234,22 @@ class PassManager:
             self._html.page(index, name, gm, **page)
 
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
+        """Run every pass; if one fails, its swaps and those of the passes before it are undone
+        and every parameter's ``requires_grad`` restored, so the model is as it was."""
+        mark = len(gm.meta.get(G.SWAPS, []))
+        root = G.model_of(gm) or gm
+        flags = [(p, p.requires_grad) for p in root.parameters()]
+        try:
+            return self._run(gm)
+        except BaseException:
+            G.undo_swaps(gm, since=mark)  # passes rewrite ``gm`` in place, so its journal holds every swap
+            for p, flag in flags:
+                p.requires_grad_(flag)
+            raise
+
+    def _run(self, gm: fx.GraphModule) -> fx.GraphModule:
         if self.dump_dir is not None:
-            self.dump_dir.mkdir(parents=True, exist_ok=True)
+            make_dir(self.dump_dir, "dump_dir")
             self._html = HtmlDump(self.dump_dir, self.first_index, write_atomic)
         if self.dump_dir is not None and self.first_index == 1:
             tracer = gm.meta.get(G.TRACER, "?")

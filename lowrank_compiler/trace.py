@@ -38,6 +38,8 @@ _OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py", "pipeline.p
 
 
 def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str = "auto") -> fx.GraphModule:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trace expects a torch.nn.Module, got {type(model).__name__}")
     if mode not in MODES:
         raise ValueError(f"trace_mode must be one of {MODES}, got {mode!r}")
     if isinstance(model, nn.Module) and is_linear_module(model):

@@ -8,8 +8,10 @@
 - LoRA over NF4 (QLoRA): dequantize, add, requantize to ``IntLinear(bits, group_size)``,
   the peers' lossy merge.
 
-For each layer the pass measures, on a seeded random probe batch, the folded layer's
-output against the adapter layer's: ``max |y_fold - y| / max |y|`` (stats ``rel_err``).
+Adapters holding NaN/inf values (a diverged training run) are refused, all listed,
+before anything is folded. For each layer the pass measures, on a seeded random probe
+batch, the folded layer's output against the adapter layer's:
+``max |y_fold - y| / max |y|`` (stats ``rel_err``).
 The inlined adapter ops collapse back into one ``call_module`` per call.
 """
 
@@ -39,6 +41,16 @@ def _probe_error(layer: torch.nn.Module, folded: torch.nn.Module, rows: int, see
     return ((y_fold - y).abs().max() / y.abs().max().clamp(min=1e-30)).item()
 
 
+def _check_adapters_finite(gm: fx.GraphModule, names: list[str]) -> None:
+    """A diverged training run leaves NaN/inf adapters; folding them would poison the integer model."""
+    bad = [f"{name}.{pname}" for name in names if isinstance(gm.get_submodule(name), AdapterLayer)
+           for pname, p in gm.get_submodule(name).named_parameters()
+           if p.is_floating_point() and not torch.isfinite(p).all()]
+    if bad:
+        raise TargetError(f"{len(bad)} adapter weight(s) hold NaN/inf values (did training diverge?): "
+                          f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; nothing was folded")
+
+
 @register_pass("fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)")
 def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
     if zeros not in FOLD_ZEROS:
@@ -51,6 +63,7 @@ def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, 
     names = list(dict.fromkeys([name for name, _ in calls] + direct))
     if not names:
         raise TargetError("the graph holds no adapter layer to fold (compile with an adapter method first)")
+    _check_adapters_finite(gm, names)
     errors, report = {}, []
     for name in progress(names, "fold", total=len(names)):
         layer = gm.get_submodule(name)

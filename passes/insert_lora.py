@@ -7,7 +7,8 @@ inlines the adapter's ops into the graph so dumps show them.
 
 ``overrides`` maps a name pattern to ``{"rank": .., "alpha": ..}`` for the layers it
 matches; later patterns win. ``bits``/``group_size`` keys are accepted (the policy
-shares its overrides with the quantizing passes) and ignored here.
+shares its overrides with the quantizing passes) and ignored here. Layers with NaN/inf
+weights are all listed in one error before anything changes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch.fx as fx
 from ..runtime import graph as G
 from ..runtime.errors import TargetError
 from ..runtime.layers import LoRALinear
-from ..runtime.rewrite import check_dropout, check_rank, inline_selected
+from ..runtime.rewrite import check_dropout, check_finite, check_rank, inline_selected
 from ..runtime.select import check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
@@ -28,6 +29,7 @@ def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrid
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lora")
     check_overrides(overrides, list(selected))
+    check_finite(gm, selected)
     layers: dict[str, LoRALinear] = {}
     for name, (op, _) in selected.items():
         opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)

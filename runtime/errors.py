@@ -51,3 +51,23 @@ class AdapterError(LowRankError, ValueError):
 
 class ModelSpecError(LowRankError, ValueError):
     """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
+
+
+class OutputError(LowRankError, OSError):
+    """An output file or directory cannot be written (the message names the path and why).
+
+    Raised before anything is written, or after the partial write was removed: a failed
+    write never leaves a file behind. Also an ``OSError`` (with the cause's ``errno``), so
+    I/O handlers still catch it.
+    """
+
+    @classmethod
+    def of(cls, path, cause: OSError, what: str = "") -> "OutputError":
+        """``cannot write <what> '<path>': <reason>``, keeping the cause's errno."""
+        error = cls(f"cannot write {what + ' ' if what else ''}{str(path)!r}: {cause.strerror or cause}")
+        error.errno = cause.errno
+        return error
+
+
+class ModelFileError(LowRankError, ValueError):
+    """A model file is missing, truncated, corrupt, or refers to data outside its directory."""

@@ -77,11 +77,12 @@ def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
-def undo_swaps(gm: fx.GraphModule) -> None:
-    """Restore every module ``swap_module`` replaced, newest first."""
-    for root, name, old in reversed(gm.meta.get(SWAPS, [])):
+def undo_swaps(gm: fx.GraphModule, since: int = 0) -> None:
+    """Restore every module ``swap_module`` replaced (after the first ``since`` swaps), newest first."""
+    journal = gm.meta.get(SWAPS, [])
+    for root, name, old in reversed(journal[since:]):
         root.set_submodule(name, old)
-    gm.meta[SWAPS] = []
+    gm.meta[SWAPS] = journal[:since]
 
 
 def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:

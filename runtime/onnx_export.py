@@ -8,9 +8,11 @@ float-zero layers were converted to the exact split form.
 
 Metadata ``lowrank_compiler`` (JSON in ``metadata_props``) records the format, the
 accuracy level, the targeted layers and how each layer was lowered, for ``inspect``
-and ``session.load``. The file is written under a temporary name, checked with
-``onnx.checker`` (full check), then renamed; past 2 GB the weights go to
-``<name>.data`` beside it (external data).
+and ``session.load``. The file is written into a fresh temporary directory beside the
+destination, checked there with ``onnx.checker`` (full check), then renamed into place;
+past 2 GB the weights go to ``<name>.data`` beside it (external data), moved in before
+the graph. A failed write (disk full, no permission) removes what it wrote and raises
+``OutputError``: no partial file is ever left, and an earlier file at that path survives.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import inspect
 import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,14 +32,16 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import LowRankError
+from .errors import LowRankError, OutputError
 from .int_linear import IntLinear
 from .layers import AdapterLayer, LoRALinear
 from .nf4 import NF4Linear
+from .onnx_file import read_model
 from .onnx_ops import int_linear_translation, register_matmulnbits_schema
 from .qalora import QALoRALinear
 from .qdq import QDQ_BITS, lower_to_qdq
 from .quant import pack_zeros, qmax
+from .session import check_accuracy_level
 
 FORMATS = ("matmulnbits", "qdq")
 META = "lowrank_compiler"
@@ -147,14 +154,29 @@ def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
     return out
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
-                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+def check_destination(path) -> Path:
+    """The output path as a ``Path``; raises before any work when it cannot be a file we write."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ExportError(f"path must be a str or os.PathLike naming an .onnx file, got {type(path).__name__}")
     path = Path(path)
     if not path.parent.is_dir():
         raise ExportError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise ExportError(f"accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), "
-                          f"got {accuracy_level!r}")
+    if path.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: it is a directory; name a file, e.g. "
+                          f"{str(path / 'model.onnx')!r}")
+    return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages for terminals
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+    path = check_destination(path)
+    try:
+        check_accuracy_level(accuracy_level)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     check_exportable(model, fmt)
     register_matmulnbits_schema()
     layers = {n: lowering(m, fmt) for n, m in model.named_modules()
@@ -168,7 +190,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwar
                 program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
                                             custom_translation_table=table, dynamic_shapes=shapes, optimize=True)
             except Exception as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                text = _ANSI.sub("", str(e)).strip()
+                first = text.splitlines()[0] if text else type(e).__name__
                 raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {first}. Check that the "
                                   f"example inputs run the model; with dynamic=True, use batch and sequence "
                                   f"sizes of at least 2") from e
@@ -202,20 +225,28 @@ def name_dynamic_dims(proto: onnx.ModelProto) -> None:
 
 
 def write_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Temporary name, full check, rename; external data past 2 GB. No partial file is left behind."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = path.with_name(path.name + ".data")
+    """Stage in a temporary directory beside ``path``, full check, rename into place (module docstring)."""
     external = proto.ByteSize() > _TWO_GB
+    data = path.name + ".data"  # the location recorded in the graph: relative, beside the file
     try:
-        onnx.save_model(proto, str(tmp), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        onnx.checker.check_model(str(tmp), full_check=True)
-        os.replace(tmp, path)
-    except BaseException:
-        for leftover in (tmp, data if external else None):
-            if leftover is not None and leftover.exists():
-                leftover.unlink()
-        raise
+        stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as e:
+        raise OutputError.of(path, e) from e
+    try:
+        staged = stage / path.name
+        onnx.save_model(proto, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        try:
+            onnx.checker.check_model(str(staged), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported graph for {str(path)!r} fails onnx.checker: {e}") from e
+        if external:
+            os.replace(stage / data, path.with_name(data))
+        os.replace(staged, path)
+    except OSError as e:
+        raise OutputError.of(path, e) from e
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: int) -> Path:
@@ -224,9 +255,11 @@ def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: in
     The weights are untouched; only the kernel's compute precision changes (0: fp32,
     4: int8 activations). For standard QDQ files the session option does this instead.
     """
-    if level not in (0, 1, 2, 3, 4):
-        raise ExportError(f"accuracy_level must be 0, 1, 2, 3 or 4, got {level!r}")
-    model = onnx.load(str(src))
+    try:
+        check_accuracy_level(level)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    model = read_model(src, external_data=True)
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
             attrs = [a for a in node.attribute if a.name != "accuracy_level"]
@@ -237,5 +270,6 @@ def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: in
             meta = json.loads(prop.value)
             meta["accuracy_level"] = level
             prop.value = json.dumps(meta, sort_keys=True)
-    write_model(model, Path(dst))
-    return Path(dst)
+    dst = check_destination(dst)
+    write_model(model, dst)
+    return dst

@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from .onnx_file import read_model
 META = "lowrank_compiler"
 
 
@@ -74,7 +75,7 @@ def _layer_of(name: str) -> str:
 
 
 def inspect_onnx(path: str | os.PathLike) -> OnnxReport:
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_model(path)
     graph = model.graph
     meta = next((json.loads(p.value) for p in model.metadata_props if p.key == META), {})
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in graph.node)
@@ -122,7 +123,7 @@ def _type_str(value_info) -> str:
 
 def op_listing(path: str | os.PathLike) -> list[str]:
     """One line per node: ``op(inputs: dtype[shape]) -> outputs``, shapes from ONNX shape inference."""
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_model(path)
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:  # a listing without shapes still helps

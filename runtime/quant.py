@@ -45,10 +45,21 @@ def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> 
         return f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"
     if k % group_size:
         return f"{name}: input width {k} is not divisible by group_size={group_size} (shape [{n}, {k}])"
-    if not torch.isfinite(weight).all():
-        bad = (~torch.isfinite(weight)).sum().item()
+    bad = count_nonfinite(weight)
+    if bad:
         return f"{name}: weight has {bad} NaN/inf value(s) (shape [{n}, {k}])"
     return None
+
+
+def count_nonfinite(weight: torch.Tensor) -> int:
+    """NaN/inf entries of ``weight``; min and max propagate NaN, so the common all-finite case
+    costs one pass and no boolean copy of the layer."""
+    if weight.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(weight.detach())
+    if torch.isfinite(lo) and torch.isfinite(hi):
+        return 0
+    return int((~torch.isfinite(weight)).sum().item())
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -56,6 +67,13 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     *lead, length = codes.shape
     if length % 8:
         raise ValueError(f"pack needs a multiple of 8 codes per row, got {length}")
+    if 8 % bits == 0:  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (no int64 copy of a layer)
+        per = 8 // bits
+        c = codes.to(torch.uint8).reshape(*lead, length // per, per)
+        out = c[..., 0].clone()
+        for i in range(1, per):
+            out |= c[..., i] << (bits * i)  # LSB first
+        return out
     c = codes.to(torch.int64).reshape(*lead, length // 8, 8)
     shifts = torch.arange(8, device=codes.device) * bits
     word = (c << shifts).sum(-1, keepdim=True)  # (..., length/8, 1): 8 codes in 8*bits bits
@@ -102,7 +120,8 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int):
     scales = (hi - lo) / qmax(bits)
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))
     zeros = torch.round(-lo / scales).clamp(0, qmax(bits))
-    codes = torch.round(w / scales[..., None] + zeros[..., None]).clamp(0, qmax(bits))
+    codes = w / scales[..., None]  # one float temporary of the layer's size, then in place
+    codes.add_(zeros[..., None]).round_().clamp_(0, qmax(bits))
     return codes.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
 
 

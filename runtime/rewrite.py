@@ -7,11 +7,11 @@ import math
 import torch.fx as fx
 
 from . import graph as G
-from .errors import PolicyError
+from .errors import PolicyError, TargetError
 from .int_linear import IntLinear
-from .linear import weight_out_in
+from .linear import is_linear_module, weight_out_in
 from .progress import progress
-from .quant import GROUP_HINT, check_layer, check_layers
+from .quant import GROUP_HINT, check_layer, check_layers, count_nonfinite
 from .select import check_overrides, resolve_layer_options
 
 
@@ -41,6 +41,26 @@ def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
         )
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
         raise PolicyError(f"alpha for layer {name!r} must be a positive finite number, got {alpha!r}")
+
+
+def check_finite(gm: fx.GraphModule, names) -> None:
+    """Every named float layer's weight is finite: an adapter over NaN/inf weights can only learn NaN.
+
+    Raises one ``TargetError`` listing every such layer, before anything changes.
+    """
+    problems = []
+    for name in names:
+        module = gm.get_submodule(name)
+        if not is_linear_module(module):
+            continue  # already quantized: its own checks ran when it was made
+        w = weight_out_in(module)
+        bad = count_nonfinite(w)
+        if bad:
+            problems.append(f"{name}: weight has {bad} NaN/inf value(s) (shape [{w.shape[0]}, {w.shape[1]}])")
+    if problems:
+        listing = "\n  ".join(problems)
+        raise TargetError(f"{len(problems)} layer(s) have NaN/inf weights; an adapter over them would only "
+                          f"learn NaN:\n  {listing}\nFix the weights, or exclude these layers (exclude=[...]).")
 
 
 QUANTIZERS = ("rtn", "gptq")

@@ -9,6 +9,9 @@
   ``accuracy_level`` you pass.
 - A session serves concurrent ``__call__``s from several threads (onnxruntime's ``run``
   is thread-safe).
+- The file is parsed and checked first (``onnx_file.read_model``): a missing, corrupt or
+  truncated file, or external data outside the model's directory, is a ``ModelFileError``
+  before onnxruntime reads anything.
 """
 
 from __future__ import annotations
@@ -19,13 +22,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
-from .errors import LowRankError
+from .errors import ModelFileError
+from .onnx_file import read_model
 
 META = "lowrank_compiler"
+
+
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+
+
+def check_accuracy_level(level) -> int:
+    """MatMulNBits' compute precision: 0 (fp32) to 4 (int8 activations)."""
+    if isinstance(level, bool) or not isinstance(level, int) or level not in ACCURACY_LEVELS:
+        raise ValueError(f"accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), got {level!r}")
+    return level
 
 
 def default_providers() -> list[str]:
@@ -36,7 +49,7 @@ def default_providers() -> list[str]:
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    model = onnx.load(str(path), load_external_data=False)
+    model = read_model(path)
     for prop in model.metadata_props:
         if prop.key == META:
             return json.loads(prop.value)
@@ -47,12 +60,11 @@ class Session:
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None,
                  accuracy_level: int | None = None, threads: int | None = None):
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX file at {str(path)!r}")
-        try:
-            self.metadata = read_metadata(path)
-        except Exception as e:
-            raise LowRankError(f"{str(path)!r} is not a readable ONNX model: {e}") from e
+        if accuracy_level is not None:
+            check_accuracy_level(accuracy_level)
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
+            raise ValueError(f"threads must be an integer >= 0 (0: onnxruntime's default), got {threads!r}")
+        self.metadata = read_metadata(path)
         level = accuracy_level if accuracy_level is not None else self.metadata.get("accuracy_level", 0)
         options = ort.SessionOptions()
         options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(int(level)))
@@ -61,9 +73,10 @@ class Session:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
         except Exception as e:
-            raise LowRankError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
+            raise ModelFileError(f"onnxruntime cannot load {str(path)!r}: {e}") from e
         self.accuracy_level = int(level)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.input_specs = {i.name: (i.type, i.shape) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @property
@@ -87,10 +100,29 @@ class Session:
         as_torch = any(isinstance(v, torch.Tensor) for v in feeds.values())
         arrays = {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
                   for k, v in feeds.items()}
+        for name, array in arrays.items():
+            self._check_input(name, array)
         outputs = self.session.run(None, arrays)
         if as_torch:
             outputs = [torch.from_numpy(o) for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _check_input(self, name: str, array: np.ndarray) -> None:
+        """dtype, rank and fixed dims as the graph declares them: a clear error instead of onnxruntime's."""
+        kind, shape = self.input_specs[name]
+        want = _DTYPES.get(kind)
+        if want is not None and array.dtype != want:
+            raise ValueError(f"input {name!r} must be {np.dtype(want).name}, got {array.dtype.name}")
+        if shape is not None and len(shape) != array.ndim:
+            raise ValueError(f"input {name!r} must have {len(shape)} dims {shape}, got shape {list(array.shape)}")
+        for axis, (dim, got) in enumerate(zip(shape or [], array.shape)):
+            if isinstance(dim, int) and dim != got:
+                raise ValueError(f"input {name!r} must have size {dim} on axis {axis} {shape}, got shape "
+                                 f"{list(array.shape)}")
+
+
+_DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+           "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 def load(path: str | os.PathLike, providers: list[str] | None = None, *, accuracy_level: int | None = None,

@@ -135,5 +135,5 @@ def test_compiling_twice_is_refused():
 def test_dump_dir_that_is_a_file(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(NotADirectoryError, match="not a directory"):
+    with pytest.raises(lrc.OutputError, match="it is a file; name a directory"):
         lrc.compile(tiny_gpt(), lrc.Policy(), dump_dir=f)

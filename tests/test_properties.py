@@ -70,6 +70,8 @@ def test_policy_round_trip(rank, alpha, dropout, target, method, bits, group, ov
 
 
 def test_session_serves_threads_with_serial_results(tmp_path):
+    """4 threads released together, 50 calls each over mixed batch sizes: every result equals the
+    serial one, no call raises, and no thread outlives the bound (daemon threads cannot hang the run)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 32))
     lrc.compile(model, lrc.Policy(method="rtn", target=["0", "2"]))
@@ -77,15 +79,51 @@ def test_session_serves_threads_with_serial_results(tmp_path):
     session = lrc.runtime.load(path)
     inputs = [np.random.default_rng(i).standard_normal((1 + i % 4, 64)).astype(np.float32) for i in range(24)]
     serial = [session(x) for x in inputs]
-    results: dict[int, np.ndarray] = {}
+    threads_n, calls = 4, 50
+    start = threading.Barrier(threads_n)
+    mismatches, errors = [], []
 
-    def worker(k):
-        for i in range(k, len(inputs), 4):
-            results[i] = session(inputs[i])
+    def serve(k):
+        try:
+            start.wait(timeout=30)
+            for c in range(calls):
+                i = (k * calls + c) % len(inputs)
+                if not np.array_equal(session(inputs[i]), serial[i]):
+                    mismatches.append((k, i))
+        except Exception as e:  # a failing call must fail the test, not vanish with its thread
+            errors.append(repr(e))
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(threads_n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=60)
-    assert all(np.array_equal(results[i], serial[i]) for i in range(len(inputs)))
+    assert not any(t.is_alive() for t in threads), "a thread did not finish within 60 s"
+    assert errors == [] and mismatches == []
+
+
+EXPORT = settings(max_examples=4, deadline=None)
+
+
+@EXPORT
+@given(groups=st.integers(1, 4), out=st.integers(1, 24), g=st.sampled_from([16, 32, 64]),
+       bits=st.sampled_from([2, 4, 8]), zeros=st.sampled_from(["split", "float", "round"]),
+       fmt=st.sampled_from(["matmulnbits", "qdq"]), bias=st.booleans(), seed=st.integers(0, 2**16))
+def test_export_parity_one_layer(tmp_path_factory, groups, out, g, bits, zeros, fmt, bias, seed):
+    """A folded one-layer QA-LoRA model and its ONNX file agree at a batch size not used for export."""
+    if fmt == "qdq" and bits == 2:
+        bits = 4  # standard ONNX has no 2-bit DequantizeLinear; MatMulNBits covers 2 bits
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(groups * g, out, bias=bias))
+    lrc.compile(model, lrc.Policy(method="qalora", target=["0"], bits=bits, group_size=g, rank=1))
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    deployed = lrc.fold(model, zeros=zeros)
+    path = lrc.export_onnx(deployed, tmp_path_factory.mktemp("one") / "m.onnx",
+                           example_inputs=(torch.randn(2, groups * g),), format=fmt)
+    x = torch.randn(5, groups * g)
+    with torch.no_grad():
+        ref = deployed(x)
+    got = lrc.runtime.load(path)(x)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() <= 1e-4 * ref.abs().max().item() + 1e-6
