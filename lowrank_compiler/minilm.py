@@ -59,11 +59,12 @@ class JobConfig:
         if self.bits == 3:
             raise PolicyError("bits must be 2, 4 or 8 for the job: 3-bit weights have no onnxruntime kernel")
         held_out = len(data.split()[1])
-        for name, low, high in (("steps", 0, None), ("batch", 1, None), ("eval_sentences", 1, held_out),
-                                ("calibration_sentences", 1, len(data.split()[0])), ("seed", 0, None)):
+        limits = (("steps", 0, None, ""), ("batch", 1, None, ""), ("eval_sentences", 1, held_out, "held-out"),
+                  ("calibration_sentences", 1, len(data.split()[0]), "training"), ("seed", 0, None, ""))
+        for name, low, high, text in limits:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or (high and value > high):
-                span = f">= {low}" if high is None else f"in [{low}, {high}] (the sentences there are)"
+                span = f">= {low}" if high is None else f"in [{low}, {high}] (the {text} sentences)"
                 raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise PolicyError(f"lr must be a positive finite number, got {self.lr!r}")

@@ -297,7 +297,8 @@ CASES = [
          lrc.OutputError, ("dump_dir", "is a file"), mlp,
          setup=a_file("f")),
     Case("compile-fails-after-dumps", lambda m, c: lrc.compile(m, P(**{**QALORA, "rank": 40}), dump_dir=c.out / "d"),
-         lrc.PolicyError, ("rank=40", "exceeds"), mlp, keeps=("d/00-trace.txt", "d/01-find-linears.txt")),
+         lrc.PolicyError, ("rank=40", "exceeds"), mlp,
+         keeps=("d/00-trace.txt", "d/01-find-linears.txt", "d/00-trace.html", "d/01-find-linears.html", "d/index.html")),
     # --- fold --------------------------------------------------------------------------
     Case("fold-not-a-module", lambda m, c: lrc.fold(None), TypeError, ("fold expects a torch.nn.Module",)),
     Case("fold-not-compiled", lambda m, c: lrc.fold(m), lrc.LowRankError, ("not produced by", "compile"), mlp),
