@@ -19,11 +19,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--eval-sentences", type=int, default=256)
+    ap.add_argument("--calibration-sentences", type=int, default=512, help="GPTQ's statistics (training text)")
     ap.add_argument("--out", default="out/minilm")
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args(argv)
     cfg = JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, alpha=2.0 * args.rank,
                     steps=args.steps, eval_sentences=args.eval_sentences, out=args.out,
+                    calibration_sentences=args.calibration_sentences,
                     baselines=not args.no_baselines)
     return run(cfg)
 

@@ -136,7 +136,7 @@ def _load_hf(spec: ModelSpec) -> LoadedModel:
         raise ModelSpecError(f"MODEL {spec.spec!r}: config.json names architecture {names[0]!r}, which transformers "
                              f"{transformers.__version__} does not provide (remote code is never run)")
     try:
-        model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+        model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, use_safetensors=True)
     except Exception as e:
         raise ModelSpecError(f"MODEL {spec.spec!r}: {cls.__name__}.from_pretrained failed: "
                              f"{_one_line(e)}") from None

@@ -2,7 +2,7 @@
 
     H = (1 / T) * sum_t x_t x_t^T        x_t: one token's input row [K], T tokens in all
 
-accumulated in float64 while the float model runs on the calibration batches (no grad,
+accumulated in float64 (each batch's product in float32) while the float model runs on the calibration batches (no grad,
 eval mode, then the model's modes are restored). A batch is what the model takes: a
 dict of keyword arguments, a tuple of positional ones, or one tensor. When a dict batch
 holds an ``attention_mask`` ``(B, T)`` and a layer's input is ``(B, T, K)``, padded
@@ -37,13 +37,17 @@ def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: It
     def hook_for(name):
         def hook(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
-            x = x.detach()
-            mask = state["mask"]
-            if mask is not None and x.dim() == 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-                x = x[mask.bool()]  # (tokens, K): real tokens only
-            x = x.reshape(-1, x.shape[-1]).to(torch.float64)  # (T, K)
-            sums[name] = sums[name] + x.T @ x if name in sums else x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
+            if state.get("input") is not x:  # q, k and v read one tensor: multiply it once
+                rows = x.detach()
+                mask = state["mask"]
+                if mask is not None and rows.dim() == 3 and tuple(rows.shape[:2]) == tuple(mask.shape):
+                    rows = rows[mask.bool()]  # (tokens, K): real tokens only
+                rows = rows.reshape(-1, rows.shape[-1]).to(torch.float32)  # (T, K)
+                # one batch's product in float32 (fast), the running sum over batches in float64
+                state["input"], state["product"] = x, ((rows.T @ rows).to(torch.float64), rows.shape[0])
+            product, tokens = state["product"]
+            sums[name] = sums[name] + product if name in sums else product.clone()
+            counts[name] = counts.get(name, 0) + tokens
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in layers.items()]
@@ -55,6 +59,7 @@ def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: It
             for batch in progress(batches, "calibrate", unit="batch"):
                 state["mask"] = batch.get("attention_mask") if isinstance(batch, Mapping) else None
                 _call(model, batch)
+                state.pop("input", None), state.pop("product", None)  # no tensor outlives its batch
                 n += 1
     finally:
         for h in handles:

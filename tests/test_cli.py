@@ -174,7 +174,8 @@ def test_python_factory_dump_and_quiet_compile(tmp_path, capsys):
     model = f"{FACTORIES}:gpt"
     r = cli("dump", model, "--policy", "policy.toml", "--out", "dumps", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert files(tmp_path / "dumps") == ["00-trace.txt", "01-find-linears.txt", "02-insert-lora.txt", "pipeline.txt"]
+    assert files(tmp_path / "dumps") == ["00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
+                                         "02-insert-lora.html", "02-insert-lora.txt", "index.html", "pipeline.txt"]
     assert (tmp_path / "dumps" / "pipeline.txt").read_text() == (
         "find-linears{target=[attn.*,mlp.up_proj]},insert-lora{rank=4,alpha=8.0,dropout=0.0,"
         "overrides={blocks.1.*={rank=2}}}\n")

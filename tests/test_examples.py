@@ -28,11 +28,11 @@ def test_llama_example_runs_the_whole_path(tmp_path, capsys):
 
 
 def test_minilm_example_short_setting(tmp_path):
-    result = load("minilm_qalora").main(["--steps", "3", "--eval-sentences", "8", "--no-baselines",
+    result = load("minilm_qalora").main(["--steps", "3", "--eval-sentences", "8", "--calibration-sentences", "32", "--no-baselines",
                                          "--out", str(tmp_path)])
     mean, worst = result["onnx_vs_torch"]
     assert worst >= 0.9999  # the exported INT4 model keeps the trained model's embeddings
     assert {"fp32", "qalora_int4"} <= set(result["files"])
     text = (tmp_path / "results.md").read_text()
-    assert "| QA-LoRA, folded (ours) |" in text and "pure INT4: yes" in text
-    assert (tmp_path / "adapters.safetensors").exists() and (tmp_path / "dumps" / "03-fold.txt").exists()
+    assert "| QA-LoRA over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
+    assert (tmp_path / "adapters.safetensors").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()  # trace, find-linears, calibrate, insert-qalora, fold
