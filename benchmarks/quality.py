@@ -49,7 +49,7 @@ METHODS = ("RTN", "onnxruntime RTN", "onnxruntime HQQ", "QLoRA merged", "QA-LoRA
 class Settings:
     bits: tuple[int, ...] = (4, 3, 2)
     groups: tuple[int, ...] = (32, 64, 128)
-    steps: int = 32
+    steps: int = 32  # a short budget: 19 trained runs must fit the suite's 30 minutes
     batch: int = 16
     eval_sentences: int = 256
     ort: bool = True  # onnxruntime's quantizer (needs the fp32 ONNX export)

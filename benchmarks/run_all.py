@@ -97,7 +97,12 @@ def write(result: dict, out: Path, name: str) -> None:
         except Exception as e:  # a plot that fails must not take the numbers with it
             sec["plot_error"] = f"{type(e).__name__}: {e}"
     write_atomic(out / "results.json", json.dumps(result, indent=1, default=str) + "\n")
-    write_atomic(out / "report.md", report.markdown(result))
+    try:
+        text = report.markdown(result)
+    except Exception:  # the numbers are safe in results.json; say what went wrong instead of stopping the run
+        text = f"# Benchmark report\n\nWriting the report failed; the numbers are in results.json.\n\n```\n" \
+               f"{traceback.format_exc(limit=6)}```\n"
+    write_atomic(out / "report.md", text)
 
 
 def main(argv=None) -> int:
@@ -107,6 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {','.join(SECTIONS)}")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="where report.md, the plots and results.json go")
     ap.add_argument("--quality-steps", type=int, help="training steps per trained quality point (overrides the scale)")
+    ap.add_argument("--quality-sentences", type=int, help="held-out sentences the quality section scores on")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -120,6 +126,11 @@ def main(argv=None) -> int:
         if args.quality_steps < 1:
             ap.error(f"--quality-steps must be at least 1, got {args.quality_steps}")
         scale = dataclasses.replace(scale, quality=dataclasses.replace(scale.quality, steps=args.quality_steps))
+    if args.quality_sentences is not None:
+        if args.quality_sentences < 2:
+            ap.error(f"--quality-sentences must be at least 2, got {args.quality_sentences}")
+        scale = dataclasses.replace(scale, quality=dataclasses.replace(scale.quality,
+                                                                       eval_sentences=args.quality_sentences))
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     out = Path(args.out)

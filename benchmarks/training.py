@@ -8,8 +8,9 @@ the head left float), and then waits. The parent asks the workers for one full s
 alike, and takes the median of each worker's step times.
 
 Memory, in each worker: the resident-set high-water mark (``VmHWM``) over the training
-steps alone: reset just before them (``/proc/self/clear_refs``), so building the fp32
-model before it is quantized does not count. Where the reset is not allowed, the
+steps alone: reset just before them (``/proc/self/clear_refs``), after the heap pages
+freed by the build were handed back (glibc ``malloc_trim``), so building the fp32 model
+before it is quantized does not count. Where the reset is not allowed, the
 lifetime peak (``getrusage`` ``ru_maxrss``), which does include the build; the report
 says which. Both are whole-process figures (interpreter and torch included); the
 footprint is the peak minus the worker's size after its imports. The frozen base is
@@ -18,6 +19,7 @@ the bytes of the targeted layers' weights as allocated (``common.base_linear_byt
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import multiprocessing as mp
@@ -66,6 +68,14 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim() -> None:
+    """glibc's malloc_trim: return freed heap memory to the system (a no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def worker(conn, size: Size, policy: dict) -> None:
     """One method on one model, in a process of its own; answers "step" and "done"."""
     import torch
@@ -88,6 +98,7 @@ def worker(conn, size: Size, policy: dict) -> None:
         base_bytes, weights = base_linear_bytes(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gc.collect()
+        _trim()  # hand back heap pages freed when the fp32 weights were replaced: the build is not training
         rss_model = _status_kib("VmRSS")
         reset = _reset_peak()
         conn.send({"params": params, "trainable": trainable, "base_bytes": base_bytes, "weights": weights,
