@@ -154,6 +154,15 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
     return nbytes, weights
 
 
+def check_settings(where: str, **fields) -> None:
+    """Every value a positive integer (tuples: each item; tuples of pairs: each number)."""
+    for name, value in fields.items():
+        items = value if isinstance(value, tuple) else (value,)
+        flat = [x for item in items for x in (item if isinstance(item, tuple) else (item,))]
+        if not flat or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in flat):
+            raise ValueError(f"{where}.{name} must be a positive integer (or a non-empty tuple of them), got {value!r}")
+
+
 def fmt_ms(seconds: float) -> str:
     ms = seconds * 1000
     return f"{ms:.1f} ms" if ms >= 10 else f"{ms:.2f} ms"

@@ -31,7 +31,8 @@ import lowrank_compiler as lrc
 from lowrank_compiler import export_onnx
 
 from . import bench_onnx
-from .speed import VOCAB
+from .common import check_settings
+from .speed import VOCAB, check_model
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class Settings:
     hidden: int = 2048
     layers: int = 2
     repeats: int = 3
+
+    def __post_init__(self):
+        check_settings("compile", hidden=self.hidden, layers=self.layers, repeats=self.repeats)
+        check_model("compile", self.hidden, ("int",))
 
 
 POLICY = lrc.Policy(method="qalora", target=["all-linear", "lm_head"], bits=4, group_size=32, rank=16)

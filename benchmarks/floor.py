@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Bandwidth
+from .common import Bandwidth, check_settings
 from .onnx_bytes import linear_weights
-from .speed import prepare, runners_for
+from .speed import check_model, prepare, runners_for
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class Settings:
     repeats: int = 20
     bandwidth_bytes: int = 1 << 30
     formats: tuple[str, ...] = ("int", "split")  # ours
+
+    def __post_init__(self):
+        check_settings("floor", hidden=self.hidden, layers=self.layers, repeats=self.repeats,
+                       bandwidth_bytes=self.bandwidth_bytes)
+        check_model("floor", self.hidden, self.formats)
 
 
 def run(s: Settings, work: Path, log) -> dict:

@@ -37,7 +37,7 @@ import torch
 from lowrank_compiler import Policy, compile, compile_info, data, export_onnx, fold, minilm
 from lowrank_compiler.runtime.session import load
 
-from .common import base_linear_bytes
+from .common import base_linear_bytes, check_settings
 from .onnx_bytes import file_bytes, linear_weights
 
 ORT_BITS = (2, 4, 8)  # MatMulNBits kernels
@@ -55,6 +55,14 @@ class Settings:
     ort: bool = True  # onnxruntime's quantizer (needs the fp32 ONNX export)
     hqq: bool = True
     onnx_check: bool = True  # export ours at the first 4-bit point: sizes, and ONNX == PyTorch
+
+    def __post_init__(self):
+        check_settings("quality", bits=self.bits, groups=self.groups, steps=self.steps, batch=self.batch,
+                       eval_sentences=self.eval_sentences)
+        if not set(self.bits) <= {2, 3, 4, 8}:
+            raise ValueError(f"quality.bits must be drawn from (2, 3, 4, 8), got {self.bits!r}")
+        if any(g < 16 or g & (g - 1) for g in self.groups):
+            raise ValueError(f"quality.groups must be powers of two >= 16, got {self.groups!r}")
 
 
 class CachedTeacher:

@@ -31,7 +31,7 @@ from lowrank_compiler import export_onnx, minilm
 from lowrank_compiler.runtime.onnx_export import set_accuracy_level
 
 from . import bench_onnx
-from .common import interleaved
+from .common import check_settings, interleaved
 from .onnx_bytes import file_bytes, linear_weights
 
 VOCAB = 512
@@ -46,6 +46,20 @@ class Settings:
     repeats: tuple[int, ...] = (15, 7, 3)  # per shape: the large ones take seconds a run
     threads: int = 1
     formats: tuple[str, ...] = ("int", "split", "qdq")  # ours
+
+    def __post_init__(self):
+        check_settings("speed", hidden=self.hidden, layers=self.layers, shapes=self.shapes, repeats=self.repeats,
+                       threads=self.threads)
+        check_model("speed", self.hidden, self.formats)
+        if len(self.repeats) != len(self.shapes):
+            raise ValueError(f"speed.repeats needs one count per shape ({len(self.shapes)}), got {self.repeats!r}")
+
+
+def check_model(where: str, hidden: int, formats: tuple[str, ...]) -> None:
+    if hidden % 128:
+        raise ValueError(f"{where}.hidden must be a multiple of 128 (heads of 128), got {hidden!r}")
+    if not formats or not set(formats) <= {"int", "split", "qdq"}:
+        raise ValueError(f"{where}.formats must be drawn from ('int', 'split', 'qdq'), got {formats!r}")
 
 
 def session(path: Path, level: int, threads: int) -> ort.InferenceSession:

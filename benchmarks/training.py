@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .common import check_settings
+
 METHODS = {"LoRA over fp32": {"method": "lora"}, "QLoRA (NF4)": {"method": "qlora"},
            "QA-LoRA (INT4 g32)": {"method": "qalora"}}
 
@@ -42,11 +44,23 @@ class Size:
     batch: int
     seq: int
 
+    def __post_init__(self):
+        check_settings(f"training size {self.label!r}", n_layer=self.n_layer, n_embd=self.n_embd, vocab=self.vocab,
+                       batch=self.batch, seq=self.seq)
+        if self.n_embd % 64:
+            raise ValueError(f"training size {self.label!r}: n_embd must be a multiple of 64 (heads of 64), "
+                             f"got {self.n_embd!r}")
+
 
 @dataclass(frozen=True)
 class Settings:
     sizes: tuple[Size, ...] = (Size("~20M", 6, 512, 4096, 8, 128), Size("~100M", 12, 768, 16384, 4, 128))
     steps: int = 4  # timed rounds, after one warm-up round
+
+    def __post_init__(self):
+        check_settings("training", steps=self.steps)
+        if not self.sizes:
+            raise ValueError("training.sizes must name at least one model size")
 
 
 def _status_kib(field: str) -> int | None:
