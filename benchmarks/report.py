@@ -201,11 +201,14 @@ def floor_md(r: dict, machine: dict) -> list[str]:
            f"Read bandwidth measured in the same run, interleaved: "
            + ", ".join(f"{float(v) / 1e9:.1f} GB/s with {t} thread(s)" for t, v in bw.items())
            + f" (L3 cache {machine.get('l3_cache')}).", "",
-           "| file, accuracy level | threads | weight bytes | floor | latency | latency / floor |",
-           "| --- | --- | --- | --- | --- | --- |"]
+           "| file, accuracy level | threads | weight bytes | floor | latency | latency / floor | "
+           "weight bytes / latency (share of the bandwidth) |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     for k, row in r["rows"].items():
-        out.append(f"| {k.split('@')[0]} | {row['threads']} | {fmt_bytes(r['weight_bytes'][row['model']])} | "
-                   f"{fmt_ms(row['floor_s'])} | {fmt_ms(row['latency_s'])} | {row['ratio']:.2f}x |")
+        nbytes = r["weight_bytes"][row["model"]]
+        out.append(f"| {k.split('@')[0]} | {row['threads']} | {fmt_bytes(nbytes)} | {fmt_ms(row['floor_s'])} | "
+                   f"{fmt_ms(row['latency_s'])} | {row['ratio']:.2f}x | {nbytes / row['latency_s'] / 1e9:.1f} GB/s "
+                   f"({1 / row['ratio']:.0%}) |")
     return out
 
 

@@ -65,6 +65,8 @@ def check_model(where: str, hidden: int, formats: tuple[str, ...]) -> None:
 def session(path: Path, level: int, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if threads > 1:  # idle pool threads spin by default, stealing the cores of the session that runs next
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(level))
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
