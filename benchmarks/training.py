@@ -3,17 +3,17 @@
 For each model size (the hand-written GPT of ``lowrank_compiler.toy``, random weights),
 each method trains in its own fresh process (``spawn``), so its memory is its own: the
 process imports torch, builds and compiles the model (rank 16 on every block linear,
-the head left float), and then waits. The parent asks the workers for one full step
+the head left float), and then waits. The parent asks the trainer processes for one full step
 (forward, backward, AdamW) each in turn, round after round, so machine noise hits all
-alike, and takes the median of each worker's step times.
+alike, and takes the median of each process's step times.
 
-Memory, in each worker: the resident-set high-water mark (``VmHWM``) over the training
+Memory, in each trainer process: the resident-set high-water mark (``VmHWM``) over the training
 steps alone: reset just before them (``/proc/self/clear_refs``), after the heap pages
 freed by the build were handed back (glibc ``malloc_trim``), so building the fp32 model
 before it is quantized does not count. Where the reset is not allowed, the
 lifetime peak (``getrusage`` ``ru_maxrss``), which does include the build; the report
 says which. Both are whole-process figures (interpreter and torch included); the
-footprint is the peak minus the worker's size after its imports. The frozen base is
+footprint is the peak minus the process's size after its imports. The frozen base is
 the bytes of the targeted layers' weights as allocated (``common.base_linear_bytes``).
 """
 
@@ -90,7 +90,7 @@ def _trim() -> None:
         pass
 
 
-def worker(conn, size: Size, policy: dict) -> None:
+def trainer(conn, size: Size, policy: dict) -> None:
     """One method on one model, in a process of its own; answers "step" and "done"."""
     import torch
 
@@ -137,7 +137,7 @@ def measure(size: Size, steps: int, log) -> dict:
     procs, conns = {}, {}
     for name, policy in METHODS.items():
         parent, child = ctx.Pipe()
-        procs[name] = ctx.Process(target=worker, args=(child, size, policy), daemon=True)
+        procs[name] = ctx.Process(target=trainer, args=(child, size, policy), daemon=True)
         procs[name].start()
         conns[name] = parent
     try:
@@ -166,10 +166,10 @@ def measure(size: Size, steps: int, log) -> dict:
 def _reply(conn, proc, name: str):
     while not conn.poll(5.0):
         if not proc.is_alive():
-            raise RuntimeError(f"the {name} worker exited with code {proc.exitcode} before answering")
+            raise RuntimeError(f"the {name} trainer process exited with code {proc.exitcode} before answering")
     msg = conn.recv()
     if isinstance(msg, dict) and "error" in msg:
-        raise RuntimeError(f"the {name} worker failed: {msg['error']}")
+        raise RuntimeError(f"the {name} trainer process failed: {msg['error']}")
     return msg
 
 
