@@ -26,10 +26,8 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=50)
-    args = ap.parse_args(argv)
+def measure(steps: int = 50) -> list[tuple[str, float, float]]:
+    """(trained model and fold, logits max rel error, worst layer's probe error) per fold."""
     torch.manual_seed(0)
     teacher = TinyGPT(CONFIG).eval()
     train_x = torch.randint(0, CONFIG.vocab_size, (8, 64))
@@ -38,14 +36,14 @@ def main(argv=None) -> dict:
         target = teacher(train_x)
     runs = {"qalora (float zeros)": dict(method="qalora"), "qalora (int zeros)": dict(method="qalora", zero_point="int"),
             "qlora": dict(method="qlora")}
-    rows, out = [], {}
+    rows = []
     for label, policy in runs.items():
         torch.manual_seed(0)
         student = TinyGPT(CONFIG)
         student.load_state_dict(teacher.state_dict())
         lrc.compile(student, lrc.Policy(rank=16, alpha=32, bits=4, group_size=32, **policy))
         opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=5e-3)
-        for _ in range(args.steps):
+        for _ in range(steps):
             loss = F.mse_loss(student(train_x), target)
             opt.zero_grad()
             loss.backward()
@@ -59,13 +57,20 @@ def main(argv=None) -> dict:
                 worst = max(lrc.compile_info(folded).fold_errors.values())
                 name = f"{label}, fold zeros={zeros}" if policy["method"] == "qalora" else f"{label}, merge + requantize"
                 rows.append((name, err, worst))
-                out[name] = err
+    return rows
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args(argv)
+    rows = measure(args.steps)
     print(f"{args.steps} training steps per method; error of the folded model vs the trained one")
     print("| trained model, fold | logits max rel error | worst layer (probe) |")
     print("| --- | --- | --- |")
     for name, err, worst in rows:
         print(f"| {name} | {err:.2e} | {worst:.2e} |")
-    return out
+    return {name: err for name, err, _ in rows}
 
 
 if __name__ == "__main__":
