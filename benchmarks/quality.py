@@ -3,12 +3,15 @@
 At each (bits, group):
 
 - RTN: min-max round to nearest per group, no training;
+- GPTQ: the same format rounded with error feedback along 512 training sentences'
+  input statistics (``quantizer="gptq"``), no training;
 - onnxruntime's ``MatMulNBitsQuantizer`` on the fp32 ONNX file: its default (RTN,
   asymmetric) and HQQ; it has 2-, 4- and 8-bit kernels only, so no 3-bit point;
 - QLoRA: NF4 base + LoRA, distilled once (NF4 depends on neither bits nor group), then
   merged and requantized to INT-bits in groups (the peers' merge) at each point;
-- ours: QA-LoRA distilled with float zero points (deployed ``split``) and with integer
-  zero points (deployed as is), each trained afresh at each point.
+- ours: QA-LoRA over the GPTQ base (the main job's recipe), distilled with float zero
+  points (deployed ``split``) and with integer zero points (deployed as is), each trained
+  afresh at each point.
 
 Training is ``minilm.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
 AdamW lr 5e-3 (the job's settings) but a short budget of ``steps`` x ``batch`` sentences,
@@ -41,7 +44,7 @@ from .common import base_linear_bytes, check_settings
 from .onnx_bytes import file_bytes, linear_weights
 
 ORT_BITS = (2, 4, 8)  # MatMulNBits kernels
-METHODS = ("RTN", "onnxruntime RTN", "onnxruntime HQQ", "QLoRA merged", "QA-LoRA float zeros (ours)",
+METHODS = ("RTN", "GPTQ", "onnxruntime RTN", "onnxruntime HQQ", "QLoRA merged", "QA-LoRA float zeros (ours)",
            "QA-LoRA int zeros (ours)")
 
 
@@ -52,6 +55,7 @@ class Settings:
     steps: int = 32  # a short budget: 19 trained runs must fit the suite's 30 minutes
     batch: int = 16
     eval_sentences: int = 256
+    calibration_sentences: int = 512  # GPTQ's statistics, as in the main job
     ort: bool = True  # onnxruntime's quantizer (needs the fp32 ONNX export)
     hqq: bool = True
     onnx_check: bool = True  # export ours at the first 4-bit point: sizes, and ONNX == PyTorch
@@ -112,6 +116,8 @@ class Sweep:
         t = minilm.tokenize(self.tok, self.train[:2])
         self.example, self.kwargs = (t["input_ids"],), {"attention_mask": t["attention_mask"]}
         self.points, self.train_s, self.sizes, self.ort_layers = [], {}, {}, None
+        cal = self.train[: s.calibration_sentences]
+        self.calibration = [dict(minilm.tokenize(self.tok, cal[i:i + 32])) for i in range(0, len(cal), 32)]
 
     def add(self, method, bits, group, emb, nbytes, weights, **extra) -> None:
         mean, worst = minilm.cosines(emb, self.ref)
@@ -125,8 +131,9 @@ class Sweep:
     def student(self, **policy):
         torch.manual_seed(self.cfg.seed)  # the adapters' random init
         # by module name: the same 37 layers the traced compile selects, without tracing each time
+        gptq = policy.get("quantizer") == "gptq"
         return compile(copy.deepcopy(self.teacher), Policy(rank=self.cfg.rank, alpha=self.cfg.alpha, **policy),
-                       trace_mode="modules")
+                       trace_mode="modules", calibration=self.calibration if gptq else None)
 
     def distil(self, model, label: str) -> None:
         started = time.perf_counter()
@@ -152,7 +159,7 @@ class Sweep:
 
     def ours(self, bits: int, group: int) -> None:
         for zp in ("float", "int"):
-            model = self.student(method="qalora", bits=bits, group_size=group, zero_point=zp)
+            model = self.student(method="qalora", bits=bits, group_size=group, zero_point=zp, quantizer="gptq")
             self.distil(model, f"QA-LoRA-{zp} INT{bits} g{group}")
             folded = fold(model, zeros="split")
             label = f"QA-LoRA {zp} zeros (ours)"
@@ -181,6 +188,7 @@ def run(s: Settings, work: Path, log) -> dict:
         for group in s.groups:
             log(f"quality: INT{bits} g{group}")
             sw.add_model("RTN", bits, group, sw.student(method="rtn", bits=bits, group_size=group))
+            sw.add_model("GPTQ", bits, group, sw.student(method="rtn", bits=bits, group_size=group, quantizer="gptq"))
             if s.ort and bits in ORT_BITS:
                 sw.peers(fp32_path, bits, group)
             info = compile_info(qlora)  # NF4 training does not depend on bits or group: only the merge's format does

@@ -45,7 +45,7 @@ class Scale:
 
 FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), training.Settings(), compile_cost.Settings())
 QUICK = Scale(
-    quality.Settings(bits=(4, 2), groups=(32, 128), steps=4, batch=8, eval_sentences=32),
+    quality.Settings(bits=(4, 2), groups=(32, 128), steps=4, batch=8, eval_sentences=32, calibration_sentences=64),
     10,
     speed.Settings(hidden=512, layers=1, repeats=(5, 3, 2)),
     floor.Settings(hidden=1024, layers=1, repeats=5, bandwidth_bytes=1 << 28),
@@ -54,7 +54,8 @@ QUICK = Scale(
 )
 # the test's setting: every code path, smallest sizes
 SMOKE = Scale(
-    quality.Settings(bits=(4,), groups=(32,), steps=1, batch=2, eval_sentences=4, ort=False, onnx_check=False),
+    quality.Settings(bits=(4,), groups=(32,), steps=1, batch=2, eval_sentences=4, calibration_sentences=8, ort=False,
+                     onnx_check=False),
     1,
     speed.Settings(hidden=128, layers=1, shapes=((1, 4), (2, 8)), repeats=(2, 1), formats=("int",)),
     floor.Settings(hidden=128, layers=1, repeats=2, bandwidth_bytes=1 << 24, formats=("int",)),
