@@ -47,7 +47,7 @@ FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), trainin
 QUICK = Scale(
     quality.Settings(bits=(4, 2), groups=(32, 128), steps=4, batch=8, eval_sentences=32, calibration_sentences=64),
     10,
-    speed.Settings(hidden=512, layers=1, repeats=(5, 3, 2)),
+    speed.Settings(hidden=512, layers=1, repeats=(5, 5, 3, 2)),
     floor.Settings(hidden=1024, layers=1, repeats=5, bandwidth_bytes=1 << 28),
     training.Settings(sizes=(training.Size("~5M", 4, 256, 2048, 4, 64),), steps=2),
     compile_cost.Settings(hidden=512, layers=1, repeats=2),

@@ -42,8 +42,8 @@ INT4 = ("ort-rtn", "ours-int", "ours-split", "ours-qdq")
 class Settings:
     hidden: int = 2048
     layers: int = 2
-    shapes: tuple[tuple[int, int], ...] = ((1, 16), (1, 128), (8, 128))
-    repeats: tuple[int, ...] = (15, 7, 3)  # per shape: the large ones take seconds a run
+    shapes: tuple[tuple[int, int], ...] = ((1, 1), (1, 16), (1, 128), (8, 128))  # 1 x 1: one decoding step
+    repeats: tuple[int, ...] = (15, 15, 7, 3)  # per shape: the large ones take seconds a run
     threads: int = 1
     formats: tuple[str, ...] = ("int", "split", "qdq")  # ours
 

@@ -26,7 +26,7 @@ from torch import nn
 from . import ops  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .gptq import gptq_quantize
 from .linear import linear_shape, weight_out_in
-from .quant import dequantize, group_sum, pack_codes, pack_zeros, quantize, zero_points
+from .quant import dequantize, group_sum, pack_codes, pack_zeros, quantize_packed, zero_points
 
 
 class IntLinear(nn.Module):
@@ -51,11 +51,11 @@ class IntLinear(nn.Module):
                     hessian: torch.Tensor | None = None, damp: float = 0.01) -> "IntLinear":
         """Quantize a float weight ``[N, K]``: min-max per group, round to nearest, or GPTQ
         (``runtime.gptq``) when the input second moment ``hessian`` ``[K, K]`` is given."""
-        if hessian is None:
-            codes, scales, zeros = quantize(weight, bits, group_size)
-        else:
-            codes, scales, zeros = gptq_quantize(weight, hessian, bits, group_size, damp=damp)
         b = None if bias is None else bias.detach().to(torch.float32).clone()
+        if hessian is None:
+            qweight, scales, zeros = quantize_packed(weight, bits, group_size)
+            return cls(qweight, scales, zeros, bits=bits, group_size=group_size, bias=b)
+        codes, scales, zeros = gptq_quantize(weight, hessian, bits, group_size, damp=damp)
         return cls(pack_codes(codes, bits, group_size), scales, pack_zeros(zeros, bits),
                    bits=bits, group_size=group_size, bias=b)
 
@@ -78,6 +78,21 @@ class IntLinear(nn.Module):
     def dequantize(self) -> torch.Tensor:
         """f32 [N, K]."""
         return dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
+
+    def group_offset(self) -> torch.Tensor:
+        """f64 [N, K/g]: the part of ``W`` that is constant inside a group, so that
+        ``y = x (scales * q)^T + group_sum(x) @ group_offset()^T + bias``: ``-scales * zeros``
+        plus the correction's ``D``."""
+        off = -self.scales.double() * self.zero_points().double()  # (N, L)
+        if self.correction is not None:
+            off = off + self.correction.double().T
+        return off
+
+    def rows(self, index: torch.Tensor) -> "IntLinear":
+        """A new ``IntLinear`` computing the outputs ``index`` (LongTensor) of this one."""
+        return IntLinear(self.qweight[index], self.scales[index], self.zeros[index], bits=self.bits,
+                         group_size=self.group_size, bias=None if self.bias is None else self.bias[index],
+                         correction=None if self.correction is None else self.correction[:, index])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input

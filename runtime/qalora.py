@@ -99,6 +99,14 @@ class QALoRALinear(AdapterLayer):
         yield self.lora_B
 
     # --- folding -------------------------------------------------------------------
+    def group_delta(self) -> torch.Tensor:
+        """f64 [N, L]: what the adapter adds, ``y = base(x) + group_sum(x) @ group_delta()^T``
+        (no dropout): ``s B A / g``, or for ``zero_point="int"`` ``scale (zero - zero'')``."""
+        with torch.no_grad():
+            if self.zero_point == "int":
+                return self.base.scales.double() * (self.base.zero_points().double() - self._int_zero_points().double())
+            return (self.lora_B.double() @ self.lora_A.double()) * (self.scale / self.group_size)
+
     def folded_zero_points(self) -> torch.Tensor:
         """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training used)."""
         if self.zero_point == "int":
@@ -110,7 +118,9 @@ class QALoRALinear(AdapterLayer):
         return zero - c / base.scales.double()
 
     def fold(self, zeros: str = "split") -> IntLinear:
-        """A new ``IntLinear`` computing this layer (same codes and scales, new zero points)."""
+        """A new ``IntLinear`` computing this layer: new zero points (and correction) over the
+        same codes and scales, shared with the base, not copied (frozen buffers, never written
+        in place; ``lrc.fold`` works on a copy of the model anyway)."""
         if zeros not in FOLD_ZEROS:
             raise ValueError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
         base = self.base
@@ -123,8 +133,8 @@ class QALoRALinear(AdapterLayer):
             if zeros == "split" and self.zero_point == "float":
                 correction = (base.scales.double() * (rounded - moved)).T.to(torch.float32).contiguous()  # D^T: (L, N)
             packed = pack_zeros(rounded.to(torch.uint8), base.bits)
-            return IntLinear(base.qweight.clone(), base.scales.clone(), packed, correction=correction, **common)
-        return IntLinear(base.qweight.clone(), base.scales.clone(), moved.to(torch.float32), **common)
+            return IntLinear(base.qweight, base.scales, packed, correction=correction, **common)
+        return IntLinear(base.qweight, base.scales, moved.to(torch.float32), **common)
 
     def describe(self) -> dict[str, Any]:
         return {

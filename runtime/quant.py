@@ -111,8 +111,9 @@ def pack_zeros(zeros: torch.Tensor, bits: int) -> torch.Tensor:
     return pack(padded, bits)[:, : -(-groups * bits // 8)].contiguous()
 
 
-def quantize(weight: torch.Tensor, bits: int, group_size: int):
-    """weight [N, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L])."""
+def quantize(weight: torch.Tensor, bits: int, group_size: int, codes_as: str = "uint8"):
+    """weight [N, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L]);
+    ``codes_as="float"``: the codes as integer-valued float32 (what ``quantize_packed`` packs)."""
     n, k = weight.shape
     w = weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)  # (N, L, g)
     lo = w.amin(-1).clamp(max=0.0)
@@ -122,7 +123,8 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int):
     zeros = torch.round(-lo / scales).clamp(0, qmax(bits))
     codes = w / scales[..., None]  # one float temporary of the layer's size, then in place
     codes.add_(zeros[..., None]).round_().clamp_(0, qmax(bits))
-    return codes.reshape(n, k).to(torch.uint8), scales, zeros.to(torch.uint8)
+    codes = codes.reshape(n, k)
+    return codes if codes_as == "float" else codes.to(torch.uint8), scales, zeros.to(torch.uint8)
 
 
 def pack_codes(codes: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -144,12 +146,57 @@ def zero_points(zeros: torch.Tensor, bits: int, groups: int) -> torch.Tensor:
     return zeros.to(torch.float32)
 
 
+def row_chunk(n: int, k: int, device: torch.device) -> int:
+    """Rows per chunk for the CPU loops over a [N, K] layer: ~4 MB of float32 temporaries,
+    which stay in cache and are reused by the allocator (a whole-layer temporary costs a page
+    fault per 4 KB written: quantize and dequantize ran 2-3x slower). One chunk on GPUs."""
+    if device.type != "cpu":
+        return max(1, n)
+    return max(1, (1 << 20) // max(1, k))
+
+
+def quantize_packed(weight: torch.Tensor, bits: int, group_size: int):
+    """``quantize`` then ``pack_codes``/``pack_zeros``, a chunk of rows at a time (the same
+    bytes): weight [N, K] -> (qweight uint8 [N, L, g*b/8], scales f32 [N, L], zeros packed)."""
+    n, k = weight.shape
+    groups = k // group_size
+    qweight = torch.empty(n, groups, group_size * bits // 8, dtype=torch.uint8, device=weight.device)
+    scales = torch.empty(n, groups, dtype=torch.float32, device=weight.device)
+    zeros = torch.empty(n, groups, dtype=torch.uint8, device=weight.device)
+    rows = row_chunk(n, k, weight.device)
+    for r in range(0, n, rows):
+        codes, scales[r:r + rows], zeros[r:r + rows] = quantize(weight[r:r + rows], bits, group_size, codes_as="float")
+        qweight[r:r + rows] = _pack_float_codes(codes.view(-1, groups, group_size), bits)
+    return qweight, scales, pack_zeros(zeros, bits)
+
+
+def _pack_float_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``pack`` of integer-valued float codes: for 2/4/8 bits the byte is summed in float
+    (exact below 256) and converted once, one conversion of half (4 bits) the elements."""
+    if 8 % bits:
+        return pack(codes.to(torch.uint8), bits)
+    per = 8 // bits
+    c = codes.unflatten(-1, (codes.shape[-1] // per, per))  # (..., length / per, per)
+    byte = c[..., 0].clone()
+    for i in range(1, per):
+        byte.add_(c[..., i], alpha=float(1 << (bits * i)))  # LSB first
+    return byte.to(torch.uint8)
+
+
 def dequantize(qweight, scales, zeros, bits: int, group_size: int) -> torch.Tensor:
-    """-> W float32 [N, K] with W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l])."""
+    """-> W float32 [N, K] with W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]).
+
+    Computed a chunk of rows at a time into one output (``row_chunk``): same values."""
     n, groups, _ = qweight.shape
-    q = unpack(qweight, bits, group_size).to(torch.float32)  # (N, L, g)
     z = zero_points(zeros, bits, groups)  # (N, L)
-    return ((q - z[..., None]) * scales.to(torch.float32)[..., None]).reshape(n, groups * group_size)
+    s = scales.to(torch.float32)  # (N, L)
+    out = torch.empty(n, groups, group_size, dtype=torch.float32, device=qweight.device)  # (N, L, g)
+    rows = row_chunk(n, groups * group_size, out.device)
+    for r in range(0, n, rows):
+        o = out[r:r + rows]
+        o.copy_(unpack(qweight[r:r + rows], bits, group_size))  # codes as floats
+        o.sub_(z[r:r + rows, :, None]).mul_(s[r:r + rows, :, None])
+    return out.reshape(n, groups * group_size)
 
 
 def group_sum(x: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -137,3 +137,42 @@ def test_fold_bad_input(qalora_float):
         lrc.fold(lrc.fold(qalora_float))
     with pytest.raises(TypeError, match="expects a torch.nn.Module"):
         lrc.fold("model")
+
+
+@pytest.mark.parametrize("zeros", ["split", "float", "round"])
+def test_fold_error_stat_matches_the_layers_outputs(qalora_float, zeros):
+    """The fold's rel_err is computed through the group sums; it must agree with running the
+    adapter layer and the folded layer on the same probe batch."""
+    folded = lrc.fold(qalora_float, zeros=zeros)
+    stat = lrc.compile_info(folded).fold_errors["blocks.1.mlp.down_proj"]
+    layer, out = qalora_float.blocks[1].mlp.down_proj, folded.blocks[1].mlp.down_proj
+    x = torch.randn(16, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y, y_fold = layer(x), out(x)
+    direct = ((y_fold - y).abs().max() / y.abs().max()).item()
+    if zeros == "round":
+        assert direct > 1e-3 and stat == pytest.approx(direct, rel=1e-3)
+    else:  # exact folds: float64 maths vs float32 outputs, both at rounding level
+        assert stat <= 1e-6 and direct <= 1e-5
+
+
+def test_group_space_identities(qalora_float):
+    """base(x) + group_sum(x) @ group_delta^T is the adapter layer; IntLinear.rows computes
+    those outputs; group_offset is the part of W constant inside each group."""
+    from lowrank_compiler.runtime.quant import group_sum
+
+    layer = qalora_float.blocks[0].mlp.up_proj
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = layer(x)
+        g = layer.base.group_size
+        via = layer.base(x).double() + group_sum(x.double(), g) @ layer.group_delta().T
+        assert rel_err(via.float(), y) <= 1e-6
+        index = torch.tensor([0, 3, layer.out_features - 1])
+        assert rel_err(layer.base.rows(index)(x), layer.base(x)[:, index]) <= 1e-6
+        folded = layer.fold("split")
+        w = folded.dequantize().double() + folded.correction.double().T.repeat_interleave(g, 1)  # (N, K)
+        codes_part = w - folded.group_offset().repeat_interleave(g, 1)  # scales * q
+        from lowrank_compiler.runtime.quant import unpack_codes
+        q = unpack_codes(folded.qweight, folded.bits, g).double()
+        assert torch.allclose(codes_part, folded.scales.double().repeat_interleave(g, 1) * q, atol=1e-6)

@@ -9,6 +9,8 @@ from lowrank_compiler.runtime.quant import (
     pack_codes,
     pack_zeros,
     quantize,
+    quantize_packed,
+    row_chunk,
     unpack,
     unpack_codes,
 )
@@ -73,3 +75,20 @@ def test_check_layer_non_finite():
     w[3, 5] = float("nan")
     w[4, 1] = float("inf")
     assert check_layer("fc", w, 4, 32) == "fc: weight has 2 NaN/inf value(s) (shape [8, 64])"
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape, group_size", [((37, 64), 16), ((1100, 2048), 128), ((3, 48000), 16)])
+def test_chunked_quantize_and_dequantize_give_the_same_bytes(bits, shape, group_size):
+    """quantize_packed / dequantize work a chunk of rows at a time; the bytes and values must
+    be those of the whole-layer formulas, across chunk boundaries (1100 rows = 3 chunks)."""
+    torch.manual_seed(bits)
+    w = torch.randn(*shape) * torch.rand(shape[0], 1)
+    codes, scales, zeros = quantize(w, bits, group_size)
+    qw, sc, zp = quantize_packed(w, bits, group_size)
+    assert torch.equal(qw, pack_codes(codes, bits, group_size)) and torch.equal(zp, pack_zeros(zeros, bits))
+    assert torch.equal(sc, scales)
+    n, k = shape
+    want = ((codes.float().view(n, -1, group_size) - zeros.float()[..., None]) * scales[..., None]).view(n, k)
+    assert torch.equal(dequantize(qw, sc, zp, bits, group_size), want)
+    assert row_chunk(1100, 2048, w.device) < 1100  # the chunked path really ran
