@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 import statistics
 import time
@@ -72,21 +73,25 @@ def run(s: Settings, work: Path, log) -> dict:
     for r in range(-1, s.repeats):  # round -1: the warm-up, not recorded
         log(f"  round {r + 1} of {s.repeats}: ours, then onnxruntime's quantizer" if r >= 0 else "  warm-up round")
         fresh = copy.deepcopy(model)
+        gc.collect()  # each timed step starts without the previous round's garbage to collect
         t = time.perf_counter()
         lrc.compile(fresh, POLICY, example_inputs=(x,))
         ours["compile"].append(time.perf_counter() - t)
+        gc.collect()
         t = time.perf_counter()
         folded = lrc.fold(fresh, zeros="split")
         ours["fold"].append(time.perf_counter() - t)
         layers = lrc.compile_info(folded).stats["fold"]["folded"]
         del fresh, folded
         fresh = copy.deepcopy(model)
+        gc.collect()
         t = time.perf_counter()
         lrc.compile(fresh, POLICY, trace_mode="modules")
         ours["compile_untraced"].append(time.perf_counter() - t)
         del fresh
         proto = onnx.load(str(fp32_path))
         q = MatMulNBitsQuantizer(proto, bits=4, block_size=32, is_symmetric=False, accuracy_level=4)
+        gc.collect()
         t = time.perf_counter()
         q.process()
         theirs.append(time.perf_counter() - t)

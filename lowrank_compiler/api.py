@@ -22,6 +22,7 @@ from .pipeline import PassManager, Pipeline, check_dir, write_atomic
 from .policy import Policy
 from .runtime import graph as G
 from .runtime.errors import LowRankError, PolicyError
+from .runtime.int_linear import IntLinear
 from .runtime.layers import AdapterLayer
 from .runtime.qalora import FOLD_ZEROS
 from .trace import adapter_graph, trace
@@ -144,6 +145,8 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
     ``zero_point="int"`` fold to integer zero points exactly whatever ``zeros`` says.
     LoRA merges into ``nn.Linear``; QLoRA merges and requantizes (the peers' way).
     Per-layer errors on a probe batch: ``compile_info(new).fold_errors``, and the summary.
+    The new model shares the integer codes (``qweight``, uint8, never written) with ``model``;
+    everything else is a copy.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fold expects a torch.nn.Module, got {type(model).__name__}")
@@ -160,7 +163,10 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
     done = len(Pipeline.parse(info.pipeline).passes)
     with warnings.catch_warnings():  # torch.export's graph modules warn about pytree internals on copy
         warnings.simplefilter("ignore", FutureWarning)
-        new = copy.deepcopy(model)  # the graph in its info is copied along and points at the copy's modules
+        # the graph in its info is copied along and points at the copy's modules; the integer
+        # codes are shared, not copied: uint8 buffers nothing writes (they cannot train)
+        codes = {id(m.qweight): m.qweight for m in model.modules() if isinstance(m, IntLinear)}
+        new = copy.deepcopy(model, codes)
     new_info = compile_info(new)
     if new_info.graph is None:  # unpickled: no graph came along
         new_info.graph = adapter_graph(new)

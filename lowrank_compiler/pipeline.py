@@ -148,10 +148,9 @@ def _signature(gm: fx.GraphModule) -> dict[str, str]:
     return {n.name: f"{n.op} {n.target} {n.args} {n.kwargs}" for n in gm.graph.nodes}
 
 
-def _node_line(gm: fx.GraphModule, name: str) -> str:
-    node = next(n for n in gm.graph.nodes if n.name == name)
+def _node_line(node: fx.Node) -> str:
     target = getattr(node.target, "__name__", node.target)
-    return f"{name} = {node.op}[{target}]"
+    return f"{node.name} = {node.op}[{target}]"
 
 
 def diff_nodes(before: dict[str, str], gm: fx.GraphModule) -> dict[str, list[str]]:
@@ -247,6 +246,22 @@ class PassManager:
                 p.requires_grad_(flag)
             raise
 
+    @staticmethod
+    def _header(step, total, done, result, changes, gm) -> list[str]:
+        header = [
+            f"step {step} of {total}" + (f", after: {', '.join(done)}" if done else ""),
+            f"modified: {'yes' if result.modified else 'no'}",
+            f"stats: {result.stats}",
+            f"nodes: +{len(changes['added'])} added, -{len(changes['removed'])} removed, "
+            f"~{len(changes['rewritten'])} rewritten",
+        ]
+        nodes = {n.name: n for n in gm.graph.nodes}
+        header += [f"  {line}" for line in result.report]
+        header += [f"  + {_node_line(nodes[n])}" for n in changes["added"]]
+        header += [f"  - {n}" for n in changes["removed"]]
+        header += [f"  ~ {_node_line(nodes[n])}" for n in changes["rewritten"]]
+        return header
+
     def _run(self, gm: fx.GraphModule) -> fx.GraphModule:
         if self.dump_dir is not None:
             make_dir(self.dump_dir, "dump_dir")
@@ -273,20 +288,10 @@ class PassManager:
             gm = result.gm
             self.results.append((spec, result))
             changes = diff_nodes(before, gm)
-            header = [
-                f"step {step} of {total}" + (f", after: {', '.join(done)}" if done else ""),
-                f"modified: {'yes' if result.modified else 'no'}",
-                f"stats: {result.stats}",
-                f"nodes: +{len(changes['added'])} added, -{len(changes['removed'])} removed, "
-                f"~{len(changes['rewritten'])} rewritten",
-            ]
-            header += [f"  {line}" for line in result.report]
-            header += [f"  + {_node_line(gm, n)}" for n in changes["added"]]
-            header += [f"  - {n}" for n in changes["removed"]]
-            header += [f"  ~ {_node_line(gm, n)}" for n in changes["rewritten"]]
-            self._dump(index, spec.name, render_dump(f"after pass {spec}", header, gm), gm, title=str(spec),
-                       stats=result.stats, report=result.report, changes=changes, before=before,
-                       modified=result.modified)
+            if self.dump_dir is not None:  # the text costs a pass over the graph: only when written
+                self._dump(index, spec.name, render_dump(f"after pass {spec}", self._header(
+                    step, total, done, result, changes, gm), gm), gm, title=str(spec), stats=result.stats,
+                    report=result.report, changes=changes, before=before, modified=result.modified)
             if self.on_pass is not None:
                 self.on_pass(spec.name, result)
             done.append(spec.name)

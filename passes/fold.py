@@ -65,13 +65,14 @@ def _group_error(layer: QALoRALinear, folded: IntLinear, x: torch.Tensor, channe
     (``QALoRALinear.group_delta``), computed in float64 for every output. ``max |y|`` is taken
     over ``channels`` evenly spaced outputs of the adapter layer."""
     base = layer.base
-    e = folded.group_offset() - base.group_offset() - layer.group_delta()  # (N, L)
+    delta = layer.group_delta()  # (N, L)
+    e = folded.group_offset() - base.group_offset() - delta  # (N, L)
     sums = group_sum(x.double(), base.group_size)  # (M, L)
     diff = (sums @ e.T).abs().max()  # (M, N) -> ()
     index = torch.linspace(0, base.out_features - 1, min(channels, base.out_features)).round().long()
     index = index.to(base.scales.device)
     with torch.no_grad():
-        y = base.rows(index)(x).double() + sums @ layer.group_delta()[index].T  # (M, channels)
+        y = base.rows(index)(x).double() + sums @ delta[index].T  # (M, channels)
     return (diff / y.abs().max().clamp(min=1e-30)).item()
 
 

@@ -81,6 +81,11 @@ def test_fold_returns_a_new_model_and_leaves_the_trained_one(qalora_float, tmp_p
     assert not any(isinstance(m, AdapterLayer) for m in folded.modules())
     assert any(isinstance(m, AdapterLayer) for m in qalora_float.modules())
     assert not any(p.requires_grad for p in folded.parameters())
+    # the codes are shared (never written), everything else is the copy's own
+    trained_q, folded_q = qalora_float.blocks[0].attn.q_proj, folded.blocks[0].attn.q_proj
+    assert folded_q.qweight.data_ptr() == trained_q.base.qweight.data_ptr()
+    assert folded.wte.weight.data_ptr() != qalora_float.wte.weight.data_ptr()
+    assert folded_q.scales.data_ptr() != trained_q.base.scales.data_ptr()
     gm = lrc.compile_info(folded).graph
     assert not any("lowrank_compiler.adapter" in n.meta for n in gm.graph.nodes)  # collapsed
     assert sum(n.op == "call_module" and isinstance(gm.get_submodule(n.target), IntLinear)
