@@ -2,7 +2,8 @@
 
 ``format="matmulnbits"``: one ``com.microsoft::MatMulNBits`` node per integer layer, fed
 by its stored codes, scales and zero points (packed integers, or floats after a
-``zeros="float"`` fold), bias inside the node; a ``"split"`` layer's exact correction
+``zeros="float"`` fold; at 8 bits, which onnxruntime's CPU kernel refuses with float
+zeros, the exact split form), bias inside the node; a ``"split"`` layer's exact correction
 sits beside it. ``format="qdq"``: standard ONNX only (opset 21): UINT4 ``[K, N]``
 codes, ``DequantizeLinear(axis=0, block_size=g)``, ``MatMul`` — the layout onnxruntime
 fuses; float zero points go there in the exact split form. Nothing is re-quantized.

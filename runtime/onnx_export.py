@@ -62,7 +62,7 @@ def lowering(module: nn.Module, fmt: str) -> str:
     if isinstance(module, IntLinear):
         d = module.describe()
         node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
-        zeros = "split" if fmt == "qdq" and d["zeros"] == "float" else d["zeros"]
+        zeros = "split" if d["zeros"] == "float" and _needs_split(module, fmt) else d["zeros"]
         return f"{node} int{module.bits} g{module.group_size} zeros={zeros}"
     return "float MatMul"
 
@@ -85,6 +85,12 @@ def check_exportable(model: nn.Module, fmt: str) -> None:
         raise ExportError("cannot export:\n  " + "\n  ".join(problems))
 
 
+def _needs_split(layer: IntLinear, fmt: str) -> bool:
+    """Float zero points the target cannot take: standard ONNX has none, and onnxruntime's CPU
+    MatMulNBits refuses them for 8-bit weights. Such layers export in the exact split form."""
+    return layer.float_zeros and (fmt == "qdq" or layer.bits == 8)
+
+
 def split_form(layer: IntLinear) -> IntLinear:
     """The exact integer-zero + correction equivalent of a float-zero layer."""
     z = layer.zero_points().double()
@@ -98,14 +104,14 @@ def split_form(layer: IntLinear) -> IntLinear:
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, fmt: str):
-    """Eval mode (and, for qdq, split-form float-zero layers) for the export; all undone after."""
+    """Eval mode (and the split form where float zeros cannot go, ``_needs_split``) for the
+    export; all undone after."""
     modes = {m: m.training for m in model.modules()}
     swaps = []
-    if fmt == "qdq":
-        for name, m in list(model.named_modules()):
-            if isinstance(m, IntLinear) and m.float_zeros:
-                swaps.append((name, m))
-                model.set_submodule(name, split_form(m))
+    for name, m in list(model.named_modules()):
+        if isinstance(m, IntLinear) and _needs_split(m, fmt):
+            swaps.append((name, m))
+            model.set_submodule(name, split_form(m))
     model.eval()
     try:
         yield

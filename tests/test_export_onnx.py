@@ -192,3 +192,23 @@ def test_large_models_go_to_external_data(gpt_float, tmp_path, monkeypatch):
     x = ids(3, 5)
     with torch.no_grad():
         torch.testing.assert_close(load(path)(x), folded(x), rtol=1e-4, atol=1e-4)
+
+
+def test_eight_bit_float_zeros_export_in_the_exact_split_form(tmp_path):
+    """onnxruntime's CPU MatMulNBits refuses float zero points at 8 bits; the export writes
+    those layers as integer zeros + correction, so the file loads and computes the same."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 24))
+    lrc.compile(model, lrc.Policy(method="qalora", target=["0"], bits=8, group_size=16, rank=2))
+    deployed = lrc.fold(nudged(model), zeros="float")
+    assert deployed[0].float_zeros
+    path = lrc.export_onnx(deployed, tmp_path / "m.onnx", example_inputs=(torch.randn(2, 64),))
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits")
+    zeros = next(t for t in onnx.load(str(path)).graph.initializer if t.name == node.input[3])
+    assert zeros.data_type == onnx.TensorProto.UINT8
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        want = deployed(x)
+    got = load(path)(x)
+    assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
+    assert deployed[0].float_zeros  # the model itself is left as it was
