@@ -43,7 +43,7 @@ class Settings:
     hidden: int = 2048
     layers: int = 2
     shapes: tuple[tuple[int, int], ...] = ((1, 1), (1, 16), (1, 128), (8, 128))  # 1 x 1: one decoding step
-    repeats: tuple[int, ...] = (15, 15, 7, 3)  # per shape: the large ones take seconds a run
+    repeats: tuple[int, ...] = (15, 15, 9, 5)  # per shape: the large ones take seconds a run
     threads: int = 1
     formats: tuple[str, ...] = ("int", "split", "qdq")  # ours
 
