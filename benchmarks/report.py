@@ -40,7 +40,7 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
                 geo = math.exp(sum(map(math.log, ratios.values())) / len(ratios))
                 rows.append((f"INT4 latency, ours ({label}) / onnxruntime quantizer's graph <= {bound}x",
                              f"worst {ratios[worst]:.2f}x ({worst}), geometric mean {geo:.2f}x over "
-                             f"{len(ratios)} shape x level", _verdict(ratios[worst] <= bound)))
+                             f"{len(ratios)} shape x level{_control(lat)}", _verdict(ratios[worst] <= bound)))
     decode, prefill = {}, {}
     if speed and speed["settings"]["hidden"] >= 2048:
         lat = speed["latency_s"]
@@ -239,6 +239,16 @@ def training_md(r: dict) -> list[str]:
                        f"{fmt_bytes((v['rss_model_kib'] - v['rss_imports_kib']) * 1024)} | {fmt_bytes(v['peak_kib'] * 1024)} | "
                        f"{fmt_bytes(foot)} | {foot / lora_foot:.2f}x |")
     return out + ["", f"Peak measured as: {', '.join(sorted(sources))}."]
+
+
+def _control(lat: dict) -> str:
+    """The A/A control: onnxruntime's file in a second session against the first."""
+    ratios = [lat[f"ort-rtn-again/{lv}"][shape] / lat[f"ort-rtn/{lv}"][shape]
+              for lv in LEVELS for shape in lat["fp32"] if f"ort-rtn-again/{lv}" in lat]
+    if not ratios:
+        return ""
+    return (f"; the same file against itself (A/A control) measured {min(ratios):.2f}x-{max(ratios):.2f}x "
+            f"in this run")
 
 
 def _compute_bound_note() -> str:

@@ -7,7 +7,8 @@ them; vocabulary 512 so the blocks dominate), every linear layer targeted, head 
 - ort-rtn: onnxruntime's ``MatMulNBitsQuantizer`` on the fp32 file (INT4, group 32, asymmetric);
 - ours-int: QA-LoRA trained with integer zero points (adapters set as after training), folded;
 - ours-split: QA-LoRA with float zero points, folded ``split`` (integer zeros + correction);
-- ours-qdq: ours-int as standard DequantizeLinear + MatMul (onnxruntime fuses it).
+- ours-qdq: ours-int as standard DequantizeLinear + MatMul (onnxruntime fuses it);
+- ort-rtn-again: onnxruntime's file once more, in its own session (an A/A control).
 
 Every INT4 file runs at accuracy level 0 (fp32 compute) and 4 (int8 activations): for
 MatMulNBits files a copy with the node attribute set, for the QDQ file the session
@@ -46,6 +47,7 @@ class Settings:
     repeats: tuple[int, ...] = (15, 15, 9, 5)  # per shape: the large ones take seconds a run
     threads: int = 1
     formats: tuple[str, ...] = ("int", "split", "qdq")  # ours
+    control: bool = True  # onnxruntime's file in a second session too: the noise of a ratio of equals
 
     def __post_init__(self):
         check_settings("speed", hidden=self.hidden, layers=self.layers, shapes=self.shapes, repeats=self.repeats,
@@ -112,14 +114,18 @@ def prepare(hidden: int, layers: int, work: Path, log, formats=("int", "split", 
     return files
 
 
-def runners_for(files: dict[str, Path], threads: int, levels=(0, 4)) -> dict[str, ort.InferenceSession]:
-    """``name/accN`` -> session; fp32 as ``fp32``."""
+def runners_for(files: dict[str, Path], threads: int, levels=(0, 4), control: bool = False
+                ) -> dict[str, ort.InferenceSession]:
+    """``name/accN`` -> session; fp32 as ``fp32``; with ``control``, ``ort-rtn-again/accN``: a
+    second session on onnxruntime's own file, whose ratio to the first is what two equal
+    files measure as (the noise a ratio target is read against)."""
     out = {"fp32": session(files["fp32"], 0, threads)}
-    for name in INT4:
-        if name not in files:
+    for name in (*INT4, "ort-rtn-again") if control else INT4:
+        source = "ort-rtn" if name == "ort-rtn-again" else name
+        if source not in files:
             continue
         for level in levels:
-            path = files[f"{name}_acc4"] if level == 4 and f"{name}_acc4" in files else files[name]
+            path = files[f"{source}_acc4"] if level == 4 and f"{source}_acc4" in files else files[source]
             out[f"{name}/acc{level}"] = session(path, level, threads)
     return out
 
@@ -129,7 +135,7 @@ def run(s: Settings, work: Path, log) -> dict:
     log(f"speed: Llama-shaped, hidden {s.hidden}, {s.layers} layers")
     files = prepare(s.hidden, s.layers, work, log, s.formats)
     prep_s = time.perf_counter() - started
-    sessions = runners_for(files, s.threads)
+    sessions = runners_for(files, s.threads, control=s.control)
     eager = bench_onnx.build(s.hidden, s.layers)
     params = sum(p.numel() for p in eager.parameters())
     threads_before = torch.get_num_threads()
