@@ -110,11 +110,13 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
     kwargs = with_defaults(model, dict(example_kwargs or {}))
     modes = {m: m.training for m in model.modules()}
     model.eval()  # the graph is for analysis: no dropout nodes
-    emit = torch.fx.config.do_not_emit_stack_traces
+    config = getattr(torch.fx, "config", None)
+    emit = getattr(config, "do_not_emit_stack_traces", None)  # a recent torch.fx setting
     try:
         # the same graph, traced faster: no autograd bookkeeping, and no Python stack captured per
         # node (nothing here reads node.meta["stack_trace"])
-        torch.fx.config.do_not_emit_stack_traces = True
+        if emit is not None:
+            config.do_not_emit_stack_traces = True
         with torch.no_grad():
             ep = torch.export.export(model, args, kwargs, strict=False)
     except Exception as e:
@@ -124,7 +126,8 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
             f"or pass trace_mode='modules' to match linear modules by name without a graph"
         ) from e
     finally:
-        torch.fx.config.do_not_emit_stack_traces = emit
+        if emit is not None:
+            config.do_not_emit_stack_traces = emit
         for m, training in modes.items():  # each module's own flag, not the root's
             m.training = training
     gm = ep.module()
