@@ -33,7 +33,7 @@ from .api import compile_info
 from .pipeline import write_atomic
 from .runtime.errors import AdapterError
 from .runtime.layers import AdapterLayer
-from .tensorfile import digest_tensors, read_tensors, spec_of, write_tensors
+from .tensorfile import digest_tensors, read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-adapters"
 VERSION = 1
@@ -122,19 +122,8 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG
-    if not directory.is_dir():
-        raise AdapterError(f"no adapter directory at {str(directory)!r}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterError(f"{str(directory)!r} holds no {CONFIG}: it is not a directory save_adapters wrote") from None
-    except (OSError, ValueError) as e:
-        raise AdapterError(f"cannot read {str(path)!r}: {e}") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise AdapterError(f"{str(path)!r} is not a lowrank-compiler adapter config (format {FORMAT!r})")
-    if config.get("version") != VERSION:
-        raise AdapterError(f"{str(path)!r} has format version {config.get('version')!r}; this version reads {VERSION}")
+    config, path = read_json_record(directory, CONFIG, fmt=FORMAT, version=VERSION, error=AdapterError,
+                                    what="adapter", writer="save_adapters", kind="lowrank-compiler adapter config")
     layers, tensors = config.get("layers"), config.get("tensors")
     if not (isinstance(layers, dict) and isinstance(tensors, dict) and isinstance(tensors.get("sha256"), str)
             and all(isinstance(r, dict) and {"base", "adapter"} <= set(r) for r in layers.values())):

@@ -46,7 +46,7 @@ from .policy import Policy
 from .runtime.errors import AdapterError, LowRankError
 from .runtime.layers import AdapterLayer
 from .runtime.linear import is_quantized_linear
-from .tensorfile import current_umask, read_tensors, spec_of, write_tensors
+from .tensorfile import current_umask, read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-compiled"
 VERSION = 1
@@ -134,21 +134,9 @@ def folded(c: Compiled, zeros: str = "split", dump_dir=None) -> Compiled:
 
 
 def read_record(directory: Path) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / RECORD
-    if not directory.is_dir():
-        raise LowRankError(f"no compiled model directory at {str(directory)!r}")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LowRankError(f"{str(directory)!r} holds no {RECORD}: it is not a directory "
-                           f"'lowrank-compiler compile' wrote") from None
-    except (OSError, ValueError) as e:
-        raise LowRankError(f"cannot read {str(path)!r}: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise LowRankError(f"{str(path)!r} is not a compiled-model record (format {FORMAT!r})")
-    if record.get("version") != VERSION:
-        raise LowRankError(f"{str(path)!r} has format version {record.get('version')!r}; this version reads {VERSION}")
+    record, path = read_json_record(Path(directory), RECORD, fmt=FORMAT, version=VERSION, error=LowRankError,
+                                    what="compiled model", writer="'lowrank-compiler compile'",
+                                    kind="compiled-model record")
     keys = ("stage", "model", "tracer", "identity", "state")
     if record.get("stage") not in STAGES or any(k not in record for k in keys):
         raise LowRankError(f"{str(path)!r} is damaged: it needs {', '.join(keys)}")

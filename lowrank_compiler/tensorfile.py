@@ -10,9 +10,11 @@ with its dtype and shape, and nothing else.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -103,3 +105,24 @@ def read_tensors(path: Path, *, sha256: str, expected: dict[str, str], what: str
 
 __all__ = ["current_umask", "digest_tensors", "dtype_name", "read_tensors", "spec_of", "write_bytes_atomic",
            "write_tensors"]
+
+
+def read_json_record(directory: Path, name: str, *, fmt: str, version: int, error: type[Exception],
+                     what: str, writer: str, kind: str) -> tuple[dict[str, Any], Path]:
+    """``directory/name`` as a JSON object of format ``fmt`` and ``version``, or ``error``
+    saying which of these is wrong: no directory, no file (``writer`` did not write it),
+    unreadable, another format, another version. Returns the record and its path."""
+    path = directory / name
+    if not directory.is_dir():
+        raise error(f"no {what} directory at {str(directory)!r}")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{str(directory)!r} holds no {name}: it is not a directory {writer} wrote") from None
+    except (OSError, ValueError) as e:
+        raise error(f"cannot read {str(path)!r}: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{str(path)!r} is not a {kind} (format {fmt!r})")
+    if record.get("version") != version:
+        raise error(f"{str(path)!r} has format version {record.get('version')!r}; this version reads {version}")
+    return record, path
