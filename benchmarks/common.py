@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.layers import AdapterLayer
+from lowrank_compiler.runtime.lora import AdapterLayer
 from lowrank_compiler.runtime.nf4 import NF4Linear
 
 START = time.perf_counter()

@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from lowrank_compiler.pipeline import write_atomic
+from lowrank_compiler.runtime.files import write_atomic
 
 from . import bench_fold, compile_cost, floor, quality, speed, training
 from .common import START, Log, machine

@@ -11,20 +11,9 @@ from .export import OnnxReport, export_onnx, inspect_onnx
 from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
 from .pipeline import PassManager, PassSpec, Pipeline, lint
 from .policy import Override, Policy
-from .runtime.errors import (
-    AdapterError,
-    LintError,
-    LowRankError,
-    ModelSpecError,
-    ModelFileError,
-    OutputError,
-    PassError,
-    PassInputError,
-    PipelineError,
-    PolicyError,
-    TargetError,
-    TraceError,
-)
+from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
+from .passes.helpers.select import TargetError
+from .runtime.errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
 from .summary import LayerRow, Summary, summary
 from .trace import trace
 

@@ -30,9 +30,9 @@ import torch
 from torch import nn
 
 from .api import compile_info
-from .pipeline import write_atomic
+from .runtime.files import write_atomic
 from .runtime.errors import AdapterError
-from .runtime.layers import AdapterLayer
+from .runtime.lora import AdapterLayer
 from .tensorfile import digest_tensors, read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-adapters"

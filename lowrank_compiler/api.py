@@ -18,13 +18,14 @@ from typing import Any, Mapping
 import torch.fx as fx
 from torch import nn
 
-from .pipeline import PassManager, Pipeline, check_dir, write_atomic
+from .pipeline import PassManager, Pipeline
+from .runtime.files import check_dir, write_atomic
 from .policy import Policy
-from .runtime import graph as G
+from .passes.helpers import graph as G
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.int_linear import IntLinear
-from .runtime.layers import AdapterLayer
-from .runtime.qalora import FOLD_ZEROS
+from .runtime.lora import AdapterLayer
+from .runtime.formats import FOLD_ZEROS, check_choice
 from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"
@@ -155,8 +156,7 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
         raise LowRankError("model was not produced by lowrank_compiler.compile: there is nothing to fold")
     if not any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise LowRankError("model holds no adapter layers (already folded, or compiled with method='rtn')")
-    if zeros not in FOLD_ZEROS:
-        raise PolicyError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
+    check_choice(zeros, FOLD_ZEROS, "zeros")
     if dump_dir is not None:
         check_dir(Path(dump_dir), "dump_dir")
     pipeline = info.policy.fold_pipeline(zeros)

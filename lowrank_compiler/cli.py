@@ -98,12 +98,13 @@ def _inputs(args):
 
 
 def _compile(args) -> int:
-    from .checkpoint import DUMPS, build, save, staged_dir
+    from .compiled_dir import DUMPS, RECORD, build, save
+    from .runtime.files import staged_dir
     from .runtime.progress import Steps
     from .summary import summary
 
     policy, spec = _inputs(args)
-    with staged_dir(args.out) as tmp, Steps("compile") as steps:
+    with staged_dir(args.out, RECORD) as tmp, Steps("compile") as steps:
         c = build(spec, policy, dump_dir=tmp / DUMPS if args.dump else None, on_step=steps.start)
         steps.start("save")
         save(c, tmp)
@@ -113,13 +114,14 @@ def _compile(args) -> int:
 
 
 def _fold(args) -> int:
-    from .checkpoint import folded, load, read_record, save, staged_dir
+    from .compiled_dir import RECORD, folded, load, read_record, save
+    from .runtime.files import staged_dir
     from .runtime.progress import Steps
     from .summary import summary
 
     if read_record(args.dir)["stage"] == "folded":
         raise LowRankError(f"{args.dir!r} is already folded; fold the compiled directory it came from")
-    with staged_dir(args.out) as tmp, Steps("fold") as steps:
+    with staged_dir(args.out, RECORD) as tmp, Steps("fold") as steps:
         c = load(args.dir, adapters=args.adapters, on_step=steps.start)
         steps.start("fold")
         f = folded(c, args.zeros)
@@ -131,9 +133,9 @@ def _fold(args) -> int:
 
 
 def _export(args) -> int:
-    from .checkpoint import folded, load
+    from .compiled_dir import folded, load
     from .export import export_onnx, inspect_onnx
-    from .runtime.layers import AdapterLayer
+    from .runtime.lora import AdapterLayer
     from .runtime.progress import Steps
 
     out = Path(args.out)
@@ -160,7 +162,7 @@ def _export(args) -> int:
 def _inspect(args) -> int:
     import json
 
-    from .checkpoint import load
+    from .compiled_dir import load
     from .export import inspect_onnx
     from .summary import summary
 
@@ -185,7 +187,8 @@ def _inspect(args) -> int:
 
 
 def _dump(args) -> int:
-    from .checkpoint import build, staged_dir
+    from .compiled_dir import build
+    from .runtime.files import staged_dir
     from .runtime.progress import Steps
 
     policy, spec = _inputs(args)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch.fx as fx
 
-from .runtime import graph as G
+from .passes.helpers import graph as G
 
 INDEX = "index.html"
 _NEXT = "<!--next-->"  # where a page's link to the following one goes once that page exists

@@ -17,7 +17,8 @@ from pathlib import Path
 from torch import nn
 
 from .api import compile_info
-from .runtime.onnx_export import FORMATS, ExportError, export_model
+from .runtime.formats import EXPORT_FORMATS as FORMATS
+from .runtime.onnx_export import ExportError, export_model
 from .runtime.onnx_inspect import OnnxReport, inspect_onnx
 from .trace import with_defaults
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .runtime.errors import ModelSpecError
+from .errors import ModelSpecError
 from .runtime.progress import is_quiet
 
 KINDS = ("hf", "python", "minilm")

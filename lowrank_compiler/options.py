@@ -19,7 +19,7 @@ import json
 import math
 import re
 
-from .runtime.errors import PipelineError
+from .errors import PipelineError
 
 _SPECIAL = set(',{}[]=" \t\n')
 _INT = re.compile(r"^[+-]?\d+$")

@@ -20,7 +20,6 @@ completed stay: they show the graph up to the failure. Nothing else is written.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,8 +28,10 @@ import torch.fx as fx
 
 from .dump_html import HtmlDump
 from .passes import PassResult, get_pass
-from .runtime import graph as G
-from .runtime.errors import LintError, LowRankError, OutputError, PassError, PassInputError, PipelineError
+from .passes.helpers import graph as G
+from .runtime.errors import LowRankError
+from .runtime.files import make_dir, write_atomic
+from .errors import LintError, PassError, PassInputError, PipelineError
 from .options import Reader, format_value
 
 
@@ -160,51 +161,6 @@ def diff_nodes(before: dict[str, str], gm: fx.GraphModule) -> dict[str, list[str
         "removed": [n for n in before if n not in after],
         "rewritten": [n for n in after if n in before and before[n] != after[n]],
     }
-
-
-def write_atomic(path: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to a temporary file beside ``path``, then rename it into place.
-
-    A failure (disk full, no permission) removes the temporary file and raises ``OutputError``.
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError.of(path, e) from e
-    try:
-        with os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes files private; give the usual mode
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, OutputError):
-            raise OutputError.of(path, e) from e
-        raise
-
-
-def check_dir(path: Path, what: str) -> None:
-    """Raise ``OutputError`` if ``path`` cannot be (or become) a writable directory; creates nothing."""
-    for p in (path, *path.parents):
-        if not p.exists():
-            continue
-        if not p.is_dir():
-            reason = "it is a file" if p == path else f"{str(p)!r} is a file"
-            raise OutputError(f"{what} {str(path)!r} cannot be a directory: {reason}; name a directory")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise OutputError(f"{what} {str(path)!r} cannot be written: no permission to write in {str(p)!r}")
-        return
-
-
-def make_dir(path: Path, what: str) -> None:
-    check_dir(path, what)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError.of(path, e, what) from e
 
 
 def render_dump(title: str, header: list[str], gm: fx.GraphModule) -> str:

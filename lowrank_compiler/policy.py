@@ -14,18 +14,16 @@ from __future__ import annotations
 import json
 import math
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from .runtime.errors import PolicyError
-from .runtime.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
+from .runtime.formats import QUANTIZERS, ZERO_POINT_MODES, check_bits, check_choice, check_group_size
+from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
 from .pipeline import PassSpec, Pipeline
 
 METHODS = ("lora", "qalora", "qlora", "rtn")
-ZERO_POINTS = ("float", "int")
-QUANTIZERS = ("rtn", "gptq")
-BITS = (2, 3, 4, 8)
 
 
 def _patterns(name: str, value) -> tuple[str, ...]:
@@ -57,17 +55,6 @@ def _check_positive(name: str, value) -> None:
         raise PolicyError(f"{name} must be a positive finite number, got {value!r}")
 
 
-def _check_bits(name: str, value) -> None:
-    if type(value) is not int or value not in BITS:
-        raise PolicyError(f"{name} must be one of {BITS}, got {value!r}")
-
-
-def _check_group(name: str, value) -> None:
-    _check_int(name, value, 16)
-    if value & (value - 1):
-        raise PolicyError(f"{name} must be a power of two >= 16 (16, 32, 64, 128, ...), got {value!r}")
-
-
 @dataclass(frozen=True)
 class Override:
     """Per-layer settings for the layers ``pattern`` matches (``None`` keeps the policy's)."""
@@ -90,9 +77,9 @@ class Override:
             _check_positive(f"{where}.alpha", self.alpha)
             object.__setattr__(self, "alpha", float(self.alpha))
         if self.bits is not None:
-            _check_bits(f"{where}.bits", self.bits)
+            check_bits(self.bits, f"{where}.bits")
         if self.group_size is not None:
-            _check_group(f"{where}.group_size", self.group_size)
+            check_group_size(self.group_size, f"{where}.group_size")
 
     def fields(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in OVERRIDE_FIELDS if getattr(self, k) is not None}
@@ -144,12 +131,10 @@ class Policy:
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise PolicyError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
-        _check_bits("bits", self.bits)
-        _check_group("group_size", self.group_size)
-        if self.zero_point not in ZERO_POINTS:
-            raise PolicyError(f"zero_point must be one of {ZERO_POINTS}, got {self.zero_point!r}")
-        if self.quantizer not in QUANTIZERS:
-            raise PolicyError(f"quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        check_bits(self.bits)
+        check_group_size(self.group_size)
+        check_choice(self.zero_point, ZERO_POINT_MODES, "zero_point")
+        check_choice(self.quantizer, QUANTIZERS, "quantizer")
         if self.quantizer != "rtn" and self.method not in ("qalora", "rtn"):
             raise PolicyError(f"quantizer={self.quantizer!r} applies to methods 'qalora' and 'rtn' (integer bases); "
                               f"method {self.method!r} has none: leave quantizer='rtn'")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .runtime.errors import AdapterError
+from .runtime.files import write_atomic
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -40,28 +39,6 @@ def digest_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, flush it to disk, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes files private; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
     """Save ``tensors`` to ``path`` atomically; returns the file's sha256."""
     from safetensors.torch import save
@@ -69,7 +46,7 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     # own contiguous CPU copies: safetensors refuses tensors that share storage (tied weights)
     owned = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     data = save(owned, metadata=metadata)
-    write_bytes_atomic(Path(path), data)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -103,7 +80,7 @@ def read_tensors(path: Path, *, sha256: str, expected: dict[str, str], what: str
     return tensors
 
 
-__all__ = ["current_umask", "digest_tensors", "dtype_name", "read_tensors", "spec_of", "write_bytes_atomic",
+__all__ = ["digest_tensors", "dtype_name", "read_tensors", "spec_of",
            "write_tensors"]
 
 

@@ -25,10 +25,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .runtime import graph as G
-from .runtime.errors import TraceError
-from .runtime.layers import AdapterLayer
-from .runtime.linear import is_conv1d, is_linear_module
+from .passes.helpers import graph as G
+from .errors import TraceError
+from .runtime.lora import AdapterLayer
+from .runtime.linear_kinds import is_conv1d, is_linear_module
 
 MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime import graph as G
+from .helpers import graph as G
 from ..runtime.errors import PolicyError
 from ..runtime.onnx_export import export_model
 from ..runtime.onnx_inspect import inspect_onnx, op_listing

@@ -22,13 +22,14 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..runtime import graph as G
-from ..runtime.errors import PolicyError, TargetError
+from .helpers import graph as G
+from .helpers.select import TargetError
 from ..runtime.int_linear import IntLinear
-from ..runtime.layers import AdapterLayer
+from ..runtime.lora import AdapterLayer
 from ..runtime.progress import progress
-from ..runtime.qalora import FOLD_ZEROS, QALoRALinear
-from ..runtime.quant import BITS, group_sum
+from ..runtime.formats import FOLD_ZEROS, check_bits, check_choice
+from ..runtime.qalora import QALoRALinear
+from ..runtime.quant import group_sum
 from .registry import PassResult, register_pass
 
 
@@ -88,10 +89,8 @@ def _check_adapters_finite(gm: fx.GraphModule, names: list[str]) -> None:
 
 @register_pass("fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)")
 def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
-    if zeros not in FOLD_ZEROS:
-        raise PolicyError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
-    if bits not in BITS:
-        raise PolicyError(f"bits must be one of {BITS}, got {bits!r}")
+    check_choice(zeros, FOLD_ZEROS, "zeros")
+    check_bits(bits)
     calls = G.inlined_calls(gm)
     direct = [n.target for n in gm.graph.nodes  # graphs built without inlining (adapter_graph)
               if n.op == "call_module" and isinstance(gm.get_submodule(n.target), AdapterLayer)]

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime import graph as G
-from ..runtime.errors import TargetError
-from ..runtime.layers import LoRALinear
-from ..runtime.rewrite import check_dropout, check_finite, check_rank, inline_selected
-from ..runtime.select import check_overrides, resolve_layer_options
+from .helpers import graph as G
+from .helpers.select import TargetError
+from ..runtime.lora import LoRALinear
+from .helpers.rewrite import check_dropout, check_finite, check_rank, inline_selected
+from .helpers.select import check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
 @register_pass("insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)")

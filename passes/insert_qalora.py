@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime import graph as G
-from ..runtime.errors import PolicyError, TargetError
-from ..runtime.qalora import ZERO_POINT_MODES, QALoRALinear
-from ..runtime.rewrite import check_dropout, check_rank, inline_selected, plan_quantization, quantize_layers
-from ..runtime.select import resolve_layer_options
+from .helpers import graph as G
+from .helpers.select import TargetError
+from ..runtime.formats import ZERO_POINT_MODES, check_choice
+from ..runtime.qalora import QALoRALinear
+from .helpers.rewrite import check_dropout, check_rank, inline_selected, plan_quantization, quantize_layers
+from .helpers.select import resolve_layer_options
 from .registry import PassResult, register_pass
 
 
 @register_pass("insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters")
 def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_point="float", bits=4,
                   group_size=32, quantizer="rtn", damp=0.01, overrides=None) -> PassResult:
-    if zero_point not in ZERO_POINT_MODES:
-        raise PolicyError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
+    check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
     check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime import graph as G
-from ..runtime.errors import TargetError
-from ..runtime.rewrite import plan_quantization, quantize_layers
+from .helpers import graph as G
+from .helpers.select import TargetError
+from .helpers.rewrite import plan_quantization, quantize_layers
 from .registry import PassResult, register_pass
 
 

@@ -1,41 +1,24 @@
-"""Runtime layer: quantization formats, the int_linear op and its ONNX translation, integer
-and adapter layers, ONNX export/lowering/inspection, the onnxruntime session, name
-patterns, graph helpers, errors.
+"""Runtime layer: what a training or deployed model needs at run time: quantization
+formats and packing, the int_linear op and its ONNX translation, integer and adapter
+layers, ONNX export, lowering and inspection, the onnxruntime session, errors.
 
-Imports torch, numpy, onnx, onnxscript and onnxruntime only: never the passes or the API.
+Imports torch, numpy, onnx, onnxscript and onnxruntime only: never ``torch.fx``, the
+passes or the API (compile-time helpers live in ``passes/helpers/``).
 """
 
-from .errors import (
-    AdapterError,
-    LintError,
-    LowRankError,
-    ModelFileError,
-    OutputError,
-    PassError,
-    PassInputError,
-    PipelineError,
-    PolicyError,
-    TargetError,
-    TraceError,
-)
-from .layers import AdapterLayer, LoRALinear
-from .linear import is_conv1d, is_linear_module, linear_shape
+from .errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
+from .linear_kinds import is_conv1d, is_linear_module, linear_shape
+from .lora import AdapterLayer, LoRALinear
 from .session import Session, load
 
 __all__ = [
     "AdapterError",
     "AdapterLayer",
-    "LintError",
     "LoRALinear",
     "LowRankError",
     "ModelFileError",
     "OutputError",
-    "PassError",
-    "PassInputError",
-    "PipelineError",
     "PolicyError",
-    "TargetError",
-    "TraceError",
     "is_conv1d",
     "is_linear_module",
     "linear_shape",

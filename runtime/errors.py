@@ -16,41 +16,10 @@ class PolicyError(LowRankError, ValueError):
     """A policy field, or an option derived from it, is invalid (the message names the field)."""
 
 
-class TargetError(LowRankError, ValueError):
-    """Target/exclude/override patterns match nothing, or match layers that cannot be rewritten."""
-
-
-class TraceError(LowRankError, RuntimeError):
-    """The model could not be turned into a graph (the message says where and what to pass)."""
-
-
-class PipelineError(LowRankError, ValueError):
-    """A pipeline string or pass option is malformed, or names an unknown pass."""
-
-
-class LintError(LowRankError, RuntimeError):
-    """The graph failed verification after a pass."""
-
-
-class PassError(LowRankError, RuntimeError):
-    """A pass failed; the message names it and the passes that ran before it."""
-
-    def __init__(self, message: str, *, pass_name: str, before: tuple[str, ...]):
-        super().__init__(message)
-        self.pass_name = pass_name
-        self.before = before
-
-
-class PassInputError(PassError, ValueError):
-    """A pass rejected its input (bad option or unsupported layer); also a ``ValueError``."""
-
 
 class AdapterError(LowRankError, ValueError):
     """Saved adapters or a compiled model's state do not fit the model, or their files are damaged."""
 
-
-class ModelSpecError(LowRankError, ValueError):
-    """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
 
 
 class OutputError(LowRankError, OSError):

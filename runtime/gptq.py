@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import torch
 
-from .quant import qmax, quantize
+from .formats import qmax
+from .quant import quantize
 
 
 def inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:

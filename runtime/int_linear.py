@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import ops  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
+from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .gptq import gptq_quantize
-from .linear import linear_shape, weight_out_in
+from .linear_kinds import linear_shape, weight_out_in
 from .quant import dequantize, group_sum, pack_codes, pack_zeros, quantize_packed, zero_points
 
 

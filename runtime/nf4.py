@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import linear_shape, weight_out_in
+from .linear_kinds import linear_shape, weight_out_in
 from .quant import pack, unpack
 
 NF4_LEVELS = torch.tensor([

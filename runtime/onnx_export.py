@@ -23,8 +23,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,19 +30,17 @@ import onnx
 import torch
 from torch import nn
 
-from .errors import LowRankError, OutputError
+from .errors import LowRankError
 from .int_linear import IntLinear
-from .layers import AdapterLayer, LoRALinear
+from .lora import AdapterLayer, LoRALinear
 from .nf4 import NF4Linear
 from .onnx_file import read_model
-from .onnx_ops import int_linear_translation, register_matmulnbits_schema
+from .matmulnbits import int_linear_translation, register_matmulnbits_schema
 from .qalora import QALoRALinear
 from .qdq import QDQ_BITS, lower_to_qdq
-from .quant import pack_zeros, qmax
-from .session import check_accuracy_level
-
-FORMATS = ("matmulnbits", "qdq")
-META = "lowrank_compiler"
+from .files import commit, staged_file
+from .formats import EXPORT_FORMATS, METADATA_KEY, check_accuracy_level, qmax, split_correction
+from .quant import pack_zeros
 OPSET = 21  # DequantizeLinear with block_size
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the graph itself
 
@@ -68,8 +64,8 @@ def lowering(module: nn.Module, fmt: str) -> str:
 
 
 def check_exportable(model: nn.Module, fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ExportError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     problems = []
     for name, m in model.named_modules():
         if isinstance(m, NF4Linear):
@@ -95,7 +91,7 @@ def split_form(layer: IntLinear) -> IntLinear:
     """The exact integer-zero + correction equivalent of a float-zero layer."""
     z = layer.zero_points().double()
     zr = torch.clamp(torch.round(z), 0, qmax(layer.bits))
-    correction = (layer.scales.double() * (zr - z)).T.to(torch.float32).contiguous()  # (L, N)
+    correction = split_correction(layer.scales, zr, z)  # (L, N)
     if layer.correction is not None:
         correction = correction + layer.correction
     return IntLinear(layer.qweight, layer.scales, pack_zeros(zr.to(torch.uint8), layer.bits), bits=layer.bits,
@@ -208,10 +204,10 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwar
         lower_to_qdq(proto)
     meta = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers,
             "targets": sorted(targets if targets is not None else layers)}
-    kept = [p for p in proto.metadata_props if p.key != META]
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=META, value=json.dumps(meta, sort_keys=True))
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
     write_model(proto, path)
     return path
 
@@ -231,15 +227,10 @@ def name_dynamic_dims(proto: onnx.ModelProto) -> None:
 
 
 def write_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Stage in a temporary directory beside ``path``, full check, rename into place (module docstring)."""
+    """Stage beside ``path``, full check, commit the data file then the graph (module docstring)."""
     external = proto.ByteSize() > _TWO_GB
     data = path.name + ".data"  # the location recorded in the graph: relative, beside the file
-    try:
-        stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    except OSError as e:
-        raise OutputError.of(path, e) from e
-    try:
-        staged = stage / path.name
+    with staged_file(path) as staged:
         onnx.save_model(proto, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
                         location=data, size_threshold=1024)
         try:
@@ -247,12 +238,8 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
         except onnx.checker.ValidationError as e:
             raise ExportError(f"the exported graph for {str(path)!r} fails onnx.checker: {e}") from e
         if external:
-            os.replace(stage / data, path.with_name(data))
-        os.replace(staged, path)
-    except OSError as e:
-        raise OutputError.of(path, e) from e
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+            commit(staged.with_name(data), path.with_name(data))
+        commit(staged, path)
 
 
 def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: int) -> Path:
@@ -272,7 +259,7 @@ def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: in
             del node.attribute[:]
             node.attribute.extend(attrs + [onnx.helper.make_attribute("accuracy_level", level)])
     for prop in model.metadata_props:
-        if prop.key == META:
+        if prop.key == METADATA_KEY:
             meta = json.loads(prop.value)
             meta["accuracy_level"] = level
             prop.value = json.dumps(meta, sort_keys=True)

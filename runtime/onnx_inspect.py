@@ -19,8 +19,8 @@ from typing import Any
 import onnx
 from onnx import helper
 
+from .formats import METADATA_KEY
 from .onnx_file import read_model
-META = "lowrank_compiler"
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _layer_of(name: str) -> str:
 def inspect_onnx(path: str | os.PathLike) -> OnnxReport:
     model = read_model(path)
     graph = model.graph
-    meta = next((json.loads(p.value) for p in model.metadata_props if p.key == META), {})
+    meta = next((json.loads(p.value) for p in model.metadata_props if p.key == METADATA_KEY), {})
     ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in graph.node)
     inits = {i.name: i for i in graph.initializer}
     by_dtype: Counter = Counter()

@@ -35,11 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .int_linear import IntLinear
-from .layers import AdapterLayer
-from .quant import pack_zeros, qmax
-
-ZERO_POINT_MODES = ("float", "int")
-FOLD_ZEROS = ("split", "float", "round")
+from .lora import AdapterLayer
+from .formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
+from .quant import pack_zeros
 
 
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -54,8 +52,7 @@ class QALoRALinear(AdapterLayer):
         super().__init__()
         if not isinstance(base, IntLinear):
             raise TypeError(f"QA-LoRA needs an IntLinear base, got {type(base).__name__}")
-        if zero_point not in ZERO_POINT_MODES:
-            raise ValueError(f"zero_point must be one of {ZERO_POINT_MODES}, got {zero_point!r}")
+        check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
         self.base = base
         self.rank, self.alpha = int(rank), float(alpha)
         self.scale = self.alpha / self.rank
@@ -121,8 +118,7 @@ class QALoRALinear(AdapterLayer):
         """A new ``IntLinear`` computing this layer: new zero points (and correction) over the
         same codes and scales, shared with the base, not copied (frozen buffers, never written
         in place; ``lrc.fold`` works on a copy of the model anyway)."""
-        if zeros not in FOLD_ZEROS:
-            raise ValueError(f"zeros must be one of {FOLD_ZEROS}, got {zeros!r}")
+        check_choice(zeros, FOLD_ZEROS, "zeros")
         base = self.base
         moved = self.folded_zero_points()  # (N, L) float64
         common = dict(bits=base.bits, group_size=base.group_size,
@@ -131,7 +127,7 @@ class QALoRALinear(AdapterLayer):
             rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
             correction = None
             if zeros == "split" and self.zero_point == "float":
-                correction = (base.scales.double() * (rounded - moved)).T.to(torch.float32).contiguous()  # D^T: (L, N)
+                correction = split_correction(base.scales, rounded, moved)  # D^T: (L, N)
             packed = pack_zeros(rounded.to(torch.uint8), base.bits)
             return IntLinear(base.qweight, base.scales, packed, correction=correction, **common)
         return IntLinear(base.qweight, base.scales, moved.to(torch.float32), **common)

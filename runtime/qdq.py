@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .onnx_ops import DOMAIN
+from .matmulnbits import DOMAIN
 from .quant import unpack
 
 QDQ_BITS = {4: TensorProto.UINT4, 8: TensorProto.UINT8}

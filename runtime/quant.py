@@ -27,19 +27,15 @@ from __future__ import annotations
 
 import torch
 
-BITS = (2, 3, 4, 8)
-
-
-def qmax(bits: int) -> int:
-    return (1 << bits) - 1
+from .formats import BITS, group_size_problem, qmax
 
 
 def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> str | None:
     """Why ``weight`` ([N, K]) cannot be quantized with these settings, or None."""
     if bits not in BITS:
         return f"{name}: bits={bits} is not one of {BITS}"
-    if group_size < 16 or group_size & (group_size - 1):
-        return f"{name}: group_size={group_size} is not a power of two >= 16"
+    if group_size_problem(group_size):
+        return f"{name}: group_size {group_size_problem(group_size)}"
     n, k = weight.shape
     if group_size > k:
         return f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"

@@ -26,20 +26,8 @@ import onnxruntime as ort
 import torch
 
 from .errors import ModelFileError
+from .formats import METADATA_KEY, check_accuracy_level
 from .onnx_file import read_model
-
-META = "lowrank_compiler"
-
-
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)
-
-
-def check_accuracy_level(level) -> int:
-    """MatMulNBits' compute precision: 0 (fp32) to 4 (int8 activations)."""
-    if isinstance(level, bool) or not isinstance(level, int) or level not in ACCURACY_LEVELS:
-        raise ValueError(f"accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), got {level!r}")
-    return level
-
 
 def default_providers() -> list[str]:
     available = ort.get_available_providers()
@@ -51,7 +39,7 @@ def default_providers() -> list[str]:
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     model = read_model(path)
     for prop in model.metadata_props:
-        if prop.key == META:
+        if prop.key == METADATA_KEY:
             return json.loads(prop.value)
     return {}
 

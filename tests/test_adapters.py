@@ -156,12 +156,12 @@ def test_a_failed_save_leaves_the_previous_adapters_whole(saved_gpt, tmp_path, m
     model, _ = saved_gpt
     lrc.save_adapters(model, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    import lowrank_compiler.tensorfile as tf
+    import lowrank_compiler.runtime.files as files
 
     def fail(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(tf.os, "replace", fail)
+    monkeypatch.setattr(files.os, "replace", fail)
     with pytest.raises(OSError, match="No space left"):
         lrc.save_adapters(nudged(gpt(QALORA), seed=9), tmp_path)
     monkeypatch.undo()

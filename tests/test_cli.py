@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler import checkpoint
+from lowrank_compiler import compiled_dir
 from lowrank_compiler.cli import main
-from models import hf_llama, ids, rel_err, tiny_gpt
+from models import hf_llama, ids, rel_err
 
 
 def test_demo_prints_the_summary_and_writes_dumps(tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_compile_fold_export_inspect_chain_on_an_hf_model(tmp_path):
     assert {"lowrank.json", "policy.json", "state.safetensors", "dumps/02-insert-qalora.txt"} <= set(
         files(tmp_path / "compiled"))
 
-    trained = checkpoint.load(tmp_path / "compiled").model  # training happens in Python, between commands
+    trained = compiled_dir.load(tmp_path / "compiled").model  # training happens in Python, between commands
     nudge(trained)
     lrc.save_adapters(trained, tmp_path / "trained")
     r = cli("fold", "compiled", "--adapters", "trained", "--out", "folded", cwd=tmp_path)
@@ -217,7 +217,7 @@ def mlp(tmp_path, capsys):
 
 def test_fold_and_export_of_trained_adapters_in_process(mlp, capsys):
     tmp_path, _ = mlp
-    trained = checkpoint.load(tmp_path / "c").model
+    trained = compiled_dir.load(tmp_path / "c").model
     nudge(trained)
     lrc.save_adapters(trained, tmp_path / "a")
     code, out, err = run_main(capsys, "export", tmp_path / "c", "--adapters", tmp_path / "a", "--format", "qdq",
@@ -229,7 +229,7 @@ def test_fold_and_export_of_trained_adapters_in_process(mlp, capsys):
     x = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = lrc.fold(trained, zeros="float")(x)
-        assert torch.equal(checkpoint.load(tmp_path / "f").model(x), want)  # the folded state, exactly
+        assert torch.equal(compiled_dir.load(tmp_path / "f").model(x), want)  # the folded state, exactly
         assert rel_err(lrc.runtime.load(tmp_path / "m.onnx")(x), trained(x)) <= 1e-4
     code, out, _ = run_main(capsys, "inspect", tmp_path / "f")
     assert code == 0 and "directory: " in out and "(folded, zeros=float)" in out and "fold err" in out

@@ -5,7 +5,7 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.layers import AdapterLayer
+from lowrank_compiler.runtime.lora import AdapterLayer
 from models import ids, rel_err, tiny_gpt, train
 
 

@@ -4,7 +4,7 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.int_linear import IntLinear
 from lowrank_compiler.runtime.qalora import QALoRALinear
-from models import hf_llama, ids, output, rel_err, tiny_gpt, train
+from models import hf_llama, ids, output, tiny_gpt, train
 
 
 def test_starts_equal_to_the_rtn_model_and_counts_parameters():

@@ -1,7 +1,7 @@
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.layers import LoRALinear
+from lowrank_compiler.runtime.lora import LoRALinear
 from lowrank_compiler.runtime.nf4 import NF4_LEVELS, NF4Linear
 from models import ids, tiny_gpt, train
 

@@ -8,12 +8,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"runtime": 0, "passes": 1, "lowrank_compiler": 2}
+FX = ("torch.fx",)
+
+
+def package_of(path: Path) -> str:
+    """The import name of the package a source file sits in (``passes/helpers/x.py`` ->
+    ``lowrank_compiler.passes.helpers``)."""
+    parts = path.relative_to(ROOT).parts[:-1]
+    return ".".join(parts) if parts[0] == "lowrank_compiler" else ".".join(("lowrank_compiler", *parts))
 
 
 def imports_of(path: Path) -> list[str]:
-    """Absolute module names a file imports (relative imports resolved against its package)."""
-    layer = path.relative_to(ROOT).parts[0]
-    package = "lowrank_compiler" if layer == "lowrank_compiler" else f"lowrank_compiler.{layer}"
+    """Absolute module names a file imports (relative imports resolved against its package);
+    ``from torch import fx`` counts as ``torch.fx``."""
+    package = package_of(path)
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -21,10 +29,16 @@ def imports_of(path: Path) -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                out.append(".".join(base + ([node.module] if node.module else [])))
+                module = ".".join(base + ([node.module] if node.module else []))
             else:
-                out.append(node.module)
+                module = node.module
+            out.append(module)
+            out += [f"{module}.{a.name}" for a in node.names]  # `from torch import fx`, `from . import graph`
     return out
+
+
+def sources(layer: str) -> list[Path]:
+    return sorted((ROOT / layer).rglob("*.py"))
 
 
 def layer_of(module: str) -> str | None:
@@ -38,15 +52,47 @@ def layer_of(module: str) -> str | None:
 
 def test_arrows_point_down_only():
     for layer in LAYERS:
-        for path in (ROOT / layer).glob("*.py"):
+        for path in sources(layer):
             for module in imports_of(path):
                 target = layer_of(module)
                 if target is None:
                     continue
                 assert LAYERS[target] <= LAYERS[layer], f"{path.relative_to(ROOT)} imports {module} (upward)"
-                if layer == "passes" and target == "passes" and path.name not in ("__init__.py",):
-                    assert module in ("lowrank_compiler.passes.registry",), (
-                        f"{path.relative_to(ROOT)} imports another pass ({module})")
+
+
+def test_a_pass_imports_no_other_pass_and_helpers_import_no_pass():
+    allowed = ("lowrank_compiler.passes.registry", "lowrank_compiler.passes.helpers")
+    for path in sources("passes"):
+        if path.name == "__init__.py" and path.parent.name == "passes":
+            continue  # the package imports every pass to register it
+        for module in imports_of(path):
+            if module.startswith("lowrank_compiler.passes") and module != "lowrank_compiler.passes":
+                assert module.startswith(allowed), f"{path.relative_to(ROOT)} imports {module}"
+                if "helpers" in path.parts:
+                    assert module.startswith("lowrank_compiler.passes.helpers"), (
+                        f"{path.relative_to(ROOT)} (a helper) imports {module}")
+
+
+def test_runtime_is_run_time_code_only():
+    """runtime/ imports no torch.fx and nothing of the project outside runtime/ (DESIGN.md §2)."""
+    for path in sources("runtime"):
+        tree = ast.parse(path.read_text())
+        uses = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "fx"
+                and isinstance(n.value, ast.Name) and n.value.id == "torch"]
+        assert not uses, f"{path.relative_to(ROOT)}:{uses[0].lineno if uses else 0} uses torch.fx"
+        for module in imports_of(path):
+            assert not module.startswith(FX), f"{path.relative_to(ROOT)} imports {module}"
+            if module.startswith("lowrank_compiler"):
+                assert module.startswith("lowrank_compiler.runtime"), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_the_library_core_imports_no_job():
+    """Jobs (demos on real models) use the library; the library never needs them (the CLI starts them)."""
+    for path in sources("lowrank_compiler"):
+        if "jobs" in path.parts or path.name == "cli.py":
+            continue
+        for module in imports_of(path):
+            assert not module.startswith("lowrank_compiler.jobs"), f"{path.relative_to(ROOT)} imports {module}"
 
 
 def test_installed_names_and_no_top_level_passes_or_runtime(tmp_path):

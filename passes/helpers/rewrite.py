@@ -7,11 +7,13 @@ import math
 import torch.fx as fx
 
 from . import graph as G
-from .errors import PolicyError, TargetError
-from .int_linear import IntLinear
-from .linear import is_linear_module, weight_out_in
-from .progress import progress
-from .quant import GROUP_HINT, check_layer, check_layers, count_nonfinite
+from ...runtime.errors import PolicyError
+from .select import TargetError
+from ...runtime.formats import QUANTIZERS, check_choice
+from ...runtime.int_linear import IntLinear
+from ...runtime.linear_kinds import is_linear_module, weight_out_in
+from ...runtime.progress import progress
+from ...runtime.quant import GROUP_HINT, check_layer, check_layers, count_nonfinite
 from .select import check_overrides, resolve_layer_options
 
 
@@ -63,12 +65,8 @@ def check_finite(gm: fx.GraphModule, names) -> None:
                           f"learn NaN:\n  {listing}\nFix the weights, or exclude these layers (exclude=[...]).")
 
 
-QUANTIZERS = ("rtn", "gptq")
-
-
 def check_quantizer(quantizer, damp) -> None:
-    if quantizer not in QUANTIZERS:
-        raise PolicyError(f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    check_choice(quantizer, QUANTIZERS, "quantizer")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0.0 < damp < 1.0:
         raise PolicyError(f"damp must be a number in (0, 1), got {damp!r}")
 

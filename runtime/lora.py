@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import is_quantized_linear, linear_shape, weight_out_in
+from .linear_kinds import is_quantized_linear, linear_shape, weight_out_in
 
 
 def _factory(base: nn.Module) -> dict:

@@ -18,22 +18,19 @@ compiles it with the stored policy and the same tracer, checks it is the base th
 compiled (identity), folds when the stage is "folded", then loads the state, checked
 (sha256, names, dtypes, shapes).
 
-``staged_dir`` writes a directory under a temporary name beside its target and renames
-it into place: a failed command leaves nothing behind, and an older directory of the
-same kind is replaced only once the new one is complete.
+The command line writes the directory with ``runtime.files.staged_dir(out, RECORD)``:
+under a temporary name beside its target, renamed into place; a failed command leaves
+nothing behind, and an older directory of the same kind is replaced only once the new one
+is complete.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -41,12 +38,12 @@ from torch import nn
 from .adapters import base_identity, identity_mismatch, load_adapters
 from .api import compile, compile_info, fold
 from .model_spec import LoadedModel, ModelSpec, load_model
-from .pipeline import write_atomic
 from .policy import Policy
 from .runtime.errors import AdapterError, LowRankError
-from .runtime.layers import AdapterLayer
-from .runtime.linear import is_quantized_linear
-from .tensorfile import current_umask, read_json_record, read_tensors, spec_of, write_tensors
+from .runtime.lora import AdapterLayer
+from .runtime.linear_kinds import is_quantized_linear
+from .runtime.files import write_atomic
+from .tensorfile import read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-compiled"
 VERSION = 1
@@ -188,58 +185,5 @@ def _load_state(model: nn.Module, directory: Path, record: dict) -> None:
 
 
 # --- writing a directory whole --------------------------------------------------------------
-@contextlib.contextmanager
-def staged_dir(out: str | os.PathLike, marker: str = RECORD) -> Iterator[Path]:
-    """Yield an empty temporary directory; on success it becomes ``out``, on failure it vanishes.
-
-    ``out`` may be missing, empty, or a directory holding ``marker`` (one this command wrote
-    before: replaced); anything else is refused, so no user file is ever overwritten.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise LowRankError(f"output directory {str(out)!r} exists and is a file; pass --out with a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise LowRankError(f"output directory {str(out)!r} is not empty and holds no {marker}: pass --out with a "
-                           f"new or empty directory")
-    created = _first_missing(out.parent)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    except OSError as e:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
-                           f"writable directory") from None
-    try:
-        yield tmp
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        raise
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost ancestor of ``path`` (or itself) that does not exist yet."""
-    missing = None
-    for p in [path, *path.parents]:
-        if p.exists() or p.is_symlink():
-            break
-        missing = p
-    return missing
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp made it private
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-    os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-__all__ = ["Compiled", "build", "folded", "load", "read_record", "rewritten_layers", "save", "staged_dir",
+__all__ = ["Compiled", "build", "folded", "load", "read_record", "rewritten_layers", "save",
            "state_tensors"]

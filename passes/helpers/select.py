@@ -13,13 +13,15 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from .errors import PolicyError, TargetError
+from ...runtime.errors import LowRankError, PolicyError
 
 ALL_LINEAR = "all-linear"
 
 _GLOB_CHARS = set("*?[")
 
-# per-layer settings a policy override may change
+
+class TargetError(LowRankError, ValueError):
+    """Target/exclude/override patterns match nothing, or match layers that cannot be rewritten."""
 
 
 def check_pattern(pattern: str) -> None:

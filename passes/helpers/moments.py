@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .progress import progress
+from ...runtime.progress import progress
 
 
 def _call(model: nn.Module, batch):
