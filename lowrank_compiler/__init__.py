@@ -7,13 +7,28 @@
 
 from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
+from .errors import (
+    LintError,
+    ModelSpecError,
+    PassError,
+    PassInputError,
+    PipelineError,
+    TraceError,
+)
 from .export import OnnxReport, export_onnx, inspect_onnx
-from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
-from .pipeline import PassManager, PassSpec, Pipeline, lint
-from .policy import Override, Policy
-from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
+from .lint import lint
+from .manager import PassManager
 from .passes.helpers.select import TargetError
-from .runtime.errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
+from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
+from .pipeline_text import PassSpec, Pipeline
+from .policy import Override, Policy
+from .runtime.errors import (
+    AdapterError,
+    LowRankError,
+    ModelFileError,
+    OutputError,
+    PolicyError,
+)
 from .summary import LayerRow, Summary, summary
 from .trace import trace
 

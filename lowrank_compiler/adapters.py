@@ -30,10 +30,16 @@ import torch
 from torch import nn
 
 from .api import compile_info
-from .runtime.files import write_atomic
 from .runtime.errors import AdapterError
+from .runtime.files import write_atomic
 from .runtime.lora import AdapterLayer
-from .tensorfile import digest_tensors, read_json_record, read_tensors, spec_of, write_tensors
+from .tensorfile import (
+    digest_tensors,
+    read_json_record,
+    read_tensors,
+    spec_of,
+    write_tensors,
+)
 
 FORMAT = "lowrank-compiler-adapters"
 VERSION = 1

@@ -18,14 +18,15 @@ from typing import Any, Mapping
 import torch.fx as fx
 from torch import nn
 
-from .pipeline import PassManager, Pipeline
-from .runtime.files import check_dir, write_atomic
-from .policy import Policy
+from .manager import PassManager
 from .passes.helpers import graph as G
+from .pipeline_text import Pipeline
+from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
+from .runtime.files import check_dir, write_atomic
+from .runtime.formats import FOLD_ZEROS, check_choice
 from .runtime.int_linear import IntLinear
 from .runtime.lora import AdapterLayer
-from .runtime.formats import FOLD_ZEROS, check_choice
 from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"

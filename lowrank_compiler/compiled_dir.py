@@ -40,9 +40,9 @@ from .api import compile, compile_info, fold
 from .model_spec import LoadedModel, ModelSpec, load_model
 from .policy import Policy
 from .runtime.errors import AdapterError, LowRankError
-from .runtime.lora import AdapterLayer
-from .runtime.linear_kinds import is_quantized_linear
 from .runtime.files import write_atomic
+from .runtime.linear_kinds import is_quantized_linear
+from .runtime.lora import AdapterLayer
 from .tensorfile import read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-compiled"

@@ -37,3 +37,20 @@ class PassInputError(PassError, ValueError):
 
 class ModelSpecError(LowRankError, ValueError):
     """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
+
+
+_COMBINED: dict[type, type] = {}
+
+
+def pass_error_type(e: Exception) -> type:
+    """The type the pass manager raises for a pass that raised ``e``: ``PassError``
+    (``PassInputError`` for bad input), and also ``e``'s own project error type, so that
+    ``except PolicyError`` and ``except PassError`` both catch a pass's policy error.
+    The combined class (``PolicyError(PassInputError, PolicyError)``) is made once per type."""
+    parent = PassInputError if isinstance(e, ValueError) else PassError
+    base = type(e)
+    if not isinstance(e, LowRankError) or isinstance(e, PassError):
+        return parent
+    if base not in _COMBINED:
+        _COMBINED[base] = type(base.__name__, (parent, base), {"__module__": base.__module__})
+    return _COMBINED[base]

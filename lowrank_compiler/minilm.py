@@ -27,9 +27,9 @@ import torch
 from . import data
 from .api import compile, compile_info, fold
 from .export import export_onnx, inspect_onnx
-from .pipeline import write_atomic
 from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
+from .runtime.files import write_atomic
 from .runtime.onnx_export import set_accuracy_level
 from .runtime.session import load
 

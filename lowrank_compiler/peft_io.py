@@ -38,13 +38,13 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .runtime.files import write_atomic
+from .passes.helpers.select import ALL_LINEAR
 from .policy import Policy
 from .runtime.errors import AdapterError
-from .runtime.lora import LoRALinear
+from .runtime.files import write_atomic
 from .runtime.linear_kinds import linear_shape
+from .runtime.lora import LoRALinear
 from .runtime.qalora import QALoRALinear
-from .passes.helpers.select import ALL_LINEAR
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

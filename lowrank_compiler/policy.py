@@ -18,10 +18,16 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .runtime.errors import PolicyError
-from .runtime.formats import QUANTIZERS, ZERO_POINT_MODES, check_bits, check_choice, check_group_size
 from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
-from .pipeline import PassSpec, Pipeline
+from .pipeline_text import PassSpec, Pipeline
+from .runtime.errors import PolicyError
+from .runtime.formats import (
+    QUANTIZERS,
+    ZERO_POINT_MODES,
+    check_bits,
+    check_choice,
+    check_group_size,
+)
 
 METHODS = ("lora", "qalora", "qlora", "rtn")
 

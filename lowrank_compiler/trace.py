@@ -25,10 +25,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .passes.helpers import graph as G
 from .errors import TraceError
-from .runtime.lora import AdapterLayer
+from .passes.helpers import graph as G
 from .runtime.linear_kinds import is_conv1d, is_linear_module
+from .runtime.lora import AdapterLayer
 
 MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from ..runtime.errors import PolicyError
 from .helpers import graph as G
 from .helpers.moments import input_moments
-from ..runtime.errors import PolicyError
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 

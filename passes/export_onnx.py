@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .helpers import graph as G
 from ..runtime.errors import PolicyError
 from ..runtime.onnx_export import export_model
 from ..runtime.onnx_inspect import inspect_onnx, op_listing
+from .helpers import graph as G
 from .registry import PassResult, register_pass
 
 

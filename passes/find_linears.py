@@ -21,10 +21,9 @@ from collections import Counter
 import torch.fx as fx
 from torch import nn
 
-from .helpers import graph as G
-from .helpers.select import TargetError
 from ..runtime.linear_kinds import is_linear_module, linear_shape
-from .helpers.select import ALL_LINEAR, check_pattern, matches
+from .helpers import graph as G
+from .helpers.select import ALL_LINEAR, TargetError, check_pattern, matches
 from .registry import PassResult, register_pass
 
 

@@ -22,14 +22,14 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from .helpers import graph as G
-from .helpers.select import TargetError
+from ..runtime.formats import FOLD_ZEROS, check_bits, check_choice
 from ..runtime.int_linear import IntLinear
 from ..runtime.lora import AdapterLayer
 from ..runtime.progress import progress
-from ..runtime.formats import FOLD_ZEROS, check_bits, check_choice
 from ..runtime.qalora import QALoRALinear
 from ..runtime.quant import group_sum
+from .helpers import graph as G
+from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .helpers import graph as G
-from .helpers.select import TargetError
 from ..runtime.lora import LoRALinear
+from .helpers import graph as G
 from .helpers.rewrite import check_dropout, check_finite, check_rank, inline_selected
-from .helpers.select import check_overrides, resolve_layer_options
+from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
+
 
 @register_pass("insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)")
 def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrides=None) -> PassResult:

@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .helpers import graph as G
-from .helpers.select import TargetError
 from ..runtime.formats import ZERO_POINT_MODES, check_choice
 from ..runtime.qalora import QALoRALinear
-from .helpers.rewrite import check_dropout, check_rank, inline_selected, plan_quantization, quantize_layers
-from .helpers.select import resolve_layer_options
+from .helpers import graph as G
+from .helpers.rewrite import (
+    check_dropout,
+    check_rank,
+    inline_selected,
+    plan_quantization,
+    quantize_layers,
+)
+from .helpers.select import TargetError, resolve_layer_options
 from .registry import PassResult, register_pass
 
 

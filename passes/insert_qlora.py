@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from .helpers import graph as G
 from ..runtime.errors import PolicyError
-from .helpers.select import TargetError
-from ..runtime.lora import LoRALinear
 from ..runtime.linear_kinds import weight_out_in
+from ..runtime.lora import LoRALinear
 from ..runtime.nf4 import NF4Linear
 from ..runtime.progress import progress
+from .helpers import graph as G
 from .helpers.rewrite import check_dropout, check_rank, inline_selected
-from .helpers.select import check_overrides, resolve_layer_options
+from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .helpers import graph as G
-from .helpers.select import TargetError
 from .helpers.rewrite import plan_quantization, quantize_layers
+from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 

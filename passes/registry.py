@@ -2,11 +2,13 @@
 
 A pass is a plain function ``fn(gm, **options) -> PassResult``, registered under a
 kebab-case name with a one-line summary. Its keyword-only parameters are its options;
-their defaults are the defaults a pipeline string falls back to.
+their defaults are the defaults a pipeline string falls back to. The built-in passes
+(``BUILTIN``, modules of this package) are imported on the first lookup.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -43,6 +45,13 @@ class PassInfo:
 
 
 _REGISTRY: dict[str, PassInfo] = {}
+BUILTIN = ("find_linears", "calibrate", "insert_lora", "insert_qalora", "insert_qlora", "quantize", "fold",
+           "export_onnx")
+
+
+def _load_builtin() -> None:
+    for module in BUILTIN:  # each import registers its pass; a module already imported costs a dict lookup
+        importlib.import_module(f"{__package__}.{module}")
 
 
 def register_pass(name: str, summary: str):
@@ -61,6 +70,7 @@ def register_pass(name: str, summary: str):
 
 
 def get_pass(name: str) -> PassInfo:
+    _load_builtin()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -69,4 +79,5 @@ def get_pass(name: str) -> PassInfo:
 
 
 def registered_passes() -> dict[str, PassInfo]:
+    _load_builtin()
     return dict(_REGISTRY)

@@ -3,13 +3,22 @@ formats and packing, the int_linear op and its ONNX translation, integer and ada
 layers, ONNX export, lowering and inspection, the onnxruntime session, errors.
 
 Imports torch, numpy, onnx, onnxscript and onnxruntime only: never ``torch.fx``, the
-passes or the API (compile-time helpers live in ``passes/helpers/``).
+passes or the API (compile-time helpers live in ``passes/helpers/``). ``load`` and
+``Session`` import onnxruntime when first used, so that the formats and layers do not.
 """
 
 from .errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
 from .linear_kinds import is_conv1d, is_linear_module, linear_shape
 from .lora import AdapterLayer, LoRALinear
-from .session import Session, load
+
+
+def __getattr__(name: str):
+    if name in ("Session", "load"):
+        from . import session
+
+        return getattr(session, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AdapterError",

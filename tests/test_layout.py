@@ -18,12 +18,15 @@ def package_of(path: Path) -> str:
     return ".".join(parts) if parts[0] == "lowrank_compiler" else ".".join(("lowrank_compiler", *parts))
 
 
-def imports_of(path: Path) -> list[str]:
+def imports_of(path: Path, at_import_time: bool = False) -> list[str]:
     """Absolute module names a file imports (relative imports resolved against its package);
-    ``from torch import fx`` counts as ``torch.fx``."""
+    ``from torch import fx`` counts as ``torch.fx``. ``at_import_time``: only the imports that
+    run when the module is imported (not those inside functions)."""
     package = package_of(path)
     out = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if at_import_time else ast.walk(tree)
+    for node in nodes:
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -119,3 +122,42 @@ def test_readme_has_two_setup_commands_that_ci_runs_verbatim():
     for command in commands:
         assert "torch==2.13.0" in command  # never an unpinned torch: that pulls a multi-GB CUDA build
         assert command in ci_lines, f".ci/run does not run the README command: {command}"
+
+
+def module_file(module: str) -> Path | None:
+    """The source file of a project module (a package's ``__init__.py``), or None."""
+    parts = module.split(".")
+    if parts[0] != "lowrank_compiler":
+        return None
+    top = {"passes": "passes", "runtime": "runtime"}.get(parts[1] if len(parts) > 1 else "", None)
+    rel = [top, *parts[2:]] if top else ["lowrank_compiler", *parts[1:]]
+    path = ROOT.joinpath(*rel)
+    if path.is_dir():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def import_closure(module: str) -> set[str]:
+    """Every module importing ``module`` executes: its imports, their packages' ``__init__``,
+    transitively (the top package's ``__init__``, which imports the whole API, left out)."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = module_file(name)
+        if path is None:
+            continue
+        for imported in imports_of(path, at_import_time=True):
+            parts = imported.split(".")
+            todo += [".".join(parts[:i]) for i in range(2, len(parts) + 1)]  # packages first, as Python does
+            todo.append(parts[0]) if parts[0] != "lowrank_compiler" else None
+    return seen
+
+
+def test_a_policy_imports_no_pass_manager_exporter_or_onnxruntime():
+    closure = import_closure("lowrank_compiler.policy")
+    for heavy in ("lowrank_compiler.manager", "lowrank_compiler.runtime.onnx_export", "onnxruntime",
+                  "lowrank_compiler.passes.export_onnx"):
+        assert heavy not in closure, f"building a Policy imports {heavy}"

@@ -11,7 +11,7 @@ from lowrank_compiler import (
     PipelineError,
     trace,
 )
-from lowrank_compiler.options import format_value, parse_value
+from lowrank_compiler.pipeline_text import format_value, parse_value
 from lowrank_compiler.passes import PassResult, get_pass, register_pass, registered_passes
 from models import ids, tiny_gpt
 

@@ -6,15 +6,14 @@ import math
 
 import torch.fx as fx
 
-from . import graph as G
 from ...runtime.errors import PolicyError
-from .select import TargetError
 from ...runtime.formats import QUANTIZERS, check_choice
 from ...runtime.int_linear import IntLinear
 from ...runtime.linear_kinds import is_linear_module, weight_out_in
 from ...runtime.progress import progress
 from ...runtime.quant import GROUP_HINT, check_layer, check_layers, count_nonfinite
-from .select import check_overrides, resolve_layer_options
+from . import graph as G
+from .select import TargetError, check_overrides, resolve_layer_options
 
 
 def check_dropout(dropout) -> None:

@@ -1,6 +1,8 @@
-"""The textual form of pass options, as in ``insert-lora{rank=16,alpha=32.0,overrides={q_proj={rank=4}}}``.
+"""Pipelines as text: ``find-linears{target=[all-linear]},insert-lora{rank=16,alpha=32.0}``.
 
-Grammar (whitespace between tokens is ignored)::
+A pipeline is a list of ``PassSpec(name, options)`` and prints as a string that parses
+back to the same pipeline (MLIR's textual pass pipelines). Option values follow this
+grammar (whitespace between tokens is ignored)::
 
     value  := scalar | "[" [value ("," value)*] "]" | "{" [key "=" value ("," key "=" value)*] "}"
     key    := bare | quoted
@@ -11,6 +13,10 @@ Grammar (whitespace between tokens is ignored)::
 
 ``format_value`` is the inverse: ``parse_value(format_value(v)) == v`` for None, bools,
 ints, finite floats, strings, lists/tuples (parsed back as lists) and str-keyed dicts.
+
+Only text and the registry's names live here: building a ``Policy`` and its pipeline
+imports no pass manager, exporter or onnxruntime (the registry loads the passes the first
+time a name is looked up).
 """
 
 from __future__ import annotations
@@ -18,8 +24,11 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import PipelineError
+from .passes import get_pass
 
 _SPECIAL = set(',{}[]=" \t\n')
 _INT = re.compile(r"^[+-]?\d+$")
@@ -57,7 +66,7 @@ def format_value(value) -> str:
 
 
 class Reader:
-    """A cursor over pipeline text, shared with the pipeline parser."""
+    """A cursor over pipeline text."""
 
     def __init__(self, text: str):
         self.text, self.pos = text, 0
@@ -140,3 +149,59 @@ def parse_value(text: str):
     if r.peek():
         raise r.error("unexpected text after the value")
     return v
+
+
+@dataclass(frozen=True)
+class PassSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # options is a dict: hash what equality compares, order-free
+        return hash((self.name, frozenset((k, format_value(v)) for k, v in self.options.items())))
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        body = ",".join(f"{k}={format_value(v)}" for k, v in self.options.items())
+        return f"{self.name}{{{body}}}"
+
+    def validate(self) -> None:
+        try:
+            info = get_pass(self.name)
+        except KeyError as e:
+            raise PipelineError(str(e.args[0])) from None
+        unknown = set(self.options) - set(info.options)
+        if unknown:
+            raise PipelineError(
+                f"pass {self.name!r} has no option(s) {sorted(unknown)}; its options are {sorted(info.options)}"
+            )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    passes: tuple[PassSpec, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(p) for p in self.passes)
+
+    @classmethod
+    def parse(cls, text: str) -> "Pipeline":
+        """Build a pipeline from its textual form; unknown passes or options are errors."""
+        if not isinstance(text, str) or not text.strip():
+            raise PipelineError("a pipeline string names at least one pass, e.g. 'find-linears,insert-lora{rank=8}'")
+        r = Reader(text)
+        specs = []
+        while True:
+            name = r.word()
+            options = r.mapping() if r.peek() == "{" else {}
+            specs.append(PassSpec(name, options))
+            if not r.peek():
+                break
+            r.expect(",")
+        pipeline = cls(tuple(specs))
+        pipeline.validate()
+        return pipeline
+
+    def validate(self) -> None:
+        for spec in self.passes:
+            spec.validate()
