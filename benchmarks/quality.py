@@ -9,11 +9,11 @@ At each (bits, group):
   asymmetric) and HQQ; it has 2-, 4- and 8-bit kernels only, so no 3-bit point;
 - QLoRA: NF4 base + LoRA, distilled once (NF4 depends on neither bits nor group), then
   merged and requantized to INT-bits in groups (the peers' merge) at each point;
-- ours: QA-LoRA over the GPTQ base (the main job's recipe), distilled with float zero
+- ours: QA-LoRA over the GPTQ base (the distillation job's recipe), distilled with float zero
   points (deployed ``split``) and with integer zero points (deployed as is), each trained
   afresh at each point.
 
-Training is ``minilm.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
+Training is ``jobs.encoder.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
 AdamW lr 5e-3 (the job's settings) but a short budget of ``steps`` x ``batch`` sentences,
 the same batches for every method. Quality is the mean and worst cosine of the
 mean-pooled embeddings to fp32 on held-out sentences, computed on the deployed form:
@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +36,11 @@ from types import SimpleNamespace
 import onnx
 import torch
 
-from lowrank_compiler import Policy, compile, compile_info, data, export_onnx, fold, minilm
+from lowrank_compiler import Policy, compile, compile_info, data, export_onnx, fold
+from lowrank_compiler.jobs import encoder
+from lowrank_compiler.jobs.distill import JobConfig
+from lowrank_compiler.pretrained import load_minilm, tokenize
+from lowrank_compiler.runtime.files import commit, staged_file
 from lowrank_compiler.runtime.session import load
 
 from .common import base_linear_bytes, check_settings
@@ -55,7 +58,7 @@ class Settings:
     steps: int = 32  # a short budget: 19 trained runs must fit the suite's 30 minutes
     batch: int = 16
     eval_sentences: int = 256
-    calibration_sentences: int = 512  # GPTQ's statistics, as in the main job
+    calibration_sentences: int = 512  # GPTQ's statistics, as in the distillation job
     ort: bool = True  # onnxruntime's quantizer (needs the fp32 ONNX export)
     hqq: bool = True
     onnx_check: bool = True  # export ours at the first 4-bit point: sizes, and ONNX == PyTorch
@@ -89,16 +92,16 @@ def ort_file(src: Path, dst: Path, bits: int, group: int, algo: str) -> Path:
                                                                   MatMulNBitsQuantizer)
 
     if algo == "default":
-        return minilm.ort_quantize(src, dst, minilm.JobConfig(bits=bits, group_size=group))
+        return encoder.ort_quantize(src, dst, bits=bits, group_size=group)
     for name in ("onnx_ir", "onnxscript", "onnxruntime.quantization"):  # it logs every node it visits
         logging.getLogger(name).setLevel(logging.WARNING)
     q = MatMulNBitsQuantizer(str(src), algo_config=HQQWeightOnlyQuantConfig(block_size=group, bits=bits))
     with warnings.catch_warnings():  # it hands torch a read-only numpy view; harmless here
         warnings.simplefilter("ignore", UserWarning)
         q.process()
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    q.model.save_model_to_file(str(tmp))
-    os.replace(tmp, dst)
+    with staged_file(dst) as tmp:
+        q.model.save_model_to_file(str(tmp))
+        commit(tmp, dst)
     return dst
 
 
@@ -107,26 +110,26 @@ class Sweep:
 
     def __init__(self, s: Settings, work: Path, log):
         self.s, self.work, self.log = s, work, log
-        self.teacher, self.tok = minilm.load_minilm()
+        self.teacher, self.tok = load_minilm()
         self.train, held = data.split()
         self.held = held[: s.eval_sentences]
-        self.cfg = minilm.JobConfig(steps=s.steps, batch=s.batch)
-        self.ref = minilm.torch_embed(self.teacher, self.tok, self.held)
+        self.cfg = JobConfig(steps=s.steps, batch=s.batch)
+        self.ref = encoder.torch_embed(self.teacher, self.tok, self.held)
         self.cached = CachedTeacher(self.teacher)
-        t = minilm.tokenize(self.tok, self.train[:2])
+        t = tokenize(self.tok, self.train[:2])
         self.example, self.kwargs = (t["input_ids"],), {"attention_mask": t["attention_mask"]}
         self.points, self.train_s, self.sizes, self.ort_layers = [], {}, {}, None
         cal = self.train[: s.calibration_sentences]
-        self.calibration = [dict(minilm.tokenize(self.tok, cal[i:i + 32])) for i in range(0, len(cal), 32)]
+        self.calibration = [dict(tokenize(self.tok, cal[i:i + 32])) for i in range(0, len(cal), 32)]
 
     def add(self, method, bits, group, emb, nbytes, weights, **extra) -> None:
-        mean, worst = minilm.cosines(emb, self.ref)
+        mean, worst = encoder.cosines(emb, self.ref)
         self.points.append({"method": method, "bits": bits, "group": group, "mean": mean, "worst": worst,
                             "bpw": 8 * nbytes / weights, **extra})
         self.log(f"  {method}: mean cosine {mean:.4f}, worst {worst:.4f}")
 
     def add_model(self, method, bits, group, model) -> None:
-        self.add(method, bits, group, minilm.torch_embed(model, self.tok, self.held), *base_linear_bytes(model))
+        self.add(method, bits, group, encoder.torch_embed(model, self.tok, self.held), *base_linear_bytes(model))
 
     def student(self, **policy):
         torch.manual_seed(self.cfg.seed)  # the adapters' random init
@@ -137,7 +140,7 @@ class Sweep:
 
     def distil(self, model, label: str) -> None:
         started = time.perf_counter()
-        minilm.distil(model, self.cached, self.tok, self.train, self.cfg, label)
+        encoder.distil(model, self.cached, self.tok, self.train, label=label, **self.cfg.training())
         self.train_s.setdefault(label.split(" ")[0], []).append(time.perf_counter() - started)
 
     def export(self, model, name: str) -> Path:
@@ -149,7 +152,7 @@ class Sweep:
         for algo, label in algos:
             try:
                 path = ort_file(fp32_path, self.work / f"minilm_ort_{algo}_{bits}_{group}.onnx", bits, group, algo)
-                self.add(label, bits, group, minilm.onnx_embed(load(path), self.tok, self.held), *linear_weights(path))
+                self.add(label, bits, group, encoder.onnx_embed(load(path), self.tok, self.held), *linear_weights(path))
             except Exception as e:
                 self.points.append({"method": label, "bits": bits, "group": group, "error": f"{type(e).__name__}: {e}"})
                 continue
@@ -163,12 +166,12 @@ class Sweep:
             self.distil(model, f"QA-LoRA-{zp} INT{bits} g{group}")
             folded = fold(model, zeros="split")
             label = f"QA-LoRA {zp} zeros (ours)"
-            emb = minilm.torch_embed(folded, self.tok, self.held)
+            emb = encoder.torch_embed(folded, self.tok, self.held)
             self.add(label, bits, group, emb, *base_linear_bytes(folded))
             if self.s.onnx_check and bits == 4 and group == self.s.groups[0]:
                 self.log(f"  export {label} to ONNX")
                 path = self.export(folded, f"minilm_ours_{zp}")
-                self.points[-1]["onnx_vs_torch"] = minilm.cosines(minilm.onnx_embed(load(path), self.tok, self.held),
+                self.points[-1]["onnx_vs_torch"] = encoder.cosines(encoder.onnx_embed(load(path), self.tok, self.held),
                                                                   emb)[1]
                 form = "split (trained with float zeros)" if zp == "float" else "integer zeros"
                 self.sizes[f"ours, {form}, INT4 g{group}"] = (file_bytes(path), *linear_weights(path))

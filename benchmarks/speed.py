@@ -28,7 +28,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from lowrank_compiler import export_onnx, minilm
+from lowrank_compiler import export_onnx
+from lowrank_compiler.jobs.encoder import ort_quantize
 from lowrank_compiler.runtime.onnx_export import set_accuracy_level
 
 from . import bench_onnx
@@ -75,7 +76,7 @@ def session(path: Path, level: int, threads: int) -> ort.InferenceSession:
 
 def ort_rtn(src: Path, dst: Path) -> Path:
     logging.getLogger("onnx_ir").setLevel(logging.WARNING)
-    return minilm.ort_quantize(src, dst, minilm.JobConfig(bits=4, group_size=32))  # accuracy level 0
+    return ort_quantize(src, dst, bits=4, group_size=32)  # accuracy level 0
 
 
 def prepare(hidden: int, layers: int, work: Path, log, formats=("int", "split", "qdq")) -> dict[str, Path]:

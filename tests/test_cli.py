@@ -16,7 +16,7 @@ from lowrank_compiler.cli import main
 from models import hf_llama, ids, rel_err
 
 
-def test_demo_prints_the_summary_and_writes_dumps(tmp_path, capsys):
+def test_toy_prints_the_summary_and_writes_dumps(tmp_path, capsys):
     assert main(["toy", "--rank", "4", "--dump-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "blocks.0.attn.q_proj" in out and "12 layer(s) rewritten" in out

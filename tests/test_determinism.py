@@ -13,14 +13,13 @@ import torch
 from torch import nn
 
 import lowrank_compiler as lrc
-from lowrank_compiler.minilm import save_adapters
 from models import train
 
 HERE = Path(__file__).resolve().parent
 
 
 def artifacts(out: Path, formats=("matmulnbits", "qdq")) -> dict[str, str]:
-    """compile (seeded) -> 3 training steps -> adapters.safetensors -> fold -> ONNX; file name -> sha256.
+    """compile (seeded) -> 3 training steps -> save_adapters -> fold -> ONNX; file name -> sha256.
 
     A small MLP with a norm between its layers keeps the export quick (a GPT's takes 5x longer);
     the files still hold every part whose bytes could vary: packed codes, split corrections,
@@ -32,7 +31,7 @@ def artifacts(out: Path, formats=("matmulnbits", "qdq")) -> dict[str, str]:
     x, target = torch.randn(8, 64), torch.randn(8, 32)
     lrc.compile(model, lrc.Policy(method="qalora", target=["0", "3"], group_size=16, rank=4))
     train(model, x, steps=3, loss_fn=lambda m, x: (m(x) - target).pow(2).mean())
-    save_adapters(model, out / "adapters.safetensors")
+    lrc.save_adapters(model, out)
     deployed = lrc.fold(model)
     for fmt in formats:
         lrc.export_onnx(deployed, out / f"{fmt}.onnx", example_inputs=(x[:2],), format=fmt)
@@ -45,7 +44,7 @@ def first(tmp_path_factory):
 
 
 def test_same_files_twice_in_one_process(first, tmp_path):
-    assert set(first) == {"adapters.safetensors", "matmulnbits.onnx", "qdq.onnx"}
+    assert set(first) == {"adapters.safetensors", "adapter_config.json", "matmulnbits.onnx", "qdq.onnx"}
     assert artifacts(tmp_path) == first
 
 

