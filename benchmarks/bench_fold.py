@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import lowrank_compiler as lrc
 from lowrank_compiler.toy import GPTConfig, TinyGPT
+from lowrank_compiler.runtime.formats import FOLD_ZEROS
 
 CONFIG = GPTConfig(vocab_size=512, block_size=128, n_layer=4, n_head=4, n_embd=256)
 
@@ -51,7 +52,7 @@ def measure(steps: int = 50) -> list[tuple[str, float, float]]:
         student.eval()
         with torch.no_grad():
             y = student(eval_x)
-            for zeros in ("split", "float", "round") if policy["method"] == "qalora" else ("split",):
+            for zeros in FOLD_ZEROS if policy["method"] == "qalora" else ("split",):
                 folded = lrc.fold(student, zeros=zeros)
                 err = rel(folded(eval_x), y)
                 worst = max(lrc.compile_info(folded).fold_errors.values())

@@ -41,12 +41,13 @@ from lowrank_compiler.jobs import encoder
 from lowrank_compiler.jobs.distill import JobConfig
 from lowrank_compiler.pretrained import load_minilm, tokenize
 from lowrank_compiler.runtime.files import commit, staged_file
+from lowrank_compiler.runtime.formats import BITS, KERNEL_BITS, ZERO_POINT_MODES, group_size_problem
 from lowrank_compiler.runtime.session import load
 
 from .common import base_linear_bytes, check_settings
 from .onnx_bytes import file_bytes, linear_weights
 
-ORT_BITS = (2, 4, 8)  # MatMulNBits kernels
+ORT_BITS = KERNEL_BITS  # MatMulNBits kernels
 METHODS = ("RTN", "GPTQ", "onnxruntime RTN", "onnxruntime HQQ", "QLoRA merged", "QA-LoRA float zeros (ours)",
            "QA-LoRA int zeros (ours)")
 
@@ -66,9 +67,9 @@ class Settings:
     def __post_init__(self):
         check_settings("quality", bits=self.bits, groups=self.groups, steps=self.steps, batch=self.batch,
                        eval_sentences=self.eval_sentences)
-        if not set(self.bits) <= {2, 3, 4, 8}:
-            raise ValueError(f"quality.bits must be drawn from (2, 3, 4, 8), got {self.bits!r}")
-        if any(g < 16 or g & (g - 1) for g in self.groups):
+        if not set(self.bits) <= set(BITS):
+            raise ValueError(f"quality.bits must be drawn from {BITS}, got {self.bits!r}")
+        if any(group_size_problem(g) for g in self.groups):
             raise ValueError(f"quality.groups must be powers of two >= 16, got {self.groups!r}")
 
 
@@ -161,7 +162,7 @@ class Sweep:
                 self.ort_layers = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(path)).graph.node)
 
     def ours(self, bits: int, group: int) -> None:
-        for zp in ("float", "int"):
+        for zp in ZERO_POINT_MODES:
             model = self.student(method="qalora", bits=bits, group_size=group, zero_point=zp, quantizer="gptq")
             self.distil(model, f"QA-LoRA-{zp} INT{bits} g{group}")
             folded = fold(model, zeros="split")

@@ -20,6 +20,7 @@ from torch import nn
 
 from .manager import PassManager
 from .passes.helpers import graph as G
+from .passes.helpers.moments import calibration_record
 from .pipeline_text import Pipeline
 from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
@@ -94,10 +95,12 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
     if policy.quantizer == "gptq" and calibration is None:
         raise PolicyError("quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, ...]), "
                           "each batch what the model takes, e.g. a tokenizer's output")
-    pipeline = policy.pipeline()
+    batches = list(calibration) if calibration is not None else None
+    pipeline = policy.pipeline(calibration_record(batches) if batches is not None and policy.quantizer == "gptq"
+                               else None)
     gm = trace(model, example_inputs, example_kwargs, trace_mode)
-    if calibration is not None:
-        gm.meta[G.CALIBRATION] = list(calibration)
+    if batches is not None:
+        gm.meta[G.CALIBRATION] = batches
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     manager = PassManager(pipeline, dump_dir=dump_dir)
     try:

@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from .runtime.errors import LowRankError
+from .runtime.formats import ACCURACY_LEVELS, EXPORT_FORMATS, FOLD_ZEROS
 from .runtime.progress import is_quiet, set_quiet
 
 
@@ -111,7 +112,7 @@ def _compile(args) -> int:
 
 
 def _fold(args) -> int:
-    from .compiled_dir import RECORD, folded, load, read_record, save
+    from .compiled_dir import RECORD, fold_compiled, load, read_record, save
     from .runtime.files import staged_dir
     from .runtime.progress import Steps
     from .summary import summary
@@ -121,7 +122,7 @@ def _fold(args) -> int:
     with staged_dir(args.out, RECORD) as tmp, Steps("fold") as steps:
         c = load(args.dir, adapters=args.adapters, on_step=steps.start)
         steps.start("fold")
-        f = folded(c, args.zeros)
+        f = fold_compiled(c, args.zeros)
         steps.start("save")
         save(f, tmp)
     _say(args, summary(f.model))
@@ -130,7 +131,7 @@ def _fold(args) -> int:
 
 
 def _export(args) -> int:
-    from .compiled_dir import folded, load
+    from .compiled_dir import fold_compiled, load
     from .export import export_onnx, inspect_onnx
     from .runtime.lora import AdapterLayer
     from .runtime.progress import Steps
@@ -148,7 +149,7 @@ def _export(args) -> int:
             _note(args, f"{args.dir} holds unfolded adapters: folding them first (zeros={args.zeros}); "
                         f"'lowrank-compiler fold' keeps a folded directory")
             steps.start("fold")
-            c = folded(c, args.zeros)
+            c = fold_compiled(c, args.zeros)
         steps.start("export")
         path = export_onnx(c.model, out, example_inputs=c.example_inputs or (), example_kwargs=c.example_kwargs,
                            format=args.format, accuracy_level=args.accuracy_level)
@@ -206,7 +207,7 @@ MODEL_HELP = ("an HF model directory (config.json + weights, loaded offline), pa
               "(returns an nn.Module or (module, example_inputs)), or minilm (the built-in pretrained MiniLM)")
 
 
-ZEROS = {"choices": ("split", "float", "round"), "default": "split",
+ZEROS = {"choices": FOLD_ZEROS, "default": "split",
          "help": "QA-LoRA zero points after the fold: split (integers + exact correction; default), "
                  "float (exact, slower kernel), round (integers alone, lossy)"}
 ADAPTERS = {"metavar": "ADIR", "help": "first load adapters written by save_adapters (e.g. trained ones)"}
@@ -244,9 +245,9 @@ def _add_dir_commands(sub, quiet) -> None:
                        epilog="example: lowrank-compiler export out/llama-folded --out llama.onnx")
     e.add_argument("dir", metavar="DIR", help="a directory written by 'lowrank-compiler compile' or 'fold'")
     e.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
-    e.add_argument("--format", choices=("matmulnbits", "qdq"), default="matmulnbits",
+    e.add_argument("--format", choices=EXPORT_FORMATS, default="matmulnbits",
                    help="com.microsoft MatMulNBits nodes (default), or standard DequantizeLinear + MatMul")
-    e.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=0,
+    e.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=0,
                    help="MatMulNBits compute precision: 0 fp32 (default) ... 4 int8 activations (faster)")
     e.add_argument("--zeros", **ZEROS)
     e.add_argument("--adapters", **ADAPTERS)

@@ -125,7 +125,7 @@ def save(c: Compiled, directory: Path) -> None:
     write_atomic(directory / RECORD, json.dumps(record, indent=1) + "\n")  # last: it vouches for the rest
 
 
-def folded(c: Compiled, zeros: str = "split", dump_dir=None) -> Compiled:
+def fold_compiled(c: Compiled, zeros: str = "split", dump_dir=None) -> Compiled:
     """``c`` with its adapters folded (``api.fold``); ``c`` itself is left as it is."""
     return replace(c, model=fold(c.model, zeros=zeros, dump_dir=dump_dir), zeros=zeros, record=None)
 
@@ -159,7 +159,7 @@ def load(directory: str | os.PathLike, *, adapters: str | os.PathLike | None = N
     if adapters is not None and record["stage"] != "compiled":
         raise LowRankError(f"{str(directory)!r} is already folded: load adapters into the compiled directory")
     if record["stage"] == "folded":
-        c = folded(c, record.get("zeros") or "split")  # the folded layers' structure; values come next
+        c = fold_compiled(c, record.get("zeros") or "split")  # the folded layers' structure; values come next
     _load_state(c.model, directory, record)
     if adapters is not None:
         load_adapters(c.model, adapters)
@@ -185,5 +185,5 @@ def _load_state(model: nn.Module, directory: Path, record: dict) -> None:
 
 
 # --- writing a directory whole --------------------------------------------------------------
-__all__ = ["Compiled", "build", "folded", "load", "read_record", "rewritten_layers", "save",
+__all__ = ["Compiled", "build", "fold_compiled", "load", "read_record", "rewritten_layers", "save",
            "state_tensors"]

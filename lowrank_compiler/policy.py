@@ -195,8 +195,9 @@ class Policy:
         return json.dumps(self.to_dict(), indent=2)
 
     # --- lowering to passes --------------------------------------------------------
-    def pipeline(self) -> Pipeline:
-        """The pass pipeline that carries out this policy."""
+    def pipeline(self, calibration: Mapping[str, Any] | None = None) -> Pipeline:
+        """The pass pipeline that carries out this policy. ``calibration``: what GPTQ's data
+        was (``{"batches": n, "sha256": ...}``), recorded in the ``calibrate`` pass's options."""
         select = {"target": list(self.target)}
         if self.exclude:
             select["exclude"] = list(self.exclude)
@@ -212,7 +213,7 @@ class Policy:
         }[self.method]
         if self.overrides:
             options["overrides"] = {o.pattern: o.fields() for o in self.overrides}
-        calibrate = (PassSpec("calibrate", {}),) if self.quantizer == "gptq" else ()
+        calibrate = (PassSpec("calibrate", dict(calibration or {})),) if self.quantizer == "gptq" else ()
         return Pipeline((PassSpec("find-linears", select), *calibrate, PassSpec(name, options)))
 
     def fold_pipeline(self, zeros: str = "split") -> Pipeline:

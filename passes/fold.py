@@ -88,7 +88,7 @@ def _check_adapters_finite(gm: fx.GraphModule, names: list[str]) -> None:
 
 
 @register_pass("fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)")
-def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
+def fold_adapters(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
     check_choice(zeros, FOLD_ZEROS, "zeros")
     check_bits(bits)
     calls = G.inlined_calls(gm)
@@ -104,9 +104,9 @@ def fold(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, 
         if not isinstance(layer, AdapterLayer):
             raise TargetError(f"{name} is a {type(layer).__name__}, not an adapter layer")
         if isinstance(layer, QALoRALinear):
-            folded = layer.fold(zeros)
+            folded = layer.folded_layer(zeros)
         else:
-            folded = layer.fold(bits=bits, group_size=group_size)
+            folded = layer.folded_layer(bits=bits, group_size=group_size)
         errors[name] = _probe_error(layer, folded, probe, seed)
         G.swap_module(gm, name, folded)
         form = folded.describe()["zeros"] if hasattr(folded, "describe") else "float"

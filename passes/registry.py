@@ -69,6 +69,12 @@ def register_pass(name: str, summary: str):
     return deco
 
 
+def unregister_pass(name: str) -> None:
+    """Remove the pass ``name`` (a plugin's or a test's); unknown names are an error."""
+    if _REGISTRY.pop(name, None) is None:
+        raise KeyError(f"no pass named {name!r} is registered")
+
+
 def get_pass(name: str) -> PassInfo:
     _load_builtin()
     try:

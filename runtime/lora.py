@@ -91,7 +91,7 @@ class LoRALinear(AdapterLayer):
         yield self.lora_A
         yield self.lora_B
 
-    def fold(self, *, bits: int | None = None, group_size: int | None = None) -> nn.Module:
+    def folded_layer(self, *, bits: int | None = None, group_size: int | None = None) -> nn.Module:
         """Merge ``s B A`` into the base weight; a new module.
 
         Float base: an ``nn.Linear`` with ``W + s B A`` (float arithmetic, no rounding

@@ -49,10 +49,10 @@ class ExportError(LowRankError, ValueError):
     """The model cannot be exported as asked (the message says which layer and what to do)."""
 
 
-def lowering(module: nn.Module, fmt: str) -> str:
-    """How one layer appears in the exported graph."""
+def describe_lowering(module: nn.Module, fmt: str) -> str:
+    """How one layer appears in the exported graph, in words (the metadata's ``layers`` table)."""
     if isinstance(module, QALoRALinear):
-        return f"{lowering(module.base, fmt)} + float QA-LoRA adapter"
+        return f"{describe_lowering(module.base, fmt)} + float QA-LoRA adapter"
     if isinstance(module, LoRALinear):
         return "float MatMul + float LoRA adapter"
     if isinstance(module, IntLinear):
@@ -181,7 +181,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwar
         raise ExportError(str(e)) from None
     check_exportable(model, fmt)
     register_matmulnbits_schema()
-    layers = {n: lowering(m, fmt) for n, m in model.named_modules()
+    layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
               if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
     layers = {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
     table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level)}

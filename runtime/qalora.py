@@ -114,7 +114,7 @@ class QALoRALinear(AdapterLayer):
         c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (self.scale / self.group_size)
         return zero - c / base.scales.double()
 
-    def fold(self, zeros: str = "split") -> IntLinear:
+    def folded_layer(self, zeros: str = "split") -> IntLinear:
         """A new ``IntLinear`` computing this layer: new zero points (and correction) over the
         same codes and scales, shared with the base, not copied (frozen buffers, never written
         in place; ``lrc.fold`` works on a copy of the model anyway)."""

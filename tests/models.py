@@ -108,6 +108,17 @@ def train(model: nn.Module, x: torch.Tensor, steps: int = 50, lr: float = 1e-2, 
     return losses
 
 
+def nudged(model: nn.Module, seed: int = 3, scale: float = 0.3, parts=("lora_A", "lora_B")) -> nn.Module:
+    """Adapters as after training: ``scale`` times seeded noise added to every ``parts`` tensor
+    (B starts at zero, so ``parts=("lora_B",)`` makes the zero points really move); returns the model."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(parts):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| / max |b|."""
     return ((a - b).abs().max() / b.abs().max()).item()

@@ -7,19 +7,9 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.adapters import CONFIG, TENSORS
-from models import hf_llama, ids, output, tiny_gpt
+from models import hf_llama, ids, nudged, output, tiny_gpt
 
 QALORA = lrc.Policy(method="qalora", rank=4, alpha=8, group_size=16)
-
-
-def nudged(model, seed=3):
-    """Adapters as after training: every lora_A and lora_B moved from its initial value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("lora_A", "lora_B")):
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
 
 
 def gpt(policy, seed=0, width=None):

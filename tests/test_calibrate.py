@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.passes.helpers.moments import input_moments
+from lowrank_compiler.passes.helpers.moments import calibration_record, input_moments
 from lowrank_compiler.runtime.int_linear import IntLinear
 from lowrank_compiler.runtime.lora import AdapterLayer
 from models import hf_bert, ids, output, rel_err, tiny_gpt
@@ -29,7 +29,7 @@ def test_gptq_rewrites_the_same_layers_and_lands_closer_to_fp32_on_held_out_text
     assert sum(isinstance(m, IntLinear) for m in gptq.modules()) == 12
     info = lrc.compile_info(gptq)
     assert info.stats["calibrate"] == {"batches": 8, "layers": 12, "missed": 0}
-    assert info.pipeline.startswith("find-linears{target=[all-linear]},calibrate,quantize{")
+    assert info.pipeline.startswith("find-linears{target=[all-linear]},calibrate{batches=8,sha256=")
     e_rtn, e_gptq = rel_mse(output(rtn, HELD_OUT), ref), rel_mse(output(gptq, HELD_OUT), ref)
     assert e_gptq < 0.8 * e_rtn, (e_gptq, e_rtn)  # measured: 0.52x
     # the model keeps its graph, not the batches or the [K, K] statistics
@@ -53,7 +53,6 @@ def test_qalora_over_gptq_starts_equal_to_its_base_and_folds_exactly():
 
 def test_padding_is_left_out_of_the_statistics():
     lin = torch.nn.Linear(8, 4)
-    model = torch.nn.Sequential(lin)
 
     class Wrap(torch.nn.Module):
         def __init__(self):
@@ -69,7 +68,6 @@ def test_padding_is_left_out_of_the_statistics():
     real = x[mask.bool()]  # (8, K)
     assert n == 1
     torch.testing.assert_close(moments["fc"], real.T @ real / len(real))
-    assert model is not None
 
 
 def test_training_flags_are_restored_after_calibration():
@@ -106,3 +104,20 @@ def test_policy_with_gptq_round_trips():
     p = lrc.Policy(method="qalora", quantizer="gptq", bits=3, group_size=64)
     assert lrc.Policy.from_dict(p.to_dict()) == p
     assert lrc.Pipeline.parse(str(p.pipeline())) == p.pipeline()
+
+
+def test_the_pipeline_text_says_what_gptq_ran_on_and_reruns_only_on_that(tmp_path):
+    model = compiled("gptq")
+    text = (lrc.compile_info(model).pipeline)
+    record = calibration_record(CAL)
+    assert f"calibrate{{batches=8,sha256={record['sha256']}}}" in text
+    assert calibration_record([c.clone() for c in CAL]) == record  # the bytes, not the objects
+    assert calibration_record(CAL[:-1] + [ids(4, 16, seed=1)])["sha256"] != record["sha256"]
+    again = lrc.compile(tiny_gpt(), lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=CAL,
+                        dump_dir=tmp_path)
+    assert (tmp_path / "pipeline.txt").read_text().strip() == text
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    gm = lrc.trace(tiny_gpt())
+    gm.meta["lowrank_compiler.calibration"] = CAL[:4]  # other data than the text recorded
+    with pytest.raises(lrc.PolicyError, match=r"calibration data \(4 batches.*not what this pipeline recorded"):
+        lrc.PassManager(text).run(gm)

@@ -13,7 +13,7 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler import compiled_dir
 from lowrank_compiler.cli import main
-from models import hf_llama, ids, rel_err
+from models import hf_llama, ids, nudged, rel_err
 
 
 def test_toy_prints_the_summary_and_writes_dumps(tmp_path, capsys):
@@ -90,15 +90,6 @@ def one_line_error(code: int, err: str) -> str:
     return lines[0]
 
 
-def nudge(model, seed=3):
-    """Adapters as after training: every lora_A and lora_B moved."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("lora_A", "lora_B")):
-                p.add_(torch.randn(p.shape, generator=g) * 0.3)
-
-
 def test_every_command_has_help(capsys):
     for command in COMMANDS:
         with pytest.raises(SystemExit) as e:
@@ -124,7 +115,7 @@ def test_compile_fold_export_inspect_chain_on_an_hf_model(tmp_path):
         files(tmp_path / "compiled"))
 
     trained = compiled_dir.load(tmp_path / "compiled").model  # training happens in Python, between commands
-    nudge(trained)
+    nudged(trained)
     lrc.save_adapters(trained, tmp_path / "trained")
     r = cli("fold", "compiled", "--adapters", "trained", "--out", "folded", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -218,7 +209,7 @@ def mlp(tmp_path, capsys):
 def test_fold_and_export_of_trained_adapters_in_process(mlp, capsys):
     tmp_path, _ = mlp
     trained = compiled_dir.load(tmp_path / "c").model
-    nudge(trained)
+    nudged(trained)
     lrc.save_adapters(trained, tmp_path / "a")
     code, out, err = run_main(capsys, "export", tmp_path / "c", "--adapters", tmp_path / "a", "--format", "qdq",
                               "--out", tmp_path / "m.onnx")

@@ -8,26 +8,16 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import load
 from lowrank_compiler.runtime.onnx_export import ExportError
-from models import hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
+from models import hf_bert, hf_gpt2, hf_llama, ids, nudged, output, tiny_gpt
 
 NEW_SHAPES = [(1, 5), (3, 13)]  # export uses (2, 8)
-
-
-def nudged(model):
-    """Non-trivial adapters, as after training: zero points really move."""
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
 
 
 def compiled(build, zero_point="float", hf=False):
     model = build()
     lrc.compile(model, lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4),
                 example_inputs=(ids(),) if hf else None)
-    return nudged(model)
+    return nudged(model, scale=0.5, parts=("lora_B",))
 
 
 def first(out):
@@ -200,7 +190,7 @@ def test_eight_bit_float_zeros_export_in_the_exact_split_form(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 24))
     lrc.compile(model, lrc.Policy(method="qalora", target=["0"], bits=8, group_size=16, rank=2))
-    deployed = lrc.fold(nudged(model), zeros="float")
+    deployed = lrc.fold(nudged(model, scale=0.5, parts=("lora_B",)), zeros="float")
     assert deployed[0].float_zeros
     path = lrc.export_onnx(deployed, tmp_path / "m.onnx", example_inputs=(torch.randn(2, 64),))
     node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulNBits")

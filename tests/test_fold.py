@@ -175,7 +175,7 @@ def test_group_space_identities(qalora_float):
         assert rel_err(via.float(), y) <= 1e-6
         index = torch.tensor([0, 3, layer.out_features - 1])
         assert rel_err(layer.base.rows(index)(x), layer.base(x)[:, index]) <= 1e-6
-        folded = layer.fold("split")
+        folded = layer.folded_layer("split")
         w = folded.dequantize().double() + folded.correction.double().T.repeat_interleave(g, 1)  # (N, K)
         codes_part = w - folded.group_offset().repeat_interleave(g, 1)  # scales * q
         from lowrank_compiler.runtime.quant import unpack_codes

@@ -161,3 +161,27 @@ def test_a_policy_imports_no_pass_manager_exporter_or_onnxruntime():
     for heavy in ("lowrank_compiler.manager", "lowrank_compiler.runtime.onnx_export", "onnxruntime",
                   "lowrank_compiler.passes.export_onnx"):
         assert heavy not in closure, f"building a Policy imports {heavy}"
+
+
+# Each format fact has one definition (runtime/formats.py); these literals anywhere else are copies
+# that could drift apart. The split correction's formula is matched by its shape.
+STRAY = {
+    r"\(2, 3, 4, 8\)": "BITS", r"\(2, 4, 8\)": "KERNEL_BITS", r'"rtn", "gptq"|"gptq", "rtn"': "QUANTIZERS",
+    r'\("float", "int"\)': "ZERO_POINT_MODES", r'"split", "float", "round"': "FOLD_ZEROS",
+    r'"matmulnbits", "qdq"': "EXPORT_FORMATS", r"\(0, 1, 2, 3, 4\)": "ACCURACY_LEVELS",
+    r'=\s*"lowrank_compiler"\s*$': "METADATA_KEY", r"\.T\.to\(torch\.float32\)": "split_correction",
+    r"& \(\w+ - 1\)": "group_size_problem",
+}
+
+
+def test_each_format_fact_is_defined_once():
+    stray = []
+    for layer in (*LAYERS, "benchmarks", "examples"):
+        for path in sources(layer):
+            if path == ROOT / "runtime" / "formats.py":
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for pattern, name in STRAY.items():
+                    if re.search(pattern, line):
+                        stray.append(f"{path.relative_to(ROOT)}:{number}: a copy of formats.{name}: {line.strip()}")
+    assert not stray, "\n".join(stray)

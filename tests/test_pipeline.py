@@ -12,26 +12,38 @@ from lowrank_compiler import (
     trace,
 )
 from lowrank_compiler.pipeline_text import format_value, parse_value
-from lowrank_compiler.passes import PassResult, get_pass, register_pass, registered_passes
+from lowrank_compiler.passes import PassResult, get_pass, register_pass, registered_passes, unregister_pass
 from models import ids, tiny_gpt
 
 
-@register_pass("test-break-graph", "test only: leave a get_attr pointing at nothing")
 def _break_graph(gm, *, attr="missing_weight"):
     gm.graph.create_node("get_attr", attr)
     return PassResult(gm, True, {})
 
 
-@register_pass("test-raise", "test only: raise")
 def _raise(gm, *, value=False):
     if value:
         raise ValueError("bad value option")
     raise RuntimeError("boom")
 
 
-@register_pass("test-noop", "test only: change nothing")
 def _noop(gm):
     return PassResult(gm, False, {"seen": len(gm.graph.nodes)})
+
+
+TEST_PASSES = {"test-break-graph": ("test only: leave a get_attr pointing at nothing", _break_graph),
+               "test-raise": ("test only: raise", _raise), "test-noop": ("test only: change nothing", _noop)}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def test_passes():
+    """This module's passes, registered while its tests run and removed after (the registry is global)."""
+    for name, (summary, fn) in TEST_PASSES.items():
+        register_pass(name, summary)(fn)
+    yield
+    for name in TEST_PASSES:
+        unregister_pass(name)
+    assert not set(TEST_PASSES) & set(registered_passes())
 
 
 @pytest.mark.parametrize(

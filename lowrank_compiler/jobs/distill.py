@@ -140,7 +140,7 @@ def run(cfg: JobConfig, log=print) -> dict:
         export(student("rtn"), "rtn_int4")
         rows["RTN INT4 (no training)"] = cosines(onnx_embed(load(files["rtn_int4"]), tokenizer, eval_text), ref)
         if cfg.quantizer == "gptq":
-            export(student("rtn", "gptq"), "gptq_int4")
+            export(student("rtn", quantizer="gptq"), "gptq_int4")
             rows["GPTQ INT4 (no training)"] = cosines(onnx_embed(load(files["gptq_int4"]), tokenizer, eval_text), ref)
         files["ort_int4"] = ort_quantize(files["fp32"], out / "ort_int4.onnx", bits=cfg.bits,
                                          group_size=cfg.group_size)

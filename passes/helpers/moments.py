@@ -12,6 +12,7 @@ they would outweigh it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable, Mapping
 
 import torch
@@ -26,6 +27,27 @@ def _call(model: nn.Module, batch):
     if isinstance(batch, (tuple, list)):
         return model(*batch)
     return model(batch)
+
+
+def calibration_record(batches: list) -> dict:
+    """``{"batches": n, "sha256": ...}``: what the calibration data was, for the pipeline text.
+
+    The digest covers every batch in order: each tensor's name (a dict key or position),
+    dtype, shape and bytes; other values by ``repr``. Two runs calibrated on the same data
+    print the same pipeline; a run on other data fails the ``calibrate`` pass's check."""
+    h = hashlib.sha256()
+    for batch in batches:
+        items = sorted(batch.items()) if isinstance(batch, Mapping) else (
+            enumerate(batch) if isinstance(batch, (tuple, list)) else [(0, batch)])
+        h.update(b"batch|")
+        for key, value in items:
+            if isinstance(value, torch.Tensor):
+                t = value.detach().to("cpu").contiguous()
+                h.update(f"{key}|{t.dtype}|{list(t.shape)}|".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                h.update(f"{key}|{value!r}|".encode())
+    return {"batches": len(batches), "sha256": h.hexdigest()}
 
 
 def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable) -> tuple[dict, int]:
