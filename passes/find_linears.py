@@ -6,7 +6,8 @@ nodes), plus functional ``F.linear`` calls on a raw parameter, which are reporte
 cannot be rewritten (no module to swap). Selection rules:
 
 - ``target=all-linear`` selects every linear layer except the output head
-  (``get_output_embeddings()`` or a layer named ``lm_head``), as PEFT does;
+  (``get_output_embeddings()``, a layer named ``lm_head``, or one whose weight is tied to an
+  ``nn.Embedding``'s), as PEFT does;
 - other patterns (see ``runtime.select``) must each match at least one layer, and an
   ``exclude`` pattern must match at least one layer: a typo is an error, not a no-op.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -47,6 +49,11 @@ def _output_heads(model: nn.Module | None) -> set[str]:
             head = None
         if isinstance(head, nn.Module):
             heads |= {name for name, m in model.named_modules() if m is head}
+    # a hand-written model's head tied to its embedding (``head.weight = emb.weight``, nanoGPT)
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    heads |= {name for name, m in model.named_modules()
+              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in tables and
+              not isinstance(m, nn.Embedding)}
     return heads
 
 

@@ -71,10 +71,45 @@ def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
     for root in (model, gm) if model is not None and model is not gm else (gm,):
         # every name the module is reachable by (``self.b = self.a``), so no alias keeps the old layer
         aliases = [n for n, m in root.named_modules(remove_duplicate=False) if m is old and n] or [name]
+        if root is gm:
+            _repoint_shared_tensors(gm, old, aliases)
         for alias in dict.fromkeys(aliases):
             root.set_submodule(alias, new)
             journal.append((root, alias, old))
     return old
+
+
+def _repoint_shared_tensors(gm: fx.GraphModule, old: nn.Module, aliases: list[str]) -> None:
+    """Keep other ops' reads of ``old``'s tensors working once ``old`` is replaced.
+
+    A tied weight (``head.weight = emb.weight``) is one tensor with two owners; torch.export
+    names it once, so the embedding's lookup may read ``get_attr head.weight``. Such nodes
+    are pointed at another owner of the same tensor outside ``old`` (``emb.weight``), or,
+    where there is none, at the tensor itself kept on the graph module's root."""
+    prefixes = tuple(f"{a}." for a in aliases)
+    reads = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target.startswith(prefixes)]
+    if not reads:
+        return
+    owners: dict[int, str] = {}
+    for path, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+        if not path.startswith(prefixes):
+            owners.setdefault(id(tensor), path)
+    for node in reads:
+        prefix = next(p for p in prefixes if node.target.startswith(p))
+        tensor = old
+        for part in node.target[len(prefix):].split("."):
+            tensor = getattr(tensor, part)
+        target = owners.get(id(tensor))
+        if target is None:  # no other owner: keep this tensor on the root, under a name of its own
+            target = "shared_" + node.target.replace(".", "_")
+            while hasattr(gm, target):
+                target += "_"
+            if isinstance(tensor, nn.Parameter):
+                gm.register_parameter(target, tensor)
+            else:
+                gm.register_buffer(target, tensor)
+            owners[id(tensor)] = target
+        node.target = target
 
 
 def undo_swaps(gm: fx.GraphModule, since: int = 0) -> None:
