@@ -16,6 +16,7 @@ from .errors import (
     TraceError,
 )
 from .export import OnnxReport, export_onnx, inspect_onnx
+from .genai import export_genai
 from .lint import lint
 from .manager import PassManager
 from .passes.helpers.select import TargetError
@@ -57,6 +58,7 @@ __all__ = [
     "TraceError",
     "compile",
     "compile_info",
+    "export_genai",
     "export_onnx",
     "inspect_onnx",
     "OnnxReport",

@@ -116,10 +116,10 @@ def staged_dir(out: str | os.PathLike, marker: str) -> Iterator[Path]:
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputError(f"output directory {str(out)!r} exists and is a file; pass --out with a directory")
+        raise OutputError(f"output directory {str(out)!r} exists and is a file; name a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise OutputError(f"output directory {str(out)!r} is not empty and holds no {marker}: pass --out with a "
-                          f"new or empty directory")
+        raise OutputError(f"output directory {str(out)!r} is not empty and holds no {marker}, so this package did "
+                          f"not write it: name a new or empty directory")
     created = _first_missing(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +127,8 @@ def staged_dir(out: str | os.PathLike, marker: str) -> Iterator[Path]:
     except OSError as e:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        raise OutputError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
-                          f"writable directory") from None
+        raise OutputError(f"cannot write to output directory {str(out)!r}: {e.strerror}; name a writable "
+                          f"directory") from None
     try:
         yield tmp
         _commit_dir(tmp, out)

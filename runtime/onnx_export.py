@@ -172,42 +172,59 @@ def check_destination(path) -> Path:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages for terminals
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
-                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
-    path = check_destination(path)
+def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
+    """Each integer, adapter or float linear layer (outermost only) -> how it is lowered."""
+    layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
+              if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
+    return {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
+
+
+def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic_shapes=None, input_names=None, output_names=None,
+                 meta: dict | None = None, what: str = "") -> onnx.ModelProto:
+    """``model(*args, **kwargs)`` as an ONNX graph: checks, the split form where float zeros
+    cannot go, eval mode, every ``int_linear`` as MatMulNBits, QDQ lowering for ``fmt="qdq"``,
+    and the metadata (``meta`` plus the format, level and layer table). Nothing is written."""
     try:
         check_accuracy_level(accuracy_level)
     except ValueError as e:
         raise ExportError(str(e)) from None
     check_exportable(model, fmt)
     register_matmulnbits_schema()
-    layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
-              if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
-    layers = {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
+    layers = layer_table(model, fmt)
     table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level)}
-    with _prepared(model, fmt):
-        shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
-        with _quiet():
-            try:
-                program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
-                                            custom_translation_table=table, dynamic_shapes=shapes, optimize=True)
-            except Exception as e:
-                text = _ANSI.sub("", str(e)).strip()
-                first = text.splitlines()[0] if text else type(e).__name__
-                raise ExportError(f"torch.onnx export of {type(model).__name__} failed: {first}. Check that the "
-                                  f"example inputs run the model; with dynamic=True, use batch and sequence "
-                                  f"sizes of at least 2") from e
+    with _prepared(model, fmt), torch.no_grad(), _quiet():
+        try:
+            program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
+                                        custom_translation_table=table, dynamic_shapes=dynamic_shapes,
+                                        input_names=input_names, output_names=output_names, optimize=True)
+        except Exception as e:
+            text = _ANSI.sub("", str(e)).strip()
+            first = text.splitlines()[0] if text else type(e).__name__
+            raise ExportError(f"torch.onnx export of {type(model).__name__}{what} failed: {first}. Check that the "
+                              f"example inputs run the model; with dynamic=True, use batch and sequence "
+                              f"sizes of at least 2") from e
     proto = program.model_proto
-    if dynamic:
-        name_dynamic_dims(proto)
     if fmt == "qdq":
         lower_to_qdq(proto)
-    meta = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers,
-            "targets": sorted(targets if targets is not None else layers)}
+    record = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers, **(meta or {})}
+    record.setdefault("targets", sorted(layers))
     kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta, sort_keys=True))
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(record, sort_keys=True))
+    return proto
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+    path = check_destination(path)
+    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+    meta = {"targets": sorted(targets)} if targets is not None else None
+    proto = export_proto(model, args, kwargs, fmt=fmt, accuracy_level=accuracy_level, dynamic_shapes=shapes,
+                         meta=meta)
+    if dynamic:
+        name_dynamic_dims(proto)
     write_model(proto, path)
     return path
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .formats import BITS, group_size_problem, qmax
+from .formats import BITS, MIN_GROUP, group_size_problem, qmax
 
 
 def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> str | None:
@@ -35,7 +35,7 @@ def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> 
     if bits not in BITS:
         return f"{name}: bits={bits} is not one of {BITS}"
     if group_size_problem(group_size):
-        return f"{name}: group_size {group_size_problem(group_size)}"
+        return f"{name}: group_size={group_size} is not a power of two >= {MIN_GROUP}"
     n, k = weight.shape
     if group_size > k:
         return f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"

@@ -114,5 +114,11 @@ _DTYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(fl
 
 
 def load(path: str | os.PathLike, providers: list[str] | None = None, *, accuracy_level: int | None = None,
-         threads: int | None = None) -> Session:
+         threads: int | None = None):
+    """A ``Session`` for an ONNX file; for a folder ``export_genai`` wrote (``genai_config.json``,
+    ``model.onnx``), a ``generate.DecoderSession``: the KV-cache loop, with ``.generate``."""
+    if Path(path).is_dir():
+        from .generate import DecoderSession
+
+        return DecoderSession(path, providers, threads=threads, accuracy_level=accuracy_level)
     return Session(path, providers, accuracy_level, threads)

@@ -1,0 +1,314 @@
+"""``export_genai``: an HF causal LM (float, or compiled and folded) to a folder that
+onnxruntime-genai loads: ``model.onnx`` with a KV cache, ``genai_config.json``, tokenizer files.
+
+The graph: a wrapper module takes ``(input_ids, attention_mask, position_ids, *past)``,
+puts the past tensors into a ``transformers.DynamicCache`` (``cache.update(k, v, layer)``),
+calls the model with ``past_key_values=cache, use_cache=True`` and returns the logits
+(``[batch, seq, vocab]``, every position) and each layer's present key and value. It is
+exported with ``torch.onnx.export(dynamo=True)``; each ``IntLinear`` becomes one
+``com.microsoft::MatMulNBits`` node, as in ``export_onnx``. Free axes: batch, seq (new
+tokens), total (attention mask: past + new) and past; a first step takes a past of length 0.
+
+Names (onnxruntime-genai's defaults): inputs ``input_ids``, ``attention_mask``,
+``position_ids`` (int64), ``past_key_values.{i}.key`` / ``.value``
+(``[batch, kv_heads, past, head_size]``); outputs ``logits``, ``present.{i}.key`` /
+``.value``. GPT-2 (``type: "gpt2"``, its own code path in onnxruntime-genai) takes one
+combined tensor per layer instead: ``past_{i}`` -> ``present_{i}``, ``[2, batch, kv_heads,
+past, head_size]`` (key, value).
+
+``search.past_present_share_buffer`` is false: the graph concatenates past and new keys
+(a true value needs an op that writes into a max-length buffer, as GroupQueryAttention does).
+
+The folder is staged beside ``out_dir`` and renamed into place at the end
+(``runtime.files.staged_dir``); an existing folder is replaced only when this function
+wrote it (its ``lowrank_compiler.json`` says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .api import compile_info
+from .runtime.files import staged_dir, write_atomic
+from .runtime.formats import check_accuracy_level
+from .runtime.lora import AdapterLayer
+from .runtime.onnx_export import ExportError, check_exportable, export_proto, layer_table, write_model
+
+MARKER = "lowrank_compiler.json"
+MODEL_FILE = "model.onnx"
+GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
+               "gpt2": "gpt2", "gemma": "gemma", "gemma2": "gemma2"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+
+
+def genai_type(config) -> str:
+    """onnxruntime-genai's ``model.type`` for an HF config; ``decoder`` (generic) when it has no own."""
+    return GENAI_TYPES.get(getattr(config, "model_type", None), "decoder")
+
+
+def _dims(config) -> tuple[int, int, int, int]:
+    """(layers, attention heads, kv heads, head size) of an HF decoder config."""
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    if not (layers and heads and hidden):
+        raise ExportError(f"cannot read layers/heads/hidden size from {type(config).__name__}: export_genai takes "
+                          f"an HF decoder-only causal LM (Llama, Mistral, Qwen2, Phi-3, GPT-2, ...)")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_size = getattr(config, "head_dim", None) or hidden // heads
+    return int(layers), int(heads), int(kv_heads), int(head_size)
+
+
+class CachedDecoder(nn.Module):
+    """``model`` as a function of the inputs and the past; returns logits and the presents.
+
+    ``combined``: one ``[2, batch, kv_heads, seq, head]`` tensor per layer (GPT-2's form in
+    onnxruntime-genai) instead of a key and a value.
+    """
+
+    def __init__(self, model: nn.Module, layers: int, combined: bool = False):
+        super().__init__()
+        self.model, self.layers, self.combined = model, layers, combined
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(self.layers):
+            if self.combined:
+                key, value = past[i][0], past[i][1]
+            else:
+                key, value = past[2 * i], past[2 * i + 1]
+            cache.update(key, value, i)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True, return_dict=True)
+        presents = out.past_key_values
+        result = [out.logits]
+        for i in range(self.layers):
+            layer = presents.layers[i]
+            result.extend([torch.stack([layer.keys, layer.values])] if self.combined else [layer.keys, layer.values])
+        return tuple(result)
+
+
+def io_names(layers: int, combined: bool) -> tuple[list[str], list[str]]:
+    if combined:
+        past = [f"past_{i}" for i in range(layers)]
+        present = [f"present_{i}" for i in range(layers)]
+    else:
+        past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+        present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def example_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, head_size: int, vocab: int,
+                 combined: bool, dtype: torch.dtype) -> tuple:
+    """One call's arguments: ``seq`` new tokens after ``past`` cached ones (sizes >= 2: they stay free)."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    pos = torch.arange(past, past + seq).expand(batch, seq).contiguous()
+    shape = (batch, kv_heads, past, head_size)
+    if combined:
+        kv = [torch.randn(2, *shape, generator=g, dtype=dtype) for _ in range(layers)]
+    else:
+        kv = [torch.randn(shape, generator=g, dtype=dtype) for _ in range(2 * layers)]
+    return (ids, mask, pos, *kv)
+
+
+def _dynamic_shapes(layers: int, combined: bool):
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    total, past = torch.export.Dim("total"), torch.export.Dim("past")
+    kv = {1: batch, 3: past} if combined else {0: batch, 2: past}
+    # by the forward's parameters: the *past varargs are one entry, a tuple (not a list)
+    return ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+            tuple(dict(kv) for _ in range(layers if combined else 2 * layers)))
+
+
+def _token_ids(model: nn.Module):
+    """bos, eos (an int or a list), pad: the generation config first, then the model config."""
+    config = model.config
+    gen = getattr(model, "generation_config", None)
+
+    def pick(name):
+        for source in (gen, config):
+            value = getattr(source, name, None) if source is not None else None
+            if value is not None:
+                return value
+        return None
+
+    bos, eos, pad = pick("bos_token_id"), pick("eos_token_id"), pick("pad_token_id")
+    if isinstance(eos, (list, tuple)) and len(eos) == 1:
+        eos = eos[0]
+    if pad is None:
+        pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return bos, eos, pad
+
+
+def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int = 4,
+                 filename: str = MODEL_FILE) -> dict:
+    """The folder's ``genai_config.json``. Session options that onnxruntime-genai does not know
+    by name pass to onnxruntime as config entries: ``session.qdq_matmulnbits_accuracy_level``
+    keeps a QDQ file at its accuracy level (onnxruntime fuses DequantizeLinear + MatMul into
+    MatMulNBits and otherwise computes those at level 4, int8 activations)."""
+    config = model.config
+    kind = genai_type(config)
+    layers, heads, kv_heads, head_size = _dims(config)
+    bos, eos, pad = _token_ids(model)
+    combined = kind == "gpt2"
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids"}
+    outputs = {"logits": "logits"}
+    if combined:
+        inputs["past_names"], outputs["present_names"] = "past_%d", "present_%d"
+    else:
+        inputs["past_key_names"], inputs["past_value_names"] = "past_key_values.%d.key", "past_key_values.%d.value"
+        outputs["present_key_names"], outputs["present_value_names"] = "present.%d.key", "present.%d.value"
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
+    model_section = {
+        "type": kind,
+        "vocab_size": int(config.vocab_size),
+        "context_length": int(context_length),
+        "decoder": {
+            "session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
+                                "session.qdq_matmulnbits_accuracy_level": str(accuracy_level)},
+            "filename": filename,
+            "head_size": head_size,
+            "hidden_size": int(hidden),
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "num_hidden_layers": layers,
+            "inputs": inputs,
+            "outputs": outputs,
+        },
+    }
+    for key, value in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)):
+        if value is not None:
+            model_section[key] = value
+    search = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": int(context_length),
+              "min_length": 0, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0,
+              "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0, "early_stopping": True,
+              "past_present_share_buffer": False}
+    return {"model": model_section, "search": search}
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise ExportError(f"export_genai takes an HF causal LM (a transformers PreTrainedModel with a .config), "
+                          f"got {type(model).__name__}")
+    adapters = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    if adapters:
+        raise ExportError(f"{len(adapters)} layer(s) still hold adapters ({', '.join(adapters[:3])}): "
+                          f"lowrank_compiler.fold(model) first")
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ExportError("export_genai takes a decoder-only model; encoder-decoder models are not supported")
+
+
+def _write_tokenizer(tokenizer, stage: Path) -> list[str]:
+    if isinstance(tokenizer, (str, os.PathLike)):
+        src = Path(tokenizer)
+        if not src.is_dir():
+            raise ExportError(f"tokenizer {str(src)!r} is not a folder")
+        copied = []
+        for name in TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, stage / name)
+                copied.append(name)
+    elif hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(stage))
+        copied = [name for name in TOKENIZER_FILES if (stage / name).is_file()]
+    else:
+        raise ExportError(f"tokenizer must be an HF tokenizer or its folder, got {type(tokenizer).__name__}")
+    missing = [n for n in ("tokenizer.json", "tokenizer_config.json") if n not in copied]
+    if missing:
+        raise ExportError(f"onnxruntime-genai's tokenizer needs {missing}; the tokenizer given has "
+                          f"{copied or 'no tokenizer files'} (save a fast tokenizer)")
+    return copied
+
+
+def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs=None, tokenizer=None,
+                 format: str = "matmulnbits", accuracy_level: int = 4, context_length: int | None = None) -> Path:
+    """Write ``model`` (an HF causal LM, float or compiled and folded) as an onnxruntime-genai folder.
+
+    example_inputs: ``(batch, seq, past)`` sizes for the traced call (default ``(2, 3, 4)``;
+        each >= 2 so that they stay free axes). Token values do not matter.
+    tokenizer: an HF (fast) tokenizer or its folder: its files go into the folder
+        (onnxruntime-genai needs ``tokenizer.json`` and ``tokenizer_config.json``).
+    accuracy_level: MatMulNBits' compute precision (0: fp32; 4: int8 activations, faster).
+    context_length: the longest sequence (prompt + new tokens); default the model's
+        ``max_position_embeddings`` (``n_positions`` for GPT-2).
+    Returns the folder's path.
+    """
+    _check_model(model)
+    out_dir = Path(out_dir)
+    try:
+        check_accuracy_level(accuracy_level)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    check_exportable(model, format)
+    config = model.config
+    if context_length is None:
+        context_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        if context_length is None:
+            raise ExportError("the model's config has no max_position_embeddings: pass context_length=")
+    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+        raise ExportError(f"context_length must be a positive integer, got {context_length!r}")
+    sizes = (2, 3, 4) if example_inputs is None else tuple(example_inputs)
+    if len(sizes) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in sizes):
+        raise ExportError(f"example_inputs must be (batch, seq, past), each an integer >= 2, got {example_inputs!r}")
+    layers, _, kv_heads, head_size = _dims(config)
+    kind = genai_type(config)
+    combined = kind == "gpt2"
+    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    args = example_call(*sizes, layers, kv_heads, head_size, int(config.vocab_size), combined, dtype)
+    input_names, output_names = io_names(layers, combined)
+    info = compile_info(model)
+    layers_meta = layer_table(model, format)
+    meta = {"writer": "lowrank_compiler.export_genai", "type": kind, "layers": layers_meta,
+            "targets": sorted(op.name for op in info.linears if op.status == "selected") if info else sorted(layers_meta)}
+    with staged_dir(out_dir, MARKER) as stage:
+        proto = export_proto(CachedDecoder(model, layers, combined), args, fmt=format, accuracy_level=accuracy_level,
+                             dynamic_shapes=_dynamic_shapes(layers, combined), input_names=input_names,
+                             output_names=output_names, meta=meta, what=" with a KV cache")
+        _name_dims(proto, layers, combined)
+        write_model(proto, stage / MODEL_FILE)
+        write_atomic(stage / "genai_config.json", json.dumps(gconfig, indent=2) + "\n")
+        files = [MODEL_FILE, "genai_config.json"]
+        if tokenizer is not None:
+            files += _write_tokenizer(tokenizer, stage)
+        record = {"writer": "lowrank_compiler.export_genai", "format": format, "accuracy_level": accuracy_level,
+                  "type": kind, "architecture": type(model).__name__, "files": files}
+        write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def _name_dims(proto, layers: int, combined: bool) -> None:
+    """The exporter's symbols (``s72``) become ``batch``, ``seq``, ``total`` and ``past``."""
+    rename = {}
+    kv_axes = (1, 3) if combined else (0, 2)
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name == "input_ids":
+            labels = {0: "batch", 1: "seq"}
+        elif value.name == "attention_mask":
+            labels = {0: "batch", 1: "total"}
+        elif value.name.startswith("past"):
+            labels = {kv_axes[0]: "batch", kv_axes[1]: "past"}
+        else:
+            continue
+        for axis, label in labels.items():
+            if dims[axis].dim_param and dims[axis].dim_param not in rename:
+                rename[dims[axis].dim_param] = label
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+__all__ = ["CachedDecoder", "export_genai", "genai_config", "genai_type"]
