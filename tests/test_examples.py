@@ -36,3 +36,11 @@ def test_minilm_example_short_setting(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| QA-LoRA over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
     assert (tmp_path / "adapters" / "adapters.safetensors").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()  # trace, find-linears, calibrate, insert-qalora, fold
+
+
+def test_decoder_genai_example_generates_the_folded_models_tokens(tmp_path, capsys):
+    result = load("decoder_genai").main(["--steps", "8", "--new-tokens", "16", "--out", str(tmp_path / "genai")])
+    assert result["ours"] == result["torch"]  # fp32 compute (accuracy level 0): the same greedy tokens
+    if result["onnxruntime_genai"] is not None:
+        assert result["onnxruntime_genai"] == result["torch"][:len(result["onnxruntime_genai"])]
+    assert (tmp_path / "genai" / "genai_config.json").is_file()
