@@ -16,8 +16,16 @@ Names (onnxruntime-genai's defaults): inputs ``input_ids``, ``attention_mask``,
 combined tensor per layer instead: ``past_{i}`` -> ``present_{i}``, ``[2, batch, kv_heads,
 past, head_size]`` (key, value).
 
-``search.past_present_share_buffer`` is false: the graph concatenates past and new keys
-(a true value needs an op that writes into a max-length buffer, as GroupQueryAttention does).
+``attention``: ``"plain"`` is the graph above, and ``search.past_present_share_buffer`` is
+false (the graph concatenates past and new keys). ``"gqa"`` (``genai_attention.py``) lowers each
+attention core to one ``com.microsoft::GroupQueryAttention`` over a shared max-length buffer
+(``past_present_share_buffer: true``; past and present ``[batch, kv_heads, max_length,
+head_size]``, one buffer bound as both), rotary inside the op, no ``position_ids`` input, q/k/v
+fused into one projection where they match, RMSNorm as ``SimplifiedLayerNormalization`` and
+residual Add + norm fused into ``SkipSimplifiedLayerNormalization`` (``runtime.onnx_fusions``).
+``"auto"``: ``"gqa"`` for the rotary decoders it handles (Llama, Mistral, Qwen2, Phi-3 with a
+fixed rope table), else ``"plain"`` (GPT-2, anything else); the choice and the reason go into
+``lowrank_compiler.json``.
 
 The folder is staged beside ``out_dir`` and renamed into place at the end
 (``runtime.files.staged_dir``); an existing folder is replaced only when this function
@@ -35,13 +43,17 @@ import torch
 from torch import nn
 
 from .api import compile_info
+from .genai_attention import fused_attention, gqa_unsupported
+from .runtime.attention_onnx import attention_translations
 from .runtime.files import staged_dir, write_atomic
 from .runtime.formats import check_accuracy_level
 from .runtime.lora import AdapterLayer
 from .runtime.onnx_export import ExportError, check_exportable, export_proto, layer_table, write_model
+from .runtime.onnx_fusions import fuse_skip_norm
 
 MARKER = "lowrank_compiler.json"
 MODEL_FILE = "model.onnx"
+ATTENTION = ("auto", "gqa", "plain")
 GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
                "gpt2": "gpt2", "gemma": "gemma", "gemma2": "gemma2"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -103,14 +115,14 @@ class CachedDecoder(nn.Module):
         return tuple(result)
 
 
-def io_names(layers: int, combined: bool) -> tuple[list[str], list[str]]:
+def io_names(layers: int, combined: bool, positions: bool = True) -> tuple[list[str], list[str]]:
     if combined:
         past = [f"past_{i}" for i in range(layers)]
         present = [f"present_{i}" for i in range(layers)]
     else:
         past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
         present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+    return ["input_ids", "attention_mask", *(["position_ids"] if positions else []), *past], ["logits", *present]
 
 
 def example_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, head_size: int, vocab: int,
@@ -126,6 +138,22 @@ def example_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, he
     else:
         kv = [torch.randn(shape, generator=g, dtype=dtype) for _ in range(2 * layers)]
     return (ids, mask, pos, *kv)
+
+
+def gqa_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, head_size: int, vocab: int,
+             dtype: torch.dtype) -> tuple:
+    """One fused-graph call: ``seq`` new tokens after ``past``, buffers 5 longer than the total."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=g)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    kv = [torch.zeros(batch, kv_heads, past + seq + 5, head_size, dtype=dtype) for _ in range(2 * layers)]
+    return (ids, mask, *kv)
+
+
+def _gqa_dynamic_shapes(layers: int):
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+    total, max_length = torch.export.Dim("total"), torch.export.Dim("max_length")
+    return ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: max_length} for _ in range(2 * layers)))
 
 
 def _dynamic_shapes(layers: int, combined: bool):
@@ -158,17 +186,20 @@ def _token_ids(model: nn.Module):
 
 
 def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int = 4,
-                 filename: str = MODEL_FILE) -> dict:
+                 filename: str = MODEL_FILE, shared_buffer: bool = False) -> dict:
     """The folder's ``genai_config.json``. Session options that onnxruntime-genai does not know
     by name pass to onnxruntime as config entries: ``session.qdq_matmulnbits_accuracy_level``
     keeps a QDQ file at its accuracy level (onnxruntime fuses DequantizeLinear + MatMul into
-    MatMulNBits and otherwise computes those at level 4, int8 activations)."""
+    MatMulNBits and otherwise computes those at level 4, int8 activations).
+    ``shared_buffer``: the fused graph (no ``position_ids``; ``past_present_share_buffer: true``)."""
     config = model.config
     kind = genai_type(config)
     layers, heads, kv_heads, head_size = _dims(config)
     bos, eos, pad = _token_ids(model)
     combined = kind == "gpt2"
-    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids"}
+    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask"}
+    if not shared_buffer:
+        inputs["position_ids"] = "position_ids"
     outputs = {"logits": "logits"}
     if combined:
         inputs["past_names"], outputs["present_names"] = "past_%d", "present_%d"
@@ -199,7 +230,7 @@ def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int =
     search = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": int(context_length),
               "min_length": 0, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0,
               "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0, "early_stopping": True,
-              "past_present_share_buffer": False}
+              "past_present_share_buffer": bool(shared_buffer)}
     return {"model": model_section, "search": search}
 
 
@@ -241,8 +272,24 @@ def _write_tokenizer(tokenizer, stage: Path) -> list[str]:
     return copied
 
 
+def _attention(model: nn.Module, attention: str, kind: str, context_length: int) -> tuple[str, str | None]:
+    """(the graph to export, why not the fused one when it is not)."""
+    if attention not in ATTENTION:
+        raise ExportError(f"attention must be one of {ATTENTION}, got {attention!r}")
+    if attention == "plain":
+        return "plain", "asked for"
+    reason = ("GPT-2 has learned positions and no rotary attention" if kind == "gpt2"
+              else gqa_unsupported(model, context_length))
+    if reason is None:
+        return "gqa", None
+    if attention == "gqa":
+        raise ExportError(f"attention='gqa' cannot export {type(model).__name__}: {reason}; use attention='plain'")
+    return "plain", reason
+
+
 def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs=None, tokenizer=None,
-                 format: str = "matmulnbits", accuracy_level: int = 4, context_length: int | None = None) -> Path:
+                 format: str = "matmulnbits", accuracy_level: int = 4, context_length: int | None = None,
+                 attention: str = "auto") -> Path:
     """Write ``model`` (an HF causal LM, float or compiled and folded) as an onnxruntime-genai folder.
 
     example_inputs: ``(batch, seq, past)`` sizes for the traced call (default ``(2, 3, 4)``;
@@ -251,7 +298,9 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
         (onnxruntime-genai needs ``tokenizer.json`` and ``tokenizer_config.json``).
     accuracy_level: MatMulNBits' compute precision (0: fp32; 4: int8 activations, faster).
     context_length: the longest sequence (prompt + new tokens); default the model's
-        ``max_position_embeddings`` (``n_positions`` for GPT-2).
+        ``max_position_embeddings`` (``n_positions`` for GPT-2); the fused graph's rotary
+        tables have this many rows.
+    attention: ``"auto"``, ``"gqa"`` or ``"plain"`` (module docstring).
     Returns the folder's path.
     """
     _check_model(model)
@@ -274,32 +323,47 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
     layers, _, kv_heads, head_size = _dims(config)
     kind = genai_type(config)
     combined = kind == "gpt2"
-    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level)
+    mode, why_plain = _attention(model, attention, kind, context_length)
+    gqa = mode == "gqa"
+    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level, shared_buffer=gqa)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    args = example_call(*sizes, layers, kv_heads, head_size, int(config.vocab_size), combined, dtype)
-    input_names, output_names = io_names(layers, combined)
+    vocab = int(config.vocab_size)
+    input_names, output_names = io_names(layers, combined, positions=not gqa)
     info = compile_info(model)
     layers_meta = layer_table(model, format)
-    meta = {"writer": "lowrank_compiler.export_genai", "type": kind, "layers": layers_meta,
+    meta = {"writer": "lowrank_compiler.export_genai", "type": kind, "layers": layers_meta, "attention": mode,
             "targets": sorted(op.name for op in info.linears if op.status == "selected") if info else sorted(layers_meta)}
     with staged_dir(out_dir, MARKER) as stage:
-        proto = export_proto(CachedDecoder(model, layers, combined), args, fmt=format, accuracy_level=accuracy_level,
-                             dynamic_shapes=_dynamic_shapes(layers, combined), input_names=input_names,
-                             output_names=output_names, meta=meta, what=" with a KV cache")
-        _name_dims(proto, layers, combined)
+        if gqa:
+            with fused_attention(model, context_length) as decoder:
+                proto = export_proto(decoder, gqa_call(*sizes, layers, kv_heads, head_size, vocab, dtype), fmt=format,
+                                     accuracy_level=accuracy_level, dynamic_shapes=_gqa_dynamic_shapes(layers),
+                                     input_names=input_names, output_names=output_names, meta=meta,
+                                     what=" with GroupQueryAttention", translations=attention_translations())
+            fuse_skip_norm(proto)
+        else:
+            args = example_call(*sizes, layers, kv_heads, head_size, vocab, combined, dtype)
+            proto = export_proto(CachedDecoder(model, layers, combined), args, fmt=format,
+                                 accuracy_level=accuracy_level, dynamic_shapes=_dynamic_shapes(layers, combined),
+                                 input_names=input_names, output_names=output_names, meta=meta,
+                                 what=" with a KV cache")
+        _name_dims(proto, layers, combined, "max_length" if gqa else "past")
         write_model(proto, stage / MODEL_FILE)
         write_atomic(stage / "genai_config.json", json.dumps(gconfig, indent=2) + "\n")
         files = [MODEL_FILE, "genai_config.json"]
         if tokenizer is not None:
             files += _write_tokenizer(tokenizer, stage)
         record = {"writer": "lowrank_compiler.export_genai", "format": format, "accuracy_level": accuracy_level,
-                  "type": kind, "architecture": type(model).__name__, "files": files}
+                  "type": kind, "architecture": type(model).__name__, "files": files, "attention": mode}
+        if why_plain is not None:
+            record["attention_reason"] = why_plain
         write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return out_dir
 
 
-def _name_dims(proto, layers: int, combined: bool) -> None:
-    """The exporter's symbols (``s72``) become ``batch``, ``seq``, ``total`` and ``past``."""
+def _name_dims(proto, layers: int, combined: bool, past_label: str = "past") -> None:
+    """The exporter's symbols (``s72``) become ``batch``, ``seq``, ``total`` and ``past`` (the fused
+    graph's buffers: ``max_length``)."""
     rename = {}
     kv_axes = (1, 3) if combined else (0, 2)
     for value in proto.graph.input:
@@ -309,7 +373,7 @@ def _name_dims(proto, layers: int, combined: bool) -> None:
         elif value.name == "attention_mask":
             labels = {0: "batch", 1: "total"}
         elif value.name.startswith("past"):
-            labels = {kv_axes[0]: "batch", kv_axes[1]: "past"}
+            labels = {kv_axes[0]: "batch", kv_axes[1]: past_label}
         else:
             continue
         for axis, label in labels.items():

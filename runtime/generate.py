@@ -1,6 +1,6 @@
 """``DecoderSession``: a KV-cache generation loop on plain onnxruntime, over a folder that
 ``export_genai`` wrote (or any onnxruntime-genai folder with separate past/present tensors
-or GPT-2's combined ones, and ``past_present_share_buffer: false``).
+or GPT-2's combined ones).
 
     session = lowrank_compiler.runtime.load("out/llama")   # a DecoderSession
     tokens = session.generate(input_ids, attention_mask, max_new_tokens=32)
@@ -14,6 +14,15 @@ or GPT-2's combined ones, and ``past_present_share_buffer: false``).
 - The folder's ``decoder.session_options`` apply as onnxruntime-genai applies them: dotted
   string entries (``session.qdq_matmulnbits_accuracy_level``, which keeps a QDQ file at its
   accuracy level) become session config entries; ``intra_op_num_threads`` unless ``threads``.
+- Shared buffers (``search.past_present_share_buffer: true``, the GroupQueryAttention graph):
+  each layer's key and value live in one ``OrtValue`` ``[batch, kv_heads, M, head_size]``,
+  ``M = prompt + max_new_tokens``, bound with IO binding as both the past input and the present
+  output, so onnxruntime writes the new keys in place. Such a graph derives positions from the
+  mask (``seqlens_k = sum(mask) - 1``; a first prompt sits at 0..S-1 in every row), so each
+  left-padded row is moved to the front internally (right padding): the prompt runs as
+  ``[batch, longest]`` with mask row sums = each row's length, and the logits read at each
+  row's last token; every later step's mask has each row's length in ones and the longest
+  total as its width. Tokens and logits are HF's for the left-padded batch.
 - A row stops at its first eos token; later steps give it the pad id, and the loop ends
   when every row has stopped or after ``max_new_tokens``. The result is ``[batch,
   prompt + steps]`` int64 (a torch tensor), prompt included, as HF's ``generate`` returns.
@@ -91,9 +100,7 @@ class DecoderSession:
             filename = decoder["filename"]
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"{str(config_path)!r} lacks what a decoder needs ({e!r})") from e
-        if config.get("search", {}).get("past_present_share_buffer", False):
-            raise ModelFileError(f"{str(config_path)!r} asks for a shared past/present buffer "
-                                 f"(past_present_share_buffer: true), which this loop does not drive")
+        self.shared = bool(config.get("search", {}).get("past_present_share_buffer", False))
         self.config = config
         self.type = model.get("type", "decoder")
         self.bos_token_id = model.get("bos_token_id")
@@ -102,6 +109,9 @@ class DecoderSession:
         names_in = decoder.get("inputs", {})
         names_out = decoder.get("outputs", {})
         self.combined = bool(names_in.get("past_names"))
+        if self.combined and self.shared:
+            raise ModelFileError(f"{str(config_path)!r}: a shared past/present buffer with combined past_%d tensors "
+                                 f"(GPT-2's form) is not supported")
         if self.combined:
             self.past_names = [names_in["past_names"] % i for i in range(self.layers)]
             self.present_names = [names_out.get("present_names", "present_%d") % i for i in range(self.layers)]
@@ -140,23 +150,40 @@ class DecoderSession:
         self.kv_dtype = self.input_types[self.past_names[0]] or np.float32
         self.output_names = [self.logits_name, *self.present_names]
 
-    def empty_past(self, batch: int) -> list[np.ndarray]:
+    def empty_past(self, batch: int, length: int | None = None) -> list:
+        """An empty cache: zero-length numpy arrays, or for shared buffers zeroed ``OrtValue``s
+        ``[batch, kv_heads, length, head_size]`` (default length: ``context_length``)."""
+        if self.shared:
+            length = self.context_length if length is None else length
+            shape = (batch, self.kv_heads, length, self.head_size)
+            return [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
         shape = (batch, self.kv_heads, 0, self.head_size)
         if self.combined:
             shape = (2, *shape)
         return [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-             past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One run of the graph: ``(logits [batch, seq, vocab], presents)``."""
-        feeds = {self.ids_name: input_ids.astype(self.input_types[self.ids_name] or np.int64)}
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None,
+             past: list) -> tuple[np.ndarray, list]:
+        """One run of the graph: ``(logits [batch, seq, vocab], presents)``. Shared buffers are
+        updated in place and returned as they are (``position_ids`` is then unused)."""
+        feeds = {self.ids_name: np.ascontiguousarray(input_ids, self.input_types[self.ids_name] or np.int64)}
         if self.mask_name in self.input_types:
-            feeds[self.mask_name] = attention_mask.astype(self.input_types[self.mask_name])
+            feeds[self.mask_name] = np.ascontiguousarray(attention_mask, self.input_types[self.mask_name])
         if self.pos_name in self.input_types:
-            feeds[self.pos_name] = position_ids.astype(self.input_types[self.pos_name])
-        feeds.update(zip(self.past_names, past))
-        out = self.session.run(self.output_names, feeds)
-        return out[0], out[1:]
+            feeds[self.pos_name] = np.ascontiguousarray(position_ids, self.input_types[self.pos_name])
+        if not self.shared:
+            feeds.update(zip(self.past_names, past))
+            out = self.session.run(self.output_names, feeds)
+            return out[0], out[1:]
+        binding = self.session.io_binding()
+        for name, array in feeds.items():  # feeds stays referenced until the run is over
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(self.logits_name)  # first: get_outputs() follows the binding order
+        for past_name, present_name, buffer in zip(self.past_names, self.present_names, past):
+            binding.bind_ortvalue_input(past_name, buffer)
+            binding.bind_ortvalue_output(present_name, buffer)  # the same buffer: updated in place
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy(), past
 
     def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -206,15 +233,27 @@ class DecoderSession:
         if put is not None:
             put(torch.from_numpy(ids.copy()))
 
-        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
-        past = self.empty_past(batch)
-        new_ids, step_mask, step_pos = ids, mask, positions
         tokens = [ids]
+        if self.shared:  # each row's tokens moved to the front (module docstring)
+            lengths = mask.sum(axis=1)
+            width = int(lengths.max())
+            new_ids = np.full((batch, width), pad, np.int64)
+            for row in range(batch):
+                new_ids[row, :lengths[row]] = ids[row, mask[row] == 1]
+            step_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+            past = self.empty_past(batch, width + max_new_tokens)
+            step_pos, last_index = None, lengths - 1
+        else:
+            positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+            past = self.empty_past(batch)
+            new_ids, step_mask, step_pos = ids, mask, positions
+            last_index = np.full(batch, ids.shape[1] - 1)
         logits_out = []
         finished = np.zeros(batch, dtype=bool)
         for _ in range(max_new_tokens):
             logits, past = self.step(new_ids, step_mask, step_pos, past)
-            last = logits[:, -1, :].astype(np.float32)
+            last = logits[np.arange(batch), last_index, :].astype(np.float32)
+            last_index = np.zeros(batch, np.int64)  # later steps: one token per row
             if output_logits:
                 logits_out.append(last.copy())
             chosen = self._sample(last, temperature, top_k, top_p, rng) if do_sample else last.argmax(axis=-1)
@@ -229,8 +268,12 @@ class DecoderSession:
                 if finished.all():
                     break
             new_ids = chosen[:, None]
-            step_pos = step_mask.sum(axis=1, keepdims=True)  # the new token's position: tokens so far
-            step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
+            if self.shared:  # each row one longer; the width is the longest total
+                lengths = lengths + 1
+                step_mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+            else:
+                step_pos = step_mask.sum(axis=1, keepdims=True)  # the new token's position: tokens so far
+                step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
         if streamer is not None and put is not None and hasattr(streamer, "end"):
             streamer.end()
         result = torch.from_numpy(np.concatenate(tokens, axis=1))

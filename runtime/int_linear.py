@@ -94,6 +94,37 @@ class IntLinear(nn.Module):
                          group_size=self.group_size, bias=None if self.bias is None else self.bias[index],
                          correction=None if self.correction is None else self.correction[:, index])
 
+    @staticmethod
+    def concat(layers: list["IntLinear"]) -> "IntLinear":
+        """One layer computing ``cat([layer(x) for layer in layers], -1)`` (e.g. fused q/k/v).
+
+        Output rows are independent in every buffer, so this concatenates along N: codes
+        ``[N, K/g, g*bits/8]``, scales ``[N, K/g]``, zero points (packed ``[N, ...]`` or float),
+        bias ``[N]`` (zeros for a layer without one) and the correction ``D^T`` ``[K/g, N]`` along
+        its N axis (zeros where absent). The layers must share K, bits, group size and zero form.
+        """
+        first = layers[0]
+        for layer in layers[1:]:
+            mismatch = [(name, getattr(first, name), getattr(layer, name))
+                        for name in ("in_features", "bits", "group_size", "float_zeros")
+                        if getattr(first, name) != getattr(layer, name)]
+            if mismatch:
+                raise ValueError("cannot concatenate IntLinear layers: " + ", ".join(
+                    f"{name} {a} vs {b}" for name, a, b in mismatch))
+
+        def joined(name: str, dim: int, shape):
+            parts = [getattr(m, name) for m in layers]
+            if all(p is None for p in parts):
+                return None
+            ref = next(p for p in parts if p is not None)
+            return torch.cat([p if p is not None else ref.new_zeros(shape(m)) for p, m in zip(parts, layers)], dim)
+
+        groups = first.in_features // first.group_size
+        return IntLinear(torch.cat([m.qweight for m in layers]), torch.cat([m.scales for m in layers]),
+                         torch.cat([m.zeros for m in layers]), bits=first.bits, group_size=first.group_size,
+                         bias=joined("bias", 0, lambda m: (m.out_features,)),
+                         correction=joined("correction", 1, lambda m: (groups, m.out_features)))
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
         y = torch.ops.lowrank_compiler.int_linear(x, self.qweight, self.scales, self.zeros, self.bias,

@@ -181,10 +181,11 @@ def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
 
 def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, fmt: str = "matmulnbits",
                  accuracy_level: int = 0, dynamic_shapes=None, input_names=None, output_names=None,
-                 meta: dict | None = None, what: str = "") -> onnx.ModelProto:
+                 meta: dict | None = None, what: str = "", translations: dict | None = None) -> onnx.ModelProto:
     """``model(*args, **kwargs)`` as an ONNX graph: checks, the split form where float zeros
     cannot go, eval mode, every ``int_linear`` as MatMulNBits, QDQ lowering for ``fmt="qdq"``,
-    and the metadata (``meta`` plus the format, level and layer table). Nothing is written."""
+    and the metadata (``meta`` plus the format, level and layer table). Nothing is written.
+    ``translations``: more custom ops -> onnxscript functions (``attention_onnx``)."""
     try:
         check_accuracy_level(accuracy_level)
     except ValueError as e:
@@ -192,7 +193,8 @@ def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, f
     check_exportable(model, fmt)
     register_matmulnbits_schema()
     layers = layer_table(model, fmt)
-    table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level)}
+    table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level),
+             **(translations or {})}
     with _prepared(model, fmt), torch.no_grad(), _quiet():
         try:
             program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,

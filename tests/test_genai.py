@@ -128,7 +128,8 @@ class Case:
     def __init__(self, name, tmp_path_factory):
         self.name = name
         self.model = folded_model(ARCHS[name])
-        self.dir = export_genai(self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0)
+        self.dir = export_genai(self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0,
+                                attention="plain")
         self.session = DecoderSession(self.dir)
 
 
