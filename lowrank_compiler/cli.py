@@ -184,7 +184,7 @@ def _export_genai(args, compiled: bool) -> int:
         tokenizer = source if source and (Path(source) / "tokenizer.json").is_file() else None
         steps.start("export")
         out = export_genai(model, args.out, tokenizer=tokenizer, format=args.format, accuracy_level=level,
-                           context_length=args.context_length)
+                           context_length=args.context_length, attention=args.attention)
     _say(args, f"onnxruntime-genai folder written to {out}" + ("" if tokenizer else
                                                                 " (no tokenizer files: generate with --ids)"))
     return 0
@@ -330,6 +330,9 @@ def _add_dir_commands(sub, quiet) -> None:
     e.add_argument("--genai", action="store_true",
                    help="a decoder with a KV cache in an onnxruntime-genai folder (model.onnx, genai_config.json, "
                         "tokenizer files); accuracy level 4 unless given")
+    e.add_argument("--attention", choices=("auto", "gqa", "plain"), default="auto",
+                   help="--genai: gqa (fused GroupQueryAttention, shared KV buffer), plain (past and new keys "
+                        "concatenated), auto (gqa where the architecture allows it; the default)")
     e.add_argument("--context-length", type=int, default=None, metavar="N",
                    help="--genai: longest prompt + new tokens (default: the model's max_position_embeddings)")
     e.add_argument("--format", choices=EXPORT_FORMATS, default="matmulnbits",

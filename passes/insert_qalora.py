@@ -38,7 +38,6 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
     settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
     adapters = {}
     for name, (op, _) in selected.items():
-        g = settings[name]["group_size"] if name in settings else gm.get_submodule(name).group_size
         opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
         check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
         adapters[name] = opts
