@@ -48,7 +48,7 @@ from .runtime.attention_onnx import attention_translations
 from .runtime.files import staged_dir, write_atomic
 from .runtime.formats import check_accuracy_level
 from .runtime.lora import AdapterLayer
-from .runtime.onnx_export import ExportError, check_exportable, export_proto, layer_table, write_model
+from .runtime.onnx_export import ExportError, check_exportable, export_proto, layer_table, rename_dims, write_model
 from .runtime.onnx_fusions import fuse_skip_norm
 
 MARKER = "lowrank_compiler.json"
@@ -379,10 +379,7 @@ def _name_dims(proto, layers: int, combined: bool, past_label: str = "past") -> 
         for axis, label in labels.items():
             if dims[axis].dim_param and dims[axis].dim_param not in rename:
                 rename[dims[axis].dim_param] = label
-    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param in rename:
-                dim.dim_param = rename[dim.dim_param]
+    rename_dims(proto, rename)
 
 
 __all__ = ["CachedDecoder", "export_genai", "genai_config", "genai_type"]

@@ -239,6 +239,11 @@ def name_dynamic_dims(proto: onnx.ModelProto) -> None:
         for axis, label in zip(range(len(dims)), ("batch", "seq")):
             if dims[axis].dim_param and dims[axis].dim_param not in rename:
                 rename[dims[axis].dim_param] = label
+    rename_dims(proto, rename)
+
+
+def rename_dims(proto: onnx.ModelProto, rename: dict[str, str]) -> None:
+    """Rename symbolic dimensions (``s72`` -> ``batch``) in every input, output and value info."""
     for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in rename:

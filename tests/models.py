@@ -139,3 +139,19 @@ def external_data_onnx(location: str) -> bytes:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
+
+
+def tiny_bpe_tokenizer(vocab_size: int):
+    """An HF fast tokenizer built here (nothing downloaded): byte-pair merges over a-z, ids < ``vocab_size``;
+    <pad> 0, </s> 1, <unk> 2."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(letters)}}
+    merges = [(a, b) for a in letters[:8] for b in letters[:8]][:vocab_size - len(vocab)]
+    vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
+    backend = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
+                                                unk_token="<unk>")

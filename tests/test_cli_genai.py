@@ -11,23 +11,10 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler import compiled_dir
 from lowrank_compiler.cli import main
+from models import tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 VOCAB, PROMPT, NEW = 128, [5, 17, 33, 9], 12
-
-
-def tiny_tokenizer():
-    """A byte-pair tokenizer over a-z, built here (nothing downloaded)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(letters)}}
-    merges = [(a, b) for a in letters[:8] for b in letters[:8]][:VOCAB - len(vocab)]
-    vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
-    backend = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +27,7 @@ def hf_dir(tmp_path_factory):
         initializer_range=0.15))
     path = tmp_path_factory.mktemp("hf") / "llama"
     model.save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    tiny_bpe_tokenizer(VOCAB).save_pretrained(path)
     return path
 
 

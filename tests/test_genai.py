@@ -19,6 +19,7 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import ExportError, export_genai
 from lowrank_compiler.runtime.generate import DecoderSession
+from models import tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 try:
@@ -320,16 +321,7 @@ def test_folder_safety_and_tokenizer(llama_case, tmp_path):
 
     # a tokenizer (a tiny BPE, built here) goes into the folder, and onnxruntime-genai reads it;
     # re-exporting over our own folder replaces it
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(letters)}}
-    merges = [(a, b) for a in letters[:8] for b in letters[:8]][:VOCAB - len(vocab)]
-    vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
-    backend = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                               unk_token="<unk>")
+    tok = tiny_bpe_tokenizer(VOCAB)
     out = export_genai(llama_case.model, llama_case.dir, tokenizer=tok, accuracy_level=0)
     assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
     assert "tokenizer.json" in json.loads((out / "lowrank_compiler.json").read_text())["files"]
