@@ -12,7 +12,10 @@ folder. Three onnxruntime-genai folders from it:
   block 32, accuracy level 4, ``lm_head`` left float (``nodes_to_exclude``) as ours leaves it;
 - ours: ``compile(method)`` INT4 g32 (rtn or qalora) of the same weights, ``fold``,
   ``export_genai(accuracy_level=4, attention="gqa")``;
-- ours-plain: the same with ``attention="plain"``.
+- ours-plain: the same with ``attention="plain"``;
+
+and, for the KV cache's worth, our file without a cache (``export_onnx``): each token then costs a
+forward over the whole prefix, timed on onnxruntime (one call over ``context + 1`` tokens).
 
 Each run: a fresh generator, a random prompt of ``context`` tokens (``append_tokens``, the prefill,
 timed), then ``--new`` tokens; onnxruntime-genai runs the model lazily, so decode ms/token is the
@@ -100,7 +103,8 @@ def build_builder(hf_dir: Path, out: Path) -> None:
         raise SystemExit(f"the model builder failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
 
-def build_ours(model, method: str, out: Path, attention: str, tokenizer_dir: Path) -> None:
+def ours_int4(model, method: str):
+    """The same weights, INT4 g32 by our compiler (QA-LoRA folded, or RTN)."""
     import copy
 
     import lowrank_compiler as lrc
@@ -109,8 +113,35 @@ def build_ours(model, method: str, out: Path, attention: str, tokenizer_dir: Pat
     ids = torch.randint(4, model.config.vocab_size, (2, 8), generator=torch.Generator().manual_seed(1))
     lrc.compile(m, lrc.Policy(method=method, bits=4, group_size=32, **({"rank": 8} if method == "qalora" else {})),
                 example_inputs=(ids,))
-    lrc.export_genai(lrc.fold(m) if method == "qalora" else m, out, tokenizer=str(tokenizer_dir), accuracy_level=4,
-                     attention=attention)
+    return lrc.fold(m) if method == "qalora" else m
+
+
+def build_ours(deployed, out: Path, attention: str, tokenizer_dir: Path) -> None:
+    import lowrank_compiler as lrc
+
+    lrc.export_genai(deployed, out, tokenizer=str(tokenizer_dir), accuracy_level=4, attention=attention)
+
+
+def no_cache_ms(deployed, path: Path, contexts: list[int], vocab: int, threads: int, reps: int) -> dict[int, float]:
+    """What a token costs without a KV cache: one forward over the whole prefix (the file export_onnx
+    writes, logits only), median of ``reps`` per context."""
+    import lowrank_compiler as lrc
+
+    ids = torch.randint(4, vocab, (2, 8), generator=torch.Generator().manual_seed(1))
+    lrc.export_onnx(deployed, path, example_inputs=(ids,), accuracy_level=4)
+    session = lrc.runtime.load(path, threads=threads)
+    rng = np.random.default_rng(1)
+    out = {}
+    for ctx in contexts:
+        feed = rng.integers(4, vocab, (1, ctx + 1)).astype(np.int64)
+        session(feed)  # warm-up
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            session(feed)
+            times.append(time.perf_counter() - t)
+        out[ctx] = statistics.median(times) * 1e3
+    return out
 
 
 def set_threads(folder: Path, threads: int) -> None:
@@ -164,9 +195,10 @@ def main(argv=None) -> None:
         t = time.perf_counter()
         build_builder(hf_dir, folders["builder"])
         build_time["builder"] = time.perf_counter() - t
+        deployed = ours_int4(model, a.method)
         for name, attention in (("ours", "gqa"), ("ours-plain", "plain")):
             t = time.perf_counter()
-            build_ours(model, a.method, folders[name], attention, hf_dir)
+            build_ours(deployed, folders[name], attention, hf_dir)
             build_time[name] = time.perf_counter() - t
         for folder in folders.values():
             set_threads(folder, a.threads)
@@ -183,6 +215,7 @@ def main(argv=None) -> None:
                     r = results.setdefault((ctx, name), {"prefill": [], "decode": []})
                     r["prefill"].append(prefill)
                     r["decode"].append(decode)
+        without_cache = no_cache_ms(deployed, tmp / "no_cache.onnx", a.contexts, a.vocab, a.threads, a.reps)
     median = {key: {k: statistics.median(v) * 1e3 for k, v in r.items()} for key, r in results.items()}
     print(f"\nLlama-shaped fp32 source, hidden {hidden}, {a.layers} layers, {a.heads}/{a.kv_heads} heads, vocabulary "
           f"{a.vocab}; INT4 g32 asymmetric, accuracy level 4, lm_head float; ours: {a.method}. onnxruntime-genai, "
@@ -198,6 +231,10 @@ def main(argv=None) -> None:
             r = median[(ctx, name)]
             print(f"| {ctx} | {name} | {r['decode']:.2f} | {r['decode'] / base['decode']:.2f} | {r['prefill']:.1f} | "
                   f"{r['prefill'] / base['prefill']:.2f} |")
+        print(f"| {ctx} | ours, no KV cache (the whole prefix per token, onnxruntime) | {without_cache[ctx]:.2f} | "
+              f"{without_cache[ctx] / base['decode']:.2f} | - | - |")
+    print("\nKV cache vs re-running the prefix, ours (fused): " + ", ".join(
+        f"context {ctx}: {without_cache[ctx] / median[(ctx, 'ours')]['decode']:.1f}x" for ctx in a.contexts))
 
 
 if __name__ == "__main__":
