@@ -155,3 +155,15 @@ def tiny_bpe_tokenizer(vocab_size: int):
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
                                                 unk_token="<unk>")
+
+
+def made_once(make):
+    """What a module fixture hands out: ``get(key)`` calls ``make(key)`` on first use, then reuses it."""
+    made = {}
+
+    def get(key):
+        if key not in made:
+            made[key] = make(key)
+        return made[key]
+
+    return get

@@ -19,7 +19,7 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import ExportError, export_genai
 from lowrank_compiler.runtime.generate import DecoderSession
-from models import tiny_bpe_tokenizer
+from models import made_once, tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 try:
@@ -136,15 +136,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """One folded model and one export per architecture, made on first use."""
-    made = {}
-
-    def get(name):
-        if name not in made:
-            made[name] = Case(name, tmp_path_factory)
-        return made[name]
-
-    return get
+    """One model and one export per case, made on first use."""
+    return made_once(lambda name: Case(name, tmp_path_factory))
 
 
 @pytest.fixture(params=list(ARCHS))

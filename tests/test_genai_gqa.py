@@ -20,6 +20,7 @@ import torch
 from lowrank_compiler.genai import ExportError, _attention, export_genai
 from lowrank_compiler.runtime.generate import DecoderSession
 from lowrank_compiler.runtime.int_linear import IntLinear
+from models import made_once
 from test_genai import (CONTEXT, GREEDY_STEPS, LOGIT_STEPS, REL, _common, _quiet, folded_model, gpt2, llama,
                         needs_og, og_greedy, phi3, prompt, qwen2, transformers)
 
@@ -62,14 +63,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    made = {}
-
-    def get(name):
-        if name not in made:
-            made[name] = Case(name, tmp_path_factory)
-        return made[name]
-
-    return get
+    """One model and one export per case, made on first use."""
+    return made_once(lambda name: Case(name, tmp_path_factory))
 
 
 @pytest.fixture(params=list(BUILDS))
