@@ -7,6 +7,7 @@
 
 from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
+from .embeddings import quantize_embeddings
 from .errors import (
     LintError,
     ModelSpecError,
@@ -68,6 +69,7 @@ __all__ = [
     "save_adapters",
     "load_peft_adapter",
     "peft_policy",
+    "quantize_embeddings",
     "save_peft_adapter",
     "summary",
     "trace",

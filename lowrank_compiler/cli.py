@@ -29,7 +29,7 @@ import warnings
 from pathlib import Path
 
 from .runtime.errors import LowRankError
-from .runtime.formats import ACCURACY_LEVELS, EXPORT_FORMATS, FOLD_ZEROS
+from .runtime.formats import ACCURACY_LEVELS, EMBEDDINGS, EXPORT_FORMATS, FOLD_ZEROS
 from .runtime.progress import is_quiet, set_quiet
 
 
@@ -156,7 +156,8 @@ def _export(args) -> int:
             c = fold_compiled(c, args.zeros)
         steps.start("export")
         path = export_onnx(c.model, out, example_inputs=c.example_inputs or (), example_kwargs=c.example_kwargs,
-                           format=args.format, accuracy_level=args.accuracy_level or 0)
+                           format=args.format, accuracy_level=args.accuracy_level or 0,
+                           embeddings=args.embeddings, embedding_group_size=args.embedding_group_size)
     _say(args, inspect_onnx(path))
     return 0
 
@@ -184,7 +185,8 @@ def _export_genai(args, compiled: bool) -> int:
         tokenizer = source if source and (Path(source) / "tokenizer.json").is_file() else None
         steps.start("export")
         out = export_genai(model, args.out, tokenizer=tokenizer, format=args.format, accuracy_level=level,
-                           context_length=args.context_length, attention=args.attention)
+                           context_length=args.context_length, attention=args.attention,
+                           embeddings=args.embeddings, embedding_group_size=args.embedding_group_size)
     _say(args, f"onnxruntime-genai folder written to {out}" + ("" if tokenizer else
                                                                 " (no tokenizer files: generate with --ids)"))
     return 0
@@ -340,6 +342,11 @@ def _add_dir_commands(sub, quiet) -> None:
     e.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=None,
                    help="MatMulNBits compute precision: 0 fp32 (default; --genai: 4) ... 4 int8 activations "
                         "(faster)")
+    e.add_argument("--embeddings", choices=EMBEDDINGS, default="float",
+                   help="int4: the vocabulary table as GatherBlockQuantized (4-bit, one set of codes with a tied "
+                        "head, which becomes INT4 too); float: as the model holds it (default)")
+    e.add_argument("--embedding-group-size", type=int, default=32, metavar="G",
+                   help="--embeddings int4: columns per scale and zero point (a power of two >= 16; default 32)")
     e.add_argument("--zeros", **ZEROS)
     e.add_argument("--adapters", **ADAPTERS)
     e.set_defaults(fn=_export)

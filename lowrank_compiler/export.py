@@ -17,6 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from .api import compile_info
+from .embeddings import check_embeddings, int4_embeddings
 from .runtime.formats import EXPORT_FORMATS as FORMATS
 from .runtime.onnx_export import ExportError, export_model
 from .runtime.onnx_inspect import OnnxReport, inspect_onnx
@@ -24,13 +25,17 @@ from .trace import with_defaults
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, example_kwargs=None,
-                format: str = "matmulnbits", accuracy_level: int = 0, dynamic: bool = True) -> Path:
+                format: str = "matmulnbits", accuracy_level: int = 0, dynamic: bool = True,
+                embeddings: str = "float", embedding_group_size: int = 32) -> Path:
     """Write ``model`` to ``path`` (temporary name, checked, renamed); returns the path.
 
     example_inputs / example_kwargs: one call's arguments (batch and sequence >= 2 when
         ``dynamic``: those axes are then free in the file).
     accuracy_level: MatMulNBits' compute precision, 0 (fp32) to 4 (int8 activations,
         several times faster at batch 1). ``runtime.load`` keeps it for QDQ files too.
+    embeddings: ``"float"`` (tables as the model holds them) or ``"int4"``: the vocabulary
+        table as ``GatherBlockQuantized`` in groups of ``embedding_group_size``, one set of
+        codes with a tied head (``quantize_embeddings``; the model is unchanged afterwards).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_onnx expects a torch.nn.Module, got {type(model).__name__}")
@@ -42,11 +47,13 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, example_inputs, ex
     else:
         args = example_inputs if isinstance(example_inputs, tuple) else (
             tuple(example_inputs) if isinstance(example_inputs, list) else (example_inputs,))
+    check_embeddings(embeddings, embedding_group_size, format)
     kwargs = with_defaults(model, dict(example_kwargs or {}))
     info = compile_info(model)
     targets = [op.name for op in info.linears if op.status == "selected"] if info else None
-    return export_model(model, path, args=args, kwargs=kwargs, fmt=format, accuracy_level=accuracy_level,
-                        dynamic=dynamic, targets=targets)
+    with int4_embeddings(model, group_size=embedding_group_size, enabled=embeddings == "int4"):
+        return export_model(model, path, args=args, kwargs=kwargs, fmt=format, accuracy_level=accuracy_level,
+                            dynamic=dynamic, targets=targets)
 
 
 __all__ = ["FORMATS", "OnnxReport", "export_onnx", "inspect_onnx"]

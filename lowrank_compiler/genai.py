@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from .api import compile_info
+from .embeddings import check_embeddings, int4_embeddings
 from .genai_attention import fused_attention, gqa_unsupported
 from .runtime.attention_onnx import attention_translations
 from .runtime.files import staged_dir, write_atomic
@@ -289,7 +290,7 @@ def _attention(model: nn.Module, attention: str, kind: str, context_length: int)
 
 def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs=None, tokenizer=None,
                  format: str = "matmulnbits", accuracy_level: int = 4, context_length: int | None = None,
-                 attention: str = "auto") -> Path:
+                 attention: str = "auto", embeddings: str = "float", embedding_group_size: int = 32) -> Path:
     """Write ``model`` (an HF causal LM, float or compiled and folded) as an onnxruntime-genai folder.
 
     example_inputs: ``(batch, seq, past)`` sizes for the traced call (default ``(2, 3, 4)``;
@@ -301,6 +302,9 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
         ``max_position_embeddings`` (``n_positions`` for GPT-2); the fused graph's rotary
         tables have this many rows.
     attention: ``"auto"``, ``"gqa"`` or ``"plain"`` (module docstring).
+    embeddings: ``"float"`` or ``"int4"``: the vocabulary table as ``GatherBlockQuantized``
+        (groups of ``embedding_group_size``); a tied head shares its codes, so the file holds
+        the table once (``quantize_embeddings``; the model is unchanged afterwards).
     Returns the folder's path.
     """
     _check_model(model)
@@ -310,6 +314,7 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
     except ValueError as e:
         raise ExportError(str(e)) from None
     check_exportable(model, format)
+    check_embeddings(embeddings, embedding_group_size, format)
     config = model.config
     if context_length is None:
         context_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -320,18 +325,31 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
     sizes = (2, 3, 4) if example_inputs is None else tuple(example_inputs)
     if len(sizes) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in sizes):
         raise ExportError(f"example_inputs must be (batch, seq, past), each an integer >= 2, got {example_inputs!r}")
+    mode, why_plain = _attention(model, attention, genai_type(config), context_length)
+    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level,
+                           shared_buffer=mode == "gqa")
+    with int4_embeddings(model, group_size=embedding_group_size, enabled=embeddings == "int4") as tables:
+        _write_folder(model, out_dir, format=format, accuracy_level=accuracy_level, tokenizer=tokenizer,
+                      context_length=context_length, sizes=sizes, mode=mode, why_plain=why_plain, gconfig=gconfig,
+                      tables=tables)
+    return out_dir
+
+
+def _write_folder(model: nn.Module, out_dir: Path, *, format: str, accuracy_level: int, tokenizer, context_length: int,
+                  sizes: tuple, mode: str, why_plain: str | None, gconfig: dict, tables: dict) -> None:
+    """Stage the folder: the graph (fused or plain), genai_config.json, tokenizer files, marker."""
+    config = model.config
     layers, _, kv_heads, head_size = _dims(config)
     kind = genai_type(config)
     combined = kind == "gpt2"
-    mode, why_plain = _attention(model, attention, kind, context_length)
     gqa = mode == "gqa"
-    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level, shared_buffer=gqa)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     vocab = int(config.vocab_size)
     input_names, output_names = io_names(layers, combined, positions=not gqa)
     info = compile_info(model)
     layers_meta = layer_table(model, format)
     meta = {"writer": "lowrank_compiler.export_genai", "type": kind, "layers": layers_meta, "attention": mode,
+            "embeddings": tables,
             "targets": sorted(op.name for op in info.linears if op.status == "selected") if info else sorted(layers_meta)}
     with staged_dir(out_dir, MARKER) as stage:
         if gqa:
@@ -358,7 +376,6 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
         if why_plain is not None:
             record["attention_reason"] = why_plain
         write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
-    return out_dir
 
 
 def _name_dims(proto, layers: int, combined: bool, past_label: str = "past") -> None:

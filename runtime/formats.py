@@ -28,6 +28,8 @@ FOLD_ZEROS = ("split", "float", "round")  # how a folded real-valued zero point 
 EXPORT_FORMATS = ("matmulnbits", "qdq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)     # MatMulNBits compute precision: 0 fp32 ... 4 int8 activations
 METADATA_KEY = "lowrank_compiler"     # the exported file's metadata_props entry (JSON)
+EMBEDDINGS = ("float", "int4")        # how an export stores vocabulary tables (int4: GatherBlockQuantized)
+EMBEDDING_BITS = 4                    # GatherBlockQuantized's width everywhere onnxruntime runs it
 
 
 def qmax(bits: int) -> int:

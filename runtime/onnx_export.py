@@ -30,11 +30,14 @@ import onnx
 import torch
 from torch import nn
 
+from . import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
 from .errors import LowRankError
+from .int_embedding import IntEmbedding
 from .int_linear import IntLinear
 from .lora import AdapterLayer, LoRALinear
 from .nf4 import NF4Linear
 from .onnx_file import read_model
+from .gather_block_quantized import int_embedding_translation, share_table_codes
 from .matmulnbits import int_linear_translation, register_matmulnbits_schema
 from .qalora import QALoRALinear
 from .qdq import QDQ_BITS, lower_to_qdq
@@ -63,6 +66,10 @@ def describe_lowering(module: nn.Module, fmt: str) -> str:
     return "float MatMul"
 
 
+QDQ_TABLE = ("an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit rows); "
+             "use format='matmulnbits', or leave tables float")
+
+
 def check_exportable(model: nn.Module, fmt: str) -> None:
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
@@ -74,6 +81,8 @@ def check_exportable(model: nn.Module, fmt: str) -> None:
             problems.append(f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8")
         elif fmt == "qdq" and isinstance(m, IntLinear) and m.bits not in QDQ_BITS:
             problems.append(f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'")
+        elif fmt == "qdq" and isinstance(m, IntEmbedding):
+            problems.append(f"{name}: {QDQ_TABLE}")
         elif fmt == "qdq" and isinstance(m, AdapterLayer):
             problems.append(f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
                             f"lowrank_compiler.fold(model) first, or use format='matmulnbits'")
@@ -172,6 +181,20 @@ def check_destination(path) -> Path:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages for terminals
 
 
+def _first_line(e: BaseException) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's first line (the exporter wraps the model's own error in steps)."""
+    seen, inner = {id(e)}, e
+    while (inner.__cause__ or inner.__context__) is not None and id(inner.__cause__ or inner.__context__) not in seen:
+        inner = inner.__cause__ or inner.__context__
+        seen.add(id(inner))
+    return "" if inner is e else f" (caused by {type(inner).__name__}: {_first_line(inner)})"
+
+
 def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
     """Each integer, adapter or float linear layer (outermost only) -> how it is lowered."""
     layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
@@ -194,6 +217,7 @@ def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, f
     register_matmulnbits_schema()
     layers = layer_table(model, fmt)
     table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level),
+             torch.ops.lowrank_compiler.int_embedding.default: int_embedding_translation(),
              **(translations or {})}
     with _prepared(model, fmt), torch.no_grad(), _quiet():
         try:
@@ -201,12 +225,11 @@ def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, f
                                         custom_translation_table=table, dynamic_shapes=dynamic_shapes,
                                         input_names=input_names, output_names=output_names, optimize=True)
         except Exception as e:
-            text = _ANSI.sub("", str(e)).strip()
-            first = text.splitlines()[0] if text else type(e).__name__
-            raise ExportError(f"torch.onnx export of {type(model).__name__}{what} failed: {first}. Check that the "
-                              f"example inputs run the model; with dynamic=True, use batch and sequence "
-                              f"sizes of at least 2") from e
+            raise ExportError(f"torch.onnx export of {type(model).__name__}{what} failed: {_first_line(e)}"
+                              f"{_root_cause(e)}. Check that the example inputs run the model; with dynamic=True, "
+                              f"use batch and sequence sizes of at least 2") from e
     proto = program.model_proto
+    share_table_codes(proto)
     if fmt == "qdq":
         lower_to_qdq(proto)
     record = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers, **(meta or {})}

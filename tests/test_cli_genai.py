@@ -59,6 +59,22 @@ def test_export_an_hf_directory_and_generate_its_tokens(hf_dir, tmp_path, capsys
     assert text.startswith("abc de")
 
 
+def test_export_with_an_int4_table(hf_dir, tmp_path, capsys):
+    import onnx
+
+    folder = tmp_path / "genai"
+    assert main(["export", str(hf_dir), "--genai", "--out", str(folder), "--accuracy-level", "0", "-q",
+                 "--embeddings", "int4", "--embedding-group-size", "16"]) == 0
+    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node]
+    assert ops.count("GatherBlockQuantized") == 1
+    reference = transformers.LlamaForCausalLM.from_pretrained(hf_dir)
+    assert lrc.quantize_embeddings(reference, group_size=16) == {"model.embed_tokens": "INT4 g16"}
+    want = hf_tokens(reference)
+    got = [int(x) for x in generated(capsys, folder, "--ids", ",".join(map(str, PROMPT)), "--max-new-tokens",
+                                     str(NEW)).split(",")]
+    assert got == want[:len(got)] and (len(got) == NEW or got[-1] == 1)
+
+
 def test_export_a_compiled_directory_folds_it_first(hf_dir, tmp_path, capsys):
     policy = tmp_path / "p.json"
     policy.write_text(json.dumps({"method": "qalora", "bits": 4, "group_size": 32, "rank": 4}))
