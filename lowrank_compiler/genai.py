@@ -27,6 +27,11 @@ residual Add + norm fused into ``SkipSimplifiedLayerNormalization`` (``runtime.o
 fixed rope table), else ``"plain"`` (GPT-2, anything else); the choice and the reason go into
 ``lowrank_compiler.json``.
 
+Hand-written decoders (no HF ``.config`` or ``generate``) follow a protocol instead
+(``PROTOCOL_TEXT``): a ``.config`` with the cache's sizes and ``forward_with_cache(input_ids,
+attention_mask, position_ids, past) -> (logits, presents)``; ``ProtocolDecoder`` wraps it as the
+plain graph and the folder's type is ``decoder``.
+
 The folder is staged beside ``out_dir`` and renamed into place at the end
 (``runtime.files.staged_dir``); an existing folder is replaced only when this function
 wrote it (its ``lowrank_compiler.json`` says so).
@@ -114,6 +119,39 @@ class CachedDecoder(nn.Module):
             layer = presents.layers[i]
             result.extend([torch.stack([layer.keys, layer.values])] if self.combined else [layer.keys, layer.values])
         return tuple(result)
+
+
+PROTOCOL = "forward_with_cache"
+PROTOCOL_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
+PROTOCOL_TEXT = (f"a hand-written decoder exports when it has .config with {', '.join(PROTOCOL_FIELDS)} "
+                 f"(optional: num_key_value_heads, head_dim, max_position_embeddings, bos/eos/pad_token_id) and "
+                 f"{PROTOCOL}(input_ids, attention_mask, position_ids, past) -> (logits, presents), past and "
+                 f"presents one (key, value) pair per layer, [batch, kv_heads, length, head_dim]")
+
+
+class ProtocolDecoder(nn.Module):
+    """A hand-written decoder's ``forward_with_cache`` as the graph's function (the protocol above):
+    ``past`` is a list of ``(key, value)`` per layer, each ``[batch, kv_heads, past, head_dim]``;
+    it returns the logits ``[batch, seq, vocab]`` and the presents ``[batch, kv_heads, past + seq,
+    head_dim]`` (the past with the new keys appended)."""
+
+    def __init__(self, model: nn.Module, layers: int):
+        super().__init__()
+        self.model, self.layers = model, layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
+        out = getattr(self.model, PROTOCOL)(input_ids, attention_mask, position_ids, pairs)
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and len(out[1]) == self.layers
+                and all(isinstance(kv, (tuple, list)) and len(kv) == 2 for kv in out[1])):
+            raise ExportError(f"{type(self.model).__name__}.{PROTOCOL} must return (logits, presents) with one "
+                              f"(key, value) pair for each of its {self.layers} layers")
+        logits, presents = out
+        return (logits, *[t for kv in presents for t in kv])
+
+
+def follows_protocol(model: nn.Module) -> bool:
+    return callable(getattr(model, PROTOCOL, None))
 
 
 def io_names(layers: int, combined: bool, positions: bool = True) -> tuple[list[str], list[str]]:
@@ -235,20 +273,34 @@ def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int =
     return {"model": model_section, "search": search}
 
 
+def _protocol_gaps(model: nn.Module) -> list[str]:
+    """What a hand-written decoder lacks of the protocol (``PROTOCOL_TEXT``)."""
+    config = getattr(model, "config", None)
+    gaps = [".config"] if config is None else [f"config.{f}" for f in PROTOCOL_FIELDS if not getattr(config, f, None)]
+    return gaps + ([] if follows_protocol(model) else [f"{PROTOCOL}()"])
+
+
 def _check_model(model) -> None:
-    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
-        raise ExportError(f"export_genai takes an HF causal LM (a transformers PreTrainedModel with a .config), "
-                          f"got {type(model).__name__}")
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"export_genai takes an HF causal LM or a decoder module, got {type(model).__name__}")
+    if follows_protocol(model) or not hasattr(model, "config"):
+        missing = _protocol_gaps(model)
+        if missing:
+            raise ExportError(f"{type(model).__name__} is not an HF causal LM, and lacks {', '.join(missing)} to "
+                              f"export with a KV cache: {PROTOCOL_TEXT}")
     adapters = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
     if adapters:
         raise ExportError(f"{len(adapters)} layer(s) still hold adapters ({', '.join(adapters[:3])}): "
                           f"lowrank_compiler.fold(model) first")
+    if follows_protocol(model):
+        return
     if getattr(model.config, "is_encoder_decoder", False):
         raise ExportError("export_genai takes a decoder-only model; encoder-decoder models are not supported")
     can_generate = getattr(model, "can_generate", None)
     if not callable(can_generate) or not can_generate():
         raise ExportError(f"{type(model).__name__} has no KV cache to export (it cannot generate): export_genai "
-                          f"takes a causal LM such as LlamaForCausalLM; for an encoder use export_onnx")
+                          f"takes a causal LM such as LlamaForCausalLM, or a decoder of its own that lacks "
+                          f"{', '.join(_protocol_gaps(model))} here ({PROTOCOL_TEXT}); for an encoder use export_onnx")
 
 
 def _write_tokenizer(tokenizer, stage: Path) -> list[str]:
@@ -279,6 +331,11 @@ def _attention(model: nn.Module, attention: str, kind: str, context_length: int)
         raise ExportError(f"attention must be one of {ATTENTION}, got {attention!r}")
     if attention == "plain":
         return "plain", "asked for"
+    if follows_protocol(model):
+        if attention == "gqa":
+            raise ExportError(f"attention='gqa' rewrites HF attention modules; {type(model).__name__} is exported "
+                              f"through {PROTOCOL}: use attention='plain'")
+        return "plain", f"a hand-written decoder ({PROTOCOL})"
     reason = ("GPT-2 has learned positions and no rotary attention" if kind == "gpt2"
               else gqa_unsupported(model, context_length))
     if reason is None:
@@ -361,7 +418,9 @@ def _write_folder(model: nn.Module, out_dir: Path, *, format: str, accuracy_leve
             fuse_skip_norm(proto)
         else:
             args = example_call(*sizes, layers, kv_heads, head_size, vocab, combined, dtype)
-            proto = export_proto(CachedDecoder(model, layers, combined), args, fmt=format,
+            wrapper = ProtocolDecoder(model, layers) if follows_protocol(model) else CachedDecoder(model, layers,
+                                                                                                  combined)
+            proto = export_proto(wrapper, args, fmt=format,
                                  accuracy_level=accuracy_level, dynamic_shapes=_dynamic_shapes(layers, combined),
                                  input_names=input_names, output_names=output_names, meta=meta,
                                  what=" with a KV cache")
@@ -399,4 +458,4 @@ def _name_dims(proto, layers: int, combined: bool, past_label: str = "past") -> 
     rename_dims(proto, rename)
 
 
-__all__ = ["CachedDecoder", "export_genai", "genai_config", "genai_type"]
+__all__ = ["CachedDecoder", "ProtocolDecoder", "export_genai", "genai_config", "genai_type"]
