@@ -55,8 +55,10 @@ def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[str]:
             table = getter()
         except Exception:  # some models raise NotImplementedError here
             table = None
-        if isinstance(table, nn.Embedding):
+        if isinstance(table, (nn.Embedding, IntEmbedding)):  # an IntEmbedding: quantized already
             return [n for n, m in tables if m is table][:1]
+    if any(isinstance(m, IntEmbedding) for m in model.modules()):
+        return []  # quantized already
     # the vocabulary table: the one with the most rows (positions and token types are small)
     return [max(tables, key=lambda t: t[1].num_embeddings)[0]] if tables else []
 
@@ -94,6 +96,8 @@ def quantize_embeddings(model: nn.Module, *, group_size: int = 32, filter_fn: Fi
     if not isinstance(model, nn.Module):
         raise TypeError(f"quantize_embeddings expects a torch.nn.Module, got {type(model).__name__}")
     names = _selected(model, filter_fn)
+    if not names and any(isinstance(m, IntEmbedding) for m in model.modules()):
+        return {}  # the tables are INT4 already
     if not names:
         raise ValueError(f"{type(model).__name__} has no nn.Embedding{' that filter_fn selects' if filter_fn else ''}"
                          f" to quantize (tables already quantized are IntEmbedding)")

@@ -219,3 +219,12 @@ def test_a_functional_read_of_the_table_names_the_fix(tmp_path):
     with pytest.raises(Exception, match="reads .weight directly"):
         lrc.export_onnx(model, tmp_path / "m.onnx", example_inputs=(ids(seq=8) % 96,), embeddings="int4")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_quantizing_twice_changes_nothing(tmp_path):
+    model = Lookup().eval()
+    lrc.quantize_embeddings(model)
+    table = model.emb
+    assert lrc.quantize_embeddings(model) == {}
+    path = lrc.export_onnx(model, tmp_path / "m.onnx", example_inputs=(ids(),), embeddings="int4")
+    assert model.emb is table and table_copies(onnx.load(str(path)), VOCAB, 96) == 1

@@ -7,6 +7,7 @@ Distillation loss = masked MSE between the student's and the teacher's last hidd
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import time
@@ -83,21 +84,34 @@ def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr
 
 def latency_ms(path: Path, tokenizer, sentence: str, level: int, runs: int = 30) -> float:
     """Median of ``runs`` at batch 1, one thread, MatMulNBits at accuracy ``level``."""
-    if level:
-        with staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")) as tmp:
-            set_accuracy_level(path, tmp, level)
-            return latency_ms(tmp, tokenizer, sentence, 0, runs)
-    session = load(path, threads=1)
-    t = tokenize(tokenizer, [sentence])
-    feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
-    for _ in range(3):
-        session(**feed)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session(**feed)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return latencies_ms({"one": path}, tokenizer, sentence, level, rounds=runs // 5 or 1, runs=5)["one"]
+
+
+def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: int = 10,
+                 runs: int = 5) -> dict:
+    """Median ms per file at batch 1, one thread, MatMulNBits at accuracy ``level``; the files'
+    rounds are interleaved (``runs`` calls of each file per round) so that a busy moment of the
+    machine falls on every file alike and their ratios hold from run to run."""
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+        for name, path in paths.items():
+            if level:
+                staged = stack.enter_context(staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")))
+                path = set_accuracy_level(path, staged, level)
+            sessions[name] = load(path, threads=1)
+        t = tokenize(tokenizer, [sentence])
+        feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
+        times = {name: [] for name in sessions}
+        for session in sessions.values():
+            for _ in range(3):
+                session(**feed)
+        for _ in range(rounds):
+            for name, session in sessions.items():
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    session(**feed)
+                    times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
 def ort_quantize(src: Path, dst: Path, *, bits: int, group_size: int) -> Path:
