@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import report_genai
 from .common import fmt_bytes, fmt_ms, machine_line
 
 LEVELS = ("acc0", "acc4")
@@ -93,6 +94,9 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
                      _verdict(all(v <= 1.5 for _, v in steps))))
         rows.append(("QA-LoRA frozen base memory <= 0.2x fp32", ", ".join(f"{k}: {v:.3f}x" for k, v in mems),
                      _verdict(all(v <= 0.2 for _, v in mems))))
+    gen = _ok(result, "genai")
+    if gen:
+        rows += report_genai.targets(gen, _verdict)
     return rows
 
 
@@ -283,11 +287,12 @@ def compile_md(r: dict) -> list[str]:
 
 
 PLOTS = {"quality": "quality_vs_bpw.png", "fold": "fold_error.png", "speed": "speed.png", "floor": "floor.png",
-         "training": "training.png", "compile": "compile.png"}
+         "training": "training.png", "compile": "compile.png", "genai": "genai.png"}
 SECTIONS = [("quality", "1. Quality", quality_md), ("fold", "2. Fold exactness", fold_md),
             ("size", "3. Size", None), ("speed", "4. Inference speed", speed_md),
             ("floor", "4b. Against the memory-bandwidth floor", None), ("training", "5. Training cost", training_md),
-            ("compile", "6. Compile cost", compile_md)]
+            ("compile", "6. Compile cost", compile_md),
+            ("genai", "7. Decoders in onnxruntime-genai", report_genai.genai_md)]
 
 
 def markdown(result: dict) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lowrank_compiler.runtime.files import write_atomic
 
-from . import bench_fold, compile_cost, floor, quality, speed, training
+from . import bench_fold, compile_cost, floor, genai, quality, speed, training
 from .common import START, Log, machine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -41,9 +41,11 @@ class Scale:
     floor: floor.Settings
     training: training.Settings
     compile: compile_cost.Settings
+    genai: genai.Settings
 
 
-FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), training.Settings(), compile_cost.Settings())
+FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), training.Settings(), compile_cost.Settings(),
+             genai.Settings())
 QUICK = Scale(
     quality.Settings(bits=(4, 2), groups=(32, 128), steps=4, batch=8, eval_sentences=32, calibration_sentences=64),
     10,
@@ -51,6 +53,8 @@ QUICK = Scale(
     floor.Settings(hidden=1024, layers=1, repeats=5, bandwidth_bytes=1 << 28),
     training.Settings(sizes=(training.Size("~5M", 4, 256, 2048, 4, 64),), steps=2),
     compile_cost.Settings(hidden=512, layers=1, repeats=2),
+    genai.Settings(hidden=512, layers=2, heads=8, kv_heads=2, contexts=(64, 256), no_cache_context=256, new=16,
+                   reps=2, bandwidth_bytes=1 << 28, large=(2, 512, 1280, 4000)),
 )
 # the test's setting: every code path, smallest sizes
 SMOKE = Scale(
@@ -61,9 +65,11 @@ SMOKE = Scale(
     floor.Settings(hidden=128, layers=1, repeats=2, bandwidth_bytes=1 << 24, formats=("int",)),
     training.Settings(sizes=(training.Size("tiny", 1, 64, 256, 2, 16),), steps=1),
     compile_cost.Settings(hidden=128, layers=1, repeats=1),
+    genai.Settings(hidden=128, layers=1, heads=2, kv_heads=1, vocab=320, contexts=(8, 16), no_cache_context=16, new=4,
+                   reps=1, threads=1, rank=4, bandwidth_bytes=1 << 24, large=(1, 256, 512, 1000)),
 )
 SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
-SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile")
+SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile", "genai")
 
 
 def run_section(name: str, scale: Scale, work: Path, log):
@@ -78,6 +84,8 @@ def run_section(name: str, scale: Scale, work: Path, log):
         return floor.run(scale.floor, work, log)
     if name == "training":
         return training.run(scale.training, work, log)
+    if name == "genai":
+        return genai.run(scale.genai, work, log)
     return compile_cost.run(scale.compile, work, log)
 
 
@@ -88,7 +96,8 @@ def write(result: dict, out: Path, name: str) -> None:
     result["total_s"] = time.perf_counter() - START
     result["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     drawers = {"quality": plots.quality, "fold": lambda r, o: plots.fold(r["rows"], o), "speed": plots.speed,
-               "floor": plots.floor, "training": plots.training, "compile": plots.compile_cost}
+               "floor": plots.floor, "training": plots.training, "compile": plots.compile_cost,
+               "genai": plots.genai}
     sec = result["sections"][name]
     if "result" in sec:
         try:
