@@ -1,11 +1,14 @@
 """Run every benchmark and write ``benchmarks/results/``: ``report.md``, PNG plots, ``results.json``.
 
-    python -m benchmarks                 # everything (about 30 minutes on 2 cores)
+    python -m benchmarks                 # everything (about 35 minutes on 2 cores)
     python -m benchmarks --quick         # the same code on small settings (a few minutes)
     python -m benchmarks --only speed,floor --out DIR
+    python -m benchmarks --only genai --keep   # rerun one section, keep the others' numbers
 
 Sections: 1 quality (MiniLM, bits x group, every method), 2 fold exactness, 3 size,
-4 inference speed and the memory-bandwidth floor, 5 training cost, 6 compile cost.
+4 inference speed and the memory-bandwidth floor, 5 training cost, 6 compile cost,
+7 decoders in onnxruntime-genai (ours vs its model builder, with a LoRA adapter, the KV
+cache, the bandwidth floor, the export cost of a 1.1B decoder).
 A section that fails is reported as failed and the others still run; the report is
 rewritten after every section, so an interrupted run leaves what it measured.
 """
@@ -115,6 +118,24 @@ def write(result: dict, out: Path, name: str) -> None:
     write_atomic(out / "report.md", text)
 
 
+def keep_others(result: dict, path: Path, only: list[str]) -> None:
+    """Put the sections (and plots) of an earlier ``results.json`` that this run does not rerun into
+    ``result``; each keeps the command, setting and load average it was measured under."""
+    from .report import PLOTS
+
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for name, sec in old["sections"].items():
+        if name not in only:
+            sec.setdefault("run", {"command": old["command"], "scale": old["scale"], "machine": old["machine"],
+                                   "load_average_start": old["machine"].get("load_average_start"),
+                                   "load_average_end": old.get("load_average_end")})
+            result["sections"][name] = sec
+            if PLOTS.get(name) in old.get("plots", []):
+                result["plots"].append(PLOTS[name])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings, a few minutes (same as --scale quick)")
@@ -124,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quality-steps", type=int, help="training steps per trained quality point (overrides the scale)")
     ap.add_argument("--quality-sentences", type=int, help="held-out sentences the quality section scores on")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the sections of the results.json already in --out that this run does not run")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -149,6 +172,8 @@ def main(argv=None) -> int:
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {"machine": machine(), "scale": args.scale, "command": command.strip(), "sections": {},
               "plots": []}
+    if args.keep:
+        keep_others(result, out / "results.json", only)
     log(f"benchmarks ({args.scale}): {', '.join(only)} -> {out}")
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
         for name in only:
