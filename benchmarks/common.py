@@ -50,6 +50,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+
+
+def cpu_flags() -> str:
+    """The CPU's vector and int8 dot-product flags, the ones INT4 kernels pick their code by."""
+    try:
+        line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "")
+    except OSError:
+        return "unknown"
+    have = set(line.split(":", 1)[-1].split())
+    return " ".join(f for f in FLAGS if f in have) or f"none of {', '.join(FLAGS)}"
+
+
 def _read(path: str, default: str = "?") -> str:
     try:
         return Path(path).read_text().strip()
@@ -72,6 +85,7 @@ def machine() -> dict:
     return {
         "platform": platform.platform(),
         "cpu": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cores": os.cpu_count(),
         "l3_cache": _read("/sys/devices/system/cpu/cpu0/cache/index3/size"),
         "memory_gib": _mem_total_gib(),
@@ -86,7 +100,8 @@ def machine() -> dict:
 
 
 def machine_line(m: dict) -> str:
-    return (f"{m['cpu']}, {m['cores']} cores, L3 {m['l3_cache']}, {m['memory_gib']:.0f} GiB; {m['platform']}; "
+    flags = f" (flags: {m['cpu_flags']})" if m.get("cpu_flags") else ""  # absent from older results
+    return (f"{m['cpu']}{flags}, {m['cores']} cores, L3 {m['l3_cache']}, {m['memory_gib']:.0f} GiB; {m['platform']}; "
             f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}")
 
 

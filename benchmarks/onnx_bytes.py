@@ -72,3 +72,22 @@ def file_bytes(path: str | os.PathLike) -> int:
     path = Path(path)
     data = path.with_name(path.name + ".data")
     return path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+
+
+def per_token_bytes(path: str | os.PathLike) -> int:
+    """Initializer bytes one decoding step reads: every initializer, except that a table only
+    gathered from (an embedding, GroupQueryAttention's rotary cos / sin caches: inputs 7, 8)
+    counts one row, the row a token reads."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    gathered: dict[str, bool] = {}  # name -> read one row only (so far)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in inits:
+                row = (node.op_type == "Gather" and i == 0) or (node.op_type == "GroupQueryAttention" and i in (7, 8))
+                gathered[name] = gathered.get(name, True) and row
+    total = 0
+    for name, t in inits.items():
+        nbytes = tensor_bytes(t)
+        total += nbytes // t.dims[0] if gathered.get(name) and t.dims else nbytes
+    return total

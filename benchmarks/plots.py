@@ -134,3 +134,28 @@ def compile_cost(result: dict, out: Path) -> str | None:
     ax.set_title(f"Compile cost, {result['params'] / 1e6:.0f}M-parameter model, INT4 g32")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, out, "compile.png")
+
+
+def genai(result: dict, out: Path) -> str | None:
+    decode = result["decode_ms"]
+    if not decode:
+        return None
+    contexts = sorted({int(c) for v in decode.values() for c in v})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, v) in enumerate(decode.items()):
+        ms = [v[str(c)] for c in contexts]
+        axes[0].plot(contexts, ms, marker="o", color=f"C{i}", label=name)
+        floor = [result["bandwidth"] / (result["weight_bytes"][name] + result["kv_bytes"][str(c)]) for c in contexts]
+        axes[1].plot(contexts, [1000 / m / f for m, f in zip(ms, floor)], marker="o", color=f"C{i}", label=name)
+    axes[0].set_ylabel("decode ms/token (median)")
+    axes[1].set_ylabel("tokens/s / bandwidth-floor tokens/s")
+    axes[1].set_ylim(0, 1)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (prompt tokens)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    s = result["settings"]
+    fig.suptitle(f"onnxruntime-genai decode, hidden {s['hidden']}, {s['layers']} layers, INT4 g32, "
+                 f"{s['threads']} thread(s)")
+    return _save(fig, out, "genai.png")

@@ -8,8 +8,8 @@ accuracy level and thread count measured for it.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
+from . import report_genai
 from .common import fmt_bytes, fmt_ms, machine_line
 
 LEVELS = ("acc0", "acc4")
@@ -59,7 +59,7 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
     for label, speedups, note in (
             ("batch 1, one token (decode), hidden >= 2048: INT4 (acc 4) >= 2x faster than fp32", decode, ""),
             ("batch 1, 16 and 128 tokens (prefill), hidden >= 2048: INT4 (acc 4) >= 2x faster than fp32", prefill,
-             _compute_bound_note())):
+             _compute_bound_note(_machine_of(result, "speed")))):
         if speedups:
             worst = min(speedups, key=speedups.get)
             rows.append((label, f"worst speed-up {speedups[worst]:.2f}x ({worst}); best "
@@ -71,7 +71,7 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
         ours = {k: v for k, v in floor["rows"].items() if v["model"].startswith("ours") and v["level"] == "4"}
         if ours:
             worst = max(ours, key=lambda k: ours[k]["ratio"])
-            big = floor["weight_bytes"].get("ours-int", 0) > 2 * _cache_bytes(result)
+            big = floor["weight_bytes"].get("ours-int", 0) > 2 * _cache_bytes(_machine_of(result, "floor"))
             note = "" if big else " (INT4 weights under twice the L3 cache: partly a cache floor)"
             rows.append(("batch-1 INT4 at accuracy level 4 within 2x of the memory-bandwidth floor",
                          f"worst {ours[worst]['ratio']:.2f}x the floor ({worst.replace('@', ', threads ')}){note}",
@@ -93,11 +93,19 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
                      _verdict(all(v <= 1.5 for _, v in steps))))
         rows.append(("QA-LoRA frozen base memory <= 0.2x fp32", ", ".join(f"{k}: {v:.3f}x" for k, v in mems),
                      _verdict(all(v <= 0.2 for _, v in mems))))
+    gen = _ok(result, "genai")
+    if gen:
+        rows += report_genai.targets(gen, _verdict)
     return rows
 
 
-def _cache_bytes(result: dict) -> int:
-    text = str(result["machine"].get("l3_cache", "")).upper()
+def _machine_of(result: dict, name: str) -> dict:
+    """The machine section ``name`` ran on: its own run's when it was kept from an earlier one."""
+    return result["sections"].get(name, {}).get("run", {}).get("machine") or result["machine"]
+
+
+def _cache_bytes(machine: dict) -> int:
+    text = str(machine.get("l3_cache", "")).upper()
     try:
         if text.endswith("K"):
             return int(text[:-1]) * 1024
@@ -251,12 +259,12 @@ def _control(lat: dict) -> str:
             f"in this run")
 
 
-def _compute_bound_note() -> str:
-    """Why INT4 cannot halve fp32's time once a call has many tokens, on a CPU without int8 dot products."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
+def _compute_bound_note(machine: dict) -> str:
+    """Why INT4 cannot halve fp32's time once a call has many tokens, on a CPU without int8 dot products
+    (the flags of the machine the section ran on; none recorded: no claim)."""
+    if not machine.get("cpu_flags"):
         return ""
+    flags = set(machine["cpu_flags"].split())
     if flags & {"avx512_vnni", "avx_vnni", "amx_int8"}:
         return ""
     return ("; with many tokens a call is compute-bound and this CPU has no int8 dot-product instructions "
@@ -283,23 +291,26 @@ def compile_md(r: dict) -> list[str]:
 
 
 PLOTS = {"quality": "quality_vs_bpw.png", "fold": "fold_error.png", "speed": "speed.png", "floor": "floor.png",
-         "training": "training.png", "compile": "compile.png"}
+         "training": "training.png", "compile": "compile.png", "genai": "genai.png"}
 SECTIONS = [("quality", "1. Quality", quality_md), ("fold", "2. Fold exactness", fold_md),
             ("size", "3. Size", None), ("speed", "4. Inference speed", speed_md),
             ("floor", "4b. Against the memory-bandwidth floor", None), ("training", "5. Training cost", training_md),
-            ("compile", "6. Compile cost", compile_md)]
+            ("compile", "6. Compile cost", compile_md),
+            ("genai", "7. Decoders in onnxruntime-genai", report_genai.genai_md)]
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
+    ran = {k: v for k, v in result["sections"].items() if "run" not in v}  # kept sections name their own run
     out = ["# Benchmark report", "",
            f"Machine: {machine_line(m)}. Load average (1, 5, 15 min) at the start {_load(m.get('load_average_start'))}, "
            f"at the end {_load(result.get('load_average_end'))}: other work on the machine makes absolute times "
            f"noisier; every comparison below ran both sides in this run, interleaved, as medians.", "",
            f"Command: `{result['command']}` (setting `{result['scale']}`); wall time {result.get('total_s', 0) / 60:.1f} min"
-           + (" (" + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in result["sections"].items()) + ")"
-              if result["sections"] else "") + ".", "", "## Targets", "",
+           + (" (" + ", ".join(f"{k} {v['seconds']:.0f} s" for k, v in ran.items()) + ")" if ran else "")
+           + ".", "", "## Targets", "",
            "| target | measured | verdict |", "| --- | --- | --- |"]
+    out[-4:-4] = _kept(result)
     out += [f"| {t} | {v} | {d} |" for t, v, d in targets(result)]
     for key, title, fn in SECTIONS:
         out += ["", f"## {title}", ""]
@@ -313,12 +324,26 @@ def markdown(result: dict) -> str:
         elif "error" in sec:
             out.append(f"Failed after {sec['seconds']:.0f} s: `{sec['error']}`")
         else:
-            out += floor_md(sec["result"], m) if key == "floor" else fn(sec["result"])
+            out += floor_md(sec["result"], _machine_of(result, key)) if key == "floor" else fn(sec["result"])
             if PLOTS[key] in result.get("plots", []):
                 out += ["", f"![{title}]({PLOTS[key]})"]
             if "plot_error" in sec:
                 out += ["", f"(The plot failed: `{sec['plot_error']}`.)"]
     return "\n".join(out) + "\n"
+
+
+def _kept(result: dict) -> list[str]:
+    """A line per earlier run whose sections this report kept (``--keep``)."""
+    runs: dict[str, list[str]] = {}
+    for name, sec in result["sections"].items():
+        if "run" in sec:
+            r = sec["run"]
+            other = r.get("machine") and machine_line(r["machine"]) != machine_line(result["machine"])
+            key = (f"`{r['command']}` (setting `{r['scale']}`; load average at its start "
+                   f"{_load(r.get('load_average_start'))}, at its end {_load(r.get('load_average_end'))}"
+                   + (f"; machine: {machine_line(r['machine'])}" if other else "") + ")")
+            runs.setdefault(key, []).append(name)
+    return [f"Kept from an earlier run, {key}: {', '.join(names)}.\n" for key, names in runs.items()]
 
 
 def _load(v) -> str:

@@ -1,11 +1,14 @@
 """Run every benchmark and write ``benchmarks/results/``: ``report.md``, PNG plots, ``results.json``.
 
-    python -m benchmarks                 # everything (about 30 minutes on 2 cores)
+    python -m benchmarks                 # everything (about 35 minutes on 2 cores)
     python -m benchmarks --quick         # the same code on small settings (a few minutes)
     python -m benchmarks --only speed,floor --out DIR
+    python -m benchmarks --only genai --keep   # rerun one section, keep the others' numbers
 
 Sections: 1 quality (MiniLM, bits x group, every method), 2 fold exactness, 3 size,
-4 inference speed and the memory-bandwidth floor, 5 training cost, 6 compile cost.
+4 inference speed and the memory-bandwidth floor, 5 training cost, 6 compile cost,
+7 decoders in onnxruntime-genai (ours vs its model builder, with a LoRA adapter, the KV
+cache, the bandwidth floor, the export cost of a 1.1B decoder).
 A section that fails is reported as failed and the others still run; the report is
 rewritten after every section, so an interrupted run leaves what it measured.
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from lowrank_compiler.runtime.files import write_atomic
 
-from . import bench_fold, compile_cost, floor, quality, speed, training
+from . import bench_fold, compile_cost, floor, genai, quality, speed, training
 from .common import START, Log, machine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -41,9 +44,11 @@ class Scale:
     floor: floor.Settings
     training: training.Settings
     compile: compile_cost.Settings
+    genai: genai.Settings
 
 
-FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), training.Settings(), compile_cost.Settings())
+FULL = Scale(quality.Settings(), 50, speed.Settings(), floor.Settings(), training.Settings(), compile_cost.Settings(),
+             genai.Settings())
 QUICK = Scale(
     quality.Settings(bits=(4, 2), groups=(32, 128), steps=4, batch=8, eval_sentences=32, calibration_sentences=64),
     10,
@@ -51,6 +56,8 @@ QUICK = Scale(
     floor.Settings(hidden=1024, layers=1, repeats=5, bandwidth_bytes=1 << 28),
     training.Settings(sizes=(training.Size("~5M", 4, 256, 2048, 4, 64),), steps=2),
     compile_cost.Settings(hidden=512, layers=1, repeats=2),
+    genai.Settings(hidden=512, layers=2, heads=8, kv_heads=2, contexts=(64, 256), no_cache_context=256, new=16,
+                   reps=2, bandwidth_bytes=1 << 28, large=(2, 512, 1280, 4000)),
 )
 # the test's setting: every code path, smallest sizes
 SMOKE = Scale(
@@ -61,9 +68,11 @@ SMOKE = Scale(
     floor.Settings(hidden=128, layers=1, repeats=2, bandwidth_bytes=1 << 24, formats=("int",)),
     training.Settings(sizes=(training.Size("tiny", 1, 64, 256, 2, 16),), steps=1),
     compile_cost.Settings(hidden=128, layers=1, repeats=1),
+    genai.Settings(hidden=128, layers=1, heads=2, kv_heads=1, vocab=320, contexts=(8, 16), no_cache_context=16, new=4,
+                   reps=1, threads=1, rank=4, bandwidth_bytes=1 << 24, large=(1, 256, 512, 1000)),
 )
 SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
-SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile")
+SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile", "genai")
 
 
 def run_section(name: str, scale: Scale, work: Path, log):
@@ -78,6 +87,8 @@ def run_section(name: str, scale: Scale, work: Path, log):
         return floor.run(scale.floor, work, log)
     if name == "training":
         return training.run(scale.training, work, log)
+    if name == "genai":
+        return genai.run(scale.genai, work, log)
     return compile_cost.run(scale.compile, work, log)
 
 
@@ -88,7 +99,8 @@ def write(result: dict, out: Path, name: str) -> None:
     result["total_s"] = time.perf_counter() - START
     result["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     drawers = {"quality": plots.quality, "fold": lambda r, o: plots.fold(r["rows"], o), "speed": plots.speed,
-               "floor": plots.floor, "training": plots.training, "compile": plots.compile_cost}
+               "floor": plots.floor, "training": plots.training, "compile": plots.compile_cost,
+               "genai": plots.genai}
     sec = result["sections"][name]
     if "result" in sec:
         try:
@@ -106,6 +118,24 @@ def write(result: dict, out: Path, name: str) -> None:
     write_atomic(out / "report.md", text)
 
 
+def keep_others(result: dict, path: Path, only: list[str]) -> None:
+    """Put the sections (and plots) of an earlier ``results.json`` that this run does not rerun into
+    ``result``; each keeps the command, setting and load average it was measured under."""
+    from .report import PLOTS
+
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    for name, sec in old["sections"].items():
+        if name not in only:
+            sec.setdefault("run", {"command": old["command"], "scale": old["scale"], "machine": old["machine"],
+                                   "load_average_start": old["machine"].get("load_average_start"),
+                                   "load_average_end": old.get("load_average_end")})
+            result["sections"][name] = sec
+            if PLOTS.get(name) in old.get("plots", []):
+                result["plots"].append(PLOTS[name])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small settings, a few minutes (same as --scale quick)")
@@ -115,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quality-steps", type=int, help="training steps per trained quality point (overrides the scale)")
     ap.add_argument("--quality-sentences", type=int, help="held-out sentences the quality section scores on")
     ap.add_argument("--quiet", action="store_true", help="no progress output")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the sections of the results.json already in --out that this run does not run")
     args = ap.parse_args(argv)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(only) - set(SECTIONS))
@@ -140,6 +172,8 @@ def main(argv=None) -> int:
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     result = {"machine": machine(), "scale": args.scale, "command": command.strip(), "sections": {},
               "plots": []}
+    if args.keep:
+        keep_others(result, out / "results.json", only)
     log(f"benchmarks ({args.scale}): {', '.join(only)} -> {out}")
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
         for name in only:

@@ -14,7 +14,8 @@ pytest.importorskip("matplotlib")
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 TITLES = ("## Targets", "## 1. Quality", "## 2. Fold exactness", "## 3. Size", "## 4. Inference speed",
-          "## 4b. Against the memory-bandwidth floor", "## 5. Training cost", "## 6. Compile cost")
+          "## 4b. Against the memory-bandwidth floor", "## 5. Training cost", "## 6. Compile cost",
+          "## 7. Decoders in onnxruntime-genai")
 
 
 @pytest.mark.bench
@@ -29,7 +30,8 @@ def test_suite_writes_report_plots_and_numbers(tmp_path):
     assert positions == sorted(positions)
     assert "Failed after" not in report and "Not run" not in report
     assert "PASS" in report or "FAIL" in report
-    for name in ("quality_vs_bpw.png", "fold_error.png", "speed.png", "floor.png", "training.png", "compile.png"):
+    for name in ("quality_vs_bpw.png", "fold_error.png", "speed.png", "floor.png", "training.png", "compile.png",
+                 "genai.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG, name
         assert f"]({name})" in report
 
@@ -45,3 +47,38 @@ def test_suite_writes_report_plots_and_numbers(tmp_path):
     assert methods["QA-LoRA (INT4 g32)"]["base_bytes"] < 0.2 * methods["LoRA over fp32"]["base_bytes"]
     compiled = sections["compile"]["result"]
     assert compiled["our_layers"] == compiled["ort_layers"]  # both quantized the same linear layers
+    genai = sections["genai"]["result"]
+    assert "error" not in genai["large"], genai["large"]
+    assert genai["large"]["phases"][-1]["peak"] > genai["large"]["phases"][0]["rss"]
+    assert set(genai["decode_ms"]) == set(genai["nodes"]) and genai["no_cache_ms"]
+    assert genai["nodes"]["ours-lora-int"] == genai["nodes"]["ours"]  # an integer-zero adapter folds away
+    layers = genai["settings"]["layers"]
+    assert genai["builder_lora_ops"] == {"MatMulNBits": 14 * layers, "Add": 7 * layers}  # A, B and Add per linear
+
+
+def test_plain_lora_adapter_computes_the_qalora_adapter(tmp_path, monkeypatch):
+    """The adapter the genai section gives the model builder: PEFT's plain LoRA on the float
+    layer adds what our QA-LoRA adapter adds on the INT4 one."""
+    peft = pytest.importorskip("peft")
+    import copy
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import genai_models as gm
+
+    model = gm.make_model(64, 1, 2, 1, 100, 64)
+    compiled = gm.with_adapter(model, rank=4)
+    path = gm.plain_lora_adapter(compiled, tmp_path / "adapter")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(path)).base_model.model
+    x = torch.randn(3, 64)
+    checked = 0
+    with torch.no_grad():
+        for name, ours in compiled.named_modules():
+            if hasattr(ours, "lora_A") and ours.in_features == 64:
+                peer = theirs.get_submodule(name)
+                added_ours, added_theirs = ours(x) - ours.base(x), peer(x) - peer.base_layer(x)
+                assert added_ours.abs().max() > 1e-3  # the adapter does something
+                torch.testing.assert_close(added_theirs, added_ours, rtol=1e-5, atol=1e-6)
+                checked += 1
+    assert checked == 6  # q, k, v, o, gate, up (down reads the MLP width)
