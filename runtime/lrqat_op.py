@@ -40,7 +40,7 @@ def grid_position(phi0, lora_A, lora_B, scale: float, bits: int) -> torch.Tensor
 
 def codes(phi0, lora_A, lora_B, scale: float, bits: int) -> torch.Tensor:
     """q = clamp(round(Phi), 0, 2^b - 1), integer-valued f32 [N, K]."""
-    return torch.clamp(torch.round(grid_position(phi0, lora_A, lora_B, scale, bits)), 0, qmax(bits))
+    return grid_position(phi0, lora_A, lora_B, scale, bits).round_().clamp_(0, qmax(bits))
 
 
 def weight(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -48,7 +48,7 @@ def weight(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int
     n, k = q.shape
     z = zero_points(zeros, bits, k // group_size)  # (N, L)
     w = q.reshape(n, k // group_size, group_size) - z[..., None]  # (N, L, g)
-    return (w * scales.to(torch.float32)[..., None]).reshape(n, k)
+    return w.mul_(scales.to(torch.float32)[..., None]).reshape(n, k)
 
 
 @torch.library.custom_op("lowrank_compiler::lrqat_linear", mutates_args=())
@@ -75,8 +75,7 @@ def _backward(ctx, grad):  # grad: (..., N)
     x, phi0, lora_A, lora_B, scales, zeros = ctx.saved_tensors
     need = ctx.needs_input_grad
     n, k = phi0.shape
-    phi = grid_position(phi0, lora_A, lora_B, ctx.scale, ctx.bits)  # (N, K)
-    q = torch.round(phi)
+    q = grid_position(phi0, lora_A, lora_B, ctx.scale, ctx.bits).round_()  # (N, K)
     inside = (q >= 0) & (q <= qmax(ctx.bits))  # the clamp's gradient
     q.clamp_(0, qmax(ctx.bits))
     w = weight(q, scales, zeros, ctx.bits, ctx.group_size)  # (N, K)
@@ -92,7 +91,7 @@ def _backward(ctx, grad):  # grad: (..., N)
     if need[4]:
         zq = q.reshape(groups) - zero_points(zeros, ctx.bits, groups[1])[..., None]  # (N, L, g)
         grads[4] = (g_w.reshape(groups) * zq).sum(-1).to(scales.dtype)  # (N, L)
-    g_phi = (g_w.reshape(groups) * scales.to(torch.float32)[..., None]).reshape(n, k) * inside  # (N, K)
+    g_phi = g_w.reshape(groups).mul_(scales.to(torch.float32)[..., None]).reshape(n, k).mul_(inside)  # (N, K)
     if need[3]:
         grads[3] = ((g_phi @ lora_A.to(torch.float32).T) * ctx.scale).to(lora_B.dtype)  # (N, r)
     if need[2]:

@@ -142,3 +142,26 @@ def test_bad_options_are_named():
         lrc.compile(tiny_gpt(), lrc.Policy(method="lrqat", rank=40, group_size=16))
     with pytest.raises(lrc.PolicyError, match=r"blocks.0.mlp.down_proj: group_size=256 is larger than its input width 128 \(shape \[32, 128\]\)"):
         lrc.compile(tiny_gpt(), lrc.Policy(method="lrqat", group_size=256, target=["down_proj"]))
+
+
+def test_op_gradients_are_the_straight_through_ones_of_plain_autograd():
+    """The op recomputes W in its backward; its gradients equal autograd's through round_ste and clamp."""
+    torch.manual_seed(0)
+    layer = LRQATLinear.from_float(torch.nn.Linear(64, 24), rank=4, alpha=8, bits=4, group_size=16, train_scales=True)
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 3.0)  # codes move, some out of the range (clamped: no gradient there)
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    y = layer(x)
+    gy = torch.randn_like(y)
+    (y * gy).sum().backward()
+    ref = [t.detach().clone().requires_grad_() for t in (x, layer.lora_A, layer.lora_B, layer.scales)]
+    x2, a, b, s = ref
+    phi = layer.base.grid() + (b @ a) * layer.scale
+    q = torch.clamp(phi + (torch.round(phi) - phi).detach(), 0, 15)
+    w = ((q.view(24, 4, 16) - layer.base.zero_points()[..., None]) * s[..., None]).view(24, 64)
+    y2 = torch.nn.functional.linear(x2, w, layer.base.bias)
+    assert torch.equal(y2, y)
+    (y2 * gy).sum().backward()
+    assert ((torch.round(phi) < 0) | (torch.round(phi) > 15)).any()
+    for got, want in zip((x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.scales.grad), [t.grad for t in ref]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
