@@ -123,7 +123,7 @@ def quality_md(r: dict) -> list[str]:
     s = r["settings"]
     pts = [p for p in r["points"] if "mean" in p]
     out = [f"MiniLM-L6 ({r['targeted_layers']} linear layers), {r['sentences']} held-out sentences; trained "
-           f"methods: {s['steps']} steps x {s['batch']} sentences of distillation each (QA-LoRA: at every "
+           f"methods: {s['steps']} steps x {s['batch']} sentences of distillation each (QA-LoRA, LR-QAT: at every "
            f"point; QLoRA: once, merged to every point); mean / worst cosine to the fp32 embeddings, and bits per "
            f"weight in brackets. Mean training time per run: "
            + ", ".join(f"{k} {v:.0f} s" for k, v in r["train_s"].items()) + ".", "",
