@@ -165,3 +165,16 @@ def test_op_gradients_are_the_straight_through_ones_of_plain_autograd():
     assert ((torch.round(phi) < 0) | (torch.round(phi) > 15)).any()
     for got, want in zip((x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.scales.grad), [t.grad for t in ref]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_summary_rows_name_the_method_and_what_trains():
+    model = lrc.compile(tiny_gpt(), lrc.Policy(**POLICY, train_scales=True, target=["q_proj"]))
+    rows = {r.name: r for r in lrc.summary(model).layers}
+    row = rows["blocks.0.attn.q_proj"]
+    assert (row.kind, row.rank, row.bits, row.group_size, row.zeros) == ("lrqat", 4, 4, 16, "int")
+    assert row.trainable == 4 * (32 + 32) + 32 * 2  # A, B and one scale per row and group
+    base = model.blocks[0].attn.q_proj.base
+    frozen = sum(b.numel() * b.element_size() for n, b in base.named_buffers() if n != "bias")
+    assert frozen == 32 * 32 + 32 * 2 * 4 + 32  # 1-byte grid, f32 scales, packed 4-bit zero points: 0.32x fp32
+    folded = {r.name: r for r in lrc.summary(lrc.fold(model)).layers}["blocks.0.attn.q_proj"]
+    assert (folded.kind, folded.zeros, folded.fold_rel_err) == ("int4", "int", 0.0)
