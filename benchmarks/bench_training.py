@@ -1,11 +1,12 @@
-"""Training-step cost and frozen-base bytes: QA-LoRA over INT4 vs LoRA over fp32, side by side.
+"""Training-step cost and frozen-base bytes: QA-LoRA and LR-QAT over INT4 vs LoRA over fp32, side by side.
 
     python benchmarks/bench_training.py [--steps 12] [--batch 8] [--seq 128]
 
 Builds a ~21M-parameter GPT (6 layers, width 512, vocab 4096, random weights), compiles
-one copy with LoRA over the fp32 base and one with QA-LoRA over INT4 (group 32), both at
-rank 16 on every linear layer but the head, and times full training steps (forward,
-backward, AdamW) alternately, so machine noise hits both alike. Reports median step
+one copy with LoRA over the fp32 base, one with QA-LoRA over INT4 (group 32) and one with
+LR-QAT (INT4 g32, its grid positions one byte a weight), all at rank 16 on every linear
+layer but the head, and times full training steps (forward, backward, AdamW) in turn, so
+machine noise hits all alike. Reports median step
 times, their ratio, and the bytes the frozen linear weights occupy (the tensors' storage
 as allocated, not a formula).
 """
@@ -19,6 +20,7 @@ import time
 import torch
 
 import lowrank_compiler as lrc
+from lowrank_compiler.runtime.grid import GridBase
 from lowrank_compiler.runtime.int_linear import IntLinear
 from lowrank_compiler.toy import GPTConfig, TinyGPT
 
@@ -32,12 +34,13 @@ def build(method: str) -> torch.nn.Module:
 
 
 def base_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the frozen linear weights (codes, scales, zeros or fp32 weights; biases left out)."""
+    """Bytes of the frozen linear weights (codes or grid, scales, zeros, or fp32 weights; biases left out)."""
     total = 0
     for m in model.modules():
         base = getattr(m, "base", None)
-        if isinstance(base, IntLinear):
-            total += sum(t.untyped_storage().nbytes() for t in (base.qweight, base.scales, base.zeros))
+        if isinstance(base, (IntLinear, GridBase)):
+            frozen = (base.qweight if isinstance(base, IntLinear) else base.phi0, base.scales, base.zeros)
+            total += sum(t.untyped_storage().nbytes() for t in frozen)
         elif isinstance(base, torch.nn.Linear):
             total += base.weight.untyped_storage().nbytes()
     return total
@@ -50,7 +53,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     args = ap.parse_args(argv)
 
-    models = {"lora-fp32": build("lora"), "qalora-int4": build("qalora")}
+    models = {"lora-fp32": build("lora"), "qalora-int4": build("qalora"), "lrqat-int4": build("lrqat")}
     n_params = sum(p.numel() for p in TinyGPT(CONFIG).parameters())
     x = torch.randint(0, CONFIG.vocab_size, (args.batch, args.seq + 1))
     opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3) for k, m in models.items()}
@@ -73,21 +76,21 @@ def main(argv=None) -> dict:
             times[name].append(step(name))
     med = {k: statistics.median(v) for k, v in times.items()}
     nbytes = {k: base_bytes(m) for k, m in models.items()}
+    ours = [k for k in models if k != "lora-fp32"]
     result = {
         "params": n_params,
         "step_ms": {k: 1000 * v for k, v in med.items()},
-        "step_ratio": med["qalora-int4"] / med["lora-fp32"],
+        "step_ratio": {k: med[k] / med["lora-fp32"] for k in ours},
         "base_bytes": nbytes,
-        "bytes_ratio": nbytes["qalora-int4"] / nbytes["lora-fp32"],
+        "bytes_ratio": {k: nbytes[k] / nbytes["lora-fp32"] for k in ours},
     }
     print(f"model: {n_params / 1e6:.1f}M parameters, batch {args.batch} x seq {args.seq}, "
           f"{torch.get_num_threads()} threads, {args.steps} steps each, alternating")
-    print("| base | step (median) | frozen linear weights |")
-    print("| --- | --- | --- |")
+    print("| base | step (median) | vs LoRA over fp32 | frozen linear weights | vs fp32 |")
+    print("| --- | --- | --- | --- | --- |")
     for k in models:
-        print(f"| {k} | {med[k] * 1000:.1f} ms | {nbytes[k] / 2**20:.2f} MiB |")
-    print(f"QA-LoRA/LoRA step time: {result['step_ratio']:.2f}x; INT4 base / fp32 base bytes: "
-          f"{result['bytes_ratio']:.3f}x")
+        step, size = result["step_ratio"].get(k, 1.0), result["bytes_ratio"].get(k, 1.0)
+        print(f"| {k} | {med[k] * 1000:.1f} ms | {step:.2f}x | {nbytes[k] / 2**20:.2f} MiB | {size:.3f}x |")
     return result
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lowrank_compiler.runtime.grid import GridBase
 from lowrank_compiler.runtime.int_linear import IntLinear
 from lowrank_compiler.runtime.lora import AdapterLayer
 from lowrank_compiler.runtime.nf4 import NF4Linear
@@ -150,7 +151,7 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
 
     A targeted layer is an adapter layer's base or a quantized layer (a fold's output):
     an fp32 matrix, or codes + scales + zero points (+ correction), or NF4 codes + block
-    scales. Biases are left out; ``weights`` counts the matrix entries they stand for.
+    scales, or LR-QAT's fixed-point grid + scales + zero points. Biases are left out; ``weights`` counts the matrix entries they stand for.
     """
     bases = {}
     for m in model.modules():
@@ -160,7 +161,7 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
             bases[id(m)] = m
     nbytes = weights = 0
     for base in bases.values():
-        if isinstance(base, (IntLinear, NF4Linear)):
+        if isinstance(base, (IntLinear, NF4Linear, GridBase)):
             nbytes += sum(b.untyped_storage().nbytes() for n, b in base.named_buffers() if n != "bias")
             weights += base.in_features * base.out_features
         else:  # a float layer (nn.Linear, GPT-2 Conv1D)

@@ -10,11 +10,12 @@ At each (bits, group):
 - QLoRA: NF4 base + LoRA, distilled once (NF4 depends on neither bits nor group), then
   merged and requantized to INT-bits in groups (the peers' merge) at each point;
 - ours: QA-LoRA over the GPTQ base (the distillation job's recipe), distilled with float zero
-  points (deployed ``split``) and with integer zero points (deployed as is), each trained
+  points (deployed ``split``) and with integer zero points (deployed as is), and LR-QAT from
+  the same GPTQ base (adapters inside the rounding, folded into integer codes), each trained
   afresh at each point.
 
 Training is ``jobs.encoder.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
-AdamW lr 5e-3 (the job's settings) but a short budget of ``steps`` x ``batch`` sentences,
+AdamW lr 5e-3 (LR-QAT: the job's ``lrqat_lr``) but a short budget of ``steps`` x ``batch`` sentences,
 the same batches for every method. Quality is the mean and worst cosine of the
 mean-pooled embeddings to fp32 on held-out sentences, computed on the deployed form:
 folded / merged PyTorch models (their ONNX exports match them, checked at the first
@@ -49,14 +50,14 @@ from .onnx_bytes import file_bytes, linear_weights
 
 ORT_BITS = KERNEL_BITS  # MatMulNBits kernels
 METHODS = ("RTN", "GPTQ", "onnxruntime RTN", "onnxruntime HQQ", "QLoRA merged", "QA-LoRA float zeros (ours)",
-           "QA-LoRA int zeros (ours)")
+           "QA-LoRA int zeros (ours)", "LR-QAT (ours)")
 
 
 @dataclass(frozen=True)
 class Settings:
     bits: tuple[int, ...] = (4, 3, 2)
     groups: tuple[int, ...] = (32, 64, 128)
-    steps: int = 32  # a short budget: 19 trained runs must fit the suite's 30 minutes
+    steps: int = 32  # a short budget: 28 trained runs must fit the suite's time
     batch: int = 16
     eval_sentences: int = 256
     calibration_sentences: int = 512  # GPTQ's statistics, as in the distillation job
@@ -139,9 +140,9 @@ class Sweep:
         return compile(copy.deepcopy(self.teacher), Policy(rank=self.cfg.rank, alpha=self.cfg.alpha, **policy),
                        trace_mode="modules", calibration=self.calibration if gptq else None)
 
-    def distil(self, model, label: str) -> None:
+    def distil(self, model, label: str, method: str = "qalora") -> None:
         started = time.perf_counter()
-        encoder.distil(model, self.cached, self.tok, self.train, label=label, **self.cfg.training())
+        encoder.distil(model, self.cached, self.tok, self.train, label=label, **self.cfg.training(method))
         self.train_s.setdefault(label.split(" ")[0], []).append(time.perf_counter() - started)
 
     def export(self, model, name: str) -> Path:
@@ -162,19 +163,21 @@ class Sweep:
                 self.ort_layers = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(path)).graph.node)
 
     def ours(self, bits: int, group: int) -> None:
-        for zp in ZERO_POINT_MODES:
-            model = self.student(method="qalora", bits=bits, group_size=group, zero_point=zp, quantizer="gptq")
-            self.distil(model, f"QA-LoRA-{zp} INT{bits} g{group}")
+        runs = [(f"QA-LoRA-{zp}", f"QA-LoRA {zp} zeros (ours)", zp, {"method": "qalora", "zero_point": zp})
+                for zp in ZERO_POINT_MODES] + [("LR-QAT", "LR-QAT (ours)", "lrqat", {"method": "lrqat"})]
+        for name, label, key, policy in runs:
+            model = self.student(bits=bits, group_size=group, quantizer="gptq", **policy)
+            self.distil(model, f"{name} INT{bits} g{group}", policy["method"])
             folded = fold(model, zeros="split")
-            label = f"QA-LoRA {zp} zeros (ours)"
             emb = encoder.torch_embed(folded, self.tok, self.held)
             self.add(label, bits, group, emb, *base_linear_bytes(folded))
             if self.s.onnx_check and bits == 4 and group == self.s.groups[0]:
                 self.log(f"  export {label} to ONNX")
-                path = self.export(folded, f"minilm_ours_{zp}")
+                path = self.export(folded, f"minilm_ours_{key}")
                 self.points[-1]["onnx_vs_torch"] = encoder.cosines(encoder.onnx_embed(load(path), self.tok, self.held),
                                                                   emb)[1]
-                form = "split (trained with float zeros)" if zp == "float" else "integer zeros"
+                form = {"float": "split (trained with float zeros)", "int": "integer zeros",
+                        "lrqat": "LR-QAT integer codes"}[key]
                 self.sizes[f"ours, {form}, INT4 g{group}"] = (file_bytes(path), *linear_weights(path))
 
 

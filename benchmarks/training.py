@@ -1,4 +1,4 @@
-"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA (INT4).
+"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT (INT4).
 
 For each model size (the hand-written GPT of ``lowrank_compiler.toy``, random weights),
 each method trains in its own fresh process (``spawn``), so its memory is its own: the
@@ -32,7 +32,7 @@ from pathlib import Path
 from .common import check_settings
 
 METHODS = {"LoRA over fp32": {"method": "lora"}, "QLoRA (NF4)": {"method": "qlora"},
-           "QA-LoRA (INT4 g32)": {"method": "qalora"}}
+           "QA-LoRA (INT4 g32)": {"method": "qalora"}, "LR-QAT (INT4 g32)": {"method": "lrqat"}}
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,9 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
     QA-LoRA layers become ``IntLinear`` with the same codes: ``zeros="split"`` (integer
     zero points plus an exact correction; the default), ``"float"`` (real zero points)
     or ``"round"`` (integer zero points alone: lossy, for comparison). Layers trained with
-    ``zero_point="int"`` fold to integer zero points exactly whatever ``zeros`` says.
+    ``zero_point="int"`` fold to integer zero points exactly whatever ``zeros`` says, and
+    LR-QAT layers to their trained integer codes (bit-identical to their forward), also
+    whatever ``zeros`` says.
     LoRA merges into ``nn.Linear``; QLoRA merges and requantizes (the peers' way).
     Per-layer errors on a probe batch: ``compile_info(new).fold_errors``, and the summary.
     The new model shares the integer codes (``qweight``, uint8, never written) with ``model``;

@@ -8,7 +8,7 @@ Commands:
   generate FOLDER --prompt TEXT         generate from such a folder, streaming tokens as they come
   inspect  model.onnx | DIR             the report of an ONNX file, the layer table of a directory
   dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
-  demo     the distillation job: MiniLM -> QA-LoRA INT4 -> train -> fold -> ONNX -> onnxruntime, one table
+  demo     the distillation job: MiniLM -> QA-LoRA (or LR-QAT) INT4 -> train -> fold -> ONNX -> onnxruntime, one table
   toy      compile the built-in small GPT with LoRA and print the summary
   passes   list the registered passes, their options and defaults
 
@@ -37,7 +37,7 @@ def _demo(args) -> int:
     from .jobs import distill
 
     distill.run(distill.config_from_args(args))
-    print(f"written to {args.out}: qalora_int4.onnx (the deployable model), the baselines' files, "
+    print(f"written to {args.out}: {args.methods[0]}_int4.onnx (the deployable model), the baselines' files, "
           f"adapters/, dumps/, results.md")
     return 0
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -41,6 +42,7 @@ from .model_spec import LoadedModel, ModelSpec, load_model
 from .policy import Policy
 from .runtime.errors import AdapterError, LowRankError
 from .runtime.files import write_atomic
+from .runtime.int_linear import IntLinear
 from .runtime.linear_kinds import is_quantized_linear
 from .runtime.lora import AdapterLayer
 from .tensorfile import read_json_record, read_tensors, spec_of, write_tensors
@@ -169,7 +171,25 @@ def load(directory: str | os.PathLike, *, adapters: str | os.PathLike | None = N
     return c
 
 
+def _make_room(model: nn.Module, recorded: dict[str, str]) -> None:
+    """A split fold leaves out corrections that are exactly zero, as the rebuilt (untrained) model's
+    are: give each layer whose saved state holds one a float32 buffer of the recorded shape to load into."""
+    for key, spec in recorded.items():
+        layer, _, name = key.rpartition(".")
+        match = re.fullmatch(r"float32\[(\d+), (\d+)\]", spec)
+        if name != "correction" or match is None:
+            continue
+        try:
+            module = model.get_submodule(layer)
+        except AttributeError:
+            continue  # reported by the comparison that follows
+        if isinstance(module, IntLinear) and module.correction is None:
+            module.correction = torch.zeros(int(match[1]), int(match[2]), device=module.scales.device)
+
+
 def _load_state(model: nn.Module, directory: Path, record: dict) -> None:
+    if record["stage"] == "folded":
+        _make_room(model, record["state"].get("tensors", {}))
     targets = state_tensors(model)
     expected = {k: spec_of(t) for k, t in targets.items()}
     recorded = record["state"].get("tensors", {})

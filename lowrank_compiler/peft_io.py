@@ -44,6 +44,7 @@ from .runtime.errors import AdapterError
 from .runtime.files import write_atomic
 from .runtime.linear_kinds import linear_shape
 from .runtime.lora import LoRALinear
+from .runtime.lrqat import LRQATLinear
 from .runtime.qalora import QALoRALinear
 
 CONFIG = "adapter_config.json"
@@ -249,6 +250,11 @@ def peft_policy(path: str | Path) -> Policy:
 def _adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    inside = [n for n, m in model.named_modules() if isinstance(m, LRQATLinear)]
+    if inside:
+        raise AdapterError(f"layer {inside[0]!r} ({len(inside)} in all) is an LR-QAT layer: its adapter moves integer "
+                           f"codes inside the rounding, which no PEFT adapter computes; keep it with "
+                           f"lrc.save_adapters, or fold it and export the integer model")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, QALoRALinear))}
     if not layers:
         raise AdapterError("the model holds no LoRA or QA-LoRA layers: compile it first "

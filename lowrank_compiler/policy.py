@@ -29,7 +29,9 @@ from .runtime.formats import (
     check_group_size,
 )
 
-METHODS = ("lora", "qalora", "qlora", "rtn")
+METHODS = ("lora", "qalora", "lrqat", "qlora", "rtn")
+QUANTIZED = ("qalora", "lrqat", "rtn")  # the methods with an integer base: ``quantizer`` applies
+SCALED = ("lrqat",)  # the methods that can train the base's scales
 
 
 def _patterns(name: str, value) -> tuple[str, ...]:
@@ -96,18 +98,21 @@ class Policy:
     """How ``compile`` rewrites a model.
 
     method: ``"lora"`` (float base, LoRA adapters), ``"qalora"`` (INT-``bits`` base in
-        groups of ``group_size``, group-pooled adapters that fold exactly), ``"qlora"``
+        groups of ``group_size``, group-pooled adapters that fold exactly), ``"lrqat"`` (the
+        same integer format; full-width adapters inside the rounding of each weight's grid
+        position, folded into new integer codes), ``"qlora"``
         (NF4 base, LoRA adapters: the baseline), ``"rtn"`` (quantize only, no adapter).
     target / exclude: module-name patterns, or ``"all-linear"``.
     rank, alpha, dropout: adapter rank ``r``, scale ``alpha / r``, dropout on the adapter input
-        (QA-LoRA: after pooling).
-    bits, group_size: the integer format (qalora, rtn; qlora's merge requantizes to it).
+        (QA-LoRA: after pooling; lrqat has no adapter input and takes none).
+    bits, group_size: the integer format (qalora, lrqat, rtn; qlora's merge requantizes to it).
     zero_point: QA-LoRA training form, ``"float"`` (official) or ``"int"`` (integer zero
         points in the loop, straight-through).
-    quantizer: how qalora and rtn round the base: ``"rtn"`` (min-max, round to nearest)
+    quantizer: how qalora, lrqat and rtn round the base: ``"rtn"`` (min-max, round to nearest)
         or ``"gptq"`` (error feedback along calibration statistics; ``compile`` then needs
         ``calibration=`` batches and runs the ``calibrate`` pass first).
     double_quant: QLoRA's 8-bit quantization of the NF4 block scales.
+    train_scales: lrqat also trains each group's scale (still an exact fold).
     overrides: per-pattern rank/alpha/bits/group_size.
     """
 
@@ -122,6 +127,7 @@ class Policy:
     zero_point: str = "float"
     quantizer: str = "rtn"
     double_quant: bool = False
+    train_scales: bool = False
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self):
@@ -141,11 +147,19 @@ class Policy:
         check_group_size(self.group_size)
         check_choice(self.zero_point, ZERO_POINT_MODES, "zero_point")
         check_choice(self.quantizer, QUANTIZERS, "quantizer")
-        if self.quantizer != "rtn" and self.method not in ("qalora", "rtn"):
-            raise PolicyError(f"quantizer={self.quantizer!r} applies to methods 'qalora' and 'rtn' (integer bases); "
-                              f"method {self.method!r} has none: leave quantizer='rtn'")
+        if self.quantizer != "rtn" and self.method not in QUANTIZED:
+            raise PolicyError(f"quantizer={self.quantizer!r} applies to methods {_names(QUANTIZED)} (integer "
+                              f"bases); method {self.method!r} has none: leave quantizer='rtn'")
         if not isinstance(self.double_quant, bool):
             raise PolicyError(f"double_quant must be true or false, got {self.double_quant!r}")
+        if not isinstance(self.train_scales, bool):
+            raise PolicyError(f"train_scales must be true or false, got {self.train_scales!r}")
+        if self.train_scales and self.method not in SCALED:
+            raise PolicyError(f"train_scales=True applies to method {_names(SCALED)} (integer grid scales); "
+                              f"method {self.method!r} has no scales to train: leave train_scales=False")
+        if self.method == "lrqat" and self.dropout:
+            raise PolicyError(f"dropout={self.dropout!r}: method 'lrqat' puts its adapter inside the weight, "
+                              f"where there is no input to drop; use dropout=0")
         object.__setattr__(self, "overrides", _overrides(self.overrides))
 
     # --- serialisation -------------------------------------------------------------
@@ -208,6 +222,8 @@ class Policy:
         name, options = {
             "lora": ("insert-lora", adapter),
             "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant}),
+            "lrqat": ("insert-lrqat", {"rank": self.rank, "alpha": self.alpha, **quant,
+                                       **({"train_scales": True} if self.train_scales else {})}),
             "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant}),
             "rtn": ("quantize", quant),
         }[self.method]
@@ -219,6 +235,11 @@ class Policy:
     def fold_pipeline(self, zeros: str = "split") -> Pipeline:
         """The pass that folds this policy's adapters (QLoRA requantizes to bits/group_size)."""
         return Pipeline((PassSpec("fold", {"zeros": zeros, "bits": self.bits, "group_size": self.group_size}),))
+
+
+def _names(methods: tuple[str, ...]) -> str:
+    quoted = [repr(m) for m in methods]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
 
 
 def _overrides(value) -> tuple[Override, ...]:

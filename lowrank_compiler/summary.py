@@ -20,7 +20,7 @@ from .runtime.lora import AdapterLayer
 @dataclass(frozen=True)
 class LayerRow:
     name: str
-    kind: str  # lora, qalora, qalora-int, qlora, int4 (int2/3/8), nf4, linear (a folded float layer)
+    kind: str  # lora, qalora, qalora-int, lrqat, qlora, int4 (int2/3/8), nf4, linear (a folded float layer)
     in_features: int
     out_features: int
     rank: int | None

@@ -3,7 +3,12 @@
 - QA-LoRA (``runtime.qalora``): an ``IntLinear`` with the same codes and scales and
   zero points moved by the adapter; ``zeros`` = ``"split"`` (integer zeros + exact
   correction), ``"float"`` (real zeros) or ``"round"`` (integer zeros alone, lossy).
-  Layers trained with ``zero_point="int"`` always fold to integer zeros, exactly.
+  Layers trained with ``zero_point="int"`` always fold to integer zeros, exactly. A
+  ``"split"`` layer whose correction is exactly zero (every moved zero point an integer,
+  e.g. an adapter that has not trained) gets none: it is the plain integer layer.
+- LR-QAT (``runtime.lrqat``): an ``IntLinear`` with the trained codes, the (trained)
+  scales and the same integer zero points, whatever ``zeros`` says; bit-identical to the
+  training forward.
 - LoRA over a float base: an ``nn.Linear`` with ``W + s B A``.
 - LoRA over NF4 (QLoRA): dequantize, add, requantize to ``IntLinear(bits, group_size)``,
   the peers' lossy merge.
@@ -25,6 +30,7 @@ import torch.fx as fx
 from ..runtime.formats import FOLD_ZEROS, check_bits, check_choice
 from ..runtime.int_linear import IntLinear
 from ..runtime.lora import AdapterLayer
+from ..runtime.lrqat import LRQATLinear
 from ..runtime.progress import progress
 from ..runtime.qalora import QALoRALinear
 from ..runtime.quant import group_sum
@@ -103,7 +109,7 @@ def fold_adapters(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, p
         layer = gm.get_submodule(name)
         if not isinstance(layer, AdapterLayer):
             raise TargetError(f"{name} is a {type(layer).__name__}, not an adapter layer")
-        if isinstance(layer, QALoRALinear):
+        if isinstance(layer, (QALoRALinear, LRQATLinear)):
             folded = layer.folded_layer(zeros)
         else:
             folded = layer.folded_layer(bits=bits, group_size=group_size)

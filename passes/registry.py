@@ -45,8 +45,8 @@ class PassInfo:
 
 
 _REGISTRY: dict[str, PassInfo] = {}
-BUILTIN = ("find_linears", "calibrate", "insert_lora", "insert_qalora", "insert_qlora", "quantize", "fold",
-           "export_onnx")
+BUILTIN = ("find_linears", "calibrate", "insert_lora", "insert_qalora", "insert_lrqat", "insert_qlora", "quantize",
+           "fold", "export_onnx")
 
 
 def _load_builtin() -> None:

@@ -11,6 +11,10 @@ exact correction beside the integer kernel)::
     W x = sum_l scale[j, l] (q - z')[j, l-th group] . x      (per output j)
         = int_kernel(x; zr) + sum_l scale[j, l] (zr - z')[j, l] * group_sum(x)[l]
     D[j, l] = scale[j, l] (zr[j, l] - z'[j, l]),   D: [N, L]   stored as D^T: [L, N]
+
+LR-QAT's frozen grid positions (``runtime.grid``) are unsigned fixed point: a ``bits``-wide
+integer part and ``grid_fraction_bits(bits)`` fraction bits in one uint8 (bits <= 4: 1 byte a
+weight) or, for 8-bit codes, an int16 (7 fraction bits).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)     # MatMulNBits compute precision: 0 fp32 ..
 METADATA_KEY = "lowrank_compiler"     # the exported file's metadata_props entry (JSON)
 EMBEDDINGS = ("float", "int4")        # how an export stores vocabulary tables (int4: GatherBlockQuantized)
 EMBEDDING_BITS = 4                    # GatherBlockQuantized's width everywhere onnxruntime runs it
+
+
+def grid_storage(bits: int) -> tuple[torch.dtype, int]:
+    """(dtype, fraction bits) of the fixed-point grid positions for ``bits``-wide codes: the
+    integer part fills the word, the fraction takes the rest (uint8 for bits <= 4, else int16)."""
+    return (torch.uint8, 8 - bits) if bits <= 4 else (torch.int16, 15 - bits)
 
 
 def qmax(bits: int) -> int:

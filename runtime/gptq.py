@@ -25,6 +25,10 @@ unchanged and QA-LoRA's fold stays exact. Two orders:
 
 On MiniLM (INT4 g32, 512 calibration sentences, no training) the held-out worst cosine
 to fp32 goes RTN 0.940 -> 0.977 in storage order -> 0.981 with ``act_order``.
+``grid=True`` also returns each weight's continuous grid position as GPTQ rounded it,
+``w_i / s + z`` with ``w_i`` the column as error-corrected by then (float32 ``[N, K]``):
+``clamp(round(grid), 0, 2^b - 1)`` is the code, and the fractional part is what LR-QAT
+(``runtime.lrqat``) starts from. The codes, scales and zeros are the same either way.
 Columns whose input is always zero (``H[i, i] = 0``) carry no signal: their weights
 quantize as they are. Work is ``O(K^2 N)``; the column loop runs in blocks of ``block``
 with the update to later blocks applied once per block (the paper's lazy batching).
@@ -53,8 +57,9 @@ def inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *,
-                  damp: float = 0.01, act_order: bool = True, block: int = 128):
-    """weight [N, K], H [K, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L])."""
+                  damp: float = 0.01, act_order: bool = True, block: int = 128, grid: bool = False):
+    """weight [N, K], H [K, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L]),
+    and with ``grid=True`` the grid positions f32 [N, K] that were rounded (module docstring)."""
     n, k = weight.shape
     if hessian.shape != (k, k):
         raise ValueError(f"hessian has shape {list(hessian.shape)}, expected [{k}, {k}] for a weight [{n}, {k}]")
@@ -70,6 +75,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     group = (order // g).tolist()  # the group of the column visited at step i
     w, u = w[:, order], inverse_factor(hessian[order][:, order], damp)  # (N, K), (K, K) in visit order
     codes = torch.empty(n, k, dtype=torch.uint8)
+    positions = torch.empty(n, k) if grid else None  # (N, K) in visit order
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         errs = torch.empty(n, b1 - b0)  # (N, block)
@@ -79,10 +85,16 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
                 _, s, z = quantize(w[:, i:i + g], bits, g)
                 scales[:, l], zeros[:, l] = s[:, 0], z[:, 0]
             s, z = scales[:, l], zeros[:, l].to(torch.float32)  # (N,)
-            q = torch.clamp(torch.round(w[:, i] / s + z), 0, top)
+            p = w[:, i] / s + z  # (N,): the continuous grid position
+            q = torch.clamp(torch.round(p), 0, top)
+            if grid:
+                positions[:, i] = p
             codes[:, i] = q.to(torch.uint8)
             e = (w[:, i] - s * (q - z)) / u[i, i]  # (N,)
             w[:, i + 1:b1] -= e[:, None] * u[i, i + 1:b1][None, :]
             errs[:, i - b0] = e
         w[:, b1:] -= errs @ u[b0:b1, b1:]  # (N, block) @ (block, K - b1): the lazy update
-    return codes[:, torch.argsort(order)], scales, zeros
+    back = torch.argsort(order)
+    if grid:
+        return codes[:, back], scales, zeros, positions[:, back]
+    return codes[:, back], scales, zeros

@@ -2,7 +2,8 @@
 
 Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the
 layer's own buffers (``onnx_ops.py``); a ``"split"``-folded layer's correction exports as
-the plain ops it is (group sums times ``D^T``). ``format="qdq"`` then lowers each
+the plain ops it is (group sums times ``D^T``). An unfolded LR-QAT layer exports as its
+fold (``LRQATLinear.folded_layer``, exact: the same codes as its forward), in both formats. ``format="qdq"`` then lowers each
 MatMulNBits node to standard ``DequantizeLinear`` + ``MatMul`` (``qdq.py``), after
 float-zero layers were converted to the exact split form.
 
@@ -39,6 +40,7 @@ from .nf4 import NF4Linear
 from .onnx_file import read_model
 from .gather_block_quantized import int_embedding_translation, share_table_codes
 from .matmulnbits import int_linear_translation, register_matmulnbits_schema
+from .lrqat import LRQATLinear
 from .qalora import QALoRALinear
 from .qdq import QDQ_BITS, lower_to_qdq
 from .files import commit, staged_file
@@ -56,6 +58,9 @@ def describe_lowering(module: nn.Module, fmt: str) -> str:
     """How one layer appears in the exported graph, in words (the metadata's ``layers`` table)."""
     if isinstance(module, QALoRALinear):
         return f"{describe_lowering(module.base, fmt)} + float QA-LoRA adapter"
+    if isinstance(module, LRQATLinear):
+        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
+        return f"{node} int{module.bits} g{module.group_size} zeros=int (LR-QAT codes, folded at export)"
     if isinstance(module, LoRALinear):
         return "float MatMul + float LoRA adapter"
     if isinstance(module, IntLinear):
@@ -77,13 +82,13 @@ def check_exportable(model: nn.Module, fmt: str) -> None:
     for name, m in model.named_modules():
         if isinstance(m, NF4Linear):
             problems.append(f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first")
-        elif isinstance(m, IntLinear) and m.bits == 3:
+        elif isinstance(m, (IntLinear, LRQATLinear)) and m.bits == 3:
             problems.append(f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8")
-        elif fmt == "qdq" and isinstance(m, IntLinear) and m.bits not in QDQ_BITS:
+        elif fmt == "qdq" and isinstance(m, (IntLinear, LRQATLinear)) and m.bits not in QDQ_BITS:
             problems.append(f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'")
         elif fmt == "qdq" and isinstance(m, IntEmbedding):
             problems.append(f"{name}: {QDQ_TABLE}")
-        elif fmt == "qdq" and isinstance(m, AdapterLayer):
+        elif fmt == "qdq" and isinstance(m, AdapterLayer) and not isinstance(m, LRQATLinear):
             problems.append(f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
                             f"lowrank_compiler.fold(model) first, or use format='matmulnbits'")
     if problems:
@@ -103,20 +108,24 @@ def split_form(layer: IntLinear) -> IntLinear:
     correction = split_correction(layer.scales, zr, z)  # (L, N)
     if layer.correction is not None:
         correction = correction + layer.correction
+    correction = correction if correction.any() else None  # integer zeros stored as floats: no node
     return IntLinear(layer.qweight, layer.scales, pack_zeros(zr.to(torch.uint8), layer.bits), bits=layer.bits,
                      group_size=layer.group_size, bias=layer.bias, correction=correction)
 
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, fmt: str):
-    """Eval mode (and the split form where float zeros cannot go, ``_needs_split``) for the
-    export; all undone after."""
+    """Eval mode, the split form where float zeros cannot go (``_needs_split``) and LR-QAT layers
+    as their exact fold, for the export; all undone after."""
     modes = {m: m.training for m in model.modules()}
     swaps = []
     for name, m in list(model.named_modules()):
         if isinstance(m, IntLinear) and _needs_split(m, fmt):
             swaps.append((name, m))
             model.set_submodule(name, split_form(m))
+        elif isinstance(m, LRQATLinear):
+            swaps.append((name, m))
+            model.set_submodule(name, m.folded_layer())
     model.eval()
     try:
         yield

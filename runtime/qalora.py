@@ -13,7 +13,7 @@ codes never change. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
 - ``"float"``: real zero points (MatMulNBits accepts them; exact, but a slower kernel);
 - ``"split"``: ``zr = clamp(round(zero'), 0, 2^b - 1)`` packed as integers, plus the exact
   correction ``y += group_sum(x) @ D^T`` with ``D = scale (zr - zero')``, ``D: [N, L]``
-  (stored as ``D^T``);
+  (stored as ``D^T``; left out where it is exactly zero, e.g. an untrained adapter);
 - ``"round"``: ``zr`` alone: lossy by up to scale/2 per weight, there to show the loss.
 
 Training mode ``zero_point="int"`` puts the rounding inside the forward pass
@@ -128,6 +128,7 @@ class QALoRALinear(AdapterLayer):
             correction = None
             if zeros == "split" and self.zero_point == "float":
                 correction = split_correction(base.scales, rounded, moved)  # D^T: (L, N)
+                correction = correction if correction.any() else None  # integer zeros already: no node
             packed = pack_zeros(rounded.to(torch.uint8), base.bits)
             return IntLinear(base.qweight, base.scales, packed, correction=correction, **common)
         return IntLinear(base.qweight, base.scales, moved.to(torch.float32), **common)

@@ -49,8 +49,9 @@ def test_round_trip_on_hf_llama_is_exact(tmp_path):
 
 @pytest.mark.parametrize("policy", [lrc.Policy(method="lora", rank=4, alpha=8),
                                     lrc.Policy(method="qlora", rank=4, alpha=8),
-                                    lrc.Policy(method="qalora", rank=4, group_size=16, zero_point="int")],
-                         ids=["lora", "qlora", "qalora-int"])
+                                    lrc.Policy(method="qalora", rank=4, group_size=16, zero_point="int"),
+                                    lrc.Policy(method="lrqat", rank=4, group_size=16)],
+                         ids=["lora", "qlora", "qalora-int", "lrqat"])
 def test_round_trip_every_adapter_kind_is_exact(policy, tmp_path):
     x = ids()
     trained = nudged(gpt(policy))
@@ -61,6 +62,25 @@ def test_round_trip_every_adapter_kind_is_exact(policy, tmp_path):
     config = json.loads((tmp_path / CONFIG).read_text())
     assert lrc.Policy.from_dict(config["policy"]) == policy
     assert len(config["layers"]) == 12
+
+
+def test_lrqat_trained_scales_round_trip_and_the_base_is_the_compiled_one(tmp_path):
+    policy = lrc.Policy(method="lrqat", rank=4, group_size=16, train_scales=True)
+    trained = nudged(nudged(gpt(policy)), scale=1e-3, parts=("scales",))
+    lrc.save_adapters(trained, tmp_path)
+    config = json.loads((tmp_path / CONFIG).read_text())
+    layer = config["layers"]["blocks.0.attn.q_proj"]
+    assert sorted(layer["adapter"]) == [f"blocks.0.attn.q_proj.{k}" for k in ("lora_A", "lora_B", "scales")]
+    assert sorted(layer["base"]["tensors"]) == ["bias", "phi0", "scales", "zeros"]
+    assert layer["base"]["tensors"]["phi0"] == "uint8[32, 32]"  # 1 byte a weight
+    fresh = lrc.load_adapters(gpt(policy), tmp_path)
+    x = ids()
+    with torch.no_grad():
+        assert (fresh(x) - trained(x)).abs().max().item() == 0.0
+    with pytest.raises(lrc.AdapterError, match="layer 'blocks.0.attn.q_proj' has kind"):
+        lrc.load_adapters(gpt(QALORA), tmp_path)
+    with pytest.raises(lrc.AdapterError, match="different base weights"):
+        lrc.load_adapters(gpt(policy, seed=1), tmp_path)
 
 
 def test_different_base_weights_are_refused_naming_the_first_layer(saved_gpt):

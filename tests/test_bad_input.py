@@ -97,6 +97,18 @@ def qalora() -> nn.Module:
     return model
 
 
+def lrqat(bits: int = 4, nan: str | None = None, **policy) -> Callable[[], nn.Module]:
+    """An LR-QAT model; ``nan``: the parameter of layer 2 that a diverged run left NaN in."""
+    def build():
+        model = lrc.compile(mlp(), lrc.Policy(method="lrqat", target=TARGETS, bits=bits, group_size=16, rank=2,
+                                              **policy))
+        if nan:
+            with torch.no_grad():
+                getattr(model[2], nan)[0, 0] = float("nan")
+        return model
+    return build
+
+
 def rtn(bits: int = 4) -> Callable[[], nn.Module]:
     return lambda: lrc.compile(mlp(), lrc.Policy(method="rtn", target=TARGETS, bits=bits, group_size=16))
 
@@ -217,6 +229,7 @@ def a_file(name: str) -> Callable:
 
 P = lrc.Policy
 QALORA = dict(method="qalora", target=TARGETS, group_size=16, rank=2)
+LRQAT = dict(method="lrqat", target=TARGETS, group_size=16, rank=2)
 
 CASES = [
     # --- Policy ------------------------------------------------------------------------
@@ -236,6 +249,12 @@ CASES = [
          ("unknown field", "ranks")),
     Case("policy-override-rank-0", lambda m, c: P(overrides={"q": {"rank": 0}}), lrc.PolicyError,
          ("overrides['q'].rank", "got 0")),
+    Case("policy-train-scales-lora", lambda m, c: P(train_scales=True), lrc.PolicyError,
+         ("train_scales=true applies to method 'lrqat'", "method 'lora' has no scales", "train_scales=false")),
+    Case("policy-train-scales-int", lambda m, c: P(method="lrqat", train_scales=1), lrc.PolicyError,
+         ("train_scales must be true or false", "got 1")),
+    Case("policy-lrqat-dropout", lambda m, c: P(method="lrqat", dropout=0.1), lrc.PolicyError,
+         ("dropout=0.1", "'lrqat'", "use dropout=0")),
     Case("policy-from-dict-unknown", lambda m, c: P.from_dict({"rnak": 2}), lrc.PolicyError,
          ("unknown policy field", "rnak")),
     Case("policy-from-file-missing", lambda m, c: P.from_file(c.inp / "p.json"), lrc.PolicyError,
@@ -282,6 +301,12 @@ CASES = [
          ("2: weight has 1 nan/inf", "exclude"), poisoned(float("nan"))),
     Case("compile-inf-weight-qalora", lambda m, c: lrc.compile(m, P(**QALORA)), lrc.PolicyError,
          ("2: weight has 1 nan/inf",), poisoned(float("inf"))),
+    Case("compile-inf-weight-lrqat", lambda m, c: lrc.compile(m, P(**LRQAT)), lrc.PolicyError,
+         ("2: weight has 1 nan/inf", "shape [16, 32]", "exclude"), poisoned(float("inf"))),
+    Case("compile-width-not-divisible-lrqat", lambda m, c: lrc.compile(m, P(**{**LRQAT, "group_size": 32})),
+         lrc.PolicyError, ("0: input width 48 is not divisible by group_size=32", "shape [32, 48]"), lambda: mlp(48)),
+    Case("compile-rank-above-layer-lrqat", lambda m, c: lrc.compile(m, P(**{**LRQAT, "rank": 17})),
+         lrc.PolicyError, ("rank=17 for layer '2'", "(in=32, out=16)", "use rank <= 16"), mlp),
     Case("compile-nan-weight-rtn", lambda m, c: lrc.compile(m, P(method="rtn", target=TARGETS, group_size=16)),
          lrc.PolicyError, ("2: weight has 1 nan/inf",), poisoned(float("nan"))),
     Case("compile-nan-weight-qlora", lambda m, c: lrc.compile(m, P(method="qlora", target=TARGETS, rank=2)),
@@ -308,6 +333,10 @@ CASES = [
          ("zeros must be one of", "'nearest'"), qalora),
     Case("fold-zeros-type", lambda m, c: lrc.fold(m, zeros=1), lrc.PolicyError, ("zeros must be one of",), qalora),
     Case("fold-nan-adapter", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.lora_a", "diverge"), diverged),
+    Case("fold-nan-adapter-lrqat", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.lora_b", "diverge"),
+         lrqat(nan="lora_B")),
+    Case("fold-nan-scales-lrqat", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.scales", "nothing was folded"),
+         lrqat(nan="scales", train_scales=True)),
     Case("fold-dump-dir-is-a-file", lambda m, c: lrc.fold(m, dump_dir=c.out / "f"), lrc.OutputError,
          ("dump_dir", "it is a file"), qalora, setup=a_file("f")),
     # --- export_onnx -------------------------------------------------------------------
@@ -330,6 +359,8 @@ CASES = [
     Case("export-nf4", export(), ExportError, ("nf4 (qlora) has no onnx form",),
          lambda: lrc.compile(mlp(), P(method="qlora", target=TARGETS, rank=2))),
     Case("export-3-bit", export(), ExportError, ("3-bit weights have no onnxruntime kernel",), rtn(3)),
+    Case("export-3-bit-lrqat", export(), ExportError, ("0: 3-bit weights have no onnxruntime kernel", "bits 2, 4 or 8"),
+         lrqat(3)),
     Case("export-disk-full-midway-keeps-earlier-file", export(), lrc.OutputError,
          ("cannot write", "m.onnx", "no space left"), folded, setup=earlier_file_then_enospc),
     Case("export-disk-full-in-external-data", export(), lrc.OutputError, ("m.onnx", "no space left"), folded,

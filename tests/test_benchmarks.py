@@ -45,6 +45,7 @@ def test_suite_writes_report_plots_and_numbers(tmp_path):
     assert 8 * sizes["ours-int"][1] / sizes["ours-int"][2] == pytest.approx(4 + 32 / 32 + 4 / 32, rel=0.01)  # codes, scales, zeros
     methods = sections["training"]["result"]["sizes"][0]["methods"]
     assert methods["QA-LoRA (INT4 g32)"]["base_bytes"] < 0.2 * methods["LoRA over fp32"]["base_bytes"]
+    assert methods["LR-QAT (INT4 g32)"]["base_bytes"] < 0.3 * methods["LoRA over fp32"]["base_bytes"]
     compiled = sections["compile"]["result"]
     assert compiled["our_layers"] == compiled["ort_layers"]  # both quantized the same linear layers
     genai = sections["genai"]["result"]

@@ -94,7 +94,7 @@ def test_gptq_without_calibration_or_with_the_wrong_method_is_refused():
         lrc.compile(model, lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=[])
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert not any(isinstance(m, IntLinear) for m in model.modules())
-    with pytest.raises(lrc.PolicyError, match="quantizer='gptq' applies to methods 'qalora' and 'rtn'"):
+    with pytest.raises(lrc.PolicyError, match="quantizer='gptq' applies to methods 'qalora', 'lrqat' and 'rtn'"):
         lrc.Policy(method="lora", quantizer="gptq")
     with pytest.raises(lrc.PolicyError, match="quantizer must be one of"):
         lrc.Policy(method="rtn", quantizer="awq")

@@ -202,3 +202,23 @@ def test_eight_bit_float_zeros_export_in_the_exact_split_form(tmp_path):
     got = load(path)(x)
     assert (got - want).abs().max().item() <= 1e-5 * want.abs().max().item()
     assert deployed[0].float_zeros  # the model itself is left as it was
+
+
+def test_split_fold_leaves_out_corrections_that_are_exactly_zero(tmp_path):
+    """Folded before training, every moved zero point is the integer it was: no layer needs a
+    correction, and the file is the bare MatMulNBits graph. One trained layer brings back one."""
+    model = hf_llama()
+    x = ids()
+    lrc.compile(model, lrc.Policy(method="qalora", group_size=16, rank=4), example_inputs=(x,))
+
+    def ops(source, name):
+        path = lrc.export_onnx(lrc.fold(source), tmp_path / f"{name}.onnx", example_inputs=(x,))
+        kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
+        return {op: kinds.count(op) for op in ("MatMulNBits", "ReduceSum", "MatMul")}
+
+    untrained = ops(model, "untrained")  # MatMul: attention and the float head only
+    assert untrained["MatMulNBits"] == 14 and untrained["ReduceSum"] == 0
+    layer = model.model.layers[0].self_attn.q_proj
+    with torch.no_grad():
+        layer.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    assert ops(model, "one-trained") == {"MatMulNBits": 14, "ReduceSum": 1, "MatMul": untrained["MatMul"] + 1}

@@ -194,4 +194,8 @@ def test_what_peft_cannot_compute_is_not_written(tmp_path):
     folded = lrc.fold(_compiled())
     with pytest.raises(AdapterError, match="no LoRA or QA-LoRA layers"):
         lrc.save_peft_adapter(folded, tmp_path / "b")
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    lrqat = _compiled(lrc.Policy(method="lrqat", target=["q_proj"], rank=4, group_size=16))
+    with pytest.raises(AdapterError, match=r"layer 'model.layers.0.self_attn.q_proj' \(2 in all\) is an LR-QAT "
+                                           r"layer: .* no PEFT adapter computes; keep it with lrc.save_adapters"):
+        lrc.save_peft_adapter(lrqat, tmp_path / "c")
+    assert not any((tmp_path / d).exists() for d in "abc")

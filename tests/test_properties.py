@@ -8,7 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowrank_compiler as lrc
+from lowrank_compiler.runtime.grid import GridBase
 from lowrank_compiler.runtime.int_linear import IntLinear
+from lowrank_compiler.runtime.lrqat import LRQATLinear
 from lowrank_compiler.runtime.qalora import QALoRALinear
 from lowrank_compiler.runtime.quant import dequantize, pack, pack_codes, pack_zeros, quantize, unpack, unpack_codes
 
@@ -55,16 +57,39 @@ def test_fold_is_exact_for_any_adapter(shape, rank, zero_point, seed, spread):
 
 
 @FAST
+@given(shape=shapes, bits=st.sampled_from([2, 3, 4, 8]), rank=st.integers(1, 8), seed=st.integers(0, 2**16),
+       spread=st.floats(0.01, 3.0), scale=st.floats(1e-3, 1e3), train_scales=st.booleans())
+def test_lrqat_fold_is_bit_identical_for_any_adapter(shape, bits, rank, seed, spread, scale, train_scales):
+    n, groups, g = shape
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(max(n, rank), groups * g, generator=gen) * scale
+    base = GridBase.from_weight(w, torch.randn(max(n, rank), generator=gen), bits=bits, group_size=g)
+    ref_codes, _, _ = quantize(w, bits, g)
+    assert torch.equal(base.codes(), ref_codes)  # the fixed-point grid rounds to the quantizer's codes
+    layer = LRQATLinear.from_base(base, rank=rank, alpha=2.0 * rank, train_scales=train_scales)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * spread)
+        if train_scales:
+            layer.scales.mul_(1 + 0.1 * torch.randn(layer.scales.shape, generator=gen))
+        x = torch.randn(7, groups * g, generator=gen)
+        folded = layer.folded_layer()
+        assert torch.equal(unpack_codes(folded.qweight, bits, g), layer.codes())
+        assert torch.equal(folded(x), layer(x))
+
+
+@FAST
 @given(rank=st.integers(1, 64), alpha=st.floats(0.01, 1e3), dropout=st.floats(0, 0.9),
        target=st.lists(st.sampled_from(["q_proj", "v_proj", "re:.*mlp.*", "layers.*.o_proj"]), min_size=1,
                        max_size=3, unique=True),
-       method=st.sampled_from(["lora", "qalora", "qlora", "rtn"]), bits=st.sampled_from([2, 3, 4, 8]),
+       method=st.sampled_from(["lora", "qalora", "lrqat", "qlora", "rtn"]), bits=st.sampled_from([2, 3, 4, 8]),
        group=st.sampled_from([16, 32, 64, 128]), over=st.dictionaries(st.sampled_from(["q_proj", "mlp.*"]),
                                                                       st.fixed_dictionaries({"rank": st.integers(1, 8)}),
-                                                                      max_size=2))
-def test_policy_round_trip(rank, alpha, dropout, target, method, bits, group, over):
-    p = lrc.Policy(method=method, target=target, rank=rank, alpha=alpha, dropout=dropout, bits=bits,
-                   group_size=group, overrides=over)
+                                                                      max_size=2),
+       train_scales=st.booleans())
+def test_policy_round_trip(rank, alpha, dropout, target, method, bits, group, over, train_scales):
+    lrqat = method == "lrqat"  # no input dropout; the one method whose scales train
+    p = lrc.Policy(method=method, target=target, rank=rank, alpha=alpha, dropout=0.0 if lrqat else dropout,
+                   bits=bits, group_size=group, overrides=over, train_scales=train_scales and lrqat)
     assert lrc.Policy.from_dict(p.to_dict()) == p
     assert lrc.Pipeline.parse(str(p.pipeline())) == p.pipeline()
 

@@ -9,6 +9,12 @@ LoRA trained on the same budget, then merged and requantized), by mean and worst
 similarity to the fp32 sentence embeddings on held-out sentences, file size and latency
 at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
 
+``methods`` picks what is trained this way, each from the same base, batches and budget:
+``"qalora"`` (the default; folded ``split``) and ``"lrqat"`` (adapters inside the rounding;
+folded into integer codes, no correction), at its own learning rate ``lrqat_lr``: its
+adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
+there. The first method is the one the summary lines measure.
+
 The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
 ``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
 ``add_arguments``.
@@ -32,6 +38,9 @@ from ..pretrained import load_minilm, tokenize
 from ..runtime.errors import PolicyError
 from ..runtime.files import write_atomic
 from ..runtime.formats import EMBEDDINGS, KERNEL_BITS, QUANTIZERS, check_choice, check_group_size
+
+JOB_METHODS = ("qalora", "lrqat")  # what the job trains
+LABELS = {"qalora": "QA-LoRA", "lrqat": "LR-QAT"}
 from ..runtime.session import load
 from .encoder import check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize, torch_embed
 
@@ -45,6 +54,8 @@ class JobConfig:
     steps: int = 300
     batch: int = 16
     lr: float = 5e-3
+    lrqat_lr: float = 3e-4  # LR-QAT's adapter is in grid units; the best of 1e-1 ... 3e-4 over GPTQ (README)
+    methods: tuple[str, ...] = ("qalora",)
     eval_sentences: int = 256
     quantizer: str = "gptq"  # how the base is rounded: "gptq" (QA-LoRA's own start) or "rtn"
     calibration_sentences: int = 512  # GPTQ's statistics, from the training text
@@ -72,12 +83,21 @@ class JobConfig:
                 raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
         check_choice(self.embeddings, EMBEDDINGS, "embeddings")
         check_group_size(self.embedding_group_size, "embedding_group_size")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
-            raise PolicyError(f"lr must be a positive finite number, got {self.lr!r}")
+        for name in ("lr", "lrqat_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise PolicyError(f"{name} must be a positive finite number, got {value!r}")
+        methods = tuple(self.methods) if isinstance(self.methods, (list, tuple)) else self.methods
+        if not isinstance(methods, tuple) or not methods or any(m not in JOB_METHODS for m in methods) \
+                or len(set(methods)) != len(methods):
+            raise PolicyError(f"methods must be distinct names from {JOB_METHODS}, e.g. 'qalora,lrqat'; "
+                              f"got {self.methods!r}")
+        object.__setattr__(self, "methods", methods)
 
-    def training(self) -> dict:
-        """The distillation loop's settings (``encoder.distil``)."""
-        return {"steps": self.steps, "batch": self.batch, "lr": self.lr, "seed": self.seed}
+    def training(self, method: str = "qalora") -> dict:
+        """The distillation loop's settings (``encoder.distil``) for ``method``."""
+        lr = self.lrqat_lr if method == "lrqat" else self.lr
+        return {"steps": self.steps, "batch": self.batch, "lr": lr, "seed": self.seed}
 
     def policy(self, method: str, quantizer: str = "rtn") -> Policy:
         return Policy(method=method, bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha,
@@ -97,15 +117,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--embeddings", choices=EMBEDDINGS, default="int4",
                         help="the INT models' vocabulary table: int4 (GatherBlockQuantized, default) or float")
     parser.add_argument("--embedding-group-size", type=int, choices=(16, 32, 64, 128), default=16)
+    parser.add_argument("--methods", type=_methods, default=("qalora",),
+                        help="what to train, comma-separated: qalora (the default), lrqat, or both: "
+                             "'qalora,lrqat' (same base, batches and budget; the first is the headline)")
     parser.add_argument("--out", default="out/minilm", help="output directory")
     parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(m.strip() for m in text.split(","))
+    if not all(m in JOB_METHODS for m in methods) or len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct names from {', '.join(JOB_METHODS)}, "
+                                         f"comma-separated")
+    return methods
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     return JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, alpha=2.0 * args.rank,
                      steps=args.steps, eval_sentences=args.eval_sentences, out=args.out,
                      calibration_sentences=args.calibration_sentences, quantizer=args.quantizer,
-                     baselines=not args.no_baselines, embeddings=args.embeddings,
+                     methods=args.methods, baselines=not args.no_baselines, embeddings=args.embeddings,
                      embedding_group_size=args.embedding_group_size)
 
 
@@ -125,11 +156,10 @@ def run(cfg: JobConfig, log=print) -> dict:
     calibration = [dict(tokenize(tokenizer, cal_text[i:i + 32])) for i in range(0, len(cal_text), 32)]
     rows, files = {}, {}
 
-    def student(method, quantizer="rtn"):
+    def student(method, quantizer="rtn", dumps=None):
         model, _ = load_minilm()
         return compile(model, cfg.policy(method, quantizer), example_inputs=example, example_kwargs=kwargs,
-                       calibration=calibration if quantizer == "gptq" else None,
-                       dump_dir=out / "dumps" if method == "qalora" else None)
+                       calibration=calibration if quantizer == "gptq" else None, dump_dir=dumps)
 
     def export(model, name):
         tables = {"embeddings": cfg.embeddings, "embedding_group_size": cfg.embedding_group_size}
@@ -137,19 +167,24 @@ def run(cfg: JobConfig, log=print) -> dict:
                                   **(tables if name != "fp32" else {}))
         return files[name]
 
+    def train_ours(method, suffix):
+        """Compile, distil, fold, export, save: (its ONNX embeddings, ONNX vs PyTorch, losses, seconds)."""
+        started = time.perf_counter()
+        model = student(method, cfg.quantizer, dumps=out / f"dumps{suffix}")
+        losses = distil(model, teacher, tokenizer, train_text, label=LABELS[method], **cfg.training(method))
+        seconds = time.perf_counter() - started
+        if cfg.embeddings == "int4":  # the table as the file holds it, so ONNX vs PyTorch compares one model
+            quantize_embeddings(model, group_size=cfg.embedding_group_size)
+        trained_emb = torch_embed(model, tokenizer, eval_text)
+        export(fold(model, zeros="split", dump_dir=out / f"dumps{suffix}"), f"{method}_int4")
+        save_adapters(model, out / f"adapters{suffix}")
+        emb = onnx_embed(load(files[f"{method}_int4"]), tokenizer, eval_text)
+        return emb, cosines(emb, trained_emb), losses, seconds
+
     files["fp32"] = export(teacher, "fp32")
-    started = time.perf_counter()
-    ours = student("qalora", cfg.quantizer)
-    losses = distil(ours, teacher, tokenizer, train_text, label="QA-LoRA", **cfg.training())
-    train_s = time.perf_counter() - started
-    if cfg.embeddings == "int4":  # the table as the file holds it, so ONNX vs PyTorch compares one model
-        quantize_embeddings(ours, group_size=cfg.embedding_group_size)
-    trained_emb = torch_embed(ours, tokenizer, eval_text)
-    deployed = fold(ours, zeros="split", dump_dir=out / "dumps")
-    export(deployed, "qalora_int4")
-    save_adapters(ours, out / "adapters")
-    ours_onnx = onnx_embed(load(files["qalora_int4"]), tokenizer, eval_text)
-    onnx_vs_torch = cosines(ours_onnx, trained_emb)
+    trained = {m: train_ours(m, "" if i == 0 else f"-{m}") for i, m in enumerate(cfg.methods)}
+    first = cfg.methods[0]
+    _, onnx_vs_torch, losses, train_s = trained[first]
     rows["fp32"] = cosines(onnx_embed(load(files["fp32"]), tokenizer, eval_text), ref)
     if cfg.baselines:
         export(student("rtn"), "rtn_int4")
@@ -165,13 +200,17 @@ def run(cfg: JobConfig, log=print) -> dict:
         export(fold(qlora), "qlora_merged_int4")
         rows["QLoRA, merged + requantized"] = cosines(
             onnx_embed(load(files["qlora_merged_int4"]), tokenizer, eval_text), ref)
-    ours_label = f"QA-LoRA{' over GPTQ' if cfg.quantizer == 'gptq' else ''}, folded (ours)"
-    rows[ours_label] = cosines(ours_onnx, ref)
     names = {"fp32": "fp32", "RTN INT4 (no training)": "rtn_int4", "GPTQ INT4 (no training)": "gptq_int4",
-             "onnxruntime INT4 quantizer": "ort_int4", "QLoRA, merged + requantized": "qlora_merged_int4",
-             ours_label: "qalora_int4"}
+             "onnxruntime INT4 quantizer": "ort_int4", "QLoRA, merged + requantized": "qlora_merged_int4"}
+    labels = {}
+    for method, (emb, _, _, _) in trained.items():
+        labels[method] = f"{LABELS[method]}{' over GPTQ' if cfg.quantizer == 'gptq' else ''}, folded (ours)"
+        rows[labels[method]] = cosines(emb, ref)
+        names[labels[method]] = f"{method}_int4"
+    ours_label = labels[first]
+    lrs = ", ".join(f"{LABELS[m]} lr {cfg.training(m)['lr']:g}" for m in cfg.methods)
     table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
-             f"sentences ({train_s:.0f} s to compile and train, {cfg.quantizer.upper()} base"
+             f"sentences, {lrs} ({train_s:.0f} s to compile and train {LABELS[first]}, {cfg.quantizer.upper()} base"
              f"{f' from {len(cal_text)} sentences' if cfg.quantizer == 'gptq' else ''}); "
              f"{len(eval_text)} held-out sentences; cosine to fp32 "
              f"embeddings computed by onnxruntime at accuracy level 0; latency: batch 1, one thread, "
@@ -198,9 +237,12 @@ def run(cfg: JobConfig, log=print) -> dict:
     if gptq is not None and gptq < 1:
         table.append(f"of what GPTQ left, training closed (ours - GPTQ) / (1 - GPTQ) = "
                      f"{(ours_mean - gptq) / (1 - gptq):.1%}")
-    table.append(f"ONNX vs the trained PyTorch model: mean cosine {onnx_vs_torch[0]:.6f}, worst {onnx_vs_torch[1]:.6f}; "
-                 f"pure INT4: {'yes' if inspect_onnx(files['qalora_int4']).is_pure_int4 else 'no'}")
+    for method, (_, match, _, _) in trained.items():
+        pure = inspect_onnx(files[f"{method}_int4"]).is_pure_int4
+        table.append(f"{LABELS[method]}: ONNX vs the trained PyTorch model: mean cosine {match[0]:.6f}, "
+                     f"worst {match[1]:.6f}; pure INT4: {'yes' if pure else 'no'}")
     text = "\n".join(table) + "\n"
     write_atomic(out / "results.md", text)
     log(text)
-    return {"rows": rows, "onnx_vs_torch": onnx_vs_torch, "losses": losses, "files": {k: str(v) for k, v in files.items()}}
+    return {"rows": rows, "onnx_vs_torch": onnx_vs_torch, "losses": losses, "files": {k: str(v) for k, v in files.items()},
+            "methods": {m: {"onnx_vs_torch": t[1], "losses": t[2], "train_s": t[3]} for m, t in trained.items()}}

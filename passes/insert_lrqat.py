@@ -1,0 +1,66 @@
+"""insert-lrqat: quantize each selected layer onto its grid and put an LR-QAT adapter inside the rounding.
+
+Float layers are quantized as the ``quantize`` pass does (same checks, ``quantizer``
+``"rtn"`` or ``"gptq"``), but keep each weight's continuous grid position ``Phi0``
+(``runtime.grid``: fixed point, rounding to the quantizer's codes) instead of packed codes.
+Layers an earlier ``quantize`` pass already made ``IntLinear`` start from their codes
+(``Phi0`` = the code: the fractional parts were rounded away). The adapter
+(``runtime.lrqat``: ``A: [r, K]``, ``B: [N, r]`` zero) moves ``Phi0`` before the
+rounding, so the layer starts equal to the quantizer's and ``fold`` packs the trained
+codes with no correction. ``train_scales`` also trains each group's scale.
+The layer's op (``lrqat_linear``) is inlined, so dumps show it reading the grid and adapter.
+"""
+
+from __future__ import annotations
+
+import torch.fx as fx
+
+from ..runtime.errors import PolicyError
+from ..runtime.grid import GridBase
+from ..runtime.int_linear import IntLinear
+from ..runtime.lrqat import LRQATLinear
+from ..runtime.progress import progress
+from .helpers import graph as G
+from .helpers.rewrite import check_rank, inline_selected, plan_quantization
+from .helpers.select import TargetError, resolve_layer_options
+from .registry import PassResult, register_pass
+
+
+def _grid_base(gm: fx.GraphModule, name: str, opts: dict | None) -> GridBase:
+    module = gm.get_submodule(name)
+    if isinstance(module, IntLinear):
+        try:
+            return GridBase.from_int_linear(module)
+        except ValueError as e:
+            raise PolicyError(f"{name}: {e}; quantize it in this pass instead (no quantize pass before it)") from None
+    return GridBase.from_float(module, **opts)
+
+
+@register_pass("insert-lrqat", "quantize selected layers onto their grid and train low-rank adapters inside the rounding")
+def insert_lrqat(gm: fx.GraphModule, *, rank=16, alpha=32.0, bits=4, group_size=32, quantizer="rtn", damp=0.01,
+                 train_scales=False, overrides=None) -> PassResult:
+    if not isinstance(train_scales, bool):
+        raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
+    selected = G.selected_layers(gm)
+    if not selected:
+        raise TargetError("no layer is selected: run find-linears before insert-lrqat")
+    settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
+    adapters = {}
+    for name, (op, _) in selected.items():
+        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
+        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
+        adapters[name] = opts
+    report, params = [], 0
+    for name, opts in progress(adapters.items(), "lrqat", total=len(adapters)):
+        base = _grid_base(gm, name, settings.get(name))
+        layer = LRQATLinear.from_base(base, train_scales=train_scales, **opts)
+        G.swap_module(gm, name, layer)
+        params += sum(p.numel() for p in layer.adapter_parameters())
+        how = "GPTQ" if "hessian" in settings.get(name, {}) else ("RTN" if name in settings else "IntLinear codes")
+        report.append(f"{name}: -> LR-QAT(int{base.bits}, group {base.group_size}, {how}; rank {layer.rank}, "
+                      f"alpha {layer.alpha:g}, A [{layer.rank}, {layer.in_features}]"
+                      f"{', train_scales' if train_scales else ''})")
+    inserted = inline_selected(gm, selected)
+    stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
+             "adapter_params": params}
+    return PassResult(gm, True, stats, report)
