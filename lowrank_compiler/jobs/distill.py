@@ -32,7 +32,8 @@ from ..runtime.errors import PolicyError
 from ..runtime.files import write_atomic
 from ..runtime.formats import KERNEL_BITS, QUANTIZERS
 from ..runtime.session import load
-from .encoder import check_out_dir, cosines, distil, latency_ms, onnx_embed, ort_quantize, torch_embed
+from .encoder import (add_common_arguments, check_out_dir, cosines, distil, latency_ms, onnx_embed, ort_quantize,
+                      torch_embed)
 
 
 @dataclass(frozen=True)
@@ -79,15 +80,11 @@ class JobConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's options, shared by the command line and the example script."""
-    parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)
-    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
+    add_common_arguments(parser, steps=300, steps_help="training steps of 16 sentences", out="out/minilm")
     parser.add_argument("--eval-sentences", type=int, default=256)
     parser.add_argument("--calibration-sentences", type=int, default=512, help="GPTQ's statistics (training text)")
     parser.add_argument("--quantizer", choices=QUANTIZERS, default="gptq",
                         help="how the INT base is rounded before training (gptq: calibrated on training text)")
-    parser.add_argument("--out", default="out/minilm", help="output directory")
     parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
 
 
