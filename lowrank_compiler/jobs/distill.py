@@ -42,7 +42,8 @@ from ..runtime.formats import EMBEDDINGS, KERNEL_BITS, QUANTIZERS, check_choice,
 JOB_METHODS = ("qalora", "lrqat")  # what the job trains
 LABELS = {"qalora": "QA-LoRA", "lrqat": "LR-QAT"}
 from ..runtime.session import load
-from .encoder import check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize, torch_embed
+from .encoder import (add_common_arguments, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
+                      torch_embed)
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,7 @@ class JobConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's options, shared by the command line and the example script."""
-    parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)
-    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=300, help="training steps of 16 sentences")
+    add_common_arguments(parser, steps=300, steps_help="training steps of 16 sentences", out="out/minilm")
     parser.add_argument("--eval-sentences", type=int, default=256)
     parser.add_argument("--calibration-sentences", type=int, default=512, help="GPTQ's statistics (training text)")
     parser.add_argument("--quantizer", choices=QUANTIZERS, default="gptq",
@@ -120,7 +118,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=_methods, default=("qalora",),
                         help="what to train, comma-separated: qalora (the default), lrqat, or both: "
                              "'qalora,lrqat' (same base, batches and budget; the first is the headline)")
-    parser.add_argument("--out", default="out/minilm", help="output directory")
     parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
 
 

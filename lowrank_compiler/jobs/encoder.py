@@ -7,6 +7,7 @@ Distillation loss = masked MSE between the student's and the teacher's last hidd
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import sys
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import tokenize
+from ..pretrained import MAX_TOKENS, tokenize
 from ..runtime.errors import LowRankError
 from ..runtime.files import commit, staged_file
+from ..runtime.formats import KERNEL_BITS
 from ..runtime.onnx_export import set_accuracy_level
 from ..runtime.session import load
 
@@ -29,20 +31,20 @@ def mean_pool(hidden, mask):
     return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-def torch_embed(model, tokenizer, sentences, batch=64):
+def torch_embed(model, tokenizer, sentences, batch=64, max_length=MAX_TOKENS):
     out = []
     with torch.no_grad():
         for i in range(0, len(sentences), batch):
-            t = tokenize(tokenizer, sentences[i:i + batch])
+            t = tokenize(tokenizer, sentences[i:i + batch], max_length)
             out.append(mean_pool(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state,
                                  t["attention_mask"]))
     return torch.cat(out)
 
 
-def onnx_embed(session, tokenizer, sentences, batch=64):
+def onnx_embed(session, tokenizer, sentences, batch=64, max_length=MAX_TOKENS):
     out = []
     for i in range(0, len(sentences), batch):
-        t = tokenize(tokenizer, sentences[i:i + batch])
+        t = tokenize(tokenizer, sentences[i:i + batch], max_length)
         hidden = session(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         out.append(mean_pool(hidden, t["attention_mask"]))
@@ -114,6 +116,29 @@ def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: i
     return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
 
 
+def interleaved_latency_ms(paths: dict[str, Path], tokenizer, text: str, level: int, runs: int = 30,
+                           max_length: int = MAX_TOKENS) -> dict[str, float]:
+    """Median ms at batch 1, one thread, MatMulNBits at accuracy ``level``, per file: every round
+    runs each file once, in turn, so a slow moment of the machine hits all files alike."""
+    with contextlib.ExitStack() as stack:
+        sessions = {}
+        for name, path in paths.items():
+            if level:
+                tmp = stack.enter_context(staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")))
+                path = set_accuracy_level(path, tmp, level)
+            sessions[name] = load(path, threads=1)
+        t = tokenize(tokenizer, [text], max_length)
+        feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for round in range(runs + 3):  # the first 3 rounds warm up
+            for name, session in sessions.items():
+                t0 = time.perf_counter()
+                session(**feed)
+                if round >= 3:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: 1000 * statistics.median(v) for name, v in times.items()}
+
+
 def ort_quantize(src: Path, dst: Path, *, bits: int, group_size: int) -> Path:
     """onnxruntime's own INT-``bits`` quantizer (RTN min-max, asymmetric, accuracy level 0) on an
     fp32 ONNX file: the peer our exported files are measured against."""
@@ -142,3 +167,13 @@ def check_out_dir(out: Path) -> None:
     except OSError as e:
         raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
                            f"writable directory") from None
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, steps: int, steps_help: str, out: str) -> None:
+    """The options every job on the encoder takes: the integer format, the adapter rank, the
+    training steps, the output directory."""
+    parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)
+    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--out", default=out, help="output directory")

@@ -1,0 +1,153 @@
+"""The code-search job: the pairs it builds from installed modules, its metrics and report, a
+short run end to end, and the bad inputs that must exit 2 with a message."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from lowrank_compiler.cli import main
+from lowrank_compiler.jobs import (
+    code_pairs,
+    code_search,
+    code_search_report,
+    stdlib_modules,
+)
+from lowrank_compiler.jobs.retrieval import contrastive_loss, rank_metrics
+
+
+def test_first_sentence_skips_abbreviations_and_stops_at_the_first_period():
+    assert code_pairs.first_sentence("Return x, e.g. 3 or 4. More here.") == "Return x, e.g. 3 or 4."
+    assert code_pairs.first_sentence("\n    Split the line\n    into words.\n\n    Details.") == \
+        "Split the line into words."
+    assert code_pairs.first_sentence("No period at all") == "No period at all"
+    assert code_pairs.first_sentence("Call os.path.join() on parts. Then x.") == "Call os.path.join() on parts."
+    assert code_pairs.first_sentence("wrap(text : string) -> [string]\n\nReformat it. Then.") == "Reformat it."
+
+
+def test_strip_docstring_keeps_the_code_and_drops_empty_bodies():
+    source = textwrap.dedent('''\
+        def f(a, b="é"):
+            """Add two things.
+
+            Long text.
+            """
+            return a + b
+        ''')
+    assert code_pairs.strip_docstring("    " + source.replace("\n", "\n    ")) == 'def f(a, b="é"):\n    return a + b\n'
+    assert code_pairs.strip_docstring('def g():\n    """Only a docstring."""\n') is None
+    assert code_pairs.strip_docstring('def g():\n    """Doc."""\n    ...\n') is None
+    assert code_pairs.strip_docstring("lambda x: x") is None
+
+
+def test_module_pairs_are_the_modules_own_functions_and_methods():
+    pairs = code_pairs.module_pairs(textwrap)
+    where = {p.where for p in pairs}
+    assert "textwrap:dedent" in where and "textwrap:TextWrapper.wrap" in where
+    assert all(p.where.startswith("textwrap:") for p in pairs)  # nothing imported from elsewhere
+    wrap = next(p for p in pairs if p.where == "textwrap:TextWrapper.wrap")
+    assert wrap.query.startswith("Reformat the single paragraph") and '"""' not in wrap.doc  # not its signature line
+    assert wrap.doc.startswith("def wrap(self, text):")
+
+
+@pytest.mark.skipif(sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)), reason="counts checked on 3.11-3.13")
+def test_default_data_counts_are_the_same_on_every_checked_python():
+    train, held_out, skipped = code_pairs.build(list(stdlib_modules.TRAIN), list(stdlib_modules.HELD_OUT))
+    assert (len(stdlib_modules.TRAIN), len(stdlib_modules.HELD_OUT), len(train), len(held_out)) == (110, 12, 1483, 408)
+    assert not skipped
+    queries = [p.query.lower() for p in train + held_out]
+    assert len(set(queries)) == len(queries)  # no repeated query: it would be a false negative
+
+
+def test_package_split_is_by_module_and_deterministic():
+    train, held = code_pairs.package_split("email")
+    assert held == code_pairs.package_split("email")[1] and held and not set(train) & set(held)
+    assert "email.message" in train + held and all(n.startswith("email") for n in train + held)
+
+
+def test_rank_metrics_and_the_contrastive_loss():
+    q = torch.eye(3)
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.9, 0.3, 0.3], [0, 0.9, 0.5]]), dim=-1)
+    m = rank_metrics(q, d)  # query 1 ranks its document 2nd (after document 2); queries 0 and 2 first
+    assert m["recall@1"] == pytest.approx(2 / 3) and m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1) / 3)
+    assert contrastive_loss(q, q).item() < contrastive_loss(q, d).item()
+
+
+def rows():
+    base = {"engine": "onnxruntime", "mrr@10": 0.5}
+    return [{**base, "label": "fp32 + LoRA, merged (upper bound)", "file": "lora-0", "recall@1": 0.540},
+            {**base, "label": "QLoRA, merged", "file": "qlora", "recall@1": 0.520},
+            {**base, "label": "QA-LoRA", "file": "qalora", "recall@1": 0.532, "exact": True},
+            {**base, "label": "QA-LoRA int", "file": "qalora-int", "recall@1": 0.510, "exact": True}]
+
+
+def test_the_goal_line_says_met_or_not_plainly():
+    met = rows()
+    assert code_search_report.goal(met)[0].startswith("goal met: our best exact deployment (QA-LoRA)")
+    assert met[2]["ours"] and not met[3].get("ours")
+    missed = rows()
+    missed[2]["recall@1"] = 0.515
+    assert code_search_report.goal(missed)[0].startswith("goal NOT met")
+
+
+def test_no_matplotlib_no_figure(monkeypatch):
+    assert code_search_report.figure(rows(), "t")[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    assert code_search_report.figure(rows(), "t") is None
+
+
+def test_short_run_end_to_end(tmp_path):
+    """QA-LoRA over GPTQ on two small modules: trained, folded, exported, run by onnxruntime."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # faster than 2 where other jobs share the cores
+    try:
+        cfg = code_search.JobConfig(steps=2, batch=8, lrs=(1e-3, 3e-3), lr_steps=1, val_pairs=8,
+                                    train_modules=("difflib", "calendar"), eval_modules=("textwrap", "shlex"),
+                                    calibration_docs=16, latency_runs=2, doc_tokens=32, query_tokens=16,
+                                    methods=("qalora",), out=str(tmp_path / "out"))
+        result = code_search.run(cfg, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert "72 training pairs from 2 modules (8 of them set aside" in result["summary"]
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["QA-LoRA over GPTQ, PyTorch", "QA-LoRA over GPTQ, folded (split zeros), INT4 g32"]
+    deployed = result["rows"][1]
+    assert min(deployed["onnx_vs_torch"]) >= code_search_report.COSINE_GOAL
+    assert deployed["lr"] in (1e-3, 3e-3) and deployed["frozen_bytes"] > 0 and deployed["peak_rss"] > 0
+    text = (tmp_path / "out" / "results.md").read_text()
+    assert "| **QA-LoRA over GPTQ, folded (split zeros), INT4 g32** | onnxruntime |" in text
+    assert "goal not checked" in text and "(goal >= 0.99999: met)" in text
+    assert (tmp_path / "out" / "recall.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(result["latency"][0]) == set(result["latency"][4]) == {"qalora"}
+
+
+BAD = [
+    (["--train-modules", "no_such_module_xyz"], "no module 'no_such_module_xyz' can be imported"),
+    (["--package", "no_such_package_xyz"], "no module 'no_such_package_xyz' can be imported"),
+    (["--package", "textwrap"], "'textwrap' is a module, not a package"),
+    (["--train-modules", "keyword", "calendar"], "module 'keyword' gives no query/code pair"),
+    (["--train-modules", "textwrap", "--eval-modules", "shlex"], "give 12 training pairs; the job needs at least 160"),
+    (["--eval-modules", "getopt", "reprlib"], "(getopt, reprlib) give 3 pairs; the metrics need at least 10"),
+    (["--train-modules", "difflib", "--eval-modules", "difflib"], "difflib are both training and held-out"),
+    (["--package", "email", "--train-modules", "json"], "--package takes the modules from the package"),
+    (["--methods", "nope"], "unknown method 'nope'"),
+    (["--steps", "-1"], "steps must be an integer >= 0, got -1"),
+    (["--lrs", "0"], "lrs must be one or more learning rates in (0, 1)"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_naming_it(args, message, tmp_path, capsys):
+    assert main(["demo", "code-search", "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "out" / "results.md").exists()
+
+
+def test_a_method_the_policy_lacks_is_refused_and_left_out_of_the_defaults(capsys, tmp_path):
+    if code_search.BY_KEY["lrqat"].available:
+        pytest.skip("this version's Policy has lrqat")
+    assert "lrqat" not in code_search.JobConfig().methods
+    assert main(["demo", "code-search", "--methods", "lrqat", "--out", str(tmp_path)]) == 2
+    assert "method 'lrqat' needs Policy(method='lrqat'), which this version does not have" in capsys.readouterr().err
