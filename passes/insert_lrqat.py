@@ -21,8 +21,8 @@ from ..runtime.int_linear import IntLinear
 from ..runtime.lrqat import LRQATLinear
 from ..runtime.progress import progress
 from .helpers import graph as G
-from .helpers.rewrite import check_rank, inline_selected, plan_quantization
-from .helpers.select import TargetError, resolve_layer_options
+from .helpers.rewrite import adapter_options, inline_selected, plan_quantization
+from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 
@@ -45,11 +45,7 @@ def insert_lrqat(gm: fx.GraphModule, *, rank=16, alpha=32.0, bits=4, group_size=
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lrqat")
     settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
-    adapters = {}
-    for name, (op, _) in selected.items():
-        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
-        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
-        adapters[name] = opts
+    adapters = adapter_options(selected, rank, alpha, overrides)
     report, params = [], 0
     for name, opts in progress(adapters.items(), "lrqat", total=len(adapters)):
         base = _grid_base(gm, name, settings.get(name))

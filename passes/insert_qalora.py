@@ -17,13 +17,13 @@ from ..runtime.formats import ZERO_POINT_MODES, check_choice
 from ..runtime.qalora import QALoRALinear
 from .helpers import graph as G
 from .helpers.rewrite import (
+    adapter_options,
     check_dropout,
-    check_rank,
     inline_selected,
     plan_quantization,
     quantize_layers,
 )
-from .helpers.select import TargetError, resolve_layer_options
+from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 
@@ -36,11 +36,7 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-qalora")
     settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
-    adapters = {}
-    for name, (op, _) in selected.items():
-        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
-        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
-        adapters[name] = opts
+    adapters = adapter_options(selected, rank, alpha, overrides)
     report = quantize_layers(gm, settings)
     params = 0
     for name, opts in adapters.items():

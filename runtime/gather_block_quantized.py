@@ -74,14 +74,17 @@ def share_table_codes(model: onnx.ModelProto) -> int:
     (byte-equal tables only, so nothing changes numerically)."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    heads: dict[bytes, str] = {}
+    tables = {n.input[0] for n in graph.node if n.op_type == "GatherBlockQuantized" and n.input[0] in inits}
+    sizes = {int(np.prod(inits[t].dims)) for t in tables}
+    heads: dict[bytes, str] = {}  # only heads the size of a table: the other layers' bytes are never copied
     for node in graph.node:
-        if node.op_type == "MatMulNBits" and node.domain == DOMAIN and node.input[1] in inits:
+        if (node.op_type == "MatMulNBits" and node.domain == DOMAIN and node.input[1] in inits
+                and int(np.prod(inits[node.input[1]].dims)) in sizes):
             heads.setdefault(numpy_helper.to_array(inits[node.input[1]]).tobytes(), node.input[1])
     nodes, shared, dropped = [], 0, set()
     for node in graph.node:
         table = node.input[0] if node.op_type == "GatherBlockQuantized" else None
-        head = heads.get(numpy_helper.to_array(inits[table]).tobytes()) if table in inits else None
+        head = heads.get(numpy_helper.to_array(inits[table]).tobytes()) if table in tables and heads else None
         if head is not None and head != table:
             shape = f"{table}.shape"
             graph.initializer.append(numpy_helper.from_array(np.array(inits[table].dims, np.int64), shape))

@@ -44,6 +44,16 @@ def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
         raise PolicyError(f"alpha for layer {name!r} must be a positive finite number, got {alpha!r}")
 
 
+def adapter_options(selected: dict, rank, alpha, overrides) -> dict[str, dict]:
+    """Each selected layer's ``rank`` and ``alpha`` (overrides applied), checked against its shape."""
+    options = {}
+    for name, (op, _) in selected.items():
+        opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
+        check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
+        options[name] = opts
+    return options
+
+
 def check_finite(gm: fx.GraphModule, names) -> None:
     """Every named float layer's weight is finite: an adapter over NaN/inf weights can only learn NaN.
 
