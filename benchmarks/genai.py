@@ -1,10 +1,12 @@
 """7. Decoders in onnxruntime-genai: ours vs its model builder, with and without a LoRA adapter.
 
 One Llama-shaped fp32 model (``genai_models``: default hidden 2048, 4 layers, 16 heads / 4 kv
-heads, MLP 5632, vocabulary 512; 2-D weights with std 1/sqrt(fan_in)), six folders:
+heads, MLP 5632, vocabulary 512; 2-D weights with std 1/sqrt(fan_in)), seven folders:
 
 - builder: ``onnxruntime_genai.models.builder -p int4 -e cpu``, asymmetric INT4 block 32,
   accuracy level 4, ``lm_head`` float (as ours leaves it);
+- builder-sym: the same with the builder's default symmetric grid (no zero points: MatMulNBits'
+  implicit zero point 8), for what that grid is worth on this CPU;
 - ours: ``compile`` RTN INT4 g32 of the same weights, ``export_genai(attention="gqa")``;
 - ours-plain: the same with ``attention="plain"``;
 - builder-lora: the builder with ``adapter_path``: a rank-16 LoRA on every block linear,
@@ -50,7 +52,7 @@ from .common import Bandwidth, check_settings, cpu_flags
 from .genai_run import large_export, no_cache_session, one_run
 from .onnx_bytes import per_token_bytes
 
-FOLDERS = ("builder", "ours", "ours-plain", "builder-lora", "ours-lora", "ours-lora-int")
+FOLDERS = ("builder", "builder-sym", "ours", "ours-plain", "builder-lora", "ours-lora", "ours-lora-int")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def versions() -> dict:
 
 
 def build(s: Settings, work: Path, log) -> tuple[dict[str, Path], dict[str, float], object]:
-    """The six folders (and how long each took to write); returns the RTN model too, for the no-cache file."""
+    """The seven folders (and how long each took to write); returns the RTN model too, for the no-cache file."""
     model = gm.make_model(s.hidden, s.layers, s.heads, s.kv_heads, s.vocab, 2 * max(s.contexts) + s.new)
     hf_dir = work / "hf"
     gm.save_with_tokenizer(model, hf_dir)
@@ -113,6 +115,7 @@ def build(s: Settings, work: Path, log) -> tuple[dict[str, Path], dict[str, floa
         seconds[name] = time.perf_counter() - t
 
     timed("builder", lambda: gm.build_builder(hf_dir, folders["builder"]))
+    timed("builder-sym", lambda: gm.build_builder(hf_dir, folders["builder-sym"], symmetric=True))
     deployed = gm.ours_int4(model, "rtn")
     timed("ours", lambda: gm.build_ours(deployed, folders["ours"], "gqa", hf_dir))
     timed("ours-plain", lambda: gm.build_ours(deployed, folders["ours-plain"], "plain", hf_dir))

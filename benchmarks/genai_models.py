@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -60,9 +61,11 @@ def save_with_tokenizer(model, folder: Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-def build_builder(hf_dir: Path, out: Path, adapter: Path | None = None) -> None:
-    """onnxruntime-genai's model builder: asymmetric INT4 block 32, accuracy level 4, lm_head float."""
-    extra = ["int4_is_symmetric=false", "int4_block_size=32", "int4_accuracy_level=4",
+def build_builder(hf_dir: Path, out: Path, adapter: Path | None = None, symmetric: bool = False) -> None:
+    """onnxruntime-genai's model builder: INT4 block 32 (asymmetric unless ``symmetric``, the builder's own
+    default), accuracy level 4, lm_head float."""
+    # 0.18's names: its help calls the older ``int4_``-prefixed ones aliases, but it ignores them silently
+    extra = [f"is_symmetric={str(symmetric).lower()}", "block_size=32", "accuracy_level=4",
              "nodes_to_exclude=/lm_head/MatMul"] + ([f"adapter_path={adapter}"] if adapter else [])
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out), "-p", "int4",
            "-e", "cpu", "-c", str(out.parent / "builder-cache"), "--extra_options", *extra]
@@ -70,6 +73,18 @@ def build_builder(hf_dir: Path, out: Path, adapter: Path | None = None) -> None:
     if done.returncode != 0:
         raise RuntimeError(f"the model builder failed ({' '.join(cmd[1:4])} ...):\n{done.stdout[-2000:]}\n"
                            f"{done.stderr[-2000:]}")
+    check_zero_points(out / "model.onnx", symmetric)
+
+
+def check_zero_points(path: Path, symmetric: bool) -> None:
+    """Refuse a builder file whose grid is not the one asked for (an option it ignored): MatMulNBits takes
+    zero points as its fourth input, and a symmetric file has none."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    with_zeros = {len(n.input) > 3 and n.input[3] != "" for n in graph.node if n.op_type == "MatMulNBits"}
+    if with_zeros != {not symmetric}:
+        raise RuntimeError(f"{path}: the model builder wrote MatMulNBits nodes "
+                           f"{'with' if True in with_zeros else 'without'} zero points, asked for a "
+                           f"{'symmetric' if symmetric else 'asymmetric'} grid: check its --extra_options names")
 
 
 def _ids(vocab: int) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from .common import fmt_bytes
 
-PEER = {"builder": "builder", "ours": "builder", "ours-plain": "builder", "builder-lora": "builder-lora",
+PEER = {"builder": "builder", "builder-sym": "builder", "ours": "builder", "ours-plain": "builder", "builder-lora": "builder-lora",
         "ours-lora": "builder-lora", "ours-lora-int": "builder-lora"}
-LABEL = {"builder": "model builder", "ours": "ours, fused (`gqa`)", "ours-plain": "ours, `plain`",
+LABEL = {"builder": "model builder", "builder-sym": "model builder, symmetric (its default)", "ours": "ours, fused (`gqa`)", "ours-plain": "ours, `plain`",
          "builder-lora": "model builder + LoRA (unmerged)", "ours-lora": "ours + the same LoRA, folded (`gqa`)",
          "ours-lora-int": "ours + a LoRA trained with integer zeros, folded"}
 BIG = 2048  # the size the decode targets are stated for; below it node count, not weights, decides
@@ -66,7 +66,11 @@ def genai_md(r: dict) -> list[str]:
     no_cache = (f"Without a KV cache (our `export_onnx` file, onnxruntime, one forward over the {ctx}-token prefix "
                 f"+ 1 per token): {uncached:.1f} ms per token against {cached:.2f} ms with the cache (ours, fused): "
                 f"**{uncached / cached:.1f}x**.")
-    out += ["", f"Bytes a step reads: {reads}; KV cache {kv}.", "", no_cache, ""]
+    sym = ", ".join(f"{c}: {x:.2f}x" for c, x in _ratios(r, "builder-sym", "builder").items())
+    grid = (f"The builder's own default grid is symmetric (`is_symmetric=true`: MatMulNBits without zero points, "
+            f"an implicit 8); its file decodes at {sym} the asymmetric one's time on this CPU. Every other file "
+            f"here is asymmetric, the grid QA-LoRA's fold and our quantizers use.")
+    out += ["", grid, "", f"Bytes a step reads: {reads}; KV cache {kv}.", "", no_cache, ""]
     out += [*adapter_md(r), "", *large_md(r["large"])]
     built = ", ".join(f"{k} {t:.0f}" for k, t in r["build_s"].items())
     return [*out, "", f"Seconds to write each folder: {built}."]
