@@ -13,8 +13,10 @@ grid positions, in grid units, before they are rounded::
 real gradient (zero where ``round(Phi)`` falls outside the code range), as LR-QAT does.
 ``B = 0`` at the start, so the layer then computes exactly the quantizer's deployed layer
 (RTN: ``Phi0 = W0 / s + z``; GPTQ: the error-compensated positions GPTQ rounded).
-``train_scales=True`` also trains ``s`` (a copy of the base's, a parameter of this layer;
-the base stays as compiled, so saved adapters still name their base).
+``train_scales=True`` also trains ``s`` as ``s = s0 exp(scale_gain)``, ``scale_gain`` [N, K/g]
+starting at 0 (a parameter of this layer; the base's ``s0`` stays as compiled, so saved adapters
+still name their base). A log factor, not ``s`` itself, so that a learning rate means a relative
+step for scales of any size and weight decay pulls toward the quantizer's scale, not toward 0.
 
 The fold computes ``q`` once with the same function the forward uses
 (``lrqat_op.codes``) and packs it: an ``IntLinear`` with the trained codes, the (trained)
@@ -55,8 +57,8 @@ class LRQATLinear(AdapterLayer):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.train_scales = bool(train_scales)
-        trained = nn.Parameter(base.scales.detach().clone()) if train_scales else None  # (N, K/g)
-        self.register_parameter("scales", trained)
+        gain = nn.Parameter(torch.zeros_like(base.scales, dtype=torch.float32)) if train_scales else None  # (N, K/g)
+        self.register_parameter("scale_gain", gain)
 
     @classmethod
     def from_base(cls, base: GridBase, *, rank: int, alpha: float, train_scales: bool = False) -> "LRQATLinear":
@@ -71,8 +73,11 @@ class LRQATLinear(AdapterLayer):
         return cls(base, rank, alpha, train_scales)
 
     def current_scales(self) -> torch.Tensor:
-        """f32 [N, K/g]: the trained scales, or the base's."""
-        return self.base.scales if self.scales is None else self.scales
+        """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls this
+        too, so the deployed scales are the ones the forward used, bit for bit."""
+        if self.scale_gain is None:
+            return self.base.scales
+        return self.base.scales.to(torch.float32) * torch.exp(self.scale_gain)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         base = self.base
@@ -89,8 +94,8 @@ class LRQATLinear(AdapterLayer):
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         yield self.lora_A
         yield self.lora_B
-        if self.scales is not None:
-            yield self.scales
+        if self.scale_gain is not None:
+            yield self.scale_gain
 
     def folded_layer(self, zeros: str = "split") -> IntLinear:
         """The ``IntLinear`` this layer computes: trained codes, scales, the base's integer zero points.

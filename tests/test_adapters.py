@@ -66,11 +66,11 @@ def test_round_trip_every_adapter_kind_is_exact(policy, tmp_path):
 
 def test_lrqat_trained_scales_round_trip_and_the_base_is_the_compiled_one(tmp_path):
     policy = lrc.Policy(method="lrqat", rank=4, group_size=16, train_scales=True)
-    trained = nudged(nudged(gpt(policy)), scale=1e-3, parts=("scales",))
+    trained = nudged(nudged(gpt(policy)), scale=1e-3, parts=("scale_gain",))
     lrc.save_adapters(trained, tmp_path)
     config = json.loads((tmp_path / CONFIG).read_text())
     layer = config["layers"]["blocks.0.attn.q_proj"]
-    assert sorted(layer["adapter"]) == [f"blocks.0.attn.q_proj.{k}" for k in ("lora_A", "lora_B", "scales")]
+    assert sorted(layer["adapter"]) == [f"blocks.0.attn.q_proj.{k}" for k in ("lora_A", "lora_B", "scale_gain")]
     assert sorted(layer["base"]["tensors"]) == ["bias", "phi0", "scales", "zeros"]
     assert layer["base"]["tensors"]["phi0"] == "uint8[32, 32]"  # 1 byte a weight
     fresh = lrc.load_adapters(gpt(policy), tmp_path)

@@ -335,8 +335,8 @@ CASES = [
     Case("fold-nan-adapter", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.lora_a", "diverge"), diverged),
     Case("fold-nan-adapter-lrqat", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.lora_b", "diverge"),
          lrqat(nan="lora_B")),
-    Case("fold-nan-scales-lrqat", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.scales", "nothing was folded"),
-         lrqat(nan="scales", train_scales=True)),
+    Case("fold-nan-scales-lrqat", lambda m, c: lrc.fold(m), lrc.TargetError, ("nan/inf", "2.scale_gain", "nothing was folded"),
+         lrqat(nan="scale_gain", train_scales=True)),
     Case("fold-dump-dir-is-a-file", lambda m, c: lrc.fold(m, dump_dir=c.out / "f"), lrc.OutputError,
          ("dump_dir", "it is a file"), qalora, setup=a_file("f")),
     # --- export_onnx -------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_trains_only_adapters_and_folds_bit_for_bit(train_scales):
     assert losses[-1] < 0.9 * losses[0]
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    trainable = ("lora_A", "lora_B") + (("scales",) if train_scales else ())
+    trainable = ("lora_A", "lora_B") + (("scale_gain",) if train_scales else ())
     assert changed == {k for k in before if k.endswith(trainable) and ".base." not in k}
     moved = sum(int((m.codes() != m.base.codes()).sum()) for m in layers(model).values())
     assert moved > 50  # the adapters really changed codes
@@ -154,16 +154,17 @@ def test_op_gradients_are_the_straight_through_ones_of_plain_autograd():
     y = layer(x)
     gy = torch.randn_like(y)
     (y * gy).sum().backward()
-    ref = [t.detach().clone().requires_grad_() for t in (x, layer.lora_A, layer.lora_B, layer.scales)]
-    x2, a, b, s = ref
+    ref = [t.detach().clone().requires_grad_() for t in (x, layer.lora_A, layer.lora_B, layer.scale_gain)]
+    x2, a, b, gain = ref
     phi = layer.base.grid() + (b @ a) * layer.scale
     q = torch.clamp(phi + (torch.round(phi) - phi).detach(), 0, 15)
+    s = layer.base.scales * torch.exp(gain)  # the trained scales: a log factor on the base's
     w = ((q.view(24, 4, 16) - layer.base.zero_points()[..., None]) * s[..., None]).view(24, 64)
     y2 = torch.nn.functional.linear(x2, w, layer.base.bias)
     assert torch.equal(y2, y)
     (y2 * gy).sum().backward()
     assert ((torch.round(phi) < 0) | (torch.round(phi) > 15)).any()
-    for got, want in zip((x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.scales.grad), [t.grad for t in ref]):
+    for got, want in zip((x.grad, layer.lora_A.grad, layer.lora_B.grad, layer.scale_gain.grad), [t.grad for t in ref]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
