@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .passes.helpers.graph import module_aliases
 from .runtime.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
 from .runtime.int_embedding import IntEmbedding
 from .runtime.int_linear import IntLinear
@@ -78,7 +79,7 @@ def _tied_heads(model: nn.Module, table: nn.Embedding) -> list[str]:
 
 def _swap(model: nn.Module, name: str, new: nn.Module, journal: list) -> None:
     old = model.get_submodule(name)
-    for alias in [n for n, m in model.named_modules(remove_duplicate=False) if m is old and n]:
+    for alias in module_aliases(model, old):
         model.set_submodule(alias, new)
         journal.append((alias, old))
 

@@ -60,6 +60,12 @@ def model_of(gm: fx.GraphModule) -> nn.Module | None:
     return gm.meta.get(MODEL)
 
 
+def module_aliases(root: nn.Module, module: nn.Module) -> list[str]:
+    """Every name ``module`` is reachable by under ``root`` (``self.b = self.a`` gives two), in
+    order, without repeats: a swap must cover them all, or an alias keeps the old layer."""
+    return list(dict.fromkeys(n for n, m in root.named_modules(remove_duplicate=False) if m is module and n))
+
+
 def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
     """Put ``new`` at ``name`` in both the graph module and the user's model.
 
@@ -69,11 +75,10 @@ def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
     model = model_of(gm)
     journal = gm.meta.setdefault(SWAPS, [])
     for root in (model, gm) if model is not None and model is not gm else (gm,):
-        # every name the module is reachable by (``self.b = self.a``), so no alias keeps the old layer
-        aliases = [n for n, m in root.named_modules(remove_duplicate=False) if m is old and n] or [name]
+        aliases = module_aliases(root, old) or [name]
         if root is gm:
             _repoint_shared_tensors(gm, old, aliases)
-        for alias in dict.fromkeys(aliases):
+        for alias in aliases:
             root.set_submodule(alias, new)
             journal.append((root, alias, old))
     return old
