@@ -255,6 +255,11 @@ def _adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
         raise AdapterError(f"layer {inside[0]!r} ({len(inside)} in all) is an LR-QAT layer: its adapter moves integer "
                            f"codes inside the rounding, which no PEFT adapter computes; keep it with "
                            f"lrc.save_adapters, or fold it and export the integer model")
+    scaled = [n for n, m in model.named_modules() if isinstance(m, QALoRALinear) and m.train_scales]
+    if scaled:
+        raise AdapterError(f"layer {scaled[0]!r} ({len(scaled)} in all) trains its quantization scales "
+                           f"(train_scales=True), which a PEFT adapter does not hold; keep it with "
+                           f"lrc.save_adapters, or fold it and export the integer model")
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, QALoRALinear))}
     if not layers:
         raise AdapterError("the model holds no LoRA or QA-LoRA layers: compile it first "

@@ -31,7 +31,7 @@ from .runtime.formats import (
 
 METHODS = ("lora", "qalora", "lrqat", "qlora", "rtn")
 QUANTIZED = ("qalora", "lrqat", "rtn")  # the methods with an integer base: ``quantizer`` applies
-SCALED = ("lrqat",)  # the methods that can train the base's scales
+SCALED = ("qalora", "lrqat")  # the methods that can train the base's scales
 
 
 def _patterns(name: str, value) -> tuple[str, ...]:
@@ -112,7 +112,8 @@ class Policy:
         or ``"gptq"`` (error feedback along calibration statistics; ``compile`` then needs
         ``calibration=`` batches and runs the ``calibrate`` pass first).
     double_quant: QLoRA's 8-bit quantization of the NF4 block scales.
-    train_scales: lrqat also trains each group's scale (still an exact fold).
+    train_scales: qalora and lrqat also train each group's scale, as a log factor on the
+        quantizer's (float in MatMulNBits: still an exact fold).
     overrides: per-pattern rank/alpha/bits/group_size.
     """
 
@@ -221,7 +222,8 @@ class Policy:
             quant["quantizer"] = self.quantizer
         name, options = {
             "lora": ("insert-lora", adapter),
-            "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant}),
+            "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant,
+                                         **({"train_scales": True} if self.train_scales else {})}),
             "lrqat": ("insert-lrqat", {"rank": self.rank, "alpha": self.alpha, **quant,
                                        **({"train_scales": True} if self.train_scales else {})}),
             "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant}),

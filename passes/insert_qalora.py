@@ -5,7 +5,8 @@ Float layers are quantized first (as the ``quantize`` pass does, same checks and
 layers an earlier ``quantize`` pass already turned into ``IntLinear`` are used as they
 are. The adapter pools each quantization group of the input (``A: [r, K/g]``,
 ``B: [N, r]`` zero), so after training ``fold`` moves it into the zero points exactly.
-``zero_point="int"`` trains with integer zero points (straight-through rounding).
+``zero_point="int"`` trains with integer zero points (straight-through rounding);
+``train_scales`` also trains each group's scale (float in MatMulNBits: the fold stays exact).
 The adapter's ops are inlined so dumps show them.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
+from ..runtime.errors import PolicyError
 from ..runtime.formats import ZERO_POINT_MODES, check_choice
 from ..runtime.qalora import QALoRALinear
 from .helpers import graph as G
@@ -29,8 +31,10 @@ from .registry import PassResult, register_pass
 
 @register_pass("insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters")
 def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_point="float", bits=4,
-                  group_size=32, quantizer="rtn", damp=0.01, overrides=None) -> PassResult:
+                  group_size=32, quantizer="rtn", damp=0.01, train_scales=False, overrides=None) -> PassResult:
     check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
+    if not isinstance(train_scales, bool):
+        raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
     check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:
@@ -40,11 +44,12 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
     report = quantize_layers(gm, settings)
     params = 0
     for name, opts in adapters.items():
-        layer = QALoRALinear.from_int_linear(gm.get_submodule(name), dropout=dropout, zero_point=zero_point, **opts)
+        layer = QALoRALinear.from_int_linear(gm.get_submodule(name), dropout=dropout, zero_point=zero_point,
+                                             train_scales=train_scales, **opts)
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
         report.append(f"{name}: + QA-LoRA(rank {layer.rank}, alpha {layer.alpha:g}, A [{layer.rank}, "
-                      f"{layer.lora_A.shape[1]}], zero_point {zero_point})")
+                      f"{layer.lora_A.shape[1]}], zero_point {zero_point}{', train_scales' if train_scales else ''})")
     inserted = inline_selected(gm, selected)
     stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
              "adapter_params": params}

@@ -7,8 +7,10 @@ attributes (``quant.py`` has the layouts), so the ONNX translation is one node. 
 ``torch.library`` custom op with
 
 - a fake (meta) implementation, so ``torch.export`` traces it without running it;
-- an autograd formula: ``dL/dx = dL/dy W`` (and ``dL/dbias`` if asked); the codes,
-  scales and zeros are frozen buffers and get no gradient.
+- an autograd formula: ``dL/dx = dL/dy W`` (and ``dL/dbias`` if asked); the codes and
+  zeros are frozen buffers and get no gradient; scales get one only where the caller trains
+  them (QA-LoRA's ``train_scales``): ``dL/dscales[j, l] = sum over group l of G (q - z)``,
+  ``G = (dL/dy)^T x`` [N, K] summed over every leading axis (``x`` is kept for it then only).
 
 The CPU/CUDA implementation dequantizes the weight on the fly (one ``[N, K]`` float
 temporary, freed after the call) and calls ``F.linear``.
@@ -38,20 +40,26 @@ def _(x, qweight, scales, zeros, bias, bits, group_size):
 
 def _setup_context(ctx, inputs, output):
     x, qweight, scales, zeros, bias, bits, group_size = inputs
-    ctx.save_for_backward(qweight, scales, zeros)
+    ctx.save_for_backward(qweight, scales, zeros, x if scales.requires_grad else None)
     ctx.bits, ctx.group_size = bits, group_size
     ctx.has_bias = bias is not None
 
 
 def _backward(ctx, grad):  # grad: (..., N)
-    qweight, scales, zeros = ctx.saved_tensors
-    grad_x = grad_bias = None
+    qweight, scales, zeros, x = ctx.saved_tensors
+    grad_x = grad_bias = grad_scales = None
     if ctx.needs_input_grad[0]:
         w = dequantize(qweight, scales, zeros, ctx.bits, ctx.group_size).to(grad.dtype)  # (N, K)
         grad_x = grad @ w  # (..., K)
     if ctx.has_bias and ctx.needs_input_grad[4]:
         grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-    return grad_x, None, None, None, grad_bias, None, None
+    if ctx.needs_input_grad[2]:
+        n, k = grad.shape[-1], x.shape[-1]
+        g = grad.reshape(-1, n).to(torch.float32).T @ x.reshape(-1, k).to(torch.float32)  # (N, K)
+        steps = dequantize(qweight, torch.ones_like(scales, dtype=torch.float32), zeros, ctx.bits,
+                           ctx.group_size)  # q - z: (N, K)
+        grad_scales = (g * steps).unflatten(-1, (k // ctx.group_size, ctx.group_size)).sum(-1).to(scales.dtype)
+    return grad_x, None, grad_scales, None, grad_bias, None, None
 
 
 int_linear.register_autograd(_backward, setup_context=_setup_context)

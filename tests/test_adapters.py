@@ -50,8 +50,9 @@ def test_round_trip_on_hf_llama_is_exact(tmp_path):
 @pytest.mark.parametrize("policy", [lrc.Policy(method="lora", rank=4, alpha=8),
                                     lrc.Policy(method="qlora", rank=4, alpha=8),
                                     lrc.Policy(method="qalora", rank=4, group_size=16, zero_point="int"),
+                                    lrc.Policy(method="qalora", rank=4, group_size=16, train_scales=True),
                                     lrc.Policy(method="lrqat", rank=4, group_size=16)],
-                         ids=["lora", "qlora", "qalora-int", "lrqat"])
+                         ids=["lora", "qlora", "qalora-int", "qalora-scales", "lrqat"])
 def test_round_trip_every_adapter_kind_is_exact(policy, tmp_path):
     x = ids()
     trained = nudged(gpt(policy))

@@ -250,7 +250,7 @@ CASES = [
     Case("policy-override-rank-0", lambda m, c: P(overrides={"q": {"rank": 0}}), lrc.PolicyError,
          ("overrides['q'].rank", "got 0")),
     Case("policy-train-scales-lora", lambda m, c: P(train_scales=True), lrc.PolicyError,
-         ("train_scales=true applies to method 'lrqat'", "method 'lora' has no scales", "train_scales=false")),
+         ("train_scales=true applies to method 'qalora' and 'lrqat'", "method 'lora' has no scales", "train_scales=false")),
     Case("policy-train-scales-int", lambda m, c: P(method="lrqat", train_scales=1), lrc.PolicyError,
          ("train_scales must be true or false", "got 1")),
     Case("policy-lrqat-dropout", lambda m, c: P(method="lrqat", dropout=0.1), lrc.PolicyError,

@@ -132,7 +132,7 @@ def test_hf_llama_exports_pure_int4_with_no_correction(tmp_path, fmt):
 
 
 def test_bad_options_are_named():
-    with pytest.raises(lrc.PolicyError, match="train_scales=True applies to method 'lrqat'"):
+    with pytest.raises(lrc.PolicyError, match="train_scales=True applies to method 'qalora' and 'lrqat'"):
         lrc.Policy(method="lora", train_scales=True)
     with pytest.raises(lrc.PolicyError, match="train_scales must be true or false"):
         lrc.Policy(method="lrqat", train_scales="yes")

@@ -72,3 +72,54 @@ def test_bad_zero_point_and_rank():
         lrc.Policy(method="qalora", zero_point="half")
     with pytest.raises(lrc.PolicyError, match="rank=40 for layer 'blocks.0.attn.q_proj'"):
         lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", rank=40, group_size=16))
+
+
+@pytest.mark.parametrize("zero_point", ["float", "int"])
+def test_trained_scales_train_and_fold_exactly_in_every_form(zero_point):
+    """train_scales: the scales move (a log factor on the base's), the base stays as compiled,
+    and every fold form computes the trained layer to float rounding (``round`` too, for the
+    integer-zero training), always with the trained scales in the IntLinear."""
+    policy = lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4, train_scales=True)
+    model = lrc.compile(tiny_gpt(), policy)
+    x = ids(batch=4, seq=12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = train(model, x, steps=30, lr=1e-2)
+    assert losses[-1] < 0.9 * losses[0]
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.endswith(("lora_A", "lora_B", "scale_gain"))}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, QALoRALinear)}
+    assert all(m.scale_gain.abs().max() > 1e-3 for m in layers.values())  # the scales really moved
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+        for zeros in ("split", "float", "round"):
+            folded = lrc.fold(model, zeros=zeros)
+            for name, m in layers.items():
+                f = folded.get_submodule(name)
+                assert torch.equal(f.scales, m.current_scales()) and not torch.equal(f.scales, m.base.scales)
+            if zero_point == "int" or zeros != "round":
+                assert ((folded(x) - want).abs().max() / want.abs().max()).item() < 1e-5
+
+
+def test_op_scale_gradient_is_autograd_through_the_dequantized_weight():
+    torch.manual_seed(0)
+    base = IntLinear.from_float(torch.nn.Linear(64, 24, bias=True), bits=4, group_size=16)
+    scales = base.scales.clone().requires_grad_()
+    x = torch.randn(3, 5, 64, requires_grad=True)
+    y = torch.ops.lowrank_compiler.int_linear(x, base.qweight, scales, base.zeros, base.bias, 4, 16)
+    gy = torch.randn_like(y)
+    (y * gy).sum().backward()
+    s2, x2 = scales.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    codes = base.dequantize() / base.scales.repeat_interleave(16, dim=1)  # q - z
+    w = (codes.view(24, 4, 16) * s2[..., None]).view(24, 64)
+    ((torch.nn.functional.linear(x2, w, base.bias)) * gy).sum().backward()
+    torch.testing.assert_close(scales.grad, s2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_trained_scales_are_refused_by_peft_export(tmp_path):
+    model = lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", group_size=16, rank=4, train_scales=True))
+    with pytest.raises(lrc.AdapterError, match="train_scales=True"):
+        lrc.save_peft_adapter(model, tmp_path / "peft")
+    assert not (tmp_path / "peft").exists()
