@@ -13,7 +13,9 @@ at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
 ``"qalora"`` (the default; folded ``split``) and ``"lrqat"`` (adapters inside the rounding;
 folded into integer codes, no correction), at its own learning rate ``lrqat_lr``: its
 adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
-there. The first method is the one the summary lines measure.
+there. With ``train_scales`` (the default) LR-QAT also trains each group's scale (a log
+factor, at ``scale_lr``, by default its ``lrqat_lr``); the fold stays exact. The first
+method is the one the summary lines measure.
 
 The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
 ``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
@@ -56,6 +58,8 @@ class JobConfig:
     batch: int = 16
     lr: float = 5e-3
     lrqat_lr: float = 3e-4  # LR-QAT's adapter is in grid units; the best of 1e-1 ... 3e-4 over GPTQ (README)
+    train_scales: bool = True  # LR-QAT also trains each group's scale (README: its best setting here)
+    scale_lr: float | None = None  # the scales' learning rate (a relative step); None: the method's
     methods: tuple[str, ...] = ("qalora",)
     eval_sentences: int = 256
     quantizer: str = "gptq"  # how the base is rounded: "gptq" (QA-LoRA's own start) or "rtn"
@@ -84,7 +88,9 @@ class JobConfig:
                 raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
         check_choice(self.embeddings, EMBEDDINGS, "embeddings")
         check_group_size(self.embedding_group_size, "embedding_group_size")
-        for name in ("lr", "lrqat_lr"):
+        if not isinstance(self.train_scales, bool):
+            raise PolicyError(f"train_scales must be true or false, got {self.train_scales!r}")
+        for name in ("lr", "lrqat_lr") + (("scale_lr",) if self.scale_lr is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise PolicyError(f"{name} must be a positive finite number, got {value!r}")
@@ -98,11 +104,12 @@ class JobConfig:
     def training(self, method: str = "qalora") -> dict:
         """The distillation loop's settings (``encoder.distil``) for ``method``."""
         lr = self.lrqat_lr if method == "lrqat" else self.lr
-        return {"steps": self.steps, "batch": self.batch, "lr": lr, "seed": self.seed}
+        return {"steps": self.steps, "batch": self.batch, "lr": lr, "seed": self.seed, "scale_lr": self.scale_lr}
 
     def policy(self, method: str, quantizer: str = "rtn") -> Policy:
+        scales = {"train_scales": True} if method == "lrqat" and self.train_scales else {}
         return Policy(method=method, bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha,
-                      quantizer=quantizer)
+                      quantizer=quantizer, **scales)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", type=_methods, default=("qalora",),
                         help="what to train, comma-separated: qalora (the default), lrqat, or both: "
                              "'qalora,lrqat' (same base, batches and budget; the first is the headline)")
+    parser.add_argument("--train-scales", action=argparse.BooleanOptionalAction, default=True,
+                        help="LR-QAT also trains each group's scale (default: on; the fold stays exact)")
     parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
 
 
@@ -134,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
                      steps=args.steps, eval_sentences=args.eval_sentences, out=args.out,
                      calibration_sentences=args.calibration_sentences, quantizer=args.quantizer,
                      methods=args.methods, baselines=not args.no_baselines, embeddings=args.embeddings,
-                     embedding_group_size=args.embedding_group_size)
+                     embedding_group_size=args.embedding_group_size, train_scales=args.train_scales)
 
 
 def run(cfg: JobConfig, log=print) -> dict:
@@ -201,11 +210,14 @@ def run(cfg: JobConfig, log=print) -> dict:
              "onnxruntime INT4 quantizer": "ort_int4", "QLoRA, merged + requantized": "qlora_merged_int4"}
     labels = {}
     for method, (emb, _, _, _) in trained.items():
-        labels[method] = f"{LABELS[method]}{' over GPTQ' if cfg.quantizer == 'gptq' else ''}, folded (ours)"
+        scales = " + trained scales" if cfg.policy(method).train_scales else ""
+        labels[method] = f"{LABELS[method]}{scales}{' over GPTQ' if cfg.quantizer == 'gptq' else ''}, folded (ours)"
         rows[labels[method]] = cosines(emb, ref)
         names[labels[method]] = f"{method}_int4"
     ours_label = labels[first]
     lrs = ", ".join(f"{LABELS[m]} lr {cfg.training(m)['lr']:g}" for m in cfg.methods)
+    if any(cfg.policy(m).train_scales for m in cfg.methods):
+        lrs += f" (its scales {cfg.scale_lr or cfg.lrqat_lr:g})"
     table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
              f"sentences, {lrs} ({train_s:.0f} s to compile and train {LABELS[first]}, {cfg.quantizer.upper()} base"
              f"{f' from {len(cal_text)} sentences' if cfg.quantizer == 'gptq' else ''}); "

@@ -58,13 +58,19 @@ def cosines(emb, ref) -> tuple[float, float]:
 
 
 def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr: float, seed: int,
-           label: str) -> list[float]:
+           label: str, scale_lr: float | None = None) -> list[float]:
     """Masked MSE between student and teacher last hidden states, AdamW on the adapters; the
-    loss of every step."""
+    loss of every step. ``scale_lr``: the learning rate of trained scales (``scale_gain``, a
+    log factor: a relative step), when it differs from the adapters' ``lr``."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
+    trained = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trained if not n.endswith("scale_gain")]}]
+    gains = [p for n, p in trained if n.endswith("scale_gain")]
+    if gains:
+        groups.append({"params": gains, "lr": lr if scale_lr is None else scale_lr})
+    opt = torch.optim.AdamW(groups, lr=lr)
     student.eval()  # dropout off: the target is deterministic, and so is what the adapters learn
     losses = []
     bar = tqdm(range(steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0)
