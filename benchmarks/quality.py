@@ -15,8 +15,8 @@ At each (bits, group):
   afresh at each point.
 
 Training is ``jobs.encoder.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
-AdamW lr 5e-3 (LR-QAT: the job's ``lrqat_lr``, and its scales trained as the job's
-``train_scales`` says) but a short budget of ``steps`` x ``batch`` sentences,
+AdamW lr 5e-3 (LR-QAT: the job's ``lrqat_lr``; ours train their scales as the job's
+``train_scales`` and ``scale_lr`` say) but a short budget of ``steps`` x ``batch`` sentences,
 the same batches for every method. Quality is the mean and worst cosine of the
 mean-pooled embeddings to fp32 on held-out sentences, computed on the deployed form:
 folded / merged PyTorch models (their ONNX exports match them, checked at the first
@@ -164,9 +164,9 @@ class Sweep:
                 self.ort_layers = sum(n.op_type == "MatMulNBits" for n in onnx.load(str(path)).graph.node)
 
     def ours(self, bits: int, group: int) -> None:
-        runs = [(f"QA-LoRA-{zp}", f"QA-LoRA {zp} zeros (ours)", zp, {"method": "qalora", "zero_point": zp})
-                for zp in ZERO_POINT_MODES] + [("LR-QAT", "LR-QAT (ours)", "lrqat",
-                                                {"method": "lrqat", "train_scales": self.cfg.train_scales})]
+        scales = {"train_scales": self.cfg.train_scales}
+        runs = [(f"QA-LoRA-{zp}", f"QA-LoRA {zp} zeros (ours)", zp, {"method": "qalora", "zero_point": zp, **scales})
+                for zp in ZERO_POINT_MODES] + [("LR-QAT", "LR-QAT (ours)", "lrqat", {"method": "lrqat", **scales})]
         for name, label, key, policy in runs:
             model = self.student(bits=bits, group_size=group, quantizer="gptq", **policy)
             self.distil(model, f"{name} INT{bits} g{group}", policy["method"])

@@ -111,12 +111,13 @@ def test_short_run_end_to_end(tmp_path):
         torch.set_num_threads(threads)
     assert "72 training pairs from 2 modules (8 of them set aside" in result["summary"]
     labels = [r["label"] for r in result["rows"]]
-    assert labels == ["QA-LoRA over GPTQ, PyTorch", "QA-LoRA over GPTQ, folded (split zeros), INT4 g32"]
+    assert labels == ["QA-LoRA + trained scales over GPTQ, PyTorch",
+                      "QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32"]
     deployed = result["rows"][1]
     assert min(deployed["onnx_vs_torch"]) >= code_search_report.COSINE_GOAL
     assert deployed["lr"] in (1e-3, 3e-3) and deployed["frozen_bytes"] > 0 and deployed["peak_rss"] > 0
     text = (tmp_path / "out" / "results.md").read_text()
-    assert "| **QA-LoRA over GPTQ, folded (split zeros), INT4 g32** | onnxruntime |" in text
+    assert "| **QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32** | onnxruntime |" in text
     assert "goal not checked" in text and "(goal >= 0.99999: met)" in text
     assert (tmp_path / "out" / "recall.png").read_bytes()[:4] == b"\x89PNG"
     assert set(result["latency"][0]) == set(result["latency"][4]) == {"qalora"}

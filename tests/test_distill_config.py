@@ -6,12 +6,14 @@ import lowrank_compiler as lrc
 from lowrank_compiler.jobs.distill import JobConfig
 
 
-def test_lrqat_trains_its_scales_by_default_and_only_lrqat():
+def test_ours_train_scales_by_default_and_the_peers_cannot():
     cfg = JobConfig(methods=("qalora", "lrqat"))
-    assert cfg.policy("lrqat", "gptq").train_scales and not cfg.policy("qalora", "gptq").train_scales
+    assert cfg.policy("lrqat", "gptq").train_scales and cfg.policy("qalora", "gptq").train_scales
+    assert not cfg.policy("qlora").train_scales
     assert not JobConfig(train_scales=False).policy("lrqat").train_scales
     assert cfg.training("lrqat")["lr"] == cfg.lrqat_lr and cfg.training("qalora")["lr"] == cfg.lr
     assert JobConfig(scale_lr=1e-3).training("lrqat")["scale_lr"] == 1e-3
+    assert JobConfig(scale_lr=None).training("lrqat")["scale_lr"] is None  # the method's own rate
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -33,6 +33,7 @@ from . import code_pairs, stdlib_modules
 from . import code_search_report as report
 from .code_search_methods import BY_KEY, DEFAULT, Method
 from .encoder import (
+    SCALE_LR,
     add_common_arguments,
     check_out_dir,
     interleaved_latency_ms,
@@ -55,6 +56,7 @@ class JobConfig:
     batch: int = 32
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # the learning-rate search, the same for every tuned row
     lr_steps: int = 10  # steps each rate trains before the choice
+    scale_lr: float | None = SCALE_LR  # ours' trained scales (a relative step), as in the distillation job
     val_pairs: int = 128  # training pairs set aside to choose the rate
     query_tokens: int = 32
     doc_tokens: int = 64
@@ -222,7 +224,7 @@ def choose_lr(model, method: Method, job: Context) -> tuple[float, dict[float, f
     start, scores = _trainable(model), {}
     for lr in cfg.lrs:
         train(model, job.tokenizer, job.data.train, steps=cfg.lr_steps, batch=cfg.batch, lr=lr, seed=cfg.seed,
-              lengths=cfg.lengths, label=f"{method.key} lr {lr:g}")
+              lengths=cfg.lengths, label=f"{method.key} lr {lr:g}", scale_lr=cfg.scale_lr)
         scores[lr] = metrics(embed_torch(model, job, job.data.val))["mrr@10"]
         _restore(model, start)
     return max(scores, key=scores.get), scores
@@ -235,7 +237,7 @@ def tune(model, method: Method, job: Context) -> dict:
     started = time.perf_counter()
     with PeakRSS() as peak:
         train(model, job.tokenizer, job.data.train, steps=cfg.steps, batch=cfg.batch, lr=lr, seed=cfg.seed,
-              lengths=cfg.lengths, label=method.key)
+              lengths=cfg.lengths, label=method.key, scale_lr=cfg.scale_lr)
     search_text = ", ".join(f"{r:g}: {s:.3f}" for r, s in search.items())
     job.log(f"{method.label}: lr {lr:g}" + (f" (MRR@10 on the set-aside pairs after {cfg.lr_steps} steps: "
                                              f"{search_text})" if search else "")

@@ -62,6 +62,8 @@ def merged_then_gptq(model, job):
 
 
 
+OURS = {"quantizer": "gptq", "train_scales": True}  # our methods start from GPTQ and train their scales
+
 METHODS = (
     Method("fp32", "fp32 base (no tuning)", None, deploys=(Deploy("fp32 base (no tuning)", as_is, integer=False),)),
     Method("rtn", "RTN {int} (no tuning)", {"method": "rtn"}, deploys=(Deploy("RTN {int} (no tuning)", as_is),)),
@@ -73,15 +75,16 @@ METHODS = (
     Method("qlora", "QLoRA (NF4 + LoRA)", {"method": "qlora"}, train=True,
            torch_row="QLoRA (NF4 + LoRA), PyTorch",
            deploys=(Deploy("QLoRA, merged + requantized to {int}", folded),)),
-    Method("qalora", "QA-LoRA over GPTQ", {"method": "qalora", "quantizer": "gptq"}, train=True,
-           torch_row="QA-LoRA over GPTQ, PyTorch",
-           deploys=(Deploy("QA-LoRA over GPTQ, folded (split zeros), {int}", folded, exact=True),)),
-    Method("qalora-int", "QA-LoRA over GPTQ, integer zeros", {"method": "qalora", "quantizer": "gptq",
-                                                               "zero_point": "int"}, train=True,
-           deploys=(Deploy("QA-LoRA over GPTQ, integer zeros, folded, {int}", folded, exact=True),)),
-    Method("lrqat", "LR-QAT over GPTQ", {"method": "lrqat", "quantizer": "gptq"}, train=True,
-           torch_row="LR-QAT over GPTQ, PyTorch",
-           deploys=(Deploy("LR-QAT over GPTQ, folded, {int}", folded, exact=True),)),
+    Method("qalora", "QA-LoRA + trained scales over GPTQ", {**OURS, "method": "qalora"}, train=True,
+           torch_row="QA-LoRA + trained scales over GPTQ, PyTorch",
+           deploys=(Deploy("QA-LoRA + trained scales over GPTQ, folded (split zeros), {int}", folded, exact=True),)),
+    Method("qalora-int", "QA-LoRA + trained scales over GPTQ, integer zeros",
+           {**OURS, "method": "qalora", "zero_point": "int"}, train=True,
+           deploys=(Deploy("QA-LoRA + trained scales over GPTQ, integer zeros, folded, {int}", folded,
+                           exact=True),)),
+    Method("lrqat", "LR-QAT + trained scales over GPTQ", {**OURS, "method": "lrqat"}, train=True,
+           torch_row="LR-QAT + trained scales over GPTQ, PyTorch",
+           deploys=(Deploy("LR-QAT + trained scales over GPTQ, folded, {int}", folded, exact=True),)),
 )
 BY_KEY = {m.key: m for m in METHODS}
 DEFAULT = tuple(m.key for m in METHODS if m.available)

@@ -13,9 +13,8 @@ at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
 ``"qalora"`` (the default; folded ``split``) and ``"lrqat"`` (adapters inside the rounding;
 folded into integer codes, no correction), at its own learning rate ``lrqat_lr``: its
 adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
-there. With ``train_scales`` (the default) LR-QAT also trains each group's scale (a log
-factor, at ``scale_lr``, by default its ``lrqat_lr``); the fold stays exact. The first
-method is the one the summary lines measure.
+there. With ``train_scales`` (the default) both also train each group's scale (a log factor,
+at ``scale_lr``); the fold stays exact. The first method is the one the summary lines measure.
 
 The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
 ``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
@@ -44,7 +43,7 @@ from ..runtime.formats import EMBEDDINGS, KERNEL_BITS, QUANTIZERS, check_choice,
 JOB_METHODS = ("qalora", "lrqat")  # what the job trains
 LABELS = {"qalora": "QA-LoRA", "lrqat": "LR-QAT"}
 from ..runtime.session import load
-from .encoder import (add_common_arguments, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
+from .encoder import (SCALE_LR, add_common_arguments, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
                       torch_embed)
 
 
@@ -58,8 +57,8 @@ class JobConfig:
     batch: int = 16
     lr: float = 5e-3
     lrqat_lr: float = 3e-4  # LR-QAT's adapter is in grid units; the best of 1e-1 ... 3e-4 over GPTQ (README)
-    train_scales: bool = True  # LR-QAT also trains each group's scale (README: its best setting here)
-    scale_lr: float | None = None  # the scales' learning rate (a relative step); None: the method's
+    train_scales: bool = True  # QA-LoRA and LR-QAT also train each group's scale (README: better for both)
+    scale_lr: float | None = SCALE_LR  # the scales' learning rate (a relative step); None: the method's
     methods: tuple[str, ...] = ("qalora",)
     eval_sentences: int = 256
     quantizer: str = "gptq"  # how the base is rounded: "gptq" (QA-LoRA's own start) or "rtn"
@@ -107,7 +106,7 @@ class JobConfig:
         return {"steps": self.steps, "batch": self.batch, "lr": lr, "seed": self.seed, "scale_lr": self.scale_lr}
 
     def policy(self, method: str, quantizer: str = "rtn") -> Policy:
-        scales = {"train_scales": True} if method == "lrqat" and self.train_scales else {}
+        scales = {"train_scales": True} if method in JOB_METHODS and self.train_scales else {}
         return Policy(method=method, bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha,
                       quantizer=quantizer, **scales)
 
@@ -126,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to train, comma-separated: qalora (the default), lrqat, or both: "
                              "'qalora,lrqat' (same base, batches and budget; the first is the headline)")
     parser.add_argument("--train-scales", action=argparse.BooleanOptionalAction, default=True,
-                        help="LR-QAT also trains each group's scale (default: on; the fold stays exact)")
+                        help="QA-LoRA and LR-QAT also train each group's scale (default: on; the fold stays exact)")
     parser.add_argument("--no-baselines", action="store_true", help="skip RTN, onnxruntime's quantizer and QLoRA")
 
 
@@ -217,7 +216,7 @@ def run(cfg: JobConfig, log=print) -> dict:
     ours_label = labels[first]
     lrs = ", ".join(f"{LABELS[m]} lr {cfg.training(m)['lr']:g}" for m in cfg.methods)
     if any(cfg.policy(m).train_scales for m in cfg.methods):
-        lrs += f" (its scales {cfg.scale_lr or cfg.lrqat_lr:g})"
+        lrs += f", scales {cfg.scale_lr:g}" if cfg.scale_lr else ", scales at the method's rate"
     table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
              f"sentences, {lrs} ({train_s:.0f} s to compile and train {LABELS[first]}, {cfg.quantizer.upper()} base"
              f"{f' from {len(cal_text)} sentences' if cfg.quantizer == 'gptq' else ''}); "

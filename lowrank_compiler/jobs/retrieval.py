@@ -16,7 +16,7 @@ import torch
 
 from ..pretrained import tokenize
 from ..runtime.progress import is_quiet
-from .encoder import mean_pool
+from .encoder import adamw, mean_pool
 
 TEMPERATURE = 0.05
 
@@ -42,13 +42,14 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, temperature: float = TEMP
 
 
 def train(model, tokenizer, pairs, *, steps: int, batch: int, lr: float, seed: int, lengths: Lengths,
-          label: str, on_step=None) -> list[float]:
-    """AdamW on the trainable parameters; batches drawn without repeats inside an epoch (a
-    repeated pair would be its own negative). The loss of every step; ``on_step()`` after each."""
+          label: str, on_step=None, scale_lr: float | None = None) -> list[float]:
+    """AdamW on the trainable parameters (trained scales at ``scale_lr``); batches drawn without
+    repeats inside an epoch (a repeated pair would be its own negative). The loss of every step;
+    ``on_step()`` after each."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    opt = adamw(model, lr, scale_lr)
     model.eval()  # no dropout: every row trains the same deterministic function
     order: list[int] = []
     losses = []
