@@ -17,7 +17,10 @@ from the quantizer's code wherever ``Phi0`` lies within bf16's spacing of a half
 point keeps a uniform ``2^-F`` resolution over the whole code range, in 1 byte a weight
 for bits <= 4 (0.25x fp32, bf16 would be 0.5x), and the encoding moves any value that rounds
 onto the wrong side of a half-way point by one step, so ``round(phi0 * 2^-F)`` is the
-quantizer's code for every weight. ``Phi0`` is clamped to ``[0, 2^b - 1]`` first: the codes
+quantizer's code for every weight. A value that lands exactly on a half-way point (about one
+in 2^F near one) moves one step toward its code too: there, the first adapter step of either
+sign would flip the code (measured: 1.4% of MiniLM's GPTQ codes flipped at a learning rate of
+1e-6), whatever the gradient asked. ``Phi0`` is clamped to ``[0, 2^b - 1]`` first: the codes
 do not change (the clamp to that range happens after rounding anyway), and a weight far
 outside the range starts where a small adapter step can move it.
 
@@ -45,6 +48,8 @@ def encode_grid(grid: torch.Tensor, codes: torch.Tensor, bits: int) -> torch.Ten
     one = float(1 << frac)
     fixed = torch.round(grid.clamp(0, qmax(bits)) * one)  # (N, K), integer-valued f32
     fixed -= torch.sign(torch.round(fixed / one) - codes.to(torch.float32))  # off by one code: one step back
+    tie = torch.remainder(fixed, one) == one / 2  # exactly half-way: any adapter step, however small, flips it
+    fixed += tie * torch.sign(codes.to(torch.float32) * one - fixed)  # one step toward its own code
     return fixed.to(dtype)
 
 

@@ -70,7 +70,7 @@ def test_lrqat_fold_is_bit_identical_for_any_adapter(shape, bits, rank, seed, sp
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=gen) * spread)
         if train_scales:
-            layer.scales.mul_(1 + 0.1 * torch.randn(layer.scales.shape, generator=gen))
+            layer.scale_gain.add_(0.1 * torch.randn(layer.scale_gain.shape, generator=gen))
         x = torch.randn(7, groups * g, generator=gen)
         folded = layer.folded_layer()
         assert torch.equal(unpack_codes(folded.qweight, bits, g), layer.codes())
