@@ -32,10 +32,11 @@ def test_minilm_example_short_setting(tmp_path):
                                          "--out", str(tmp_path)])
     mean, worst = result["onnx_vs_torch"]
     assert worst >= 0.9999  # the exported INT4 model keeps the trained model's embeddings
-    assert {"fp32", "qalora_int4"} <= set(result["files"])
+    assert {"fp32", "lrqat_int4"} <= set(result["files"])  # LR-QAT is the default method
     text = (tmp_path / "results.md").read_text()
-    assert "| QA-LoRA over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
-    assert (tmp_path / "adapters" / "adapters.safetensors").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()  # trace, find-linears, calibrate, insert-qalora, fold
+    assert "| LR-QAT + trained scales over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
+    assert (tmp_path / "adapters" / "adapters.safetensors").exists()
+    assert (tmp_path / "dumps" / "03-insert-lrqat.txt").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()
 
 
 def test_decoder_genai_example_generates_the_folded_models_tokens(tmp_path, capsys):
