@@ -47,18 +47,22 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):  # grad: (..., N)
     qweight, scales, zeros, x = ctx.saved_tensors
-    grad_x = grad_bias = grad_scales = None
+    gsize = ctx.group_size
+    grad_x = grad_bias = grad_scales = steps = None
+    if ctx.needs_input_grad[2]:  # trained scales need q - z; W is then that times the scales
+        steps = dequantize(qweight, torch.ones_like(scales, dtype=torch.float32), zeros, ctx.bits, gsize)  # (N, K)
     if ctx.needs_input_grad[0]:
-        w = dequantize(qweight, scales, zeros, ctx.bits, ctx.group_size).to(grad.dtype)  # (N, K)
-        grad_x = grad @ w  # (..., K)
+        if steps is None:
+            w = dequantize(qweight, scales, zeros, ctx.bits, gsize)  # (N, K)
+        else:  # dequantize's own order of operations, (q - z) * s: the same bits
+            w = (steps.unflatten(-1, (-1, gsize)) * scales.to(torch.float32)[..., None]).flatten(-2)
+        grad_x = grad @ w.to(grad.dtype)  # (..., K)
     if ctx.has_bias and ctx.needs_input_grad[4]:
         grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
-    if ctx.needs_input_grad[2]:
+    if steps is not None:
         n, k = grad.shape[-1], x.shape[-1]
         g = grad.reshape(-1, n).to(torch.float32).T @ x.reshape(-1, k).to(torch.float32)  # (N, K)
-        steps = dequantize(qweight, torch.ones_like(scales, dtype=torch.float32), zeros, ctx.bits,
-                           ctx.group_size)  # q - z: (N, K)
-        grad_scales = (g * steps).unflatten(-1, (k // ctx.group_size, ctx.group_size)).sum(-1).to(scales.dtype)
+        grad_scales = (g * steps).unflatten(-1, (k // gsize, gsize)).sum(-1).to(scales.dtype)
     return grad_x, None, grad_scales, None, grad_bias, None, None
 
 
