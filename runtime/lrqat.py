@@ -37,7 +37,7 @@ from .formats import FOLD_ZEROS, check_choice
 from .grid import GridBase
 from .int_linear import IntLinear
 from .lora import AdapterLayer
-from .quant import pack_codes
+from .quant import pack_codes, trained_scales
 
 
 class LRQATLinear(AdapterLayer):
@@ -75,9 +75,7 @@ class LRQATLinear(AdapterLayer):
     def current_scales(self) -> torch.Tensor:
         """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls this
         too, so the deployed scales are the ones the forward used, bit for bit."""
-        if self.scale_gain is None:
-            return self.base.scales
-        return self.base.scales.to(torch.float32) * torch.exp(self.scale_gain)
+        return trained_scales(self.base.scales, self.scale_gain)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         base = self.base

@@ -45,7 +45,7 @@ from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler
 from .int_linear import IntLinear
 from .lora import AdapterLayer
 from .formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
-from .quant import pack_zeros
+from .quant import pack_zeros, trained_scales
 
 
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,8 @@ class QALoRALinear(AdapterLayer):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if train_scales and base.correction is not None:
-            raise ValueError("train_scales needs an IntLinear base without a split correction")
+            raise ValueError(f"train_scales needs an IntLinear base without a split correction; this base "
+                             f"[{base.out_features}, {base.in_features}] has one (fold it from its adapter instead)")
         self.train_scales = bool(train_scales)
         gain = nn.Parameter(torch.zeros(base.scales.shape, device=dev)) if train_scales else None  # (N, L)
         self.register_parameter("scale_gain", gain)
@@ -87,9 +88,7 @@ class QALoRALinear(AdapterLayer):
 
     def current_scales(self) -> torch.Tensor:
         """f32 [N, L]: ``scale0 exp(scale_gain)``, or the base's scales. The fold reads this too."""
-        if self.scale_gain is None:
-            return self.base.scales
-        return self.base.scales.to(torch.float32) * torch.exp(self.scale_gain)
+        return trained_scales(self.base.scales, self.scale_gain)
 
     def _base_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         if self.scale_gain is None:

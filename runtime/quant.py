@@ -135,6 +135,12 @@ def unpack_codes(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Ten
     return unpack(qweight, bits, group_size).reshape(n, groups * group_size)
 
 
+def trained_scales(scales: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
+    """f32 [N, L]: ``scales exp(gain)``, the scales a ``train_scales`` layer trains (``gain`` a log
+    factor), or ``scales`` itself without one. Forward and fold both call this: the same bits."""
+    return scales if gain is None else scales.to(torch.float32) * torch.exp(gain)
+
+
 def zero_points(zeros: torch.Tensor, bits: int, groups: int) -> torch.Tensor:
     """Stored zeros (packed uint8 or float [N, L]) -> float32 [N, L]."""
     if zeros.dtype == torch.uint8:
