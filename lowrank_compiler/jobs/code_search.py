@@ -36,7 +36,7 @@ from .encoder import (
     SCALE_LR,
     add_common_arguments,
     check_out_dir,
-    interleaved_latency_ms,
+    latencies_ms,
     onnx_embed,
     torch_embed,
 )
@@ -309,9 +309,9 @@ def run(cfg: JobConfig, log=print) -> dict:
     for key in cfg.methods:
         rows += measure(BY_KEY[key], job)
     integer = {r["file"] for r in rows if r.get("int")}
-    latency = {level: interleaved_latency_ms({k: v for k, v in job.files.items() if not level or k in integer},
-                                             job.tokenizer, data.eval[0].doc, level, runs=cfg.latency_runs,
-                                             max_length=cfg.doc_tokens) for level in (0, 4)}
+    latency = {level: latencies_ms({k: v for k, v in job.files.items() if not level or k in integer},
+                                   job.tokenizer, data.eval[0].doc, level, rounds=cfg.latency_runs, runs=1,
+                                   max_length=cfg.doc_tokens) for level in (0, 4)}
     text = report.write(job, rows, latency, (time.perf_counter() - started[0], time.process_time() - started[1]))
     log(text)
     files = {k: str(v) for k, v in job.files.items()}

@@ -98,13 +98,8 @@ def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr
     return losses
 
 
-def latency_ms(path: Path, tokenizer, sentence: str, level: int, runs: int = 30) -> float:
-    """Median of ``runs`` at batch 1, one thread, MatMulNBits at accuracy ``level``."""
-    return latencies_ms({"one": path}, tokenizer, sentence, level, rounds=runs // 5 or 1, runs=5)["one"]
-
-
 def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: int = 10,
-                 runs: int = 5) -> dict:
+                 runs: int = 5, max_length: int = MAX_TOKENS) -> dict:
     """Median ms per file at batch 1, one thread, MatMulNBits at accuracy ``level``; the files'
     rounds are interleaved (``runs`` calls of each file per round) so that a busy moment of the
     machine falls on every file alike and their ratios hold from run to run."""
@@ -115,7 +110,7 @@ def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: i
                 staged = stack.enter_context(staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")))
                 path = set_accuracy_level(path, staged, level)
             sessions[name] = load(path, threads=1)
-        t = tokenize(tokenizer, [sentence])
+        t = tokenize(tokenizer, [sentence], max_length)
         feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
         times = {name: [] for name in sessions}
         for session in sessions.values():
@@ -128,29 +123,6 @@ def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: i
                     session(**feed)
                     times[name].append(time.perf_counter() - t0)
     return {name: 1000 * statistics.median(ts) for name, ts in times.items()}
-
-
-def interleaved_latency_ms(paths: dict[str, Path], tokenizer, text: str, level: int, runs: int = 30,
-                           max_length: int = MAX_TOKENS) -> dict[str, float]:
-    """Median ms at batch 1, one thread, MatMulNBits at accuracy ``level``, per file: every round
-    runs each file once, in turn, so a slow moment of the machine hits all files alike."""
-    with contextlib.ExitStack() as stack:
-        sessions = {}
-        for name, path in paths.items():
-            if level:
-                tmp = stack.enter_context(staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")))
-                path = set_accuracy_level(path, tmp, level)
-            sessions[name] = load(path, threads=1)
-        t = tokenize(tokenizer, [text], max_length)
-        feed = {"input_ids": t["input_ids"].numpy(), "attention_mask": t["attention_mask"].numpy()}
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for round in range(runs + 3):  # the first 3 rounds warm up
-            for name, session in sessions.items():
-                t0 = time.perf_counter()
-                session(**feed)
-                if round >= 3:
-                    times[name].append(time.perf_counter() - t0)
-    return {name: 1000 * statistics.median(v) for name, v in times.items()}
 
 
 def ort_quantize(src: Path, dst: Path, *, bits: int, group_size: int) -> Path:
