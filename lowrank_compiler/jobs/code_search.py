@@ -216,13 +216,15 @@ def _restore(model, state: dict[str, torch.Tensor]) -> None:
 
 
 def choose_lr(model, method: Method, job: Context) -> tuple[float, dict[float, float]]:
-    """Every rate of the search trains ``lr_steps`` steps from the same start; the best MRR@10 on
-    the set-aside training pairs wins. The model is back at its start afterwards."""
+    """Every rate of the search (times the method's ``lr_scale``) trains ``lr_steps`` steps from the
+    same start; the best MRR@10 on the set-aside training pairs wins. The model is back at its
+    start afterwards."""
     cfg = job.cfg
-    if len(cfg.lrs) == 1:
-        return cfg.lrs[0], {}
+    rates = [lr * method.lr_scale for lr in cfg.lrs]
+    if len(rates) == 1:
+        return rates[0], {}
     start, scores = _trainable(model), {}
-    for lr in cfg.lrs:
+    for lr in rates:
         train(model, job.tokenizer, job.data.train, steps=cfg.lr_steps, batch=cfg.batch, lr=lr, seed=cfg.seed,
               lengths=cfg.lengths, label=f"{method.key} lr {lr:g}", scale_lr=cfg.scale_lr)
         scores[lr] = metrics(embed_torch(model, job, job.data.val))["mrr@10"]

@@ -34,6 +34,7 @@ class Method:
     train: bool = False
     torch_row: str | None = None  # label of the trained PyTorch model's row (None: no such row)
     deploys: tuple[Deploy, ...] = ()
+    lr_scale: float = 1.0  # its rates are the search's times this: LR-QAT's adapter is in grid units
 
     @property
     def gptq(self) -> bool:
@@ -84,7 +85,8 @@ METHODS = (
                            exact=True),)),
     Method("lrqat", "LR-QAT + trained scales over GPTQ", {**OURS, "method": "lrqat"}, train=True,
            torch_row="LR-QAT + trained scales over GPTQ, PyTorch",
-           deploys=(Deploy("LR-QAT + trained scales over GPTQ, folded, {int}", folded, exact=True),)),
+           deploys=(Deploy("LR-QAT + trained scales over GPTQ, folded, {int}", folded, exact=True),),
+           lr_scale=10.0),  # 3e-4 ... 3e-3 moved no code in 50 steps (README)
 )
 BY_KEY = {m.key: m for m in METHODS}
 DEFAULT = tuple(m.key for m in METHODS if m.available)

@@ -127,13 +127,17 @@ def figure(rows: list[dict], title: str) -> bytes | None:
     return buf.getvalue()
 
 
+GRID_NOTE = " (LR-QAT: ten times those, its adapter being in grid units)"
+
+
 def write(job, rows: list[dict], latency: dict, seconds: tuple[float, float]) -> str:
     """results.md and recall.png into the output directory; returns the text. ``seconds``: the
     job's (wall, CPU) time: on a shared machine the CPU time over the threads is what the job
     would take on cores of its own."""
     cfg, data = job.cfg, job.data
     head = (f"MiniLM-L6 code search, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}; every tuned row: the "
-            f"learning rate of {', '.join(f'{r:g}' for r in cfg.lrs)} with the best MRR@10 after {cfg.lr_steps} "
+            f"learning rate of {', '.join(f'{r:g}' for r in cfg.lrs)}{GRID_NOTE if 'lrqat' in cfg.methods else ''} "
+            f"with the best MRR@10 after {cfg.lr_steps} "
             f"steps on set-aside training pairs, then {cfg.steps} steps of {cfg.batch} pairs (contrastive, in-batch "
             f"negatives, temperature 0.05, AdamW); queries {cfg.query_tokens} tokens, documents {cfg.doc_tokens}; "
             f"GPTQ calibrated on {min(cfg.calibration_docs, len(data.train))} training documents. {data.summary}. "
