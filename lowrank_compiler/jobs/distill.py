@@ -10,9 +10,9 @@ similarity to the fp32 sentence embeddings on held-out sentences, file size and 
 at batch 1 (onnxruntime, one thread, accuracy level 0 for every file).
 
 ``methods`` picks what is trained this way, each from the same base, batches and budget:
-``"lrqat"`` (the default: adapters inside the rounding, folded into integer codes, no
-correction; in the README's side-by-side run at least as good as QA-LoRA in mean and worst
-cosine) and ``"qalora"`` (folded ``split``), at its own learning rate ``lrqat_lr``: its
+``"qalora"`` (folded ``split``) and ``"lrqat"`` (the default: adapters inside the rounding,
+folded into integer codes, no correction; in the README's side-by-side run at least as good as
+QA-LoRA in mean and worst cosine), the latter at its own learning rate ``lrqat_lr``: its
 adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
 there. With ``train_scales`` (the default) both also train each group's scale (a log factor,
 at ``scale_lr``); the fold stays exact. The first method is the one the summary lines measure.
