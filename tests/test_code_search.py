@@ -3,6 +3,7 @@ short run end to end, and the bad inputs that must exit 2 with a message."""
 
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from lowrank_compiler.jobs import (
     code_search_report,
     stdlib_modules,
 )
-from lowrank_compiler.jobs.retrieval import contrastive_loss, rank_metrics
+from lowrank_compiler.jobs.retrieval import Lengths, Trainer, contrastive_loss, rank_metrics
 
 
 def test_first_sentence_skips_abbreviations_and_stops_at_the_first_period():
@@ -72,6 +73,44 @@ def test_rank_metrics_and_the_contrastive_loss():
     m = rank_metrics(q, d)  # query 1 ranks its document 2nd (after document 2); queries 0 and 2 first
     assert m["recall@1"] == pytest.approx(2 / 3) and m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1) / 3)
     assert contrastive_loss(q, q).item() < contrastive_loss(q, d).item()
+
+
+class TinyEncoder(torch.nn.Module):
+    """What the trainer needs of an encoder: ids in, ``last_hidden_state`` out; a frozen table."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(30522, 8).requires_grad_(False)
+        self.lin = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(last_hidden_state=self.lin(self.emb(input_ids)))
+
+
+def test_a_resumed_trainer_trains_exactly_as_one_that_never_stopped():
+    """The job's rate search resumes the winner's run: stopping, training something else on the
+    same model and resuming must give the same weights, bit for bit, as an unbroken run."""
+    from lowrank_compiler.pretrained import load_minilm
+
+    _, tokenizer = load_minilm()
+    pairs = code_pairs.module_pairs(textwrap)
+    kwargs = dict(batch=4, seed=0, lengths=Lengths(8, 16), label="t")
+    model = TinyEncoder()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model, tokenizer, pairs, lr=1e-2, **kwargs).run(5)
+    unbroken = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(start)
+    run = Trainer(model, tokenizer, pairs, lr=1e-2, **kwargs)
+    run.run(2)
+    snap = run.snapshot()
+    Trainer(model, tokenizer, pairs, lr=3e-2, **kwargs).run(3)  # another rate meanwhile, on the same weights
+    resumed = Trainer(model, tokenizer, pairs, lr=1e-2, **kwargs)
+    resumed.restore(snap)
+    resumed.run(3)
+    assert resumed.done == 5
+    assert all(torch.equal(model.state_dict()[k], unbroken[k]) for k in unbroken)
+    assert not torch.equal(unbroken["lin.weight"], start["lin.weight"])  # it did train
 
 
 def rows():
@@ -144,11 +183,3 @@ def test_bad_input_exits_2_naming_it(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert not (tmp_path / "out" / "results.md").exists()
-
-
-def test_a_method_the_policy_lacks_is_refused_and_left_out_of_the_defaults(capsys, tmp_path):
-    if code_search.BY_KEY["lrqat"].available:
-        pytest.skip("this version's Policy has lrqat")
-    assert "lrqat" not in code_search.JobConfig().methods
-    assert main(["demo", "code-search", "--methods", "lrqat", "--out", str(tmp_path)]) == 2
-    assert "method 'lrqat' needs Policy(method='lrqat'), which this version does not have" in capsys.readouterr().err

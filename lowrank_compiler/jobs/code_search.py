@@ -6,8 +6,9 @@ source without it, from installed modules (by default the standard-library lists
 ``stdlib_modules``, split by module). Each tuned row trains the same steps at the same
 rank with the same learning-rate search: every rate of ``lrs`` trains ``lr_steps`` steps
 from the same start, the one with the best MRR@10 on ``val_pairs`` training pairs set aside
-wins, and the row then trains ``steps`` steps at it (in-batch-negatives contrastive loss,
-``retrieval``). Rows (``code_search_methods``) are measured on every held-out query
+wins, and its run goes on to ``steps`` steps in all (in-batch-negatives contrastive loss,
+``retrieval``): its first ``lr_steps`` steps are exactly those a fresh run at that rate would
+train, so resuming saves them and changes nothing. Rows (``code_search_methods``) are measured on every held-out query
 against every held-out document; a deployed row's embeddings come from onnxruntime running
 its exported file. ``code_search_report`` writes the table and the figure.
 """
@@ -41,7 +42,7 @@ from .encoder import (
     torch_embed,
 )
 from .memory import PeakRSS, frozen_bytes
-from .retrieval import Lengths, rank_metrics, train
+from .retrieval import Lengths, Trainer, rank_metrics
 
 MIN_EVAL_PAIRS = 10  # MRR@10 needs ten documents to rank
 
@@ -55,7 +56,7 @@ class JobConfig:
     steps: int = 50
     batch: int = 32
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # the learning-rate search, the same for every tuned row
-    lr_steps: int = 10  # steps each rate trains before the choice
+    lr_steps: int = 10  # steps each rate trains before the choice (the winner's run goes on from there)
     scale_lr: float | None = SCALE_LR  # ours' trained scales (a relative step), as in the distillation job
     val_pairs: int = 128  # training pairs set aside to choose the rate
     query_tokens: int = 32
@@ -91,9 +92,6 @@ class JobConfig:
         for key in self.methods:
             if key not in BY_KEY:
                 raise PolicyError(f"unknown method {key!r}; the methods are {', '.join(BY_KEY)}")
-            if not BY_KEY[key].available:
-                raise PolicyError(f"method {key!r} needs Policy(method={BY_KEY[key].policy['method']!r}), which "
-                                  f"this version does not have; the methods here are {', '.join(DEFAULT)}")
 
     def policy(self, fields: dict) -> Policy:
         return Policy(bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha, **fields)
@@ -204,46 +202,52 @@ def build(method: Method, job: Context):
                    calibration=job.calibration if method.gptq else None)
 
 
-def _trainable(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+def trainer(model, method: Method, job: Context, lr: float) -> Trainer:
+    cfg = job.cfg
+    return Trainer(model, job.tokenizer, job.data.train, batch=cfg.batch, lr=lr, seed=cfg.seed, lengths=cfg.lengths,
+                   label=f"{method.key} lr {lr:g}", scale_lr=cfg.scale_lr)
 
 
-def _restore(model, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in state:
-                p.copy_(state[n])
-
-
-def choose_lr(model, method: Method, job: Context) -> tuple[float, dict[float, float]]:
+def choose_lr(model, method: Method, job: Context) -> tuple[Trainer, dict[float, float]]:
     """Every rate of the search (times the method's ``lr_scale``) trains ``lr_steps`` steps from the
-    same start; the best MRR@10 on the set-aside training pairs wins. The model is back at its
-    start afterwards."""
+    same start; the best MRR@10 on the set-aside training pairs wins. Returns the winner's
+    trainer, resumed where its search run stopped (its first ``lr_steps`` steps are those a
+    fresh run at that rate would train: the same start, batches and rate), and the scores."""
     cfg = job.cfg
     rates = [lr * method.lr_scale for lr in cfg.lrs]
     if len(rates) == 1:
-        return rates[0], {}
-    start, scores = _trainable(model), {}
+        return trainer(model, method, job, rates[0]), {}
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    scores, best = {}, None
     for lr in rates:
-        train(model, job.tokenizer, job.data.train, steps=cfg.lr_steps, batch=cfg.batch, lr=lr, seed=cfg.seed,
-              lengths=cfg.lengths, label=f"{method.key} lr {lr:g}", scale_lr=cfg.scale_lr)
+        run = trainer(model, method, job, lr)
+        run.run(min(cfg.lr_steps, cfg.steps))  # never more than the row's budget
         scores[lr] = metrics(embed_torch(model, job, job.data.val))["mrr@10"]
-        _restore(model, start)
-    return max(scores, key=scores.get), scores
+        if best is None or scores[lr] > scores[best[0]]:
+            best = (lr, run.snapshot())
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in start:
+                    p.copy_(start[n])
+    lr, snap = best
+    run = trainer(model, method, job, lr)
+    run.restore(snap)
+    return run, scores
 
 
 def tune(model, method: Method, job: Context) -> dict:
     cfg = job.cfg
     frozen = frozen_bytes(model)
-    lr, search = choose_lr(model, method, job)
+    run, search = choose_lr(model, method, job)
+    lr = run.opt.param_groups[0]["lr"]  # the adapters' group (trained scales have their own rate)
+    searched = run.done
     started = time.perf_counter()
     with PeakRSS() as peak:
-        train(model, job.tokenizer, job.data.train, steps=cfg.steps, batch=cfg.batch, lr=lr, seed=cfg.seed,
-              lengths=cfg.lengths, label=method.key, scale_lr=cfg.scale_lr)
+        run.run(cfg.steps - run.done)
     search_text = ", ".join(f"{r:g}: {s:.3f}" for r, s in search.items())
     job.log(f"{method.label}: lr {lr:g}" + (f" (MRR@10 on the set-aside pairs after {cfg.lr_steps} steps: "
-                                             f"{search_text})" if search else "")
-            + f"; {cfg.steps} steps in {time.perf_counter() - started:.0f} s")
+                                             f"{search_text}; the winner's run goes on)" if search else "")
+            + f"; {run.done} steps, the last {run.done - searched} in {time.perf_counter() - started:.0f} s")
     return {"lr": lr, "search": search, "frozen_bytes": frozen, "peak_rss": peak.bytes, "rss_exact": peak.exact,
             "train_s": time.perf_counter() - started}
 

@@ -4,8 +4,7 @@ One ``Method`` per way of getting an INT model (or the fp32 references): its pol
 fields (``None``: the pretrained model as is), whether it trains, whether the trained
 PyTorch model is measured too, and its deployments — functions from the (trained) model
 to the module exported to ONNX, each a row computed by onnxruntime. Adding a method is
-one entry in ``METHODS``; a method the installed ``Policy`` does not know yet (``lrqat``)
-is left out of the defaults, and naming it is an error that says so.
+one entry in ``METHODS``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..api import compile, fold
-from ..policy import METHODS as POLICY_METHODS
 from ..pretrained import load_minilm
 
 
@@ -39,10 +37,6 @@ class Method:
     @property
     def gptq(self) -> bool:
         return bool(self.policy) and self.policy.get("quantizer") == "gptq"
-
-    @property
-    def available(self) -> bool:
-        return self.policy is None or self.policy["method"] in POLICY_METHODS
 
 
 def as_is(model, job):
@@ -89,4 +83,4 @@ METHODS = (
            lr_scale=10.0),  # 3e-4 ... 3e-3 moved no code in 50 steps (README)
 )
 BY_KEY = {m.key: m for m in METHODS}
-DEFAULT = tuple(m.key for m in METHODS if m.available)
+DEFAULT = tuple(m.key for m in METHODS)

@@ -9,6 +9,7 @@ and MRR@10 (1 / rank of its own document, 0 past rank 10).
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 
@@ -41,35 +42,71 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, temperature: float = TEMP
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
 
 
+class Trainer:
+    """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the in-batch-negatives
+    loss; batches drawn without repeats inside an epoch (a repeated pair would be its own
+    negative). ``run(n)`` trains ``n`` more steps; ``snapshot()`` / ``restore()`` keep and bring
+    back everything that decides the next steps (the trainable tensors, AdamW's moments, the
+    batch order), so a run stopped and resumed trains exactly as one that never stopped."""
+
+    def __init__(self, model, tokenizer, pairs, *, batch: int, lr: float, seed: int, lengths: Lengths,
+                 label: str, scale_lr: float | None = None):
+        self.model, self.tokenizer, self.pairs = model, tokenizer, pairs
+        self.batch, self.lengths, self.label = batch, lengths, label
+        self.gen = torch.Generator().manual_seed(seed)
+        self.opt = adamw(model, lr, scale_lr)
+        self.order: list[int] = []
+        self.done = 0  # steps trained so far
+
+    def _next_batch(self) -> list[int]:
+        if len(self.order) < self.batch:  # a new epoch; the last one's few leftovers are dropped
+            self.order = torch.randperm(len(self.pairs), generator=self.gen).tolist()
+        idx, self.order = self.order[:self.batch], self.order[self.batch:]
+        return idx
+
+    def run(self, steps: int, on_step=None) -> list[float]:
+        """Train ``steps`` more steps; the loss of each. ``on_step()`` after each."""
+        from tqdm.auto import tqdm
+
+        self.model.eval()  # no dropout: every row trains the same deterministic function
+        losses = []
+        bar = tqdm(range(steps), desc=f"train {self.label}", unit="step", file=sys.stderr, mininterval=1.0,
+                   disable=True if is_quiet() else None)
+        for _ in bar:
+            idx = self._next_batch()
+            q = encode(self.model, self.tokenizer, [self.pairs[i].query for i in idx], self.lengths.query)
+            d = encode(self.model, self.tokenizer, [self.pairs[i].doc for i in idx], self.lengths.doc)
+            loss = contrastive_loss(q, d)
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.done += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if on_step is not None:
+                on_step()
+        return losses
+
+    def snapshot(self) -> dict:
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return {"params": params, "opt": copy.deepcopy(self.opt.state_dict()), "gen": self.gen.get_state(),
+                "order": list(self.order), "done": self.done}
+
+    def restore(self, snap: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in snap["params"]:
+                    p.copy_(snap["params"][n])
+        self.opt.load_state_dict(copy.deepcopy(snap["opt"]))
+        self.gen.set_state(snap["gen"])
+        self.order, self.done = list(snap["order"]), snap["done"]
+
+
 def train(model, tokenizer, pairs, *, steps: int, batch: int, lr: float, seed: int, lengths: Lengths,
           label: str, on_step=None, scale_lr: float | None = None) -> list[float]:
-    """AdamW on the trainable parameters (trained scales at ``scale_lr``); batches drawn without
-    repeats inside an epoch (a repeated pair would be its own negative). The loss of every step;
-    ``on_step()`` after each."""
-    from tqdm.auto import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
-    opt = adamw(model, lr, scale_lr)
-    model.eval()  # no dropout: every row trains the same deterministic function
-    order: list[int] = []
-    losses = []
-    bar = tqdm(range(steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0,
-               disable=True if is_quiet() else None)
-    for _ in bar:
-        if len(order) < batch:  # a new epoch; the last one's few leftovers are dropped
-            order = torch.randperm(len(pairs), generator=gen).tolist()
-        idx, order = order[:batch], order[batch:]
-        q = encode(model, tokenizer, [pairs[i].query for i in idx], lengths.query)
-        d = encode(model, tokenizer, [pairs[i].doc for i in idx], lengths.doc)
-        loss = contrastive_loss(q, d)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if on_step is not None:
-            on_step()
-    return losses
+    """``steps`` steps of a fresh ``Trainer``; the loss of every step."""
+    return Trainer(model, tokenizer, pairs, batch=batch, lr=lr, seed=seed, lengths=lengths, label=label,
+                   scale_lr=scale_lr).run(steps, on_step)
 
 
 def rank_metrics(q: torch.Tensor, d: torch.Tensor, k: int = 10) -> dict[str, float]:
