@@ -84,7 +84,8 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
     train = _ok(result, "training")
     if train:
         for label, method, step_bound, mem_bound in (("QA-LoRA", "QA-LoRA (INT4 g32)", 1.5, 0.2),
-                                                     ("LR-QAT", "LR-QAT (INT4 g32)", 2.0, 0.3)):
+                                                     ("LR-QAT", "LR-QAT (INT4 g32)", 2.0, 0.3),
+                                                     ("LR-QAT + scales", "LR-QAT + scales (INT4 g32)", 2.0, 0.3)):
             rows += _training_rows(train, label, method, step_bound, mem_bound)
     gen = _ok(result, "genai")
     if gen:

@@ -1,4 +1,5 @@
-"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT (INT4).
+"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT (INT4,
+with and without trained scales).
 
 For each model size (the hand-written GPT of ``lowrank_compiler.toy``, random weights),
 each method trains in its own fresh process (``spawn``), so its memory is its own: the
@@ -32,7 +33,10 @@ from pathlib import Path
 from .common import check_settings
 
 METHODS = {"LoRA over fp32": {"method": "lora"}, "QLoRA (NF4)": {"method": "qlora"},
-           "QA-LoRA (INT4 g32)": {"method": "qalora"}, "LR-QAT (INT4 g32)": {"method": "lrqat"}}
+           "QA-LoRA (INT4 g32)": {"method": "qalora"}, "LR-QAT (INT4 g32)": {"method": "lrqat"},
+           # the jobs' settings: each group's scale trained too (the scale gradient costs a [N, K] product)
+           "QA-LoRA + scales (INT4 g32)": {"method": "qalora", "train_scales": True},
+           "LR-QAT + scales (INT4 g32)": {"method": "lrqat", "train_scales": True}}
 
 
 @dataclass(frozen=True)
