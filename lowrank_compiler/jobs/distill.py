@@ -15,7 +15,7 @@ folded into integer codes, no correction; in the README's side-by-side run at le
 QA-LoRA in mean and worst cosine), the latter at its own learning rate ``lrqat_lr``: its
 adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
 there. With ``train_scales`` (the default) both also train each group's scale (a log factor,
-at ``scale_lr``); the fold stays exact. The first method is the one the summary lines measure.
+at ``scale_lr`` for 4-bit layers, ``encoder.scale_rate`` for other widths); the fold stays exact. The first method is the one the summary lines measure.
 
 The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
 ``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
@@ -44,7 +44,7 @@ from ..runtime.formats import EMBEDDINGS, KERNEL_BITS, QUANTIZERS, check_choice,
 JOB_METHODS = ("qalora", "lrqat")  # what the job trains
 LABELS = {"qalora": "QA-LoRA", "lrqat": "LR-QAT"}
 from ..runtime.session import load
-from .encoder import (SCALE_LR, add_common_arguments, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
+from .encoder import (SCALE_LR, add_common_arguments, scale_rate, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
                       torch_embed)
 
 
@@ -217,7 +217,7 @@ def run(cfg: JobConfig, log=print) -> dict:
     ours_label = labels[first]
     lrs = ", ".join(f"{LABELS[m]} lr {cfg.training(m)['lr']:g}" for m in cfg.methods)
     if any(cfg.policy(m).train_scales for m in cfg.methods):
-        lrs += f", scales {cfg.scale_lr:g}" if cfg.scale_lr else ", scales at the method's rate"
+        lrs += f", scales {scale_rate(cfg.scale_lr, cfg.bits):g}" if cfg.scale_lr else ", scales at the method's rate"
     table = [f"MiniLM-L6, INT{cfg.bits} g{cfg.group_size}, rank {cfg.rank}, {cfg.steps} steps x {cfg.batch} "
              f"sentences, {lrs} ({train_s:.0f} s to compile and train {LABELS[first]}, {cfg.quantizer.upper()} base"
              f"{f' from {len(cal_text)} sentences' if cfg.quantizer == 'gptq' else ''}); "
