@@ -198,6 +198,7 @@ def build(method: Method, job: Context):
     model, _ = load_minilm()
     if method.policy is None:
         return model
+    torch.manual_seed(job.cfg.seed)  # the adapters' random init: the same command gives the same table
     return compile(model, job.policy(method.policy), example_inputs=job.example, example_kwargs=job.kwargs,
                    calibration=job.calibration if method.gptq else None)
 

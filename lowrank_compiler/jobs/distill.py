@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 
 from .. import data
 from ..adapters import save_adapters
@@ -164,6 +166,7 @@ def run(cfg: JobConfig, log=print) -> dict:
 
     def student(method, quantizer="rtn", dumps=None):
         model, _ = load_minilm()
+        torch.manual_seed(cfg.seed)  # the adapters' random init: the same command gives the same table
         return compile(model, cfg.policy(method, quantizer), example_inputs=example, example_kwargs=kwargs,
                        calibration=calibration if quantizer == "gptq" else None, dump_dir=dumps)
 
