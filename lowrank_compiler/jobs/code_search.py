@@ -8,8 +8,8 @@ rank with the same learning-rate search: every rate of ``lrs`` trains ``lr_steps
 from the same start, the one with the best MRR@10 on ``val_pairs`` training pairs set aside
 wins, and its run goes on to ``steps`` steps in all (in-batch-negatives contrastive loss,
 ``retrieval``): its first ``lr_steps`` steps are exactly those a fresh run at that rate would
-train, so resuming saves them and changes nothing. Rows (``code_search_methods``) are measured on every held-out query
-against every held-out document; a deployed row's embeddings come from onnxruntime running
+train, so resuming saves them and changes nothing. Rows (``code_search_methods``) are
+measured on every held-out query against every held-out document; a deployed row's embeddings come from onnxruntime running
 its exported file. ``code_search_report`` writes the table and the figure.
 """
 
@@ -42,7 +42,7 @@ from .encoder import (
     torch_embed,
 )
 from .memory import PeakRSS, frozen_bytes
-from .retrieval import Lengths, Trainer, rank_metrics
+from .retrieval import Lengths, Trainer, rank_metrics, set_params
 
 MIN_EVAL_PAIRS = 10  # MRR@10 needs ten documents to rank
 
@@ -226,10 +226,7 @@ def choose_lr(model, method: Method, job: Context) -> tuple[Trainer, dict[float,
         scores[lr] = metrics(embed_torch(model, job, job.data.val))["mrr@10"]
         if best is None or scores[lr] > scores[best[0]]:
             best = (lr, run.snapshot())
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in start:
-                    p.copy_(start[n])
+        set_params(model, start)
     lr, snap = best
     run = trainer(model, method, job, lr)
     run.restore(snap)

@@ -15,7 +15,8 @@ folded into integer codes, no correction; in the README's side-by-side run at le
 QA-LoRA in mean and worst cosine), the latter at its own learning rate ``lrqat_lr``: its
 adapter moves weights in grid units, a step of ``s`` each, so ``lr`` means something else
 there. With ``train_scales`` (the default) both also train each group's scale (a log factor,
-at ``scale_lr`` for 4-bit layers, ``encoder.scale_rate`` for other widths); the fold stays exact. The first method is the one the summary lines measure.
+at ``scale_lr`` for 4-bit layers, ``encoder.scale_rate`` for other widths); the fold stays
+exact. The first method is the one the summary lines measure.
 
 The model is ``pretrained.load_minilm``; the text is ``lowrank_compiler.data``.
 ``lowrank-compiler demo`` and ``examples/minilm_qalora.py`` run it with the options of
@@ -31,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-
 from .. import data
 from ..adapters import save_adapters
 from ..api import compile, fold
@@ -46,8 +46,8 @@ from ..runtime.formats import EMBEDDINGS, KERNEL_BITS, QUANTIZERS, check_choice,
 JOB_METHODS = ("qalora", "lrqat")  # what the job trains
 LABELS = {"qalora": "QA-LoRA", "lrqat": "LR-QAT"}
 from ..runtime.session import load
-from .encoder import (SCALE_LR, add_common_arguments, scale_rate, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
-                      torch_embed)
+from .encoder import (SCALE_LR, add_common_arguments, check_out_dir, cosines, distil, latencies_ms, onnx_embed, ort_quantize,
+                      scale_rate, torch_embed)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,14 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, temperature: float = TEMP
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
 
 
+def set_params(model, params: dict[str, torch.Tensor]) -> None:
+    """Copy ``params`` (name -> tensor) into the model's parameters of those names."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in params:
+                p.copy_(params[n])
+
+
 class Trainer:
     """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the in-batch-negatives
     loss; batches drawn without repeats inside an epoch (a repeated pair would be its own
@@ -93,20 +101,10 @@ class Trainer:
                 "order": list(self.order), "done": self.done}
 
     def restore(self, snap: dict) -> None:
-        with torch.no_grad():
-            for n, p in self.model.named_parameters():
-                if n in snap["params"]:
-                    p.copy_(snap["params"][n])
+        set_params(self.model, snap["params"])
         self.opt.load_state_dict(copy.deepcopy(snap["opt"]))
         self.gen.set_state(snap["gen"])
         self.order, self.done = list(snap["order"]), snap["done"]
-
-
-def train(model, tokenizer, pairs, *, steps: int, batch: int, lr: float, seed: int, lengths: Lengths,
-          label: str, on_step=None, scale_lr: float | None = None) -> list[float]:
-    """``steps`` steps of a fresh ``Trainer``; the loss of every step."""
-    return Trainer(model, tokenizer, pairs, batch=batch, lr=lr, seed=seed, lengths=lengths, label=label,
-                   scale_lr=scale_lr).run(steps, on_step)
 
 
 def rank_metrics(q: torch.Tensor, d: torch.Tensor, k: int = 10) -> dict[str, float]:
