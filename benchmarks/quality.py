@@ -16,8 +16,8 @@ At each (bits, group):
 
 Training is ``jobs.encoder.distil``: masked MSE to the fp32 hidden states, rank 16, alpha 32,
 AdamW lr 5e-3 (LR-QAT: the job's ``lrqat_lr``; ours train their scales as the job's
-``train_scales`` and ``scale_lr`` say, the latter scaled per width by ``encoder.scale_rate``) but a short budget of ``steps`` x ``batch`` sentences,
-the same batches for every method. Quality is the mean and worst cosine of the
+``train_scales`` and ``scale_lr`` say, the latter scaled per width by ``encoder.scale_rate``)
+but a short budget of ``steps`` x ``batch`` sentences, the same batches for every method. Quality is the mean and worst cosine of the
 mean-pooled embeddings to fp32 on held-out sentences, computed on the deployed form:
 folded / merged PyTorch models (their ONNX exports match them, checked at the first
 ONNX-able point) and onnxruntime sessions for the peers' files. Bits per weight = bytes of

@@ -42,7 +42,7 @@ from .encoder import (
     torch_embed,
 )
 from .memory import PeakRSS, frozen_bytes
-from .retrieval import Lengths, Trainer, rank_metrics, set_params
+from .retrieval import Lengths, Trainer, get_params, rank_metrics, set_params
 
 MIN_EVAL_PAIRS = 10  # MRR@10 needs ten documents to rank
 
@@ -218,7 +218,7 @@ def choose_lr(model, method: Method, job: Context) -> tuple[Trainer, dict[float,
     rates = [lr * method.lr_scale for lr in cfg.lrs]
     if len(rates) == 1:
         return trainer(model, method, job, rates[0]), {}
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    start = get_params(model)
     scores, best = {}, None
     for lr in rates:
         run = trainer(model, method, job, lr)
@@ -237,7 +237,7 @@ def tune(model, method: Method, job: Context) -> dict:
     cfg = job.cfg
     frozen = frozen_bytes(model)
     run, search = choose_lr(model, method, job)
-    lr = run.opt.param_groups[0]["lr"]  # the adapters' group (trained scales have their own rate)
+    lr = run.lr
     searched = run.done
     started = time.perf_counter()
     with PeakRSS() as peak:

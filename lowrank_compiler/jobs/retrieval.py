@@ -42,6 +42,11 @@ def contrastive_loss(q: torch.Tensor, d: torch.Tensor, temperature: float = TEMP
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
 
 
+def get_params(model) -> dict[str, torch.Tensor]:
+    """A copy of the model's trainable parameters, by name (``set_params`` puts them back)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 def set_params(model, params: dict[str, torch.Tensor]) -> None:
     """Copy ``params`` (name -> tensor) into the model's parameters of those names."""
     with torch.no_grad():
@@ -60,7 +65,7 @@ class Trainer:
     def __init__(self, model, tokenizer, pairs, *, batch: int, lr: float, seed: int, lengths: Lengths,
                  label: str, scale_lr: float | None = None):
         self.model, self.tokenizer, self.pairs = model, tokenizer, pairs
-        self.batch, self.lengths, self.label = batch, lengths, label
+        self.batch, self.lengths, self.label, self.lr = batch, lengths, label, lr
         self.gen = torch.Generator().manual_seed(seed)
         self.opt = adamw(model, lr, scale_lr)
         self.order: list[int] = []
@@ -96,8 +101,7 @@ class Trainer:
         return losses
 
     def snapshot(self) -> dict:
-        params = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        return {"params": params, "opt": copy.deepcopy(self.opt.state_dict()), "gen": self.gen.get_state(),
+        return {"params": get_params(self.model), "opt": copy.deepcopy(self.opt.state_dict()), "gen": self.gen.get_state(),
                 "order": list(self.order), "done": self.done}
 
     def restore(self, snap: dict) -> None:
