@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import lowrank_compiler as lrc
-from lowrank_compiler.toy import GPTConfig, TinyGPT
-from lowrank_compiler.runtime.formats import FOLD_ZEROS
+from lowrank_compiler.app.toy import GPTConfig, TinyGPT
+from lowrank_compiler.runtime.quant.formats import FOLD_ZEROS
 
 CONFIG = GPTConfig(vocab_size=512, block_size=128, n_layer=4, n_head=4, n_embd=256)
 

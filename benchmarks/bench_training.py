@@ -20,9 +20,9 @@ import time
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.grid import GridBase
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.toy import GPTConfig, TinyGPT
+from lowrank_compiler.runtime.layers.grid_base import GridBase
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
 CONFIG = GPTConfig(vocab_size=4096, block_size=256, n_layer=6, n_head=8, n_embd=512)
 

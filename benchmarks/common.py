@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank_compiler.runtime.grid import GridBase
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.lora import AdapterLayer
-from lowrank_compiler.runtime.nf4 import NF4Linear
+from lowrank_compiler.runtime.layers.grid_base import GridBase
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.lora import AdapterLayer
+from lowrank_compiler.runtime.layers.nf4 import NF4Linear
 
 START = time.perf_counter()
 

@@ -38,13 +38,14 @@ from types import SimpleNamespace
 import onnx
 import torch
 
-from lowrank_compiler import Policy, compile, compile_info, data, export_onnx, fold
-from lowrank_compiler.jobs import encoder
-from lowrank_compiler.jobs.distill import JobConfig
-from lowrank_compiler.pretrained import load_minilm, tokenize
+from lowrank_compiler import Policy, compile, compile_info, export_onnx, fold
+from lowrank_compiler.app import data
+from lowrank_compiler.app.jobs import encoder
+from lowrank_compiler.app.jobs.distill import JobConfig
+from lowrank_compiler.app.pretrained import load_minilm, tokenize
 from lowrank_compiler.runtime.files import commit, staged_file
-from lowrank_compiler.runtime.formats import BITS, KERNEL_BITS, ZERO_POINT_MODES, group_size_problem
-from lowrank_compiler.runtime.session import load
+from lowrank_compiler.runtime.quant.formats import BITS, KERNEL_BITS, ZERO_POINT_MODES, group_size_problem
+from lowrank_compiler.runtime.serve.load import load
 
 from .common import base_linear_bytes, check_settings
 from .onnx_bytes import file_bytes, linear_weights

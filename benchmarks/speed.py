@@ -29,8 +29,8 @@ import onnxruntime as ort
 import torch
 
 from lowrank_compiler import export_onnx
-from lowrank_compiler.jobs.encoder import ort_quantize
-from lowrank_compiler.runtime.onnx_export import set_accuracy_level
+from lowrank_compiler.app.jobs.encoder import ort_quantize
+from lowrank_compiler.runtime.onnx.export import set_accuracy_level
 
 from . import bench_onnx
 from .common import check_settings, interleaved

@@ -99,7 +99,7 @@ def trainer(conn, size: Size, policy: dict) -> None:
     import torch
 
     import lowrank_compiler as lrc
-    from lowrank_compiler.toy import GPTConfig, TinyGPT
+    from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
     from .common import base_linear_bytes
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import lowrank_compiler as lrc
-from lowrank_compiler.toy import GPTConfig, TinyGPT
+from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
 
 def main(argv=None) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lowrank_compiler.jobs.distill import add_arguments, config_from_args, run
+from lowrank_compiler.app.jobs.distill import add_arguments, config_from_args, run
 
 
 def main(argv=None) -> dict:

@@ -32,14 +32,8 @@ from torch import nn
 from .api import compile_info
 from .runtime.errors import AdapterError
 from .runtime.files import write_atomic
-from .runtime.lora import AdapterLayer
-from .tensorfile import (
-    digest_tensors,
-    read_json_record,
-    read_tensors,
-    spec_of,
-    write_tensors,
-)
+from .runtime.layers.lora import AdapterLayer
+from .tensorfile import digest_tensors, read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-adapters"
 VERSION = 1

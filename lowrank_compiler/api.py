@@ -25,9 +25,9 @@ from .pipeline_text import Pipeline
 from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.files import check_dir, write_atomic
-from .runtime.formats import FOLD_ZEROS, check_choice
-from .runtime.int_linear import IntLinear
-from .runtime.lora import AdapterLayer
+from .runtime.quant.formats import FOLD_ZEROS, check_choice
+from .runtime.layers.int_linear import IntLinear
+from .runtime.layers.lora import AdapterLayer
 from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"

@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from .passes.helpers.graph import module_aliases
-from .runtime.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
-from .runtime.int_embedding import IntEmbedding
-from .runtime.int_linear import IntLinear
-from .runtime.onnx_export import QDQ_TABLE, ExportError
+from .runtime.quant.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
+from .runtime.layers.int_embedding import IntEmbedding
+from .runtime.layers.int_linear import IntLinear
+from .runtime.onnx.export import QDQ_TABLE
+from .runtime.errors import ExportError
 
 FilterFn = Callable[[nn.Module, str], bool]
 

@@ -18,9 +18,10 @@ from torch import nn
 
 from .api import compile_info
 from .embeddings import check_embeddings, int4_embeddings
-from .runtime.formats import EXPORT_FORMATS as FORMATS
-from .runtime.onnx_export import ExportError, export_model
-from .runtime.onnx_inspect import OnnxReport, inspect_onnx
+from .runtime.quant.formats import EXPORT_FORMATS as FORMATS
+from .runtime.errors import ExportError
+from .runtime.onnx.export import export_model
+from .runtime.onnx.inspection import OnnxReport, inspect_onnx
 from .trace import with_defaults
 
 

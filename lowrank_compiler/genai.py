@@ -50,12 +50,13 @@ from torch import nn
 from .api import compile_info
 from .embeddings import check_embeddings, int4_embeddings
 from .genai_attention import fused_attention, gqa_unsupported
-from .runtime.attention_onnx import attention_translations
+from .runtime.onnx.attention import attention_translations
 from .runtime.files import staged_dir, write_atomic
-from .runtime.formats import check_accuracy_level
-from .runtime.lora import AdapterLayer
-from .runtime.onnx_export import ExportError, check_exportable, export_proto, layer_table, rename_dims, write_model
-from .runtime.onnx_fusions import fuse_skip_norm
+from .runtime.quant.formats import check_accuracy_level
+from .runtime.layers.lora import AdapterLayer
+from .runtime.errors import ExportError
+from .runtime.onnx.export import check_exportable, export_proto, layer_table, rename_dims, write_model
+from .runtime.onnx.skip_norm import fuse_skip_norm
 
 MARKER = "lowrank_compiler.json"
 MODEL_FILE = "model.onnx"

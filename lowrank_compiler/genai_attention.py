@@ -33,8 +33,8 @@ import contextlib
 import torch
 from torch import nn
 
-from .runtime import attention_op  # noqa: F401  (registers torch.ops.lowrank_compiler.gqa / rms_norm)
-from .runtime.int_linear import IntLinear
+from .runtime.layers import attention_op  # noqa: F401  (registers torch.ops.lowrank_compiler.gqa / rms_norm)
+from .runtime.layers.int_linear import IntLinear
 
 ATTENTIONS = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Phi3Attention"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Phi3RMSNorm"}

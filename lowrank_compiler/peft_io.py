@@ -42,10 +42,10 @@ from .passes.helpers.select import ALL_LINEAR
 from .policy import Policy
 from .runtime.errors import AdapterError
 from .runtime.files import write_atomic
-from .runtime.linear_kinds import linear_shape
-from .runtime.lora import LoRALinear
-from .runtime.lrqat import LRQATLinear
-from .runtime.qalora import QALoRALinear
+from .runtime.layers.linear_kinds import linear_shape
+from .runtime.layers.lora import LoRALinear
+from .runtime.layers.lrqat import LRQATLinear
+from .runtime.layers.qalora import QALoRALinear
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"

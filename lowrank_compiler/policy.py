@@ -21,13 +21,7 @@ from typing import Any, Mapping
 from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
 from .pipeline_text import PassSpec, Pipeline
 from .runtime.errors import PolicyError
-from .runtime.formats import (
-    QUANTIZERS,
-    ZERO_POINT_MODES,
-    check_bits,
-    check_choice,
-    check_group_size,
-)
+from .runtime.quant.formats import QUANTIZERS, ZERO_POINT_MODES, check_bits, check_choice, check_group_size
 
 METHODS = ("lora", "qalora", "lrqat", "qlora", "rtn")
 QUANTIZED = ("qalora", "lrqat", "rtn")  # the methods with an integer base: ``quantizer`` applies

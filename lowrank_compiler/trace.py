@@ -27,8 +27,8 @@ from torch import nn
 
 from .errors import TraceError
 from .passes.helpers import graph as G
-from .runtime.linear_kinds import is_conv1d, is_linear_module
-from .runtime.lora import AdapterLayer
+from .runtime.layers.linear_kinds import is_conv1d, is_linear_module
+from .runtime.layers.lora import AdapterLayer
 
 MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.errors import PolicyError
-from ..runtime.onnx_export import export_model
-from ..runtime.onnx_inspect import inspect_onnx, op_listing
+from ..runtime.onnx.export import export_model
+from ..runtime.onnx.inspection import inspect_onnx, op_listing
 from .helpers import graph as G
 from .registry import PassResult, register_pass
 

@@ -23,7 +23,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from ..runtime.linear_kinds import is_linear_module, linear_shape
+from ..runtime.layers.linear_kinds import is_linear_module, linear_shape
 from .helpers import graph as G
 from .helpers.select import ALL_LINEAR, TargetError, check_pattern, matches
 from .registry import PassResult, register_pass

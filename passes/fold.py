@@ -27,13 +27,13 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..runtime.formats import FOLD_ZEROS, check_bits, check_choice
-from ..runtime.int_linear import IntLinear
-from ..runtime.lora import AdapterLayer
-from ..runtime.lrqat import LRQATLinear
+from ..runtime.quant.formats import FOLD_ZEROS, check_bits, check_choice
+from ..runtime.layers.int_linear import IntLinear
+from ..runtime.layers.lora import AdapterLayer
+from ..runtime.layers.lrqat import LRQATLinear
 from ..runtime.progress import progress
-from ..runtime.qalora import QALoRALinear
-from ..runtime.quant import group_sum
+from ..runtime.layers.qalora import QALoRALinear
+from ..runtime.quant.group import group_sum
 from .helpers import graph as G
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass

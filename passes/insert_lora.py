@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime.lora import LoRALinear
+from ..runtime.layers.lora import LoRALinear
 from .helpers import graph as G
 from .helpers.rewrite import check_dropout, check_finite, check_rank, inline_selected
 from .helpers.select import TargetError, check_overrides, resolve_layer_options

@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.errors import PolicyError
-from ..runtime.grid import GridBase
-from ..runtime.int_linear import IntLinear
-from ..runtime.lrqat import LRQATLinear
+from ..runtime.layers.grid_base import GridBase
+from ..runtime.layers.int_linear import IntLinear
+from ..runtime.layers.lrqat import LRQATLinear
 from ..runtime.progress import progress
 from .helpers import graph as G
 from .helpers.rewrite import adapter_options, inline_selected, plan_quantization

@@ -15,16 +15,10 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.errors import PolicyError
-from ..runtime.formats import ZERO_POINT_MODES, check_choice
-from ..runtime.qalora import QALoRALinear
+from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice
+from ..runtime.layers.qalora import QALoRALinear
 from .helpers import graph as G
-from .helpers.rewrite import (
-    adapter_options,
-    check_dropout,
-    inline_selected,
-    plan_quantization,
-    quantize_layers,
-)
+from .helpers.rewrite import adapter_options, check_dropout, inline_selected, plan_quantization, quantize_layers
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.errors import PolicyError
-from ..runtime.linear_kinds import weight_out_in
-from ..runtime.lora import LoRALinear
-from ..runtime.nf4 import NF4Linear
+from ..runtime.layers.linear_kinds import weight_out_in
+from ..runtime.layers.lora import LoRALinear
+from ..runtime.layers.nf4 import NF4Linear
 from ..runtime.progress import progress
 from .helpers import graph as G
 from .helpers.rewrite import check_dropout, check_rank, inline_selected

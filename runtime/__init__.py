@@ -8,15 +8,15 @@ passes or the API (compile-time helpers live in ``passes/helpers/``). ``load`` a
 """
 
 from .errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
-from .linear_kinds import is_conv1d, is_linear_module, linear_shape
-from .lora import AdapterLayer, LoRALinear
+from .layers.linear_kinds import is_conv1d, is_linear_module, linear_shape
+from .layers.lora import AdapterLayer, LoRALinear
 
 
 def __getattr__(name: str):
     if name in ("Session", "load"):
-        from . import session
+        from . import serve
 
-        return getattr(session, name)
+        return getattr(serve, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -38,5 +38,9 @@ class OutputError(LowRankError, OSError):
         return error
 
 
+class ExportError(LowRankError, ValueError):
+    """The model cannot be exported as asked (the message says which layer and what to do)."""
+
+
 class ModelFileError(LowRankError, ValueError):
     """A model file is missing, truncated, corrupt, or refers to data outside its directory."""

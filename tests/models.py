@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowrank_compiler.toy import GPTConfig, TinyGPT
+from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
 VOCAB = 96
 

@@ -15,7 +15,7 @@ QALORA = lrc.Policy(method="qalora", rank=4, alpha=8, group_size=16)
 def gpt(policy, seed=0, width=None):
     if width is None:
         return lrc.compile(tiny_gpt(seed=seed), policy)
-    from lowrank_compiler.toy import GPTConfig, TinyGPT
+    from lowrank_compiler.app.toy import GPTConfig, TinyGPT
     from models import VOCAB
 
     torch.manual_seed(seed)

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 import lowrank_compiler as lrc
-from lowrank_compiler.cli import main
-from lowrank_compiler.runtime import onnx_export
-from lowrank_compiler.runtime.onnx_export import ExportError
+from lowrank_compiler.app.cli import main
+from lowrank_compiler.runtime.onnx import export as onnx_export
+from lowrank_compiler.runtime.errors import ExportError
 from models import NoLinear, external_data_onnx
 
 

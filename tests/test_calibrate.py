@@ -5,8 +5,8 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.passes.helpers.moments import calibration_record, input_moments
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.lora import AdapterLayer
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.lora import AdapterLayer
 from models import hf_bert, ids, output, rel_err, tiny_gpt
 
 CAL = [ids(4, 16, seed=s) for s in range(10, 18)]

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler import compiled_dir
-from lowrank_compiler.cli import main
+from lowrank_compiler.app import compiled_dir
+from lowrank_compiler.app.cli import main
 from models import hf_llama, ids, nudged, rel_err
 
 

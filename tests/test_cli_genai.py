@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler import compiled_dir
-from lowrank_compiler.cli import main
+from lowrank_compiler.app import compiled_dir
+from lowrank_compiler.app.cli import main
 from models import tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")

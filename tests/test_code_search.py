@@ -8,14 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from lowrank_compiler.cli import main
-from lowrank_compiler.jobs import (
-    code_pairs,
-    code_search,
-    code_search_report,
-    stdlib_modules,
-)
-from lowrank_compiler.jobs.retrieval import Lengths, Trainer, contrastive_loss, rank_metrics
+from lowrank_compiler.app.cli import main
+from lowrank_compiler.app.jobs import code_pairs, code_search, code_search_report, stdlib_modules
+from lowrank_compiler.app.jobs.retrieval import Lengths, Trainer, contrastive_loss, rank_metrics
 
 
 def test_first_sentence_skips_abbreviations_and_stops_at_the_first_period():
@@ -91,7 +86,7 @@ class TinyEncoder(torch.nn.Module):
 def test_a_resumed_trainer_trains_exactly_as_one_that_never_stopped():
     """The job's rate search resumes the winner's run: stopping, training something else on the
     same model and resuming must give the same weights, bit for bit, as an unbroken run."""
-    from lowrank_compiler.pretrained import load_minilm
+    from lowrank_compiler.app.pretrained import load_minilm
 
     _, tokenizer = load_minilm()
     pairs = code_pairs.module_pairs(textwrap)

@@ -1,5 +1,5 @@
-from lowrank_compiler import data
-from lowrank_compiler.pretrained import load_minilm
+from lowrank_compiler.app import data
+from lowrank_compiler.app.pretrained import load_minilm
 
 
 def test_corpus_size_split_and_lengths():

@@ -3,7 +3,7 @@
 import pytest
 
 import lowrank_compiler as lrc
-from lowrank_compiler.jobs.distill import JobConfig
+from lowrank_compiler.app.jobs.distill import JobConfig
 
 
 def test_ours_train_scales_by_default_and_the_peers_cannot():
@@ -19,8 +19,8 @@ def test_ours_train_scales_by_default_and_the_peers_cannot():
 def test_scale_gains_get_the_rate_of_their_width_and_adapters_the_methods():
     """AdamW's groups: adapters at ``lr``; each width's scale gains at ``scale_rate`` (4 bits:
     ``scale_lr`` itself; 2 bits: (15 / 3)^1.5 = 11.2 times it), or at ``lr`` without one."""
-    from lowrank_compiler.jobs.encoder import adamw, scale_rate
-    from lowrank_compiler.toy import GPTConfig, TinyGPT
+    from lowrank_compiler.app.jobs.encoder import adamw, scale_rate
+    from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
     for bits, factor in ((4, 1.0), (2, 5 ** 1.5)):
         model = lrc.compile(TinyGPT(GPTConfig()), lrc.Policy(method="lrqat", bits=bits, group_size=16, train_scales=True))

@@ -7,7 +7,7 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import load
-from lowrank_compiler.runtime.onnx_export import ExportError
+from lowrank_compiler.runtime.errors import ExportError
 from models import hf_bert, hf_gpt2, hf_llama, ids, nudged, output, tiny_gpt
 
 NEW_SHAPES = [(1, 5), (3, 13)]  # export uses (2, 8)
@@ -172,7 +172,7 @@ def test_export_pass_ends_a_pipeline_with_an_onnx_dump(tmp_path):
 
 
 def test_large_models_go_to_external_data(gpt_float, tmp_path, monkeypatch):
-    from lowrank_compiler.runtime import onnx_export
+    from lowrank_compiler.runtime.onnx import export as onnx_export
 
     monkeypatch.setattr(onnx_export, "_TWO_GB", 0)  # pretend the model is past protobuf's limit
     folded = lrc.fold(gpt_float)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.lora import AdapterLayer
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.lora import AdapterLayer
 from models import ids, rel_err, tiny_gpt, train
 
 
@@ -164,7 +164,7 @@ def test_fold_error_stat_matches_the_layers_outputs(qalora_float, zeros):
 def test_group_space_identities(qalora_float):
     """base(x) + group_sum(x) @ group_delta^T is the adapter layer; IntLinear.rows computes
     those outputs; group_offset is the part of W constant inside each group."""
-    from lowrank_compiler.runtime.quant import group_sum
+    from lowrank_compiler.runtime.quant.group import group_sum
 
     layer = qalora_float.blocks[0].mlp.up_proj
     x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(1))
@@ -178,6 +178,6 @@ def test_group_space_identities(qalora_float):
         folded = layer.folded_layer("split")
         w = folded.dequantize().double() + folded.correction.double().T.repeat_interleave(g, 1)  # (N, K)
         codes_part = w - folded.group_offset().repeat_interleave(g, 1)  # scales * q
-        from lowrank_compiler.runtime.quant import unpack_codes
+        from lowrank_compiler.runtime.quant.group import unpack_codes
         q = unpack_codes(folded.qweight, folded.bits, g).double()
         assert torch.allclose(codes_part, folded.scales.double().repeat_interleave(g, 1) * q, atol=1e-6)

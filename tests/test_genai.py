@@ -18,7 +18,7 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import ExportError, export_genai
-from lowrank_compiler.runtime.generate import DecoderSession
+from lowrank_compiler.runtime.serve.generate import DecoderSession
 from models import made_once, tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from lowrank_compiler.genai import ExportError, _attention, export_genai
-from lowrank_compiler.runtime.generate import DecoderSession
-from lowrank_compiler.runtime.int_linear import IntLinear
+from lowrank_compiler.runtime.serve.generate import DecoderSession
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from models import made_once
 from test_genai import (CONTEXT, GREEDY_STEPS, LOGIT_STEPS, REL, _common, _quiet, folded_model, gpt2, llama,
                         needs_og, og_greedy, phi3, prompt, qwen2, transformers)

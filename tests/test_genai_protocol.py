@@ -20,7 +20,7 @@ from torch import nn
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import ExportError, export_genai
-from lowrank_compiler.runtime.generate import DecoderSession
+from lowrank_compiler.runtime.serve.generate import DecoderSession
 from models import nudged
 
 try:

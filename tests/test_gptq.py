@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from lowrank_compiler.runtime.gptq import gptq_quantize
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.quant import quantize
+from lowrank_compiler.runtime.quant.gptq import gptq_quantize
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.quant.group import quantize
 
 
 def correlated_inputs(k: int, tokens: int = 2048, seed: int = 0) -> torch.Tensor:

@@ -8,11 +8,12 @@ import torch
 import lowrank_compiler as lrc
 from lowrank_compiler.lint import lint
 from lowrank_compiler.runtime import load
-from lowrank_compiler.runtime.formats import grid_storage
-from lowrank_compiler.runtime.grid import GridBase, decode_grid
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.lrqat import LRQATLinear
-from lowrank_compiler.runtime.quant import unpack_codes
+from lowrank_compiler.runtime.quant.formats import grid_storage
+from lowrank_compiler.runtime.layers.grid_base import GridBase
+from lowrank_compiler.runtime.quant.grid import decode_grid
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.lrqat import LRQATLinear
+from lowrank_compiler.runtime.quant.group import unpack_codes
 from models import hf_llama, ids, output, tiny_gpt, train
 
 POLICY = dict(method="lrqat", group_size=16, rank=4, alpha=8)
@@ -43,7 +44,7 @@ def test_rewrites_every_layer_and_starts_equal_to_the_rtn_model():
 
 
 def test_gptq_start_keeps_the_fraction_gptq_rounded():
-    from lowrank_compiler.runtime.gptq import gptq_quantize
+    from lowrank_compiler.runtime.quant.gptq import gptq_quantize
 
     torch.manual_seed(0)
     w = torch.randn(24, 64)

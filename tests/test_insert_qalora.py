@@ -2,8 +2,8 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.qalora import QALoRALinear
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.qalora import QALoRALinear
 from models import hf_llama, ids, output, tiny_gpt, train
 
 

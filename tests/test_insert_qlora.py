@@ -1,8 +1,9 @@
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.lora import LoRALinear
-from lowrank_compiler.runtime.nf4 import NF4_LEVELS, NF4Linear
+from lowrank_compiler.runtime.layers.lora import LoRALinear
+from lowrank_compiler.runtime.quant.nf4 import NF4_LEVELS
+from lowrank_compiler.runtime.layers.nf4 import NF4Linear
 from models import ids, tiny_gpt, train
 
 MAX_HALF_GAP = float((NF4_LEVELS[1:] - NF4_LEVELS[:-1]).max()) / 2

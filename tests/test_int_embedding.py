@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.int_embedding import IntEmbedding
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.onnx_export import ExportError
-from lowrank_compiler.runtime.session import load
+from lowrank_compiler.runtime.layers.int_embedding import IntEmbedding
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.errors import ExportError
+from lowrank_compiler.runtime.serve.load import load
 from models import made_once
 
 transformers = pytest.importorskip("transformers")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"runtime": 0, "passes": 1, "lowrank_compiler": 2}
+LAYERS = {"runtime": 0, "passes": 1, "lowrank_compiler": 2, "app": 3}
 FX = ("torch.fx",)
 
 
@@ -41,7 +41,15 @@ def imports_of(path: Path, at_import_time: bool = False) -> list[str]:
 
 
 def sources(layer: str) -> list[Path]:
-    return sorted((ROOT / layer).rglob("*.py"))
+    """The source files of a layer. ``lowrank_compiler``: the library's own; ``app``: ``app/`` and
+    ``__main__.py`` (``python -m lowrank_compiler``, the command line's entry)."""
+    main = ROOT / "lowrank_compiler" / "__main__.py"
+    if layer == "app":
+        return [main, *sorted((ROOT / "lowrank_compiler" / "app").rglob("*.py"))]
+    files = sorted((ROOT / layer).rglob("*.py"))
+    if layer == "lowrank_compiler":
+        return [p for p in files if p != main and p.relative_to(ROOT).parts[1] != "app"]
+    return files
 
 
 def layer_of(module: str) -> str | None:
@@ -50,7 +58,7 @@ def layer_of(module: str) -> str | None:
         raise AssertionError(f"top-level import of {module}: use lowrank_compiler.{module}")
     if parts[0] != "lowrank_compiler":
         return None
-    return parts[1] if len(parts) > 1 and parts[1] in ("passes", "runtime") else "lowrank_compiler"
+    return parts[1] if len(parts) > 1 and parts[1] in ("passes", "runtime", "app") else "lowrank_compiler"
 
 
 def test_arrows_point_down_only():
@@ -77,7 +85,8 @@ def test_a_pass_imports_no_other_pass_and_helpers_import_no_pass():
 
 
 def test_runtime_is_run_time_code_only():
-    """runtime/ imports no torch.fx and nothing of the project outside runtime/ (DESIGN.md §2)."""
+    """runtime/ imports no torch.fx and nothing of the project outside runtime/ (compile-time
+    helpers live beside the passes)."""
     for path in sources("runtime"):
         tree = ast.parse(path.read_text())
         uses = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "fx"
@@ -89,13 +98,38 @@ def test_runtime_is_run_time_code_only():
                 assert module.startswith("lowrank_compiler.runtime"), f"{path.relative_to(ROOT)} imports {module}"
 
 
-def test_the_library_core_imports_no_job():
-    """Jobs (demos on real models) use the library; the library never needs them (the CLI starts them)."""
-    for path in sources("lowrank_compiler"):
-        if "jobs" in path.parts or path.name == "cli.py":
-            continue
-        for module in imports_of(path):
-            assert not module.startswith("lowrank_compiler.jobs"), f"{path.relative_to(ROOT)} imports {module}"
+R = "lowrank_compiler.runtime"
+# what each room of runtime/ may import of the project (itself always); the shared basics
+# (errors, files, progress) import only the errors
+ROOMS = {
+    "quant": (f"{R}.quant", f"{R}.errors"),
+    "layers": (f"{R}.layers", f"{R}.quant", f"{R}.errors", f"{R}.progress"),
+    "onnx": (f"{R}.onnx", f"{R}.layers", f"{R}.quant", f"{R}.errors", f"{R}.files", f"{R}.progress"),
+    "serve": (f"{R}.serve", f"{R}.onnx.file", f"{R}.quant.formats", f"{R}.errors"),
+    "errors.py": (f"{R}.errors",), "files.py": (f"{R}.errors",), "progress.py": (f"{R}.errors",),
+}
+
+
+def test_each_room_of_runtime_imports_only_the_rooms_below_it():
+    """quant/ (numbers) imports no layer; layers/ no exporter or session; onnx/ no session;
+    serve/ nothing but ONNX file reading, the format vocabulary and the errors."""
+    rooms = {p.name for p in (ROOT / "runtime").iterdir() if p.name not in ("__init__.py", "__pycache__")}
+    assert rooms == set(ROOMS), f"runtime/ holds {sorted(rooms)}; the rules name {sorted(ROOMS)}"
+    for room, allowed in ROOMS.items():
+        files = [ROOT / "runtime" / room] if room.endswith(".py") else sources(f"runtime/{room}")
+        for path in files:
+            for module in imports_of(path):
+                if module.startswith(R) and module != R:
+                    assert module.startswith(allowed), f"{path.relative_to(ROOT)} imports {module}"
+
+
+def test_the_library_never_imports_the_application():
+    """app/ (command line, compiled directories, model specs, jobs, demo data) uses the library;
+    the library never imports it."""
+    for layer in ("runtime", "passes", "lowrank_compiler"):
+        for path in sources(layer):
+            for module in imports_of(path):
+                assert not module.startswith("lowrank_compiler.app"), f"{path.relative_to(ROOT)} imports {module}"
 
 
 def test_installed_names_and_no_top_level_passes_or_runtime(tmp_path):
@@ -158,12 +192,12 @@ def import_closure(module: str) -> set[str]:
 
 def test_a_policy_imports_no_pass_manager_exporter_or_onnxruntime():
     closure = import_closure("lowrank_compiler.policy")
-    for heavy in ("lowrank_compiler.manager", "lowrank_compiler.runtime.onnx_export", "onnxruntime",
+    for heavy in ("lowrank_compiler.manager", "lowrank_compiler.runtime.onnx.export", "onnxruntime",
                   "lowrank_compiler.passes.export_onnx"):
         assert heavy not in closure, f"building a Policy imports {heavy}"
 
 
-# Each format fact has one definition (runtime/formats.py); these literals anywhere else are copies
+# Each format fact has one definition (runtime/quant/formats.py); these literals anywhere else are copies
 # that could drift apart. The split correction's formula is matched by its shape.
 STRAY = {
     r"\(2, 3, 4, 8\)": "BITS", r"\(2, 4, 8\)": "KERNEL_BITS", r'"rtn", "gptq"|"gptq", "rtn"': "QUANTIZERS",
@@ -178,7 +212,7 @@ def test_each_format_fact_is_defined_once():
     stray = []
     for layer in (*LAYERS, "benchmarks", "examples"):
         for path in sources(layer):
-            if path == ROOT / "runtime" / "formats.py":
+            if path == ROOT / "runtime" / "quant" / "formats.py":
                 continue
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 for pattern, name in STRAY.items():

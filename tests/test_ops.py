@@ -1,6 +1,6 @@
 import torch
 
-from lowrank_compiler.runtime.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
 
 
 def layer(k=64, n=24, bias=True, bits=4, group=32):

@@ -1,16 +1,7 @@
 import pytest
 import torch
 
-from lowrank_compiler import (
-    LintError,
-    PassError,
-    PassInputError,
-    PassManager,
-    PassSpec,
-    Pipeline,
-    PipelineError,
-    trace,
-)
+from lowrank_compiler import LintError, PassError, PassInputError, PassManager, PassSpec, Pipeline, PipelineError, trace
 from lowrank_compiler.pipeline_text import format_value, parse_value
 from lowrank_compiler.passes import PassResult, get_pass, register_pass, registered_passes, unregister_pass
 from models import ids, tiny_gpt

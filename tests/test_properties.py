@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.grid import GridBase
-from lowrank_compiler.runtime.int_linear import IntLinear
-from lowrank_compiler.runtime.lrqat import LRQATLinear
-from lowrank_compiler.runtime.qalora import QALoRALinear
-from lowrank_compiler.runtime.quant import dequantize, pack, pack_codes, pack_zeros, quantize, unpack, unpack_codes
+from lowrank_compiler.runtime.layers.grid_base import GridBase
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.lrqat import LRQATLinear
+from lowrank_compiler.runtime.layers.qalora import QALoRALinear
+from lowrank_compiler.runtime.quant.group import dequantize, pack, pack_codes, pack_zeros, quantize, unpack, unpack_codes
 
 FAST = settings(max_examples=25, deadline=None)
 shapes = st.tuples(st.integers(1, 12), st.sampled_from([1, 2, 3, 5]), st.sampled_from([16, 32, 64]))

@@ -1,19 +1,7 @@
 import pytest
 import torch
 
-from lowrank_compiler.runtime.quant import (
-    check_layer,
-    dequantize,
-    group_sum,
-    pack,
-    pack_codes,
-    pack_zeros,
-    quantize,
-    quantize_packed,
-    row_chunk,
-    unpack,
-    unpack_codes,
-)
+from lowrank_compiler.runtime.quant.group import check_layer, dequantize, group_sum, pack, pack_codes, pack_zeros, quantize, quantize_packed, row_chunk, unpack, unpack_codes
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

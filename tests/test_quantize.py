@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime.int_linear import IntLinear
+from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from models import ids, tiny_gpt
 
 

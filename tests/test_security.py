@@ -9,7 +9,7 @@ import onnxruntime
 import pytest
 
 import lowrank_compiler as lrc
-from lowrank_compiler.runtime import onnx_export
+from lowrank_compiler.runtime.onnx import export as onnx_export
 from models import external_data_onnx
 
 ROOT = Path(__file__).resolve().parent.parent

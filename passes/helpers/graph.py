@@ -19,7 +19,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...runtime.linear_kinds import is_conv1d, is_quantized_linear
+from ...runtime.layers.linear_kinds import is_conv1d, is_quantized_linear
 
 MODEL = "lowrank_compiler.model"  # gm.meta: the user's nn.Module
 TRACER = "lowrank_compiler.tracer"  # gm.meta: "export" | "fx" | "modules"

@@ -7,11 +7,11 @@ import math
 import torch.fx as fx
 
 from ...runtime.errors import PolicyError
-from ...runtime.formats import QUANTIZERS, check_choice
-from ...runtime.int_linear import IntLinear
-from ...runtime.linear_kinds import is_linear_module, weight_out_in
+from ...runtime.quant.formats import QUANTIZERS, check_choice
+from ...runtime.layers.int_linear import IntLinear
+from ...runtime.layers.linear_kinds import is_linear_module, weight_out_in
 from ...runtime.progress import progress
-from ...runtime.quant import GROUP_HINT, check_layer, check_layers, count_nonfinite
+from ...runtime.quant.group import GROUP_HINT, check_layer, check_layers, count_nonfinite
 from . import graph as G
 from .select import TargetError, check_overrides, resolve_layer_options
 

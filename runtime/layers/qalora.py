@@ -1,0 +1,183 @@
+"""QA-LoRA (Xu et al. 2023): group-pooled adapters over a group-quantized base, foldable exactly.
+
+Base ``IntLinear`` with ``W[j, i] = scale[j, l] (q[j, i] - zero[j, l])``, group size ``g``,
+``L = K / g`` groups. The adapter sees the input averaged over each group::
+
+    pool(x)[l] = mean(x[l g : (l + 1) g])          (..., K) -> (..., L)
+    y = W x + b + s B A dropout(pool(x)),   A: [r, L] random,  B: [N, r] zero,  s = alpha / r
+
+Its effective weight is constant inside a group, ``c[j, l] = s (B A)[j, l] / g``, so it
+folds into the zero point:  ``zero'[j, l] = zero[j, l] - c[j, l] / scale[j, l]``; the
+codes never change. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
+
+- ``"float"``: real zero points (MatMulNBits accepts them; exact, but a slower kernel);
+- ``"split"``: ``zr = clamp(round(zero'), 0, 2^b - 1)`` packed as integers, plus the exact
+  correction ``y += group_sum(x) @ D^T`` with ``D = scale (zr - zero')``, ``D: [N, L]``
+  (stored as ``D^T``; left out where it is exactly zero, e.g. an untrained adapter);
+- ``"round"``: ``zr`` alone: lossy by up to scale/2 per weight, there to show the loss.
+
+Training mode ``zero_point="int"`` puts the rounding inside the forward pass
+(straight-through estimator, clamped to the code range)::
+
+    zero'' = clamp(round_ste(zero - c / scale), 0, 2^b - 1)
+    y = W x + b + group_sum(dropout(pool(x)) g) @ (scale (zero - zero''))^T
+
+so the fold is integer by construction: ``zeros = zero''`` and nothing else.
+
+``train_scales=True`` also trains each group's scale as ``scale = scale0 exp(scale_gain)``
+(``scale_gain`` [N, L], starting at 0; a log factor so that a learning rate is a relative
+step and weight decay pulls toward the quantizer's scale). Everything above then reads the
+trained ``scale`` (the base keeps ``scale0``, so saved adapters still name their base), the
+base's product runs the ``int_linear`` op with it, and the fold writes it: scales are float
+in ``MatMulNBits``, so the fold stays exact in every form.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
+from .int_linear import IntLinear
+from .lora import AdapterLayer
+from ..quant.formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
+from ..quant.group import pack_zeros, trained_scales
+
+
+def _round_ste(t: torch.Tensor) -> torch.Tensor:
+    """round() forward, identity gradient backward."""
+    return t + (torch.round(t) - t).detach()
+
+
+class QALoRALinear(AdapterLayer):
+    kind = "qalora"
+
+    def __init__(self, base: IntLinear, rank: int, alpha: float, dropout: float = 0.0, zero_point: str = "float",
+                 train_scales: bool = False):
+        super().__init__()
+        if not isinstance(base, IntLinear):
+            raise TypeError(f"QA-LoRA needs an IntLinear base, got {type(base).__name__}")
+        check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
+        self.base = base
+        self.rank, self.alpha = int(rank), float(alpha)
+        self.scale = self.alpha / self.rank
+        self.zero_point = zero_point
+        self.group_size = base.group_size
+        self.in_features, self.out_features = base.in_features, base.out_features
+        groups = self.in_features // self.group_size
+        dev = base.scales.device
+        self.lora_A = nn.Parameter(torch.empty(self.rank, groups, device=dev))  # (r, L)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if train_scales and base.correction is not None:
+            raise ValueError(f"train_scales needs an IntLinear base without a split correction; this base "
+                             f"[{base.out_features}, {base.in_features}] has one (fold it from its adapter instead)")
+        self.train_scales = bool(train_scales)
+        gain = nn.Parameter(torch.zeros(base.scales.shape, device=dev)) if train_scales else None  # (N, L)
+        self.register_parameter("scale_gain", gain)
+
+    @classmethod
+    def from_int_linear(cls, base: IntLinear, *, rank: int, alpha: float, dropout: float = 0.0,
+                        zero_point: str = "float", train_scales: bool = False) -> "QALoRALinear":
+        return cls(base, rank, alpha, dropout, zero_point, train_scales)
+
+    def current_scales(self) -> torch.Tensor:
+        """f32 [N, L]: ``scale0 exp(scale_gain)``, or the base's scales. The fold reads this too."""
+        return trained_scales(self.base.scales, self.scale_gain)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
+        if self.scale_gain is None:
+            return self.base(x)
+        base = self.base
+        return torch.ops.lowrank_compiler.int_linear(x, base.qweight, self.current_scales(), base.zeros, base.bias,
+                                                     base.bits, base.group_size)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., L)
+        return x.unflatten(-1, (x.shape[-1] // self.group_size, self.group_size)).mean(-1)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
+        x = input
+        y = self._base_forward(x)  # (..., N)
+        p = self.dropout(self.pool(x))  # (..., L)
+        if self.zero_point == "float":
+            return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
+        zero = self.base.zero_points()  # (N, L), integers
+        d = self.current_scales() * (zero - self._int_zero_points())  # (N, L): whole quantization steps only
+        return y + F.linear(p * self.group_size, d.to(x.dtype))
+
+    def _int_zero_points(self) -> torch.Tensor:
+        """zero'' of ``zero_point="int"``, f32 [N, L]. The fold calls this very function, so it
+        rounds exactly as training did (float64 could round a value near .5 the other way)."""
+        zero = self.base.zero_points()  # (N, L)
+        c = (self.lora_B @ self.lora_A) * (self.scale / self.group_size)  # (N, L)
+        return torch.clamp(_round_ste(zero - c / self.current_scales()), 0, qmax(self.base.bits))
+
+    def adapter_parameters(self) -> Iterator[nn.Parameter]:
+        yield self.lora_A
+        yield self.lora_B
+        if self.scale_gain is not None:
+            yield self.scale_gain
+
+    # --- folding -------------------------------------------------------------------
+    def group_delta(self) -> torch.Tensor:
+        """f64 [N, L]: what the adapter adds, ``y = base(x) + group_sum(x) @ group_delta()^T``
+        (no dropout): ``s B A / g``, or for ``zero_point="int"`` ``scale (zero - zero'')``. With
+        ``train_scales`` ``base(x)`` means the base's codes at the trained scales."""
+        with torch.no_grad():
+            if self.zero_point == "int":
+                scales = self.current_scales().double()
+                return scales * (self.base.zero_points().double() - self._int_zero_points().double())
+            return (self.lora_B.double() @ self.lora_A.double()) * (self.scale / self.group_size)
+
+    def folded_zero_points(self) -> torch.Tensor:
+        """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training used)."""
+        if self.zero_point == "int":
+            with torch.no_grad():
+                return self._int_zero_points().double()
+        base = self.base
+        zero = base.zero_points().double()
+        c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (self.scale / self.group_size)
+        with torch.no_grad():
+            return zero - c / self.current_scales().double()
+
+    def folded_layer(self, zeros: str = "split") -> IntLinear:
+        """A new ``IntLinear`` computing this layer: new zero points (and correction) over the
+        same codes and scales, shared with the base, not copied (frozen buffers, never written
+        in place; ``lrc.fold`` works on a copy of the model anyway)."""
+        check_choice(zeros, FOLD_ZEROS, "zeros")
+        base = self.base
+        moved = self.folded_zero_points()  # (N, L) float64
+        scales = base.scales if self.scale_gain is None else self.current_scales().detach().clone()  # (N, L) f32
+        common = dict(bits=base.bits, group_size=base.group_size,
+                      bias=None if base.bias is None else base.bias.clone())
+        if self.zero_point == "int" or zeros != "float":
+            rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
+            correction = None
+            if zeros == "split" and self.zero_point == "float":
+                correction = split_correction(scales, rounded, moved)  # D^T: (L, N)
+                correction = correction if correction.any() else None  # integer zeros already: no node
+            packed = pack_zeros(rounded.to(torch.uint8), base.bits)
+            return IntLinear(base.qweight, scales, packed, correction=correction, **common)
+        return IntLinear(base.qweight, scales, moved.to(torch.float32), **common)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind if self.zero_point == "float" else "qalora-int",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "bits": self.base.bits,
+            "group_size": self.group_size,
+            "train_scales": self.train_scales,
+            "adapter_params": sum(p.numel() for p in self.adapter_parameters()),
+        }
+
+    def extra_repr(self) -> str:
+        return (f"rank={self.rank}, alpha={self.alpha:g}, group={self.group_size}, zero_point={self.zero_point}"
+                f"{', train_scales=True' if self.train_scales else ''}")

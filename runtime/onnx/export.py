@@ -1,0 +1,320 @@
+"""Export a (quantized, folded) model to ONNX with ``torch.onnx`` (dynamo) and write it safely.
+
+Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the
+layer's own buffers (``onnx_ops.py``); a ``"split"``-folded layer's correction exports as
+the plain ops it is (group sums times ``D^T``). An unfolded LR-QAT layer exports as its
+fold (``LRQATLinear.folded_layer``, exact: the same codes as its forward), in both formats. ``format="qdq"`` then lowers each
+MatMulNBits node to standard ``DequantizeLinear`` + ``MatMul`` (``qdq.py``), after
+float-zero layers were converted to the exact split form.
+
+Metadata ``lowrank_compiler`` (JSON in ``metadata_props``) records the format, the
+accuracy level, the targeted layers and how each layer was lowered, for ``inspect``
+and ``session.load``. The file is written into a fresh temporary directory beside the
+destination, checked there with ``onnx.checker`` (full check), then renamed into place;
+past 2 GB the weights go to ``<name>.data`` beside it (external data), moved in before
+the graph. A failed write (disk full, no permission) removes what it wrote and raises
+``OutputError``: no partial file is ever left, and an earlier file at that path survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from ..layers import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
+from ..errors import ExportError
+from ..layers.int_embedding import IntEmbedding
+from ..layers.int_linear import IntLinear
+from ..layers.lora import AdapterLayer, LoRALinear
+from ..layers.nf4 import NF4Linear
+from .file import read_model
+from .gather_block_quantized import int_embedding_translation, share_table_codes
+from .matmulnbits import int_linear_translation, register_matmulnbits_schema
+from ..layers.lrqat import LRQATLinear
+from ..layers.qalora import QALoRALinear
+from .qdq import QDQ_BITS, lower_to_qdq
+from ..files import commit, staged_file
+from ..quant.formats import EXPORT_FORMATS, METADATA_KEY, check_accuracy_level, qmax, split_correction
+from ..quant.group import pack_zeros
+OPSET = 21  # DequantizeLinear with block_size
+_TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the graph itself
+
+
+def describe_lowering(module: nn.Module, fmt: str) -> str:
+    """How one layer appears in the exported graph, in words (the metadata's ``layers`` table)."""
+    if isinstance(module, QALoRALinear):
+        return f"{describe_lowering(module.base, fmt)} + float QA-LoRA adapter"
+    if isinstance(module, LRQATLinear):
+        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
+        return f"{node} int{module.bits} g{module.group_size} zeros=int (LR-QAT codes, folded at export)"
+    if isinstance(module, LoRALinear):
+        return "float MatMul + float LoRA adapter"
+    if isinstance(module, IntLinear):
+        d = module.describe()
+        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
+        zeros = "split" if d["zeros"] == "float" and _needs_split(module, fmt) else d["zeros"]
+        return f"{node} int{module.bits} g{module.group_size} zeros={zeros}"
+    return "float MatMul"
+
+
+QDQ_TABLE = ("an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit rows); "
+             "use format='matmulnbits', or leave tables float")
+
+
+def check_exportable(model: nn.Module, fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    problems = []
+    for name, m in model.named_modules():
+        if isinstance(m, NF4Linear):
+            problems.append(f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first")
+        elif isinstance(m, (IntLinear, LRQATLinear)) and m.bits == 3:
+            problems.append(f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8")
+        elif fmt == "qdq" and isinstance(m, (IntLinear, LRQATLinear)) and m.bits not in QDQ_BITS:
+            problems.append(f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'")
+        elif fmt == "qdq" and isinstance(m, IntEmbedding):
+            problems.append(f"{name}: {QDQ_TABLE}")
+        elif fmt == "qdq" and isinstance(m, AdapterLayer) and not isinstance(m, LRQATLinear):
+            problems.append(f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
+                            f"lowrank_compiler.fold(model) first, or use format='matmulnbits'")
+    if problems:
+        raise ExportError("cannot export:\n  " + "\n  ".join(problems))
+
+
+def _needs_split(layer: IntLinear, fmt: str) -> bool:
+    """Float zero points the target cannot take: standard ONNX has none, and onnxruntime's CPU
+    MatMulNBits refuses them for 8-bit weights. Such layers export in the exact split form."""
+    return layer.float_zeros and (fmt == "qdq" or layer.bits == 8)
+
+
+def split_form(layer: IntLinear) -> IntLinear:
+    """The exact integer-zero + correction equivalent of a float-zero layer."""
+    z = layer.zero_points().double()
+    zr = torch.clamp(torch.round(z), 0, qmax(layer.bits))
+    correction = split_correction(layer.scales, zr, z)  # (L, N)
+    if layer.correction is not None:
+        correction = correction + layer.correction
+    correction = correction if correction.any() else None  # integer zeros stored as floats: no node
+    return IntLinear(layer.qweight, layer.scales, pack_zeros(zr.to(torch.uint8), layer.bits), bits=layer.bits,
+                     group_size=layer.group_size, bias=layer.bias, correction=correction)
+
+
+@contextlib.contextmanager
+def _prepared(model: nn.Module, fmt: str):
+    """Eval mode, the split form where float zeros cannot go (``_needs_split``) and LR-QAT layers
+    as their exact fold, for the export; all undone after."""
+    modes = {m: m.training for m in model.modules()}
+    swaps = []
+    for name, m in list(model.named_modules()):
+        if isinstance(m, IntLinear) and _needs_split(m, fmt):
+            swaps.append((name, m))
+            model.set_submodule(name, split_form(m))
+        elif isinstance(m, LRQATLinear):
+            swaps.append((name, m))
+            model.set_submodule(name, m.folded_layer())
+    model.eval()
+    try:
+        yield
+    finally:
+        for name, m in reversed(swaps):
+            model.set_submodule(name, m)
+        for m, training in modes.items():
+            m.training = training
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter narrates each step on stdout and logs optional registrations: keep ours clean."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
+    """Batch (dim 0) and sequence (dim 1) of every tensor input are dynamic, shared across inputs."""
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+
+    def spec(v):
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            return {0: batch, 1: seq} if v.dim() >= 2 and not v.is_floating_point() or v.dim() >= 3 else {0: batch}
+        return None
+
+    bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    out = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out[name] = {k: spec(v) for k, v in value.items()}
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            out[name] = tuple(spec(v) for v in value)
+        else:
+            out[name] = spec(value)
+    return out
+
+
+def check_destination(path) -> Path:
+    """The output path as a ``Path``; raises before any work when it cannot be a file we write."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ExportError(f"path must be a str or os.PathLike naming an .onnx file, got {type(path).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ExportError(f"cannot write {str(path)!r}: it is a directory; name a file, e.g. "
+                          f"{str(path / 'model.onnx')!r}")
+    return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the exporter colours its messages for terminals
+
+
+def _first_line(e: BaseException) -> str:
+    text = _ANSI.sub("", str(e)).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception's first line (the exporter wraps the model's own error in steps)."""
+    seen, inner = {id(e)}, e
+    while (inner.__cause__ or inner.__context__) is not None and id(inner.__cause__ or inner.__context__) not in seen:
+        inner = inner.__cause__ or inner.__context__
+        seen.add(id(inner))
+    return "" if inner is e else f" (caused by {type(inner).__name__}: {_first_line(inner)})"
+
+
+def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
+    """Each integer, adapter or float linear layer (outermost only) -> how it is lowered."""
+    layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
+              if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
+    return {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
+
+
+def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic_shapes=None, input_names=None, output_names=None,
+                 meta: dict | None = None, what: str = "", translations: dict | None = None) -> onnx.ModelProto:
+    """``model(*args, **kwargs)`` as an ONNX graph: checks, the split form where float zeros
+    cannot go, eval mode, every ``int_linear`` as MatMulNBits, QDQ lowering for ``fmt="qdq"``,
+    and the metadata (``meta`` plus the format, level and layer table). Nothing is written.
+    ``translations``: more custom ops -> onnxscript functions (``attention_onnx``)."""
+    try:
+        check_accuracy_level(accuracy_level)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    check_exportable(model, fmt)
+    register_matmulnbits_schema()
+    layers = layer_table(model, fmt)
+    table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level),
+             torch.ops.lowrank_compiler.int_embedding.default: int_embedding_translation(),
+             **(translations or {})}
+    with _prepared(model, fmt), torch.no_grad(), _quiet():
+        try:
+            program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
+                                        custom_translation_table=table, dynamic_shapes=dynamic_shapes,
+                                        input_names=input_names, output_names=output_names, optimize=True)
+        except Exception as e:
+            raise ExportError(f"torch.onnx export of {type(model).__name__}{what} failed: {_first_line(e)}"
+                              f"{_root_cause(e)}. Check that the example inputs run the model; with dynamic=True, "
+                              f"use batch and sequence sizes of at least 2") from e
+    proto = program.model_proto
+    share_table_codes(proto)
+    if fmt == "qdq":
+        lower_to_qdq(proto)
+    record = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers, **(meta or {})}
+    record.setdefault("targets", sorted(layers))
+    kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(record, sort_keys=True))
+    return proto
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
+                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+    path = check_destination(path)
+    shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
+    meta = {"targets": sorted(targets)} if targets is not None else None
+    proto = export_proto(model, args, kwargs, fmt=fmt, accuracy_level=accuracy_level, dynamic_shapes=shapes,
+                         meta=meta)
+    if dynamic:
+        name_dynamic_dims(proto)
+    write_model(proto, path)
+    return path
+
+
+def name_dynamic_dims(proto: onnx.ModelProto) -> None:
+    """The exporter's symbols (``s72``) become ``batch`` and ``seq`` wherever they appear."""
+    rename = {}
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for axis, label in zip(range(len(dims)), ("batch", "seq")):
+            if dims[axis].dim_param and dims[axis].dim_param not in rename:
+                rename[dims[axis].dim_param] = label
+    rename_dims(proto, rename)
+
+
+def rename_dims(proto: onnx.ModelProto, rename: dict[str, str]) -> None:
+    """Rename symbolic dimensions (``s72`` -> ``batch``) in every input, output and value info."""
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in rename:
+                dim.dim_param = rename[dim.dim_param]
+
+
+def write_model(proto: onnx.ModelProto, path: Path) -> None:
+    """Stage beside ``path``, full check, commit the data file then the graph (module docstring)."""
+    external = proto.ByteSize() > _TWO_GB
+    data = path.name + ".data"  # the location recorded in the graph: relative, beside the file
+    with staged_file(path) as staged:
+        onnx.save_model(proto, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
+                        location=data, size_threshold=1024)
+        try:
+            onnx.checker.check_model(str(staged), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"the exported graph for {str(path)!r} fails onnx.checker: {e}") from e
+        if external:
+            commit(staged.with_name(data), path.with_name(data))
+        commit(staged, path)
+
+
+def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: int) -> Path:
+    """Copy an exported file with every MatMulNBits node's ``accuracy_level`` set to ``level``.
+
+    The weights are untouched; only the kernel's compute precision changes (0: fp32,
+    4: int8 activations). For standard QDQ files the session option does this instead.
+    """
+    try:
+        check_accuracy_level(level)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    model = read_model(src, external_data=True)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            attrs = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend(attrs + [onnx.helper.make_attribute("accuracy_level", level)])
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            meta["accuracy_level"] = level
+            prop.value = json.dumps(meta, sort_keys=True)
+    dst = check_destination(dst)
+    write_model(model, dst)
+    return dst

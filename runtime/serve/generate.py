@@ -1,0 +1,303 @@
+"""``DecoderSession``: a KV-cache generation loop on plain onnxruntime, over a folder that
+``export_genai`` wrote (or any onnxruntime-genai folder with separate past/present tensors
+or GPT-2's combined ones).
+
+    session = lowrank_compiler.runtime.load("out/llama")   # a DecoderSession
+    tokens = session.generate(input_ids, attention_mask, max_new_tokens=32)
+
+- The names, layer count, KV shapes, ``context_length`` and the bos/eos/pad ids come from
+  the folder's ``genai_config.json``; the graph's own input types (int32 or int64 masks
+  and positions, float32 or float16 caches) from onnxruntime.
+- Batches are left-padded (as HF's ``generate`` wants for decoders): each row's
+  ``attention_mask`` is zeros then ones; position ids are ``cumsum(mask) - 1`` (1 where
+  the mask is 0), as HF computes them. A right-padded mask is refused.
+- The folder's ``decoder.session_options`` apply as onnxruntime-genai applies them: dotted
+  string entries (``session.qdq_matmulnbits_accuracy_level``, which keeps a QDQ file at its
+  accuracy level) become session config entries; ``intra_op_num_threads`` unless ``threads``.
+- Shared buffers (``search.past_present_share_buffer: true``, the GroupQueryAttention graph):
+  each layer's key and value live in one ``OrtValue`` ``[batch, kv_heads, M, head_size]``,
+  ``M = prompt + max_new_tokens``, bound with IO binding as both the past input and the present
+  output, so onnxruntime writes the new keys in place. Such a graph derives positions from the
+  mask (``seqlens_k = sum(mask) - 1``; a first prompt sits at 0..S-1 in every row), so each
+  left-padded row is moved to the front internally (right padding): the prompt runs as
+  ``[batch, longest]`` with mask row sums = each row's length, and the logits read at each
+  row's last token; every later step's mask has each row's length in ones and the longest
+  total as its width. Tokens and logits are HF's for the left-padded batch.
+- A row stops at its first eos token; later steps give it the pad id, and the loop ends
+  when every row has stopped or after ``max_new_tokens``. The result is ``[batch,
+  prompt + steps]`` int64 (a torch tensor), prompt included, as HF's ``generate`` returns.
+- ``prompt + max_new_tokens`` above ``context_length`` is a ``ValueError`` before any work.
+- ``streamer``: a callable gets each step's new tokens once, an int64 numpy array
+  ``[batch]`` (pad for rows already stopped). An object with ``put`` and ``end`` follows
+  HF's streamer protocol: ``put(prompt)`` once, then ``put(tokens)`` (a torch tensor
+  ``[batch]``) every step, then ``end()``; HF's ``TextStreamer(tokenizer, skip_prompt=True)``
+  and ``TextIteratorStreamer`` work as they do with HF (batch 1).
+
+Imports numpy, torch and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ..errors import ModelFileError
+from ..quant.formats import check_accuracy_level
+from ..onnx.file import read_model
+from .providers import default_providers
+
+CONFIG = "genai_config.json"
+_NP = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
+       "tensor(float16)": np.float16}
+
+
+def _eos_set(eos) -> tuple[int, ...]:
+    if eos is None:
+        return ()
+    if isinstance(eos, (int, np.integer)) and not isinstance(eos, bool):
+        return (int(eos),)
+    if isinstance(eos, (list, tuple)) and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
+                                              for e in eos):
+        return tuple(int(e) for e in eos)
+    raise ValueError(f"eos_token_id must be an int, a list of ints or None, got {eos!r}")
+
+
+def _as_array(x, name: str) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be [batch, seq] (or [seq]), got shape {list(a.shape)}")
+    if not np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
+        raise ValueError(f"{name} must hold integers, got {a.dtype.name}")
+    return a.astype(np.int64)
+
+
+class DecoderSession:
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
+                 accuracy_level: int | None = None):
+        self.path = Path(path)
+        if accuracy_level is not None:
+            check_accuracy_level(accuracy_level)
+        config_path = self.path / CONFIG
+        if not config_path.is_file():
+            raise ModelFileError(f"{str(self.path)!r} has no {CONFIG}: not an onnxruntime-genai folder")
+        try:
+            config = json.loads(config_path.read_text())
+            model = config["model"]
+            decoder = model["decoder"]
+            self.layers = int(decoder["num_hidden_layers"])
+            self.kv_heads = int(decoder["num_key_value_heads"])
+            self.head_size = int(decoder["head_size"])
+            self.context_length = int(model["context_length"])
+            filename = decoder["filename"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{str(config_path)!r} lacks what a decoder needs ({e!r})") from e
+        self.shared = bool(config.get("search", {}).get("past_present_share_buffer", False))
+        self.config = config
+        self.type = model.get("type", "decoder")
+        self.bos_token_id = model.get("bos_token_id")
+        self.eos_token_id = model.get("eos_token_id")
+        self.pad_token_id = model.get("pad_token_id")
+        names_in = decoder.get("inputs", {})
+        names_out = decoder.get("outputs", {})
+        self.combined = bool(names_in.get("past_names"))
+        if self.combined and self.shared:
+            raise ModelFileError(f"{str(config_path)!r}: a shared past/present buffer with combined past_%d tensors "
+                                 f"(GPT-2's form) is not supported")
+        if self.combined:
+            self.past_names = [names_in["past_names"] % i for i in range(self.layers)]
+            self.present_names = [names_out.get("present_names", "present_%d") % i for i in range(self.layers)]
+        else:
+            pk = names_in.get("past_key_names", "past_key_values.%d.key")
+            pv = names_in.get("past_value_names", "past_key_values.%d.value")
+            ok = names_out.get("present_key_names", "present.%d.key")
+            ov = names_out.get("present_value_names", "present.%d.value")
+            self.past_names = [n % i for i in range(self.layers) for n in (pk, pv)]
+            self.present_names = [n % i for i in range(self.layers) for n in (ok, ov)]
+        self.ids_name = names_in.get("input_ids", "input_ids")
+        self.mask_name = names_in.get("attention_mask", "attention_mask")
+        self.pos_name = names_in.get("position_ids", "position_ids")
+        self.logits_name = names_out.get("logits", "logits")
+        options = ort.SessionOptions()
+        session_options = decoder.get("session_options", {})
+        for key, value in session_options.items():  # as onnxruntime-genai: dotted names are config entries
+            if isinstance(value, str) and "." in key:
+                options.add_session_config_entry(key, value)
+        if accuracy_level is not None:  # as Session: pins QDQ graphs' level (MatMulNBits nodes carry their own)
+            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+        if threads is None and isinstance(session_options.get("intra_op_num_threads"), int):
+            threads = session_options["intra_op_num_threads"]
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        read_model(self.path / filename)  # checked first: missing, truncated, or data outside the folder
+        try:
+            self.session = ort.InferenceSession(str(self.path / filename), options,
+                                                providers=providers or default_providers())
+        except Exception as e:
+            raise ModelFileError(f"onnxruntime cannot load {str(self.path / filename)!r}: {e}") from e
+        self.input_types = {i.name: _NP.get(i.type) for i in self.session.get_inputs()}
+        missing = [n for n in [self.ids_name, *self.past_names] if n not in self.input_types]
+        if missing:
+            raise ModelFileError(f"{filename} has no input(s) {missing}; it takes {list(self.input_types)}")
+        self.kv_dtype = self.input_types[self.past_names[0]] or np.float32
+        self.output_names = [self.logits_name, *self.present_names]
+
+    def empty_past(self, batch: int, length: int | None = None) -> list:
+        """An empty cache: zero-length numpy arrays, or for shared buffers zeroed ``OrtValue``s
+        ``[batch, kv_heads, length, head_size]`` (default length: ``context_length``)."""
+        if self.shared:
+            length = self.context_length if length is None else length
+            shape = (batch, self.kv_heads, length, self.head_size)
+            return [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
+        shape = (batch, self.kv_heads, 0, self.head_size)
+        if self.combined:
+            shape = (2, *shape)
+        return [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None,
+             past: list) -> tuple[np.ndarray, list]:
+        """One run of the graph: ``(logits [batch, seq, vocab], presents)``. Shared buffers are
+        updated in place and returned as they are (``position_ids`` is then unused)."""
+        feeds = {self.ids_name: np.ascontiguousarray(input_ids, self.input_types[self.ids_name] or np.int64)}
+        if self.mask_name in self.input_types:
+            feeds[self.mask_name] = np.ascontiguousarray(attention_mask, self.input_types[self.mask_name])
+        if self.pos_name in self.input_types:
+            feeds[self.pos_name] = np.ascontiguousarray(position_ids, self.input_types[self.pos_name])
+        if not self.shared:
+            feeds.update(zip(self.past_names, past))
+            out = self.session.run(self.output_names, feeds)
+            return out[0], out[1:]
+        binding = self.session.io_binding()
+        for name, array in feeds.items():  # feeds stays referenced until the run is over
+            binding.bind_cpu_input(name, array)
+        binding.bind_output(self.logits_name)  # first: get_outputs() follows the binding order
+        for past_name, present_name, buffer in zip(self.past_names, self.present_names, past):
+            binding.bind_ortvalue_input(past_name, buffer)
+            binding.bind_ortvalue_output(present_name, buffer)  # the same buffer: updated in place
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy(), past
+
+    def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 eos_token_id=None, pad_token_id: int | None = None, streamer=None, output_logits: bool = False):
+        """Prompt plus up to ``max_new_tokens`` new tokens per row, ``[batch, prompt + steps]`` int64.
+
+        Greedy by default; ``do_sample=True`` samples from softmax(logits / temperature) after
+        top-k (0: off) and top-p (1.0: off) filtering, from a numpy generator seeded by ``seed``.
+        eos_token_id / pad_token_id: default the folder's (``genai_config.json``).
+        output_logits: also return each step's last-position logits, a list of ``[batch, vocab]``
+        float32 arrays (as HF's ``output_logits=True``).
+        """
+        ids = _as_array(input_ids, "input_ids")
+        batch, prompt = ids.shape
+        if prompt == 0:
+            raise ValueError("input_ids is empty: give at least one prompt token per row")
+        mask = np.ones_like(ids) if attention_mask is None else _as_array(attention_mask, "attention_mask")
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
+        if (np.diff(mask, axis=1) < 0).any():
+            raise ValueError("attention_mask is padded on the right; decoders need left padding (each row zeros, "
+                             "then ones): tokenizer.padding_side = 'left'")
+        if (mask.sum(axis=1) == 0).any():
+            raise ValueError("a row of attention_mask is all padding")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if prompt + max_new_tokens > self.context_length:
+            raise ValueError(f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} = "
+                             f"{prompt + max_new_tokens} exceeds the model's context_length {self.context_length}")
+        if do_sample:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
+            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+                raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
+            if not 0 < top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+        eos = _eos_set(self.eos_token_id if eos_token_id is None else eos_token_id)
+        pad = pad_token_id if pad_token_id is not None else self.pad_token_id
+        if pad is None:
+            pad = eos[0] if eos else 0
+        rng = np.random.default_rng(seed)
+        put = getattr(streamer, "put", None)
+        if streamer is not None and put is None and not callable(streamer):
+            raise ValueError("streamer must be a callable or have put() and end() (HF's streamer protocol)")
+        if put is not None:
+            put(torch.from_numpy(ids.copy()))
+
+        tokens = [ids]
+        if self.shared:  # each row's tokens moved to the front (module docstring)
+            lengths = mask.sum(axis=1)
+            width = int(lengths.max())
+            new_ids = np.full((batch, width), pad, np.int64)
+            for row in range(batch):
+                new_ids[row, :lengths[row]] = ids[row, mask[row] == 1]
+            step_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+            past = self.empty_past(batch, width + max_new_tokens)
+            step_pos, last_index = None, lengths - 1
+        else:
+            positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+            past = self.empty_past(batch)
+            new_ids, step_mask, step_pos = ids, mask, positions
+            last_index = np.full(batch, ids.shape[1] - 1)
+        logits_out = []
+        finished = np.zeros(batch, dtype=bool)
+        for _ in range(max_new_tokens):
+            logits, past = self.step(new_ids, step_mask, step_pos, past)
+            last = logits[np.arange(batch), last_index, :].astype(np.float32)
+            last_index = np.zeros(batch, np.int64)  # later steps: one token per row
+            if output_logits:
+                logits_out.append(last.copy())
+            chosen = self._sample(last, temperature, top_k, top_p, rng) if do_sample else last.argmax(axis=-1)
+            chosen = np.where(finished, pad, chosen).astype(np.int64)
+            tokens.append(chosen[:, None])
+            if put is not None:
+                put(torch.from_numpy(chosen.copy()))
+            elif streamer is not None:
+                streamer(chosen.copy())
+            if eos:
+                finished |= np.isin(chosen, eos)
+                if finished.all():
+                    break
+            new_ids = chosen[:, None]
+            if self.shared:  # each row one longer; the width is the longest total
+                lengths = lengths + 1
+                step_mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+            else:
+                step_pos = step_mask.sum(axis=1, keepdims=True)  # the new token's position: tokens so far
+                step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
+        if streamer is not None and put is not None and hasattr(streamer, "end"):
+            streamer.end()
+        result = torch.from_numpy(np.concatenate(tokens, axis=1))
+        return (result, logits_out) if output_logits else result
+
+    @staticmethod
+    def _sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
+                rng: np.random.Generator) -> np.ndarray:
+        x = logits.astype(np.float64) / temperature
+        if 0 < top_k < x.shape[-1]:
+            kth = np.partition(x, -top_k, axis=-1)[:, -top_k][:, None]
+            x = np.where(x < kth, -np.inf, x)
+        if top_p < 1:
+            order = np.argsort(-x, axis=-1, kind="stable")
+            sorted_x = np.take_along_axis(x, order, axis=-1)
+            p = np.exp(sorted_x - sorted_x[:, :1])
+            p /= p.sum(axis=-1, keepdims=True)
+            before = np.cumsum(p, axis=-1) - p  # probability mass of the tokens ranked above
+            drop = before >= top_p  # the first token always stays
+            np.put_along_axis(x, order, np.where(drop, -np.inf, sorted_x), axis=-1)
+        p = np.exp(x - x.max(axis=-1, keepdims=True))
+        p /= p.sum(axis=-1, keepdims=True)
+        u = rng.random((x.shape[0], 1))
+        return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), x.shape[-1] - 1)
+
+
+__all__ = ["DecoderSession"]
