@@ -5,7 +5,8 @@
 A GPT (4 layers, width 256, random weights) is distilled toward its own fp32 outputs
 after its linear layers are quantized (INT4, group 32) and adapted (rank 16): QA-LoRA
 trained with float zero points, QA-LoRA trained with integer zero points, LR-QAT
-(adapters inside the rounding; its fold packs the trained codes) and QLoRA (NF4 + LoRA). Each trained model is folded every way it can be, and the folded logits are
+(adapters inside the rounding; its fold packs the trained codes) and QLoRA (NF4 + LoRA). Each
+trained model is folded every way it can be, and the folded logits are
 compared with the trained model's on held-out tokens: max |y_fold - y| / max |y|.
 """
 
@@ -35,15 +36,21 @@ def measure(steps: int = 50) -> list[tuple[str, float, float]]:
     eval_x = torch.randint(0, CONFIG.vocab_size, (8, 64))
     with torch.no_grad():
         target = teacher(train_x)
-    runs = {"qalora (float zeros)": dict(method="qalora"), "qalora (int zeros)": dict(method="qalora", zero_point="int"),
-            "lrqat": dict(method="lrqat"), "qlora": dict(method="qlora")}
+    runs = {
+        "qalora (float zeros)": dict(method="qalora"),
+        "qalora (int zeros)": dict(method="qalora", zero_point="int"),
+        "lrqat": dict(method="lrqat"),
+        "qlora": dict(method="qlora"),
+    }
     rows = []
     for label, policy in runs.items():
         torch.manual_seed(0)
         student = TinyGPT(CONFIG)
         student.load_state_dict(teacher.state_dict())
         lrc.compile(student, lrc.Policy(rank=16, alpha=32, bits=4, group_size=32, **policy))
-        lr = 5e-2 if policy["method"] == "lrqat" else 5e-3  # LR-QAT's adapter moves grid units, not weights
+        lr = (
+            5e-2 if policy["method"] == "lrqat" else 5e-3
+        )  # LR-QAT's adapter moves grid units, not weights
         opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr)
         for _ in range(steps):
             loss = F.mse_loss(student(train_x), target)
@@ -57,8 +64,11 @@ def measure(steps: int = 50) -> list[tuple[str, float, float]]:
                 folded = lrc.fold(student, zeros=zeros)
                 err = rel(folded(eval_x), y)
                 worst = max(lrc.compile_info(folded).fold_errors.values())
-                name = {"qalora": f"{label}, fold zeros={zeros}", "lrqat": f"{label}, fold (trained integer codes)",
-                        "qlora": f"{label}, merge + requantize"}[policy["method"]]
+                name = {
+                    "qalora": f"{label}, fold zeros={zeros}",
+                    "lrqat": f"{label}, fold (trained integer codes)",
+                    "qlora": f"{label}, merge + requantize",
+                }[policy["method"]]
                 rows.append((name, err, worst))
     return rows
 

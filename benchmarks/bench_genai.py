@@ -15,7 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the package beside it
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent)
+)  # run as a script: the package beside it
 
 from benchmarks import genai, report_genai
 from benchmarks.common import Log, machine, machine_line
@@ -31,19 +33,37 @@ def main(argv=None) -> None:
     ap.add_argument("--kv-heads", type=int, default=d.kv_heads)
     ap.add_argument("--vocab", type=int, default=d.vocab)
     ap.add_argument("--contexts", type=int, nargs="+", default=list(d.contexts))
-    ap.add_argument("--no-cache-context", type=int, default=d.no_cache_context, help="one of --contexts")
+    ap.add_argument(
+        "--no-cache-context", type=int, default=d.no_cache_context, help="one of --contexts"
+    )
     ap.add_argument("--new", type=int, default=d.new)
     ap.add_argument("--reps", type=int, default=d.reps)
     ap.add_argument("--threads", type=int, default=d.threads)
-    ap.add_argument("--large", type=int, nargs=4, default=list(d.large), metavar=("LAYERS", "HIDDEN", "MLP", "VOCAB"),
-                    help="the decoder whose export is timed")
+    ap.add_argument(
+        "--large",
+        type=int,
+        nargs=4,
+        default=list(d.large),
+        metavar=("LAYERS", "HIDDEN", "MLP", "VOCAB"),
+        help="the decoder whose export is timed",
+    )
     a = ap.parse_args(argv)
     if a.small:
         a.hidden, a.heads, a.kv_heads = 512, 8, 2
     try:
-        s = genai.Settings(hidden=a.hidden, layers=a.layers, heads=a.heads, kv_heads=a.kv_heads, vocab=a.vocab,
-                           contexts=tuple(a.contexts), no_cache_context=a.no_cache_context, new=a.new, reps=a.reps,
-                           threads=a.threads, large=tuple(a.large))
+        s = genai.Settings(
+            hidden=a.hidden,
+            layers=a.layers,
+            heads=a.heads,
+            kv_heads=a.kv_heads,
+            vocab=a.vocab,
+            contexts=tuple(a.contexts),
+            no_cache_context=a.no_cache_context,
+            new=a.new,
+            reps=a.reps,
+            threads=a.threads,
+            large=tuple(a.large),
+        )
     except ValueError as e:
         ap.error(str(e))
     with tempfile.TemporaryDirectory(prefix="bench-genai-") as tmp:

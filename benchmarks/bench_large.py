@@ -24,6 +24,7 @@ peak resident memory so far (``resource.getrusage``).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import resource
@@ -53,10 +54,19 @@ def peak() -> float:
 def build(args) -> torch.nn.Module:
     """The model on the meta device, then materialised once in fp32 and filled in place."""
     hf_logging.set_verbosity_error()
-    cfg = LlamaConfig(hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-                      num_attention_heads=args.hidden // 64, num_key_value_heads=4, vocab_size=args.vocab,
-                      max_position_embeddings=2048, tie_word_embeddings=False,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=4,
+        vocab_size=args.vocab,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     with torch.device("meta"):
         model = LlamaForCausalLM(cfg)
     model.to_empty(device="cpu")
@@ -78,8 +88,12 @@ def main(argv=None) -> None:
     parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--trace", choices=("export", "modules"), default="export",
-                        help="torch.export (the HF path) or match modules by name without a graph")
+    parser.add_argument(
+        "--trace",
+        choices=("export", "modules"),
+        default="export",
+        help="torch.export (the HF path) or match modules by name without a graph",
+    )
     args = parser.parse_args(argv)
     rows = [("start", 0.0, rss(), peak())]
 
@@ -88,32 +102,46 @@ def main(argv=None) -> None:
         out = fn()
         gc.collect()
         rows.append((name, time.perf_counter() - started, rss(), peak()))
-        print(f"{name}: {rows[-1][1]:.1f} s, rss {rows[-1][2]:.2f} GiB, peak {rows[-1][3]:.2f} GiB", flush=True)
+        print(
+            f"{name}: {rows[-1][1]:.1f} s, rss {rows[-1][2]:.2f} GiB, peak {rows[-1][3]:.2f} GiB",
+            flush=True,
+        )
         return out
 
     model = phase("build fp32 model", lambda: build(args))
     params = sum(p.numel() for p in model.parameters())
-    linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    linear = sum(
+        m.weight.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n != "lm_head"
+    )
     ids = torch.randint(2, args.vocab, (2, 16), generator=torch.Generator().manual_seed(1))
-    policy = lrc.Policy(method="qalora", bits=4, group_size=32, rank=args.rank, alpha=2.0 * args.rank)
+    policy = lrc.Policy(
+        method="qalora", bits=4, group_size=32, rank=args.rank, alpha=2.0 * args.rank
+    )
     example = {"example_inputs": (ids,)} if args.trace == "export" else {"trace_mode": "modules"}
-    phase(f"compile (QA-LoRA INT4 g32, trace {args.trace})", lambda: lrc.compile(model, policy, **example))
+    phase(
+        f"compile (QA-LoRA INT4 g32, trace {args.trace})",
+        functools.partial(lrc.compile, model, policy, **example),
+    )
     compiled_int = sum(t.numel() * t.element_size() for t in model.buffers())
     with torch.no_grad():  # adapters as after training: the zero points really move
         for name, p in model.named_parameters():
             if name.endswith("lora_B"):
                 p.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(2))
-    deployed = phase("fold (split)", lambda: lrc.fold(model))
+    deployed = phase("fold (split)", functools.partial(lrc.fold, model))
     del model
     phase("drop the trained model", lambda: None)
     rel = max(lrc.compile_info(deployed).fold_errors.values())
     int_bytes = sum(t.numel() * t.element_size() for t in deployed.buffers())
 
-    print(f"\n{params / 1e9:.2f}B parameters ({params * 4 / GiB:.2f} GiB fp32; block linears "
-          f"{linear / 1e9:.2f}B = {linear * 4 / GiB:.2f} GiB fp32; INT4 form {compiled_int / GiB:.2f} GiB "
-          f"compiled, {int_bytes / GiB:.2f} GiB folded with split corrections); "
-          f"{torch.get_num_threads()} threads; fold max relative error {rel:.1e}\n")
+    print(
+        f"\n{params / 1e9:.2f}B parameters ({params * 4 / GiB:.2f} GiB fp32; block linears "
+        f"{linear / 1e9:.2f}B = {linear * 4 / GiB:.2f} GiB fp32; INT4 form "
+        f"{compiled_int / GiB:.2f} GiB "
+        f"compiled, {int_bytes / GiB:.2f} GiB folded with split corrections); "
+        f"{torch.get_num_threads()} threads; fold max relative error {rel:.1e}\n"
+    )
     print("| phase | time | RSS after | peak RSS so far |\n| --- | --- | --- | --- |")
     for name, seconds, now, top in rows:
         print(f"| {name} | {seconds:.1f} s | {now:.2f} GiB | {top:.2f} GiB |")

@@ -42,16 +42,35 @@ SHAPES = [(1, 1), (1, 16), (8, 1), (8, 16)]
 def build(hidden: int, layers: int, seed: int = 0) -> torch.nn.Module:
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=int(hidden * 2.75) // 32 * 32, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 128, num_key_value_heads=hidden // 128, vocab_size=512,
-                      max_position_embeddings=256, bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=int(hidden * 2.75) // 32 * 32,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 128,
+        num_key_value_heads=hidden // 128,
+        vocab_size=512,
+        max_position_embeddings=256,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
 def ours(hidden, layers, zero_point, zeros, x):
     model = build(hidden, layers)
-    lrc.compile(model, lrc.Policy(method="qalora", zero_point=zero_point, target=["all-linear", "lm_head"],
-                                  bits=4, group_size=32, rank=16), example_inputs=(x,))
+    lrc.compile(
+        model,
+        lrc.Policy(
+            method="qalora",
+            zero_point=zero_point,
+            target=["all-linear", "lm_head"],
+            bits=4,
+            group_size=32,
+            rank=16,
+        ),
+        example_inputs=(x,),
+    )
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():  # adapters as after training: zero points really move
         for name, p in model.named_parameters():
@@ -78,20 +97,25 @@ def session(path: Path, level: int) -> ort.InferenceSession:
 
 
 def linear_bytes(path: Path) -> int:
-    """Bytes of initializers that are linear weights: 2-D+ float matrices fed to MatMul, or INT-N codes,
+    """Bytes of initializers that are linear weights: 2-D+ float matrices fed to MatMul, or INT-N
+    codes,
     scales, zero points and corrections."""
     m = onnx.load(str(path))
     feeds = {}
     for n in m.graph.node:
         if n.op_type in ("MatMul", "MatMulNBits", "DequantizeLinear"):
-            for i in (n.input[1:] if n.op_type == "MatMul" else n.input):
+            for i in n.input[1:] if n.op_type == "MatMul" else n.input:
                 feeds[i] = n.op_type
     total = 0
     for t in m.graph.initializer:
         if t.name in feeds or t.name.endswith(".correction"):
             if feeds.get(t.name) == "MatMul" and len(t.dims) < 2:
                 continue
-            total += onnx.numpy_helper.to_array(t).nbytes if t.data_type != onnx.TensorProto.UINT4 else len(t.raw_data)
+            total += (
+                onnx.numpy_helper.to_array(t).nbytes
+                if t.data_type != onnx.TensorProto.UINT4
+                else len(t.raw_data)
+            )
     return total
 
 
@@ -100,9 +124,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--runs", type=int, default=12)
-    ap.add_argument("--out", default=None, help="keep the ONNX files here (default: a temporary folder)")
+    ap.add_argument(
+        "--out", default=None, help="keep the ONNX files here (default: a temporary folder)"
+    )
     args = ap.parse_args(argv)
-    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the quantizer's optimizer logs every merge
+    logging.getLogger("onnx_ir").setLevel(
+        logging.WARNING
+    )  # the quantizer's optimizer logs every merge
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_onnx_"))
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randint(2, 512, (2, 8))
@@ -112,16 +140,31 @@ def main(argv=None) -> dict:
     files = {"fp32": lrc.export_onnx(fp32, out / "fp32.onnx", example_inputs=(x,))}
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    q = MatMulNBitsQuantizer(str(files["fp32"]), bits=4, block_size=32, is_symmetric=False, accuracy_level=4)
+    q = MatMulNBitsQuantizer(
+        str(files["fp32"]), bits=4, block_size=32, is_symmetric=False, accuracy_level=4
+    )
     q.process()
     q.model.save_model_to_file(str(out / "ort_rtn.onnx"))
     files["ort-rtn"] = out / "ort_rtn.onnx"
-    files["ours-int"] = lrc.export_onnx(ours(args.hidden, args.layers, "int", "split", x), out / "ours_int.onnx",
-                                        example_inputs=(x,), accuracy_level=4)
-    files["ours-split"] = lrc.export_onnx(ours(args.hidden, args.layers, "float", "split", x),
-                                          out / "ours_split.onnx", example_inputs=(x,), accuracy_level=4)
-    files["ours-qdq"] = lrc.export_onnx(ours(args.hidden, args.layers, "int", "split", x), out / "ours_qdq.onnx",
-                                        example_inputs=(x,), format="qdq", accuracy_level=4)
+    files["ours-int"] = lrc.export_onnx(
+        ours(args.hidden, args.layers, "int", "split", x),
+        out / "ours_int.onnx",
+        example_inputs=(x,),
+        accuracy_level=4,
+    )
+    files["ours-split"] = lrc.export_onnx(
+        ours(args.hidden, args.layers, "float", "split", x),
+        out / "ours_split.onnx",
+        example_inputs=(x,),
+        accuracy_level=4,
+    )
+    files["ours-qdq"] = lrc.export_onnx(
+        ours(args.hidden, args.layers, "int", "split", x),
+        out / "ours_qdq.onnx",
+        example_inputs=(x,),
+        format="qdq",
+        accuracy_level=4,
+    )
     files["ort-rtn acc0"] = with_accuracy_level(files["ort-rtn"], out / "ort_rtn_acc0.onnx", 0)
     files["ours-int acc0"] = with_accuracy_level(files["ours-int"], out / "ours_int_acc0.onnx", 0)
     prep = time.perf_counter() - t
@@ -130,7 +173,9 @@ def main(argv=None) -> dict:
     sessions = {k: session(p, levels[k]) for k, p in files.items()}
     results: dict[str, dict] = {k: {} for k in files}
     for batch, seq in SHAPES:
-        feed = {"input_ids": np.random.default_rng(0).integers(2, 512, (batch, seq), dtype=np.int64)}
+        feed = {
+            "input_ids": np.random.default_rng(0).integers(2, 512, (batch, seq), dtype=np.int64)
+        }
         samples = {k: [] for k in sessions}
         for k, s in sessions.items():
             s.run(None, feed)  # warm-up
@@ -143,18 +188,30 @@ def main(argv=None) -> dict:
             results[k][(batch, seq)] = 1000 * statistics.median(samples[k])
     sizes = {k: linear_bytes(p) for k, p in files.items()}
 
-    print(f"Llama-shaped, hidden {args.hidden}, {args.layers} layers, INT4 g32; onnxruntime {ort.__version__}, "
-          f"1 thread, median of {args.runs} interleaved runs (prepared in {prep:.0f} s)")
+    print(
+        f"Llama-shaped, hidden {args.hidden}, {args.layers} layers, INT4 g32; onnxruntime "
+        f"{ort.__version__}, "
+        f"1 thread, median of {args.runs} interleaved runs (prepared in {prep:.0f} s)"
+    )
     head = " | ".join(f"b{b} s{s}" for b, s in SHAPES)
     print(f"| model | {head} | vs ort-rtn (b1 s1) | vs fp32 (b1 s1) | linear bytes vs fp32 |")
     print("| --- |" + " --- |" * (len(SHAPES) + 3))
     for k in files:
         row = " | ".join(f"{results[k][sh]:.2f} ms" for sh in SHAPES)
         ref = "ort-rtn acc0" if "acc0" in k else "ort-rtn"
-        print(f"| {k} | {row} | {results[k][SHAPES[0]] / results[ref][SHAPES[0]]:.2f}x | "
-              f"{results[k][SHAPES[0]] / results['fp32'][SHAPES[0]]:.2f}x | {sizes[k] / sizes['fp32']:.3f}x |")
-    worst = {k: max(results[k][sh] / results["ort-rtn"][sh] for sh in SHAPES) for k in ("ours-int", "ours-split", "ours-qdq")}
-    print("worst ratio to ort-rtn over the shapes: " + ", ".join(f"{k} {v:.2f}x" for k, v in worst.items()))
+        print(
+            f"| {k} | {row} | {results[k][SHAPES[0]] / results[ref][SHAPES[0]]:.2f}x | "
+            f"{results[k][SHAPES[0]] / results['fp32'][SHAPES[0]]:.2f}x | "
+            f"{sizes[k] / sizes['fp32']:.3f}x |"
+        )
+    worst = {
+        k: max(results[k][sh] / results["ort-rtn"][sh] for sh in SHAPES)
+        for k in ("ours-int", "ours-split", "ours-qdq")
+    }
+    print(
+        "worst ratio to ort-rtn over the shapes: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in worst.items())
+    )
     return {"latency_ms": results, "linear_bytes": sizes, "worst_vs_ort": worst}
 
 

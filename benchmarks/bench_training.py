@@ -1,4 +1,5 @@
-"""Training-step cost and frozen-base bytes: QA-LoRA and LR-QAT over INT4 vs LoRA over fp32, side by side.
+"""Training-step cost and frozen-base bytes: QA-LoRA and LR-QAT over INT4 vs LoRA over fp32, side by
+side.
 
     python benchmarks/bench_training.py [--steps 12] [--batch 8] [--seq 128]
 
@@ -20,9 +21,9 @@ import time
 import torch
 
 import lowrank_compiler as lrc
+from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 from lowrank_compiler.runtime.layers.grid_base import GridBase
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
 CONFIG = GPTConfig(vocab_size=4096, block_size=256, n_layer=6, n_head=8, n_embd=512)
 
@@ -34,12 +35,17 @@ def build(method: str) -> torch.nn.Module:
 
 
 def base_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the frozen linear weights (codes or grid, scales, zeros, or fp32 weights; biases left out)."""
+    """Bytes of the frozen linear weights (codes or grid, scales, zeros, or fp32 weights; biases
+    left out)."""
     total = 0
     for m in model.modules():
         base = getattr(m, "base", None)
         if isinstance(base, (IntLinear, GridBase)):
-            frozen = (base.qweight if isinstance(base, IntLinear) else base.phi0, base.scales, base.zeros)
+            frozen = (
+                base.qweight if isinstance(base, IntLinear) else base.phi0,
+                base.scales,
+                base.zeros,
+            )
             total += sum(t.untyped_storage().nbytes() for t in frozen)
         elif isinstance(base, torch.nn.Linear):
             total += base.weight.untyped_storage().nbytes()
@@ -53,17 +59,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--seq", type=int, default=128)
     args = ap.parse_args(argv)
 
-    models = {"lora-fp32": build("lora"), "qalora-int4": build("qalora"), "lrqat-int4": build("lrqat")}
+    models = {
+        "lora-fp32": build("lora"),
+        "qalora-int4": build("qalora"),
+        "lrqat-int4": build("lrqat"),
+    }
     n_params = sum(p.numel() for p in TinyGPT(CONFIG).parameters())
     x = torch.randint(0, CONFIG.vocab_size, (args.batch, args.seq + 1))
-    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3) for k, m in models.items()}
+    opts = {
+        k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+        for k, m in models.items()
+    }
     times: dict[str, list[float]] = {k: [] for k in models}
 
     def step(name):
         model, opt = models[name], opts[name]
         t = time.perf_counter()
         logits = model(x[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -84,13 +99,18 @@ def main(argv=None) -> dict:
         "base_bytes": nbytes,
         "bytes_ratio": {k: nbytes[k] / nbytes["lora-fp32"] for k in ours},
     }
-    print(f"model: {n_params / 1e6:.1f}M parameters, batch {args.batch} x seq {args.seq}, "
-          f"{torch.get_num_threads()} threads, {args.steps} steps each, alternating")
+    print(
+        f"model: {n_params / 1e6:.1f}M parameters, batch {args.batch} x seq {args.seq}, "
+        f"{torch.get_num_threads()} threads, {args.steps} steps each, alternating"
+    )
     print("| base | step (median) | vs LoRA over fp32 | frozen linear weights | vs fp32 |")
     print("| --- | --- | --- | --- | --- |")
     for k in models:
         step, size = result["step_ratio"].get(k, 1.0), result["bytes_ratio"].get(k, 1.0)
-        print(f"| {k} | {med[k] * 1000:.1f} ms | {step:.2f}x | {nbytes[k] / 2**20:.2f} MiB | {size:.3f}x |")
+        print(
+            f"| {k} | {med[k] * 1000:.1f} ms | {step:.2f}x | {nbytes[k] / 2**20:.2f} MiB | "
+            f"{size:.3f}x |"
+        )
     return result
 
 

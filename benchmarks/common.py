@@ -57,7 +57,9 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "am
 def cpu_flags() -> str:
     """The CPU's vector and int8 dot-product flags, the ones INT4 kernels pick their code by."""
     try:
-        line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "")
+        line = next(
+            (x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), ""
+        )
     except OSError:
         return "unknown"
     have = set(line.split(":", 1)[-1].split())
@@ -102,11 +104,17 @@ def machine() -> dict:
 
 def machine_line(m: dict) -> str:
     flags = f" (flags: {m['cpu_flags']})" if m.get("cpu_flags") else ""  # absent from older results
-    return (f"{m['cpu']}{flags}, {m['cores']} cores, L3 {m['l3_cache']}, {m['memory_gib']:.0f} GiB; {m['platform']}; "
-            f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx {m['onnx']}")
+    return (
+        f"{m['cpu']}{flags}, {m['cores']} cores, L3 {m['l3_cache']}, {m['memory_gib']:.0f} GiB; "
+        f"{m['platform']}; "
+        f"Python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']}, onnx "
+        f"{m['onnx']}"
+    )
 
 
-def interleaved(runners: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+def interleaved(
+    runners: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
     """Median seconds per runner; every round runs each runner once, in turn."""
     for _ in range(warmup):
         for fn in runners.values():
@@ -130,14 +138,18 @@ class Bandwidth:
     """
 
     def __init__(self, nbytes: int = 1 << 30):
-        self.buf = np.ones(nbytes // 4, dtype=np.float32)  # (n,): written once so every page is resident
+        self.buf = np.ones(
+            nbytes // 4, dtype=np.float32
+        )  # (n,): written once so every page is resident
 
     def measure(self, threads: int = 1) -> float:
         """Bytes per second, one pass per kernel."""
         parts = np.array_split(self.buf, threads)
         kernels = (np.sum, lambda a: np.bitwise_or.reduce(a[: a.size // 2 * 2].view(np.uint64)))
         best = 0.0
-        with ThreadPoolExecutor(threads) as pool:  # started before the clock: only the passes are timed
+        with ThreadPoolExecutor(
+            threads
+        ) as pool:  # started before the clock: only the passes are timed
             list(pool.map(len, parts))
             for kernel in kernels:
                 t = time.perf_counter()
@@ -151,7 +163,8 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
 
     A targeted layer is an adapter layer's base or a quantized layer (a fold's output):
     an fp32 matrix, or codes + scales + zero points (+ correction), or NF4 codes + block
-    scales, or LR-QAT's fixed-point grid + scales + zero points. Biases are left out; ``weights`` counts the matrix entries they stand for.
+    scales, or LR-QAT's fixed-point grid + scales + zero points. Biases are left out; ``weights``
+    counts the matrix entries they stand for.
     """
     bases = {}
     for m in model.modules():
@@ -162,7 +175,9 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
     nbytes = weights = 0
     for base in bases.values():
         if isinstance(base, (IntLinear, NF4Linear, GridBase)):
-            nbytes += sum(b.untyped_storage().nbytes() for n, b in base.named_buffers() if n != "bias")
+            nbytes += sum(
+                b.untyped_storage().nbytes() for n, b in base.named_buffers() if n != "bias"
+            )
             weights += base.in_features * base.out_features
         else:  # a float layer (nn.Linear, GPT-2 Conv1D)
             nbytes += base.weight.untyped_storage().nbytes()
@@ -176,7 +191,10 @@ def check_settings(where: str, **fields) -> None:
         items = value if isinstance(value, tuple) else (value,)
         flat = [x for item in items for x in (item if isinstance(item, tuple) else (item,))]
         if not flat or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in flat):
-            raise ValueError(f"{where}.{name} must be a positive integer (or a non-empty tuple of them), got {value!r}")
+            raise ValueError(
+                f"{where}.{name} must be a positive integer (or a non-empty tuple of them), got "
+                f"{value!r}"
+            )
 
 
 def fmt_ms(seconds: float) -> str:

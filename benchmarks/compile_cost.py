@@ -48,7 +48,9 @@ class Settings:
         check_model("compile", self.hidden, ("int",))
 
 
-POLICY = lrc.Policy(method="qalora", target=["all-linear", "lm_head"], bits=4, group_size=32, rank=16)
+POLICY = lrc.Policy(
+    method="qalora", target=["all-linear", "lm_head"], bits=4, group_size=32, rank=16
+)
 
 
 def run(s: Settings, work: Path, log) -> dict:
@@ -71,7 +73,11 @@ def run(s: Settings, work: Path, log) -> dict:
     theirs = []
     nodes = layers = 0
     for r in range(-1, s.repeats):  # round -1: the warm-up, not recorded
-        log(f"  round {r + 1} of {s.repeats}: ours, then onnxruntime's quantizer" if r >= 0 else "  warm-up round")
+        log(
+            f"  round {r + 1} of {s.repeats}: ours, then onnxruntime's quantizer"
+            if r >= 0
+            else "  warm-up round"
+        )
         fresh = copy.deepcopy(model)
         gc.collect()  # each timed step starts without the previous round's garbage to collect
         t = time.perf_counter()
@@ -99,16 +105,31 @@ def run(s: Settings, work: Path, log) -> dict:
         del q, proto
     ours = {k: v[1:] for k, v in ours.items()}  # drop the warm-up
     theirs = theirs[1:]
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]  # all targeted: blocks and head
+    linears = [
+        m for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]  # all targeted: blocks and head
     fp32_bytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
     weights = sum(m.weight.numel() for m in linears)
     med = {k: statistics.median(v) for k, v in ours.items()}
     ours_s = statistics.median(c + f for c, f in zip(ours["compile"], ours["fold"]))
     untraced_s = statistics.median(c + f for c, f in zip(ours["compile_untraced"], ours["fold"]))
     ort_s = statistics.median(theirs)
-    return {"params": params, "fp32_weight_bytes": fp32_bytes, "weights": weights, "our_layers": layers,
-            "ort_layers": nodes, "compile_s": med["compile"], "fold_s": med["fold"], "ours_s": ours_s, "ort_s": ort_s,
-            "compile_untraced_s": med["compile_untraced"], "fp32_export_s": export_s, "untraced_gbps": fp32_bytes / untraced_s / 1e9,
-            "ours_gbps": fp32_bytes / ours_s / 1e9, "ort_gbps": fp32_bytes / ort_s / 1e9,
-            "samples": {**ours, "ort": theirs},
-            "threads": torch.get_num_threads(), "settings": dataclasses.asdict(s)}
+    return {
+        "params": params,
+        "fp32_weight_bytes": fp32_bytes,
+        "weights": weights,
+        "our_layers": layers,
+        "ort_layers": nodes,
+        "compile_s": med["compile"],
+        "fold_s": med["fold"],
+        "ours_s": ours_s,
+        "ort_s": ort_s,
+        "compile_untraced_s": med["compile_untraced"],
+        "fp32_export_s": export_s,
+        "untraced_gbps": fp32_bytes / untraced_s / 1e9,
+        "ours_gbps": fp32_bytes / ours_s / 1e9,
+        "ort_gbps": fp32_bytes / ort_s / 1e9,
+        "samples": {**ours, "ort": theirs},
+        "threads": torch.get_num_threads(),
+        "settings": dataclasses.asdict(s),
+    }

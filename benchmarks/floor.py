@@ -37,8 +37,13 @@ class Settings:
     formats: tuple[str, ...] = ("int", "split")  # ours
 
     def __post_init__(self):
-        check_settings("floor", hidden=self.hidden, layers=self.layers, repeats=self.repeats,
-                       bandwidth_bytes=self.bandwidth_bytes)
+        check_settings(
+            "floor",
+            hidden=self.hidden,
+            layers=self.layers,
+            repeats=self.repeats,
+            bandwidth_bytes=self.bandwidth_bytes,
+        )
         check_model("floor", self.hidden, self.formats)
 
 
@@ -59,8 +64,11 @@ def run(s: Settings, work: Path, log) -> dict:
         bw.measure(t)
         for sess in sessions[t].values():
             sess.run(None, feed)
-    log(f"  {s.repeats} rounds: bandwidth at {threads} thread(s) and {sum(map(len, sessions.values()))} "
-        f"sessions, interleaved")
+    log(
+        f"  {s.repeats} rounds: bandwidth at {threads} thread(s) and "
+        f"{sum(map(len, sessions.values()))} "
+        f"sessions, interleaved"
+    )
     for _ in range(s.repeats):
         for t in threads:
             bw_samples[t].append(bw.measure(t))
@@ -75,7 +83,18 @@ def run(s: Settings, work: Path, log) -> dict:
         model = name.split("/")[0]
         latency = statistics.median(v)
         floor = weight_bytes[model] / bandwidth[int(t)]
-        rows[key] = {"model": model, "level": name.split("/acc")[1] if "/acc" in name else None, "threads": int(t),
-                     "latency_s": latency, "floor_s": floor, "ratio": latency / floor}
-    return {"bandwidth": {str(t): v for t, v in bandwidth.items()}, "rows": rows, "weight_bytes": weight_bytes,
-            "prepare_s": prep_s, "settings": dataclasses.asdict(s)}
+        rows[key] = {
+            "model": model,
+            "level": name.split("/acc")[1] if "/acc" in name else None,
+            "threads": int(t),
+            "latency_s": latency,
+            "floor_s": floor,
+            "ratio": latency / floor,
+        }
+    return {
+        "bandwidth": {str(t): v for t, v in bandwidth.items()},
+        "rows": rows,
+        "weight_bytes": weight_bytes,
+        "prepare_s": prep_s,
+        "settings": dataclasses.asdict(s),
+    }

@@ -12,7 +12,8 @@ heads, MLP 5632, vocabulary 512; 2-D weights with std 1/sqrt(fan_in)), seven fol
 - builder-lora: the builder with ``adapter_path``: a rank-16 LoRA on every block linear,
   added as an unmerged branch over its INT4 base;
 - ours-lora: the same adapter (QA-LoRA, float zero points) compiled onto our INT4 base and
-  folded (``split``: integer zero points + a per-group correction), ``export_genai(attention="gqa")``;
+  folded (``split``: integer zero points + a per-group correction),
+  ``export_genai(attention="gqa")``;
 - ours-lora-int: a QA-LoRA adapter trained with integer zero points (rounded: PEFT cannot
   express it, so the builder cannot take it), folded: no correction, the base's graph;
 
@@ -52,7 +53,15 @@ from .common import Bandwidth, check_settings, cpu_flags
 from .genai_run import large_export, no_cache_session, one_run
 from .onnx_bytes import per_token_bytes
 
-FOLDERS = ("builder", "builder-sym", "ours", "ours-plain", "builder-lora", "ours-lora", "ours-lora-int")
+FOLDERS = (
+    "builder",
+    "builder-sym",
+    "ours",
+    "ours-plain",
+    "builder-lora",
+    "ours-lora",
+    "ours-lora-int",
+)
 
 
 @dataclass(frozen=True)
@@ -72,22 +81,49 @@ class Settings:
     large: tuple[int, int, int, int] = (22, 2048, 5632, 32000)  # layers, hidden, MLP, vocabulary
 
     def __post_init__(self):
-        check_settings("genai", hidden=self.hidden, layers=self.layers, heads=self.heads, kv_heads=self.kv_heads,
-                       vocab=self.vocab, contexts=self.contexts, no_cache_context=self.no_cache_context,
-                       new=self.new, reps=self.reps, threads=self.threads, rank=self.rank,
-                       bandwidth_bytes=self.bandwidth_bytes, large=self.large)
+        check_settings(
+            "genai",
+            hidden=self.hidden,
+            layers=self.layers,
+            heads=self.heads,
+            kv_heads=self.kv_heads,
+            vocab=self.vocab,
+            contexts=self.contexts,
+            no_cache_context=self.no_cache_context,
+            new=self.new,
+            reps=self.reps,
+            threads=self.threads,
+            rank=self.rank,
+            bandwidth_bytes=self.bandwidth_bytes,
+            large=self.large,
+        )
         if self.hidden % self.heads or self.heads % self.kv_heads or self.hidden % 32:
-            raise ValueError(f"genai: hidden {self.hidden} must split into {self.heads} heads, a multiple of "
-                             f"{self.kv_heads} kv heads, and be a multiple of 32 (INT4 groups)")
+            raise ValueError(
+                f"genai: hidden {self.hidden} must split into {self.heads} heads, a multiple of "
+                f"{self.kv_heads} kv heads, and be a multiple of 32 (INT4 groups)"
+            )
         if self.no_cache_context not in self.contexts:
-            raise ValueError(f"genai.no_cache_context {self.no_cache_context} must be one of contexts {self.contexts}")
+            raise ValueError(
+                f"genai.no_cache_context {self.no_cache_context} must be one of contexts "
+                f"{self.contexts}"
+            )
         if self.new < 3:
-            raise ValueError(f"genai.new must be at least 3 (decode time is the median of steps 2..new), got {self.new}")
+            raise ValueError(
+                "genai.new must be at least 3 (decode time is the median of steps 2..new), got "
+                f"{self.new}"
+            )
         if self.large[1] % 256:  # bench_large.build: heads of 64, 4 kv heads
-            raise ValueError(f"genai.large's hidden size must be a multiple of 256, got {self.large[1]}")
-        if gm.mlp_width(self.hidden) == self.vocab:  # the builder takes every Linear that wide for the head
-            raise ValueError(f"genai.vocab must differ from the MLP width {gm.mlp_width(self.hidden)}: onnxruntime-"
-                             f"genai's builder takes any linear layer with vocabulary-many outputs for lm_head")
+            raise ValueError(
+                f"genai.large's hidden size must be a multiple of 256, got {self.large[1]}"
+            )
+        if (
+            gm.mlp_width(self.hidden) == self.vocab
+        ):  # the builder takes every Linear that wide for the head
+            raise ValueError(
+                f"genai.vocab must differ from the MLP width {gm.mlp_width(self.hidden)}: "
+                "onnxruntime-"
+                f"genai's builder takes any linear layer with vocabulary-many outputs for lm_head"
+            )
 
 
 def versions() -> dict:
@@ -96,13 +132,21 @@ def versions() -> dict:
     import torch
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__, "onnxruntime_genai": onnxruntime_genai.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxruntime_genai": onnxruntime_genai.__version__,
+    }
 
 
 def build(s: Settings, work: Path, log) -> tuple[dict[str, Path], dict[str, float], object]:
-    """The seven folders (and how long each took to write); returns the RTN model too, for the no-cache file."""
-    model = gm.make_model(s.hidden, s.layers, s.heads, s.kv_heads, s.vocab, 2 * max(s.contexts) + s.new)
+    """The seven folders (and how long each took to write); returns the RTN model too, for the
+    no-cache file."""
+    model = gm.make_model(
+        s.hidden, s.layers, s.heads, s.kv_heads, s.vocab, 2 * max(s.contexts) + s.new
+    )
     hf_dir = work / "hf"
     gm.save_with_tokenizer(model, hf_dir)
     folders = {name: work / name for name in FOLDERS}  # each written once, in this order
@@ -122,9 +166,14 @@ def build(s: Settings, work: Path, log) -> tuple[dict[str, Path], dict[str, floa
     adapted = gm.with_adapter(model, s.rank)
     adapter = gm.plain_lora_adapter(adapted, work / "adapter")
     timed("builder-lora", lambda: gm.build_builder(hf_dir, folders["builder-lora"], adapter))
-    timed("ours-lora", lambda: gm.build_ours(lrc.fold(adapted), folders["ours-lora"], "gqa", hf_dir))
+    timed(
+        "ours-lora", lambda: gm.build_ours(lrc.fold(adapted), folders["ours-lora"], "gqa", hf_dir)
+    )
     rounded = gm.with_adapter(model, s.rank, zero_point="int")
-    timed("ours-lora-int", lambda: gm.build_ours(lrc.fold(rounded), folders["ours-lora-int"], "gqa", hf_dir))
+    timed(
+        "ours-lora-int",
+        lambda: gm.build_ours(lrc.fold(rounded), folders["ours-lora-int"], "gqa", hf_dir),
+    )
     for folder in folders.values():
         gm.set_threads(folder, s.threads)
     return folders, seconds, deployed
@@ -138,12 +187,16 @@ def graph_facts(folders: dict[str, Path]) -> dict:
         nodes[name] = len(graph.node)
         if name == "builder-lora":
             lora_ops.update(n.op_type for n in graph.node if "lora" in n.name.lower())
-    return {"nodes": nodes, "builder_lora_ops": dict(lora_ops),
-            "builder_lora_files": sorted(p.name for p in folders["builder-lora"].iterdir())}
+    return {
+        "nodes": nodes,
+        "builder_lora_ops": dict(lora_ops),
+        "builder_lora_files": sorted(p.name for p in folders["builder-lora"].iterdir()),
+    }
 
 
 def measure(s: Settings, folders: dict[str, Path], no_cache, log) -> dict:
-    """Interleaved rounds per context: medians of decode ms/token, prefill ms, no-cache ms, bandwidth."""
+    """Interleaved rounds per context: medians of decode ms/token, prefill ms, no-cache ms,
+    bandwidth."""
     import onnxruntime_genai as og
 
     models = {name: og.Model(str(folder)) for name, folder in folders.items()}
@@ -151,8 +204,11 @@ def measure(s: Settings, folders: dict[str, Path], no_cache, log) -> dict:
     rng = np.random.default_rng(0)
     samples = collections.defaultdict(list)
     for ctx in s.contexts:
-        log(f"  context {ctx}: {len(models)} folders{' and the no-cache file' if ctx == s.no_cache_context else ''}"
-            f", {s.reps} interleaved rounds")
+        log(
+            f"  context {ctx}: {len(models)} "
+            f"folders{' and the no-cache file' if ctx == s.no_cache_context else ''}"
+            f", {s.reps} interleaved rounds"
+        )
         prompt = rng.integers(4, s.vocab, ctx).tolist()
         feed = rng.integers(4, s.vocab, (1, ctx + 1)).astype(np.int64)
         for r in range(-1, s.reps):  # round -1: warm-up, not recorded
@@ -172,14 +228,23 @@ def measure(s: Settings, folders: dict[str, Path], no_cache, log) -> dict:
     del models
     out = collections.defaultdict(dict)
     for (kind, name, ctx), v in samples.items():
-        out[kind].setdefault(name, {})[str(ctx)] = statistics.median(v) * (1 if kind == "bandwidth" else 1e3)
-    return {"decode_ms": out["decode"], "prefill_ms": out["prefill"], "no_cache_ms": out["no_cache"]["ours"],
-            "bandwidth": out["bandwidth"][""]["0"]}
+        out[kind].setdefault(name, {})[str(ctx)] = statistics.median(v) * (
+            1 if kind == "bandwidth" else 1e3
+        )
+    return {
+        "decode_ms": out["decode"],
+        "prefill_ms": out["prefill"],
+        "no_cache_ms": out["no_cache"]["ours"],
+        "bandwidth": out["bandwidth"][""]["0"],
+    }
 
 
 def run(s: Settings, work: Path, log) -> dict:
-    log(f"genai: Llama-shaped, hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads; CPU flags: "
-        f"{cpu_flags()}")
+    log(
+        f"genai: Llama-shaped, hidden {s.hidden}, {s.layers} layers, {s.heads}/{s.kv_heads} heads; "
+        "CPU flags: "
+        f"{cpu_flags()}"
+    )
     work = Path(tempfile.mkdtemp(prefix="genai-", dir=work))
     started = time.perf_counter()
     folders, build_s, deployed = build(s, work, log)
@@ -189,10 +254,24 @@ def run(s: Settings, work: Path, log) -> dict:
     measured = measure(s, folders, no_cache, log)
     del no_cache
     head_dim = s.hidden // s.heads
-    kv_bytes = {str(c): s.layers * 2 * s.kv_heads * c * head_dim * 4 for c in s.contexts}  # fp32 keys and values
-    weight_bytes = {name: per_token_bytes(folder / "model.onnx") for name, folder in folders.items()}
+    kv_bytes = {
+        str(c): s.layers * 2 * s.kv_heads * c * head_dim * 4 for c in s.contexts
+    }  # fp32 keys and values
+    weight_bytes = {
+        name: per_token_bytes(folder / "model.onnx") for name, folder in folders.items()
+    }
     facts = graph_facts(folders)
     large = large_export(s.large, work / "large", log)
-    return {**measured, "weight_bytes": weight_bytes, "kv_bytes": kv_bytes, **facts, "build_s": build_s,
-            "prepare_s": prep_s, "large": large, "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
-            "versions": versions(), "settings": dataclasses.asdict(s)}
+    return {
+        **measured,
+        "weight_bytes": weight_bytes,
+        "kv_bytes": kv_bytes,
+        **facts,
+        "build_s": build_s,
+        "prepare_s": prep_s,
+        "large": large,
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "versions": versions(),
+        "settings": dataclasses.asdict(s),
+    }

@@ -61,34 +61,62 @@ def main(argv=None) -> None:
 
     from .bench_large import build
 
-    phases = [{"phase": "start (Python, torch, the package)", "s": 0.0, "rss": rss(), "peak": peak()}]
+    phases = [
+        {"phase": "start (Python, torch, the package)", "s": 0.0, "rss": rss(), "peak": peak()}
+    ]
 
     def phase(name, fn):
         started = time.perf_counter()
         out = fn()
         gc.collect()
-        phases.append({"phase": name, "s": time.perf_counter() - started, "rss": rss(), "peak": peak()})
-        print(f"  large export: {name}: {phases[-1]['s']:.1f} s, resident {rss() / GiB:.2f} GiB, "
-              f"peak {peak() / GiB:.2f} GiB", file=sys.stderr, flush=True)
+        phases.append(
+            {"phase": name, "s": time.perf_counter() - started, "rss": rss(), "peak": peak()}
+        )
+        print(
+            f"  large export: {name}: {phases[-1]['s']:.1f} s, resident {rss() / GiB:.2f} GiB, "
+            f"peak {peak() / GiB:.2f} GiB",
+            file=sys.stderr,
+            flush=True,
+        )
         return out
 
     model = phase("build the fp32 model", lambda: build(args))
     params = sum(p.numel() for p in model.parameters())
-    print(f"  large export: {params / 1e9:.2f}B parameters, {torch.get_num_threads()} threads", file=sys.stderr,
-          flush=True)
+    print(
+        f"  large export: {params / 1e9:.2f}B parameters, {torch.get_num_threads()} threads",
+        file=sys.stderr,
+        flush=True,
+    )
     ids = torch.randint(2, args.vocab, (2, 16), generator=torch.Generator().manual_seed(1))
     policy = lrc.Policy(method="qalora", bits=4, group_size=32, rank=16)
-    phase("compile (QA-LoRA INT4 g32, rank 16)", lambda m=model: lrc.compile(m, policy, example_inputs=(ids,)))
+    phase(
+        "compile (QA-LoRA INT4 g32, rank 16)",
+        lambda m=model: lrc.compile(m, policy, example_inputs=(ids,)),
+    )
     deployed = phase("fold (split)", lambda m=model: lrc.fold(m))
     del model  # only the folded model goes on: the trained one's fp32 parts are freed here
     phase("drop the trained model", lambda: None)
     out = Path(args.out)
-    phase("export_genai (fused attention, accuracy level 4)",
-          lambda: lrc.export_genai(deployed, out, accuracy_level=4, attention="gqa"))
-    print(json.dumps({"params": params, "layers": args.layers, "hidden": args.hidden,
-                      "intermediate": args.intermediate, "vocab": args.vocab, "threads": torch.get_num_threads(),
-                      "folder_bytes": folder_bytes(out), "phases": phases,
-                      "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
+    phase(
+        "export_genai (fused attention, accuracy level 4)",
+        lambda: lrc.export_genai(deployed, out, accuracy_level=4, attention="gqa"),
+    )
+    print(
+        json.dumps(
+            {
+                "params": params,
+                "layers": args.layers,
+                "hidden": args.hidden,
+                "intermediate": args.intermediate,
+                "vocab": args.vocab,
+                "threads": torch.get_num_threads(),
+                "folder_bytes": folder_bytes(out),
+                "phases": phases,
+                "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent  # where ``python -m benchmarks.ge
 
 
 def one_run(model, prompt: list[int], new: int) -> tuple[float, float]:
-    """(prefill seconds, median decode seconds per token over steps 2..new) of one fresh generator."""
+    """(prefill seconds, median decode seconds per token over steps 2..new) of one fresh
+    generator."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
@@ -45,14 +46,33 @@ def no_cache_session(deployed, path: Path, vocab: int, threads: int):
 
 
 def large_export(shape: tuple[int, int, int, int], out: Path, log) -> dict:
-    """Run ``genai_large`` in a child process; its JSON result, or ``{"error": ...}`` with its last words."""
+    """Run ``genai_large`` in a child process; its JSON result, or ``{"error": ...}`` with its last
+    words."""
     layers, hidden, mlp, vocab = shape
-    log(f"  export cost: a {layers}-layer decoder, hidden {hidden}, MLP {mlp}, vocabulary {vocab}, in a child process")
-    cmd = [sys.executable, "-m", "benchmarks.genai_large", "--out", str(out), "--layers", str(layers),
-           "--hidden", str(hidden), "--intermediate", str(mlp), "--vocab", str(vocab)]
+    log(
+        f"  export cost: a {layers}-layer decoder, hidden {hidden}, MLP {mlp}, vocabulary {vocab}, "
+        "in a child process"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.genai_large",
+        "--out",
+        str(out),
+        "--layers",
+        str(layers),
+        "--hidden",
+        str(hidden),
+        "--intermediate",
+        str(mlp),
+        "--vocab",
+        str(vocab),
+    ]
     started = time.perf_counter()
     tail = []
-    with open(out.with_suffix(".stdout"), "w+") as stdout:  # a file: a full pipe would stall the child
+    with open(
+        out.with_suffix(".stdout"), "w+"
+    ) as stdout:  # a file: a full pipe would stall the child
         child = subprocess.Popen(cmd, cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True)
         for line in child.stderr:  # progress, forwarded as it comes
             if line.startswith("  large export:"):
@@ -64,7 +84,10 @@ def large_export(shape: tuple[int, int, int, int], out: Path, log) -> dict:
         lines = stdout.read().strip().splitlines()
     shutil.rmtree(out, ignore_errors=True)
     if code != 0 or not lines:
-        return {"error": f"the export process exited with status {code}", "stderr_tail": "\n".join(tail)}
+        return {
+            "error": f"the export process exited with status {code}",
+            "stderr_tail": "\n".join(tail),
+        }
     result = json.loads(lines[-1])
     result["wall_s"] = time.perf_counter() - started  # with the child's start-up and imports
     return result

@@ -84,7 +84,9 @@ def per_token_bytes(path: str | os.PathLike) -> int:
     for node in model.graph.node:
         for i, name in enumerate(node.input):
             if name in inits:
-                row = (node.op_type == "Gather" and i == 0) or (node.op_type == "GroupQueryAttention" and i in (7, 8))
+                row = (node.op_type == "Gather" and i == 0) or (
+                    node.op_type == "GroupQueryAttention" and i in (7, 8)
+                )
                 gathered[name] = gathered.get(name, True) and row
     total = 0
     for name, t in inits.items():

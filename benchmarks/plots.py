@@ -40,10 +40,25 @@ def quality(result: dict, out: Path) -> str | None:
             if not mine:
                 continue
             color = f"C{i}"
-            ax.plot([p["bpw"] for p in mine], [p["mean"] for p in mine], color=color, lw=1.2, alpha=0.6, label=method)
-            for p in mine:  # earlier methods drawn larger: points that coincide (RTN, int zeros) stay visible
-                ax.scatter(p["bpw"], p["mean"], color=color, marker=MARKERS.get(p["group"], "D"), s=90 - 10 * i,
-                           zorder=3 + i)
+            ax.plot(
+                [p["bpw"] for p in mine],
+                [p["mean"] for p in mine],
+                color=color,
+                lw=1.2,
+                alpha=0.6,
+                label=method,
+            )
+            for p in (
+                mine
+            ):  # earlier methods drawn larger: points that coincide (RTN, int zeros) stay visible
+                ax.scatter(
+                    p["bpw"],
+                    p["mean"],
+                    color=color,
+                    marker=MARKERS.get(p["group"], "D"),
+                    s=90 - 10 * i,
+                    zorder=3 + i,
+                )
         ax.set_xlabel("bits per weight (codes, scales, zero points, correction)")
         ax.set_ylabel("mean cosine to fp32 (held-out sentences)")
         ax.set_title(f"{title} (marker: o g32, s g64, ^ g128)", fontsize=10)
@@ -77,13 +92,20 @@ def speed(result: dict, out: Path) -> str | None:
     for ax, shape in zip(axes[0], shapes):
         values = [lat[k][shape] * 1000 for k in runners]
         ax.bar(range(len(runners)), values, color=[f"C{i}" for i in range(len(runners))])
-        ax.set_xticks(range(len(runners)), [k.replace("/acc4", "") for k in runners], rotation=45, ha="right",
-                      fontsize=8)
+        ax.set_xticks(
+            range(len(runners)),
+            [k.replace("/acc4", "") for k in runners],
+            rotation=45,
+            ha="right",
+            fontsize=8,
+        )
         ax.set_title(f"batch x seq = {shape}")
         ax.set_ylabel("median latency, ms")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"onnxruntime CPU, hidden {result['settings']['hidden']}, INT4 at accuracy level 4, "
-                 f"{result['ort_threads']} thread(s)")
+    fig.suptitle(
+        f"onnxruntime CPU, hidden {result['settings']['hidden']}, INT4 at accuracy level 4, "
+        f"{result['ort_threads']} thread(s)"
+    )
     return _save(fig, out, "speed.png")
 
 
@@ -93,7 +115,11 @@ def floor(result: dict, out: Path) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
     labels = [f"{r['model']} ({r['threads']} thr)" for r in rows]
-    ax.barh(labels, [r["ratio"] for r in rows], color=["C0" if r["model"] != "fp32" else "C7" for r in rows])
+    ax.barh(
+        labels,
+        [r["ratio"] for r in rows],
+        color=["C0" if r["model"] != "fp32" else "C7" for r in rows],
+    )
     ax.axvline(1, color="k", lw=1)
     ax.axvline(2, color="C3", lw=1, ls="--", label="target: 2x the floor")
     ax.invert_yaxis()
@@ -114,10 +140,18 @@ def training(result: dict, out: Path) -> str | None:
     for i, m in enumerate(methods):
         xs = [j + i * width for j in range(len(sizes))]
         axes[0].bar(xs, [s["methods"][m]["step_s"] for s in sizes], width, label=m, color=f"C{i}")
-        axes[1].bar(xs, [s["methods"][m]["base_bytes"] / 2**20 for s in sizes], width, label=m, color=f"C{i}")
+        axes[1].bar(
+            xs,
+            [s["methods"][m]["base_bytes"] / 2**20 for s in sizes],
+            width,
+            label=m,
+            color=f"C{i}",
+        )
     for ax, label in zip(axes, ("median step time, s", "frozen linear weights, MiB")):
-        ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(sizes))],
-                      [s["size"]["label"] for s in sizes])
+        ax.set_xticks(
+            [j + width * (len(methods) - 1) / 2 for j in range(len(sizes))],
+            [s["size"]["label"] for s in sizes],
+        )
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -145,8 +179,17 @@ def genai(result: dict, out: Path) -> str | None:
     for i, (name, v) in enumerate(decode.items()):
         ms = [v[str(c)] for c in contexts]
         axes[0].plot(contexts, ms, marker="o", color=f"C{i}", label=name)
-        floor = [result["bandwidth"] / (result["weight_bytes"][name] + result["kv_bytes"][str(c)]) for c in contexts]
-        axes[1].plot(contexts, [1000 / m / f for m, f in zip(ms, floor)], marker="o", color=f"C{i}", label=name)
+        floor = [
+            result["bandwidth"] / (result["weight_bytes"][name] + result["kv_bytes"][str(c)])
+            for c in contexts
+        ]
+        axes[1].plot(
+            contexts,
+            [1000 / m / f for m, f in zip(ms, floor)],
+            marker="o",
+            color=f"C{i}",
+            label=name,
+        )
     axes[0].set_ylabel("decode ms/token (median)")
     axes[1].set_ylabel("tokens/s / bandwidth-floor tokens/s")
     axes[1].set_ylim(0, 1)
@@ -156,6 +199,8 @@ def genai(result: dict, out: Path) -> str | None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     s = result["settings"]
-    fig.suptitle(f"onnxruntime-genai decode, hidden {s['hidden']}, {s['layers']} layers, INT4 g32, "
-                 f"{s['threads']} thread(s)")
+    fig.suptitle(
+        f"onnxruntime-genai decode, hidden {s['hidden']}, {s['layers']} layers, INT4 g32, "
+        f"{s['threads']} thread(s)"
+    )
     return _save(fig, out, "genai.png")

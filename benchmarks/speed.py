@@ -44,31 +44,51 @@ INT4 = ("ort-rtn", "ours-int", "ours-split", "ours-qdq")
 class Settings:
     hidden: int = 2048
     layers: int = 2
-    shapes: tuple[tuple[int, int], ...] = ((1, 1), (1, 16), (1, 128), (8, 128))  # 1 x 1: one decoding step
+    shapes: tuple[tuple[int, int], ...] = (
+        (1, 1),
+        (1, 16),
+        (1, 128),
+        (8, 128),
+    )  # 1 x 1: one decoding step
     repeats: tuple[int, ...] = (15, 15, 9, 5)  # per shape: the large ones take seconds a run
     threads: int = 1
     formats: tuple[str, ...] = ("int", "split", "qdq")  # ours
-    control: bool = True  # onnxruntime's file in a second session too: the noise of a ratio of equals
+    control: bool = (
+        True  # onnxruntime's file in a second session too: the noise of a ratio of equals
+    )
 
     def __post_init__(self):
-        check_settings("speed", hidden=self.hidden, layers=self.layers, shapes=self.shapes, repeats=self.repeats,
-                       threads=self.threads)
+        check_settings(
+            "speed",
+            hidden=self.hidden,
+            layers=self.layers,
+            shapes=self.shapes,
+            repeats=self.repeats,
+            threads=self.threads,
+        )
         check_model("speed", self.hidden, self.formats)
         if len(self.repeats) != len(self.shapes):
-            raise ValueError(f"speed.repeats needs one count per shape ({len(self.shapes)}), got {self.repeats!r}")
+            raise ValueError(
+                f"speed.repeats needs one count per shape ({len(self.shapes)}), got "
+                f"{self.repeats!r}"
+            )
 
 
 def check_model(where: str, hidden: int, formats: tuple[str, ...]) -> None:
     if hidden % 128:
         raise ValueError(f"{where}.hidden must be a multiple of 128 (heads of 128), got {hidden!r}")
     if not formats or not set(formats) <= {"int", "split", "qdq"}:
-        raise ValueError(f"{where}.formats must be drawn from ('int', 'split', 'qdq'), got {formats!r}")
+        raise ValueError(
+            f"{where}.formats must be drawn from ('int', 'split', 'qdq'), got {formats!r}"
+        )
 
 
 def session(path: Path, level: int, threads: int) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    if threads > 1:  # idle pool threads spin by default, stealing the cores of the session that runs next
+    if (
+        threads > 1
+    ):  # idle pool threads spin by default, stealing the cores of the session that runs next
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(level))
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -79,7 +99,9 @@ def ort_rtn(src: Path, dst: Path) -> Path:
     return ort_quantize(src, dst, bits=4, group_size=32)  # accuracy level 0
 
 
-def prepare(hidden: int, layers: int, work: Path, log, formats=("int", "split", "qdq")) -> dict[str, Path]:
+def prepare(
+    hidden: int, layers: int, work: Path, log, formats=("int", "split", "qdq")
+) -> dict[str, Path]:
     """The ONNX files (reused when a section before wrote them): each INT4 one at accuracy
     level 0, and for MatMulNBits files a copy at level 4 (``<name>_acc4``)."""
     x = torch.randint(2, VOCAB, (2, 8))
@@ -106,17 +128,22 @@ def prepare(hidden: int, layers: int, work: Path, log, formats=("int", "split", 
             log("  ours (integer zeros): compile, fold")
             model = bench_onnx.ours(hidden, layers, "int", "split", x)
         log(f"  ours ({fmt}): export")
-        export_onnx(model, path, example_inputs=(x,), format="qdq" if fmt == "qdq" else "matmulnbits")
+        export_onnx(
+            model, path, example_inputs=(x,), format="qdq" if fmt == "qdq" else "matmulnbits"
+        )
     del model
     for name in ("ort-rtn", "ours-int", "ours-split"):
         if name in files:
             acc4 = files[name].with_name(files[name].stem + "_acc4.onnx")
-            files[f"{name}_acc4"] = acc4 if acc4.exists() else set_accuracy_level(files[name], acc4, 4)
+            files[f"{name}_acc4"] = (
+                acc4 if acc4.exists() else set_accuracy_level(files[name], acc4, 4)
+            )
     return files
 
 
-def runners_for(files: dict[str, Path], threads: int, levels=(0, 4), control: bool = False
-                ) -> dict[str, ort.InferenceSession]:
+def runners_for(
+    files: dict[str, Path], threads: int, levels=(0, 4), control: bool = False
+) -> dict[str, ort.InferenceSession]:
     """``name/accN`` -> session; fp32 as ``fp32``; with ``control``, ``ort-rtn-again/accN``: a
     second session on onnxruntime's own file, whose ratio to the first is what two equal
     files measure as (the noise a ratio target is read against)."""
@@ -126,7 +153,11 @@ def runners_for(files: dict[str, Path], threads: int, levels=(0, 4), control: bo
         if source not in files:
             continue
         for level in levels:
-            path = files[f"{source}_acc4"] if level == 4 and f"{source}_acc4" in files else files[source]
+            path = (
+                files[f"{source}_acc4"]
+                if level == 4 and f"{source}_acc4" in files
+                else files[source]
+            )
             out[f"{name}/acc{level}"] = session(path, level, threads)
     return out
 
@@ -144,7 +175,9 @@ def run(s: Settings, work: Path, log) -> dict:
     latency: dict[str, dict[str, float]] = {k: {} for k in [*sessions, "torch-fp32"]}
     try:
         for i, ((batch, seq), repeats) in enumerate(zip(s.shapes, s.repeats)):
-            log(f"  batch {batch} x seq {seq}: {len(latency)} runners interleaved, {repeats} rounds")
+            log(
+                f"  batch {batch} x seq {seq}: {len(latency)} runners interleaved, {repeats} rounds"
+            )
             ids = np.random.default_rng(0).integers(2, VOCAB, (batch, seq), dtype=np.int64)
             feed, ids_t = {"input_ids": ids}, torch.from_numpy(ids)
             runners = {k: (lambda sess=sess: sess.run(None, feed)) for k, sess in sessions.items()}
@@ -160,6 +193,14 @@ def run(s: Settings, work: Path, log) -> dict:
                 latency[k][f"{batch}x{seq}"] = v
     finally:
         torch.set_num_threads(threads_before)
-    sizes = {k: (file_bytes(p), *linear_weights(p)) for k, p in files.items() if not k.endswith("_acc4")}
-    return {"latency_s": latency, "sizes": sizes, "params": params, "prepare_s": prep_s,
-            "settings": dataclasses.asdict(s), "ort_threads": s.threads}
+    sizes = {
+        k: (file_bytes(p), *linear_weights(p)) for k, p in files.items() if not k.endswith("_acc4")
+    }
+    return {
+        "latency_s": latency,
+        "sizes": sizes,
+        "params": params,
+        "prepare_s": prep_s,
+        "settings": dataclasses.asdict(s),
+        "ort_threads": s.threads,
+    }

@@ -1,4 +1,5 @@
-"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT (INT4,
+"""5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT
+(INT4,
 with and without trained scales).
 
 For each model size (the hand-written GPT of ``lowrank_compiler.toy``, random weights),
@@ -32,11 +33,15 @@ from pathlib import Path
 
 from .common import check_settings
 
-METHODS = {"LoRA over fp32": {"method": "lora"}, "QLoRA (NF4)": {"method": "qlora"},
-           "QA-LoRA (INT4 g32)": {"method": "qalora"}, "LR-QAT (INT4 g32)": {"method": "lrqat"},
-           # the jobs' settings: each group's scale trained too (the scale gradient costs a [N, K] product)
-           "QA-LoRA + scales (INT4 g32)": {"method": "qalora", "train_scales": True},
-           "LR-QAT + scales (INT4 g32)": {"method": "lrqat", "train_scales": True}}
+METHODS = {
+    "LoRA over fp32": {"method": "lora"},
+    "QLoRA (NF4)": {"method": "qlora"},
+    "QA-LoRA (INT4 g32)": {"method": "qalora"},
+    "LR-QAT (INT4 g32)": {"method": "lrqat"},
+    # the jobs' settings: each group's scale trained too (the scale gradient costs a [N, K] product)
+    "QA-LoRA + scales (INT4 g32)": {"method": "qalora", "train_scales": True},
+    "LR-QAT + scales (INT4 g32)": {"method": "lrqat", "train_scales": True},
+}
 
 
 @dataclass(frozen=True)
@@ -49,16 +54,27 @@ class Size:
     seq: int
 
     def __post_init__(self):
-        check_settings(f"training size {self.label!r}", n_layer=self.n_layer, n_embd=self.n_embd, vocab=self.vocab,
-                       batch=self.batch, seq=self.seq)
+        check_settings(
+            f"training size {self.label!r}",
+            n_layer=self.n_layer,
+            n_embd=self.n_embd,
+            vocab=self.vocab,
+            batch=self.batch,
+            seq=self.seq,
+        )
         if self.n_embd % 64:
-            raise ValueError(f"training size {self.label!r}: n_embd must be a multiple of 64 (heads of 64), "
-                             f"got {self.n_embd!r}")
+            raise ValueError(
+                f"training size {self.label!r}: n_embd must be a multiple of 64 (heads of 64), "
+                f"got {self.n_embd!r}"
+            )
 
 
 @dataclass(frozen=True)
 class Settings:
-    sizes: tuple[Size, ...] = (Size("~20M", 6, 512, 4096, 8, 128), Size("~100M", 12, 768, 16384, 4, 128))
+    sizes: tuple[Size, ...] = (
+        Size("~20M", 6, 512, 4096, 8, 128),
+        Size("~100M", 12, 768, 16384, 4, 128),
+    )
     steps: int = 4  # timed rounds, after one warm-up round
 
     def __post_init__(self):
@@ -106,31 +122,55 @@ def trainer(conn, size: Size, policy: dict) -> None:
     try:
         rss_imports = _status_kib("VmRSS")
         torch.manual_seed(0)
-        cfg = GPTConfig(vocab_size=size.vocab, block_size=size.seq, n_layer=size.n_layer, n_head=size.n_embd // 64,
-                        n_embd=size.n_embd)
+        cfg = GPTConfig(
+            vocab_size=size.vocab,
+            block_size=size.seq,
+            n_layer=size.n_layer,
+            n_head=size.n_embd // 64,
+            n_embd=size.n_embd,
+        )
         model = TinyGPT(cfg)
         params = sum(p.numel() for p in model.parameters())
         lrc.compile(model, lrc.Policy(rank=16, alpha=32, bits=4, group_size=32, **policy))
-        x = torch.randint(0, size.vocab, (size.batch, size.seq + 1), generator=torch.Generator().manual_seed(1))
+        x = torch.randint(
+            0, size.vocab, (size.batch, size.seq + 1), generator=torch.Generator().manual_seed(1)
+        )
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         base_bytes, weights = base_linear_bytes(model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         gc.collect()
-        _trim()  # hand back heap pages freed when the fp32 weights were replaced: the build is not training
+        # hand back heap pages freed when the fp32 weights were replaced: the build is not training
+        _trim()
         rss_model = _status_kib("VmRSS")
         reset = _reset_peak()
-        conn.send({"params": params, "trainable": trainable, "base_bytes": base_bytes, "weights": weights,
-                   "rss_imports_kib": rss_imports, "rss_model_kib": rss_model, "peak_reset": reset})
+        conn.send(
+            {
+                "params": params,
+                "trainable": trainable,
+                "base_bytes": base_bytes,
+                "weights": weights,
+                "rss_imports_kib": rss_imports,
+                "rss_model_kib": rss_model,
+                "peak_reset": reset,
+            }
+        )
         while conn.recv() == "step":
             t = time.perf_counter()
             logits = model(x[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
             conn.send(time.perf_counter() - t)
         peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send({"peak_kib": peak, "peak_source": "VmHWM over the steps" if reset else "ru_maxrss (lifetime)"})
+        conn.send(
+            {
+                "peak_kib": peak,
+                "peak_source": "VmHWM over the steps" if reset else "ru_maxrss (lifetime)",
+            }
+        )
     except BaseException as e:  # tell the parent, which would otherwise wait forever
         conn.send({"error": f"{type(e).__name__}: {e}"})
         raise
@@ -170,7 +210,9 @@ def measure(size: Size, steps: int, log) -> dict:
 def _reply(conn, proc, name: str):
     while not conn.poll(5.0):
         if not proc.is_alive():
-            raise RuntimeError(f"the {name} trainer process exited with code {proc.exitcode} before answering")
+            raise RuntimeError(
+                f"the {name} trainer process exited with code {proc.exitcode} before answering"
+            )
     msg = conn.recv()
     if isinstance(msg, dict) and "error" in msg:
         raise RuntimeError(f"the {name} trainer process failed: {msg['error']}")
@@ -180,7 +222,10 @@ def _reply(conn, proc, name: str):
 def run(s: Settings, work: Path, log) -> dict:
     out = []
     for size in s.sizes:
-        log(f"training: {size.label} GPT ({size.n_layer} layers, width {size.n_embd}), batch {size.batch} x "
-            f"seq {size.seq}, one process per method")
+        log(
+            f"training: {size.label} GPT ({size.n_layer} layers, width {size.n_embd}), batch "
+            f"{size.batch} x "
+            f"seq {size.seq}, one process per method"
+        )
         out.append(measure(size, s.steps, log))
     return {"sizes": out, "settings": dataclasses.asdict(s)}

@@ -1,4 +1,5 @@
-"""A hand-written GPT through the whole LoRA path: trace with torch.fx, rewrite, read the dumps, train.
+"""A hand-written GPT through the whole LoRA path: trace with torch.fx, rewrite, read the dumps,
+train.
 
     python examples/custom_gpt.py --steps 100 --dump-dir out/custom_gpt
 
@@ -27,8 +28,12 @@ def main(argv=None) -> float:
 
     torch.manual_seed(0)
     model = TinyGPT(GPTConfig(n_layer=2, n_embd=64, n_head=4))
-    policy = lrc.Policy(target=["attn.q_proj", "attn.v_proj", "mlp.*"], rank=args.rank, alpha=2.0 * args.rank)
-    lrc.compile(model, policy, dump_dir=args.dump_dir)  # no example inputs: torch.fx symbolic tracing
+    policy = lrc.Policy(
+        target=["attn.q_proj", "attn.v_proj", "mlp.*"], rank=args.rank, alpha=2.0 * args.rank
+    )
+    lrc.compile(
+        model, policy, dump_dir=args.dump_dir
+    )  # no example inputs: torch.fx symbolic tracing
     print(lrc.summary(model))
     print(f"\npipeline: {lrc.compile_info(model).pipeline}")
     for path in sorted(Path(args.dump_dir).glob("*.txt")):

@@ -1,4 +1,5 @@
-"""An edge LLM end to end: HF Llama -> QA-LoRA INT4 -> train on labels -> fold -> onnxruntime-genai folder
+"""An edge LLM end to end: HF Llama -> QA-LoRA INT4 -> train on labels -> fold -> onnxruntime-genai
+folder
 -> onnxruntime-genai and our own KV-cache loop generate the folded model's tokens.
 
     python examples/decoder_genai.py --steps 60 --out out/llama-genai
@@ -47,14 +48,26 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(2, 256, (4, 32))
 
-    lrc.compile(model, lrc.Policy(method="qalora", bits=4, group_size=32, rank=8, alpha=16),
-                example_inputs=(ids[:2, :8],))
+    lrc.compile(
+        model,
+        lrc.Policy(method="qalora", bits=4, group_size=32, rank=8, alpha=16),
+        example_inputs=(ids[:2, :8],),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for step in range(1, args.steps + 1):
         loss = model(ids, labels=ids).loss
@@ -66,18 +79,32 @@ def main(argv=None) -> dict:
 
     deployed = lrc.fold(model)
     folder = lrc.export_genai(deployed, args.out, accuracy_level=0)
-    print(f"onnxruntime-genai folder: {folder} ({', '.join(sorted(p.name for p in Path(folder).iterdir()))})")
+    print(
+        f"onnxruntime-genai folder: {folder} "
+        f"({', '.join(sorted(p.name for p in Path(folder).iterdir()))})"
+    )
     prompt = ids[0, :6].tolist()
     with torch.no_grad():
-        want = deployed.generate(torch.tensor([prompt]), max_new_tokens=args.new_tokens, do_sample=False,
-                                 eos_token_id=None)[0, len(prompt):].tolist()
-    ours = lrc.runtime.load(folder).generate([prompt], max_new_tokens=args.new_tokens,
-                                             eos_token_id=[])[0, len(prompt):].tolist()
+        want = deployed.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=args.new_tokens,
+            do_sample=False,
+            eos_token_id=None,
+        )[0, len(prompt) :].tolist()
+    ours = (
+        lrc.runtime.load(folder)
+        .generate([prompt], max_new_tokens=args.new_tokens, eos_token_id=[])[0, len(prompt) :]
+        .tolist()
+    )
     theirs = og_greedy(Path(folder), prompt, args.new_tokens)
     print("folded PyTorch model :", want)
     print("our KV-cache loop    :", ours, "(equal)" if ours == want else "(DIFFERENT)")
     if theirs is not None:
-        print("onnxruntime-genai    :", theirs, "(equal)" if theirs == want[:len(theirs)] else "(DIFFERENT)")
+        print(
+            "onnxruntime-genai    :",
+            theirs,
+            "(equal)" if theirs == want[: len(theirs)] else "(DIFFERENT)",
+        )
     return {"torch": want, "ours": ours, "onnxruntime_genai": theirs, "loss": loss.item()}
 
 

@@ -28,9 +28,18 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=256, max_position_embeddings=128,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=256,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     model = LlamaForCausalLM(cfg).eval()
     ids = torch.randint(2, 256, (4, 32))
 
@@ -58,14 +67,23 @@ def main(argv=None) -> dict:
         ref = deployed(ids[:3, :20]).logits
     got = session(ids[:3, :20])
     parity = ((got - ref).abs().max() / ref.abs().max()).item()
-    print(f"ONNX {path} ({path.stat().st_size / 1024:.0f} KiB): pure int4 {report.is_pure_int4}, "
-          f"max |onnxruntime - torch| / max |y| = {parity:.2e}")
+    print(
+        f"ONNX {path} ({path.stat().st_size / 1024:.0f} KiB): pure int4 {report.is_pure_int4}, "
+        f"max |onnxruntime - torch| / max |y| = {parity:.2e}"
+    )
     prompt = ids[:1, :6]
-    print("greedy continuation (folded model):",
-          deployed.generate(prompt, max_new_tokens=8, do_sample=False)[0, 6:].tolist())
+    print(
+        "greedy continuation (folded model):",
+        deployed.generate(prompt, max_new_tokens=8, do_sample=False)[0, 6:].tolist(),
+    )
     print("dumps:", ", ".join(sorted(p.name for p in (out / "dumps").iterdir())))
-    return {"first_loss": first, "last_loss": loss.item(), "parity": parity, "pure": report.is_pure_int4,
-            "fold_error": max(errors.values())}
+    return {
+        "first_loss": first,
+        "last_loss": loss.item(),
+        "parity": parity,
+        "pure": report.is_pure_int4,
+        "fold_error": max(errors.values()),
+    }
 
 
 if __name__ == "__main__":

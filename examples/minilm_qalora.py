@@ -1,4 +1,5 @@
-"""The distillation job as a script: MiniLM -> LR-QAT INT4 (or QA-LoRA) -> distil -> fold -> ONNX -> onnxruntime.
+"""The distillation job as a script: MiniLM -> LR-QAT INT4 (or QA-LoRA) -> distil -> fold -> ONNX ->
+onnxruntime.
 
     python examples/minilm_qalora.py --steps 300 --group-size 32 --out out/minilm
 

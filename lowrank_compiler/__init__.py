@@ -1,8 +1,8 @@
 """lowrank-compiler: compiler-style LoRA / QA-LoRA rewriting of PyTorch Transformers.
 
-    import lowrank_compiler as lrc
-    model = lrc.compile(model, lrc.Policy(rank=8, target=["q_proj", "v_proj"]))
-    print(lrc.summary(model))
+import lowrank_compiler as lrc
+model = lrc.compile(model, lrc.Policy(rank=8, target=["q_proj", "v_proj"]))
+print(lrc.summary(model))
 """
 
 from .adapters import load_adapters, save_adapters

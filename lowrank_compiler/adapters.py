@@ -53,10 +53,14 @@ def adapter_tensors(name: str, layer: AdapterLayer) -> dict[str, nn.Parameter]:
 
 
 def layer_identity(layer: nn.Module) -> dict[str, Any]:
-    """What a layer was compiled from: its base's tensors (dtype, shape) and one sha256 over them."""
+    """What a layer was compiled from: its base's tensors (dtype, shape) and one sha256 over
+    them."""
     base = layer.base if isinstance(layer, AdapterLayer) else layer
     tensors = base.state_dict()
-    return {"tensors": {k: spec_of(t) for k, t in tensors.items()}, "sha256": digest_tensors(tensors)}
+    return {
+        "tensors": {k: spec_of(t) for k, t in tensors.items()},
+        "sha256": digest_tensors(tensors),
+    }
 
 
 def base_identity(layers: list[tuple[str, nn.Module]]) -> dict[str, dict[str, Any]]:
@@ -68,8 +72,10 @@ def identity_mismatch(saved: dict[str, dict], here: dict[str, dict]) -> str | No
     for name, was in saved.items():
         now = here.get(name)
         if now is None:
-            return (f"layer {name!r} of the saved record is not a rewritten layer of this model "
-                    f"(it has {len(here)}: {_names(here)})")
+            return (
+                f"layer {name!r} of the saved record is not a rewritten layer of this model "
+                f"(it has {len(here)}: {_names(here)})"
+            )
         for key, spec in was["tensors"].items():
             other = now["tensors"].get(key)
             if other is None:
@@ -78,13 +84,21 @@ def identity_mismatch(saved: dict[str, dict], here: dict[str, dict]) -> str | No
                 return f"layer {name!r}: base tensor {key!r} was {spec} saved, {other} here"
         extra = sorted(set(now["tensors"]) - set(was["tensors"]))
         if extra:
-            return f"layer {name!r}: this model's base has tensor {extra[0]!r}, the saved one had not"
+            return (
+                f"layer {name!r}: this model's base has tensor {extra[0]!r}, the saved one had not"
+            )
         if was["sha256"] != now["sha256"]:
-            return (f"layer {name!r}: same shapes, different base weights (sha256 {was['sha256'][:12]} saved, "
-                    f"{now['sha256'][:12]} here)")
+            return (
+                f"layer {name!r}: same shapes, different base weights (sha256 {was['sha256'][:12]} "
+                "saved, "
+                f"{now['sha256'][:12]} here)"
+            )
     extra = [n for n in here if n not in saved]
     if extra:
-        return f"this model's layer {extra[0]!r} is not in the saved record ({len(extra)} more layer(s) than saved)"
+        return (
+            f"this model's layer {extra[0]!r} is not in the saved record ({len(extra)} more "
+            "layer(s) than saved)"
+        )
     return None
 
 
@@ -103,8 +117,10 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
     layers = adapter_layers(model)
     info = compile_info(model)
     if info is None or not layers:
-        raise AdapterError("the model holds no adapter layers to save: compile it with method 'lora', 'qalora' "
-                           "or 'qlora' (a folded or 'rtn' model has none)")
+        raise AdapterError(
+            "the model holds no adapter layers to save: compile it with method 'lora', 'qalora' "
+            "or 'qlora' (a folded or 'rtn' model has none)"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors, records = {}, {}
@@ -112,22 +128,46 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
     for name, layer in layers:
         own = adapter_tensors(name, layer)
         tensors.update(own)
-        records[name] = {**_settings(layer), "adapter": {k: spec_of(p) for k, p in own.items()},
-                         "base": identity[name]}
+        records[name] = {
+            **_settings(layer),
+            "adapter": {k: spec_of(p) for k, p in own.items()},
+            "base": identity[name],
+        }
     digest = write_tensors(directory / TENSORS, tensors, metadata={"format": FORMAT})
-    config = {"format": FORMAT, "version": VERSION, "policy": info.policy.to_dict(),
-              "tensors": {"file": TENSORS, "sha256": digest}, "layers": records}
-    write_atomic(directory / CONFIG, json.dumps(config, indent=1) + "\n")  # last: it vouches for the file
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "policy": info.policy.to_dict(),
+        "tensors": {"file": TENSORS, "sha256": digest},
+        "layers": records,
+    }
+    write_atomic(
+        directory / CONFIG, json.dumps(config, indent=1) + "\n"
+    )  # last: it vouches for the file
     return directory
 
 
 def read_config(directory: Path) -> dict[str, Any]:
-    config, path = read_json_record(directory, CONFIG, fmt=FORMAT, version=VERSION, error=AdapterError,
-                                    what="adapter", writer="save_adapters", kind="lowrank-compiler adapter config")
+    config, path = read_json_record(
+        directory,
+        CONFIG,
+        fmt=FORMAT,
+        version=VERSION,
+        error=AdapterError,
+        what="adapter",
+        writer="save_adapters",
+        kind="lowrank-compiler adapter config",
+    )
     layers, tensors = config.get("layers"), config.get("tensors")
-    if not (isinstance(layers, dict) and isinstance(tensors, dict) and isinstance(tensors.get("sha256"), str)
-            and all(isinstance(r, dict) and {"base", "adapter"} <= set(r) for r in layers.values())):
-        raise AdapterError(f"{str(path)!r} is damaged: it lacks the layer records or the tensor file's sha256")
+    if not (
+        isinstance(layers, dict)
+        and isinstance(tensors, dict)
+        and isinstance(tensors.get("sha256"), str)
+        and all(isinstance(r, dict) and {"base", "adapter"} <= set(r) for r in layers.values())
+    ):
+        raise AdapterError(
+            f"{str(path)!r} is damaged: it lacks the layer records or the tensor file's sha256"
+        )
     return config
 
 
@@ -138,30 +178,49 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     config = read_config(directory)
     layers = dict(adapter_layers(model))
     if not layers:
-        raise AdapterError("the model holds no adapter layers: compile the base model with the saved policy "
-                           f"({config['policy'].get('method')!r}) first, then load the adapters into it")
+        raise AdapterError(
+            "the model holds no adapter layers: compile the base model with the saved policy "
+            f"({config['policy'].get('method')!r}) first, then load the adapters into it"
+        )
     saved = config["layers"]
-    for name, record in saved.items():  # settings first: a different rank or alpha is a different adapter
+    for (
+        name,
+        record,
+    ) in saved.items():  # settings first: a different rank or alpha is a different adapter
         layer = layers.get(name)
         if layer is None:
             continue  # reported below, in words
         here = _settings(layer)
         for key in SETTINGS:
             if record.get(key) != here[key]:
-                raise AdapterError(f"adapters in {str(directory)!r} do not fit this model: layer {name!r} has "
-                                   f"{key} {record.get(key)!r} saved, {here[key]!r} here")
-    problem = identity_mismatch({n: r["base"] for n, r in saved.items()}, base_identity(list(layers.items())))
+                raise AdapterError(
+                    f"adapters in {str(directory)!r} do not fit this model: layer {name!r} has "
+                    f"{key} {record.get(key)!r} saved, {here[key]!r} here"
+                )
+    problem = identity_mismatch(
+        {n: r["base"] for n, r in saved.items()}, base_identity(list(layers.items()))
+    )
     if problem:
-        raise AdapterError(f"adapters in {str(directory)!r} were saved from a different base model: {problem}")
-    targets = {k: p for name, layer in layers.items() for k, p in adapter_tensors(name, layer).items()}
+        raise AdapterError(
+            f"adapters in {str(directory)!r} were saved from a different base model: {problem}"
+        )
+    targets = {
+        k: p for name, layer in layers.items() for k, p in adapter_tensors(name, layer).items()
+    }
     expected = {k: spec_of(p) for k, p in targets.items()}
     recorded = {k: s for r in saved.values() for k, s in r["adapter"].items()}
     if recorded != expected:
         key = next(k for k in list(expected) + list(recorded) if expected.get(k) != recorded.get(k))
-        raise AdapterError(f"adapters in {str(directory)!r}: tensor {key!r} is {recorded.get(key)} saved, "
-                           f"{expected.get(key)} in this model")
-    tensors = read_tensors(directory / TENSORS, sha256=config["tensors"]["sha256"],
-                           expected=expected, what="adapter file")
+        raise AdapterError(
+            f"adapters in {str(directory)!r}: tensor {key!r} is {recorded.get(key)} saved, "
+            f"{expected.get(key)} in this model"
+        )
+    tensors = read_tensors(
+        directory / TENSORS,
+        sha256=config["tensors"]["sha256"],
+        expected=expected,
+        what="adapter file",
+    )
     with torch.no_grad():
         for key, p in targets.items():
             p.copy_(tensors[key])

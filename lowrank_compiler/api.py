@@ -25,9 +25,9 @@ from .pipeline_text import Pipeline
 from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.files import check_dir, write_atomic
-from .runtime.quant.formats import FOLD_ZEROS, check_choice
 from .runtime.layers.int_linear import IntLinear
 from .runtime.layers.lora import AdapterLayer
+from .runtime.quant.formats import FOLD_ZEROS, check_choice
 from .trace import adapter_graph, trace
 
 INFO_ATTR = "lowrank_compiler_info"
@@ -43,17 +43,22 @@ class CompileInfo:
     linears: list[G.LinearOp]
     stats: dict[str, dict[str, Any]]
     graph: fx.GraphModule | None = field(default=None, repr=False)
-    fold_errors: dict[str, float] | None = None  # per folded layer: max|y_fold - y| / max|y| on a probe
+    fold_errors: dict[str, float] | None = (
+        None  # per folded layer: max|y_fold - y| / max|y| on a probe
+    )
 
     def __getstate__(self):
-        """Pickling (``torch.save(model)``) leaves the graph out: its generated code does not pickle.
+        """Pickling (``torch.save(model)``) leaves the graph out: its generated code does not
+        pickle.
         ``fold`` rebuilds a graph of the adapter layers when it finds none."""
         return {**self.__dict__, "graph": None}
 
     def __deepcopy__(self, memo):
         new = object.__new__(type(self))
         memo[id(self)] = new
-        new.__dict__.update(copy.deepcopy(self.__dict__, memo))  # graph included, mapped onto the copied model
+        new.__dict__.update(
+            copy.deepcopy(self.__dict__, memo)
+        )  # graph included, mapped onto the copied model
         return new
 
 
@@ -64,12 +69,21 @@ def _as_policy(policy) -> Policy:
         return Policy.from_dict(policy)
     if isinstance(policy, (str, os.PathLike)):
         return Policy.from_file(policy)
-    raise PolicyError(f"policy must be a Policy, a dict or a .json/.toml path, got {type(policy).__name__}")
+    raise PolicyError(
+        f"policy must be a Policy, a dict or a .json/.toml path, got {type(policy).__name__}"
+    )
 
 
-def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | None = None, *,
-            example_inputs=None, example_kwargs=None, calibration=None, dump_dir=None,
-            trace_mode: str = "auto") -> nn.Module:
+def compile(
+    model: nn.Module,
+    policy: Policy | Mapping | str | os.PathLike | None = None,
+    *,
+    example_inputs=None,
+    example_kwargs=None,
+    calibration=None,
+    dump_dir=None,
+    trace_mode: str = "auto",
+) -> nn.Module:
     """Rewrite ``model``'s targeted linear layers as ``policy`` says; return the model.
 
     example_inputs / example_kwargs: one call's arguments; given, the model is traced
@@ -86,18 +100,23 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
     compiled = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
     if compiled:
         raise LowRankError(
-            f"model is already compiled: {len(compiled)} layer(s) hold adapters ({', '.join(compiled[:3])}"
+            f"model is already compiled: {len(compiled)} layer(s) hold adapters "
+            f"({', '.join(compiled[:3])}"
             f"{', ...' if len(compiled) > 3 else ''}); compile the original model instead"
         )
     if dump_dir is not None:
         dump_dir = Path(dump_dir)
         check_dir(dump_dir, "dump_dir")
     if policy.quantizer == "gptq" and calibration is None:
-        raise PolicyError("quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, ...]), "
-                          "each batch what the model takes, e.g. a tokenizer's output")
+        raise PolicyError(
+            "quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, "
+            "...]), "
+            "each batch what the model takes, e.g. a tokenizer's output"
+        )
     batches = list(calibration) if calibration is not None else None
-    pipeline = policy.pipeline(calibration_record(batches) if batches is not None and policy.quantizer == "gptq"
-                               else None)
+    pipeline = policy.pipeline(
+        calibration_record(batches) if batches is not None and policy.quantizer == "gptq" else None
+    )
     gm = trace(model, example_inputs, example_kwargs, trace_mode)
     if batches is not None:
         gm.meta[G.CALIBRATION] = batches
@@ -132,7 +151,12 @@ def compile(model: nn.Module, policy: Policy | Mapping | str | os.PathLike | Non
 
 def _freeze_base(model: nn.Module) -> None:
     """Only adapter weights train: embeddings, norms and bases are frozen."""
-    adapters = {id(p) for m in model.modules() if isinstance(m, AdapterLayer) for p in m.adapter_parameters()}
+    adapters = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, AdapterLayer)
+        for p in m.adapter_parameters()
+    }
     for p in model.parameters():
         p.requires_grad_(id(p) in adapters)
 
@@ -159,15 +183,21 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
         raise TypeError(f"fold expects a torch.nn.Module, got {type(model).__name__}")
     info = compile_info(model)
     if info is None:
-        raise LowRankError("model was not produced by lowrank_compiler.compile: there is nothing to fold")
+        raise LowRankError(
+            "model was not produced by lowrank_compiler.compile: there is nothing to fold"
+        )
     if not any(isinstance(m, AdapterLayer) for m in model.modules()):
-        raise LowRankError("model holds no adapter layers (already folded, or compiled with method='rtn')")
+        raise LowRankError(
+            "model holds no adapter layers (already folded, or compiled with method='rtn')"
+        )
     check_choice(zeros, FOLD_ZEROS, "zeros")
     if dump_dir is not None:
         check_dir(Path(dump_dir), "dump_dir")
     pipeline = info.policy.fold_pipeline(zeros)
     done = len(Pipeline.parse(info.pipeline).passes)
-    with warnings.catch_warnings():  # torch.export's graph modules warn about pytree internals on copy
+    with (
+        warnings.catch_warnings()
+    ):  # torch.export's graph modules warn about pytree internals on copy
         warnings.simplefilter("ignore", FutureWarning)
         # the graph in its info is copied along and points at the copy's modules; the integer
         # codes are shared, not copied: uint8 buffers nothing writes (they cannot train)

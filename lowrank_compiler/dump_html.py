@@ -30,18 +30,23 @@ _NEXT = "<!--next-->"  # where a page's link to the following one goes once that
 _ENTRY = re.compile(r'<script type="application/json" id="lrc-pass">(.*?)</script>', re.S)
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;background:#f6f7fb;color:#1d2433}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe
+UI",sans-serif;margin:0;background:#f6f7fb;color:#1d2433}
 header{background:#1f2a44;color:#fff;padding:14px 24px}
-header h1{font-size:20px;margin:0 0 4px}header .sub{color:#b9c3dc;font-family:ui-monospace,monospace;font-size:12px}
+header h1{font-size:20px;margin:0 0 4px}header
+.sub{color:#b9c3dc;font-family:ui-monospace,monospace;font-size:12px}
 nav{padding:8px 24px;background:#e7ebf5;font-size:13px}nav a{margin-right:18px;color:#2747a8}
 main{padding:16px 24px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:14px}
-.card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 3px #0002;min-width:110px}
+.card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 3px
+#0002;min-width:110px}
 .card b{display:block;font-size:22px}.card span{color:#5a6478;font-size:12px}
 .card.added b{color:#1f8a4c}.card.rewritten b{color:#b07800}.card.removed b{color:#c0392b}
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 3px #0002;width:100%}
-th{background:#33415f;color:#fff;text-align:left;padding:6px 8px;font-weight:600;position:sticky;top:0}
-td{padding:3px 8px;border-bottom:1px solid #e6e9f0;vertical-align:top;font-family:ui-monospace,monospace;font-size:12px}
+th{background:#33415f;color:#fff;text-align:left;padding:6px
+8px;font-weight:600;position:sticky;top:0}
+td{padding:3px 8px;border-bottom:1px solid
+#e6e9f0;vertical-align:top;font-family:ui-monospace,monospace;font-size:12px}
 td.num,td.kind{white-space:nowrap}td.in{overflow-wrap:anywhere;min-width:200px}
 tr.added td{background:#dff5e7}tr.added td:first-child{border-left:4px solid #1f8a4c}
 tr.rewritten td{background:#fff1cc}tr.rewritten td:first-child{border-left:4px solid #d99a00}
@@ -50,12 +55,16 @@ tr.removed td{background:#fde4e1;text-decoration:line-through}
 .op-placeholder,.op-output{background:#5b6b8c}.op-call_module{background:#7b4fb8}
 .op-call_function{background:#16867f}.op-call_method{background:#3d5bd1}.op-get_attr{background:#9a6b2f}
 .strip{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:8px;margin-bottom:14px}
-.legend span{display:inline-block;margin-right:14px}.legend i{display:inline-block;width:12px;height:12px;
+.legend span{display:inline-block;margin-right:14px}.legend
+i{display:inline-block;width:12px;height:12px;
 border-radius:2px;margin-right:4px;vertical-align:-1px}
-ul.report{font-family:ui-monospace,monospace;font-size:12px;background:#fff;padding:10px 10px 10px 28px;
+ul.report{font-family:ui-monospace,monospace;font-size:12px;background:#fff;padding:10px 10px 10px
+28px;
 border-radius:8px;box-shadow:0 1px 3px #0002;max-height:320px;overflow:auto}
-table.stats{width:auto;min-width:320px;box-shadow:none}.stats td:first-child{font-weight:600;white-space:nowrap}
-.index td:nth-child(2){max-width:360px;overflow-wrap:anywhere}details summary{cursor:pointer;color:#2747a8}
+table.stats{width:auto;min-width:320px;box-shadow:none}.stats
+td:first-child{font-weight:600;white-space:nowrap}
+.index td:nth-child(2){max-width:360px;overflow-wrap:anywhere}details
+summary{cursor:pointer;color:#2747a8}
 #only:checked ~ table.graph tr.same{display:none}label{font-size:13px}table.graph{margin-top:8px}
 h2{font-size:16px;margin:18px 0 8px}a{color:#2747a8}
 """
@@ -75,12 +84,20 @@ def _name(value: Any) -> str:
 def _page(title: str, subtitle: str, nav: str, body: str, entry: dict | None = None) -> str:
     data = ""
     if entry is not None:  # JSON inside <script>: '<' escaped so no text can close the element
-        blob = json.dumps(entry, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+        blob = (
+            json.dumps(entry, default=str)
+            .replace("<", "\\u003c")
+            .replace(">", "\\u003e")
+            .replace("&", "\\u0026")
+        )
         data = f'<script type="application/json" id="lrc-pass">{blob}</script>\n'
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>\n'
-            f"<style>{_CSS}</style>\n{data}</head><body>\n"
-            f'<header><h1>{_esc(title)}</h1><div class="sub">{_esc(subtitle)}</div></header>\n'
-            f"<nav>{nav}</nav>\n<main>\n{body}\n</main></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta '
+        f'charset="utf-8"><title>{_esc(title)}</title>\n'
+        f"<style>{_CSS}</style>\n{data}</head><body>\n"
+        f'<header><h1>{_esc(title)}</h1><div class="sub">{_esc(subtitle)}</div></header>\n'
+        f"<nav>{nav}</nav>\n<main>\n{body}\n</main></body></html>\n"
+    )
 
 
 # --- one graph as a table -------------------------------------------------------------
@@ -103,7 +120,11 @@ def _arg(value: Any, limit: int = 160) -> str:
         return f'<a href="#n-{_esc(value.name)}">%{_name(value.name)}</a>'
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_arg(v, limit) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+        return (
+            f"[{inner}]"
+            if isinstance(value, list)
+            else f"({inner}{',' if len(value) == 1 else ''})"
+        )
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_esc(k)}: {_arg(v, limit)}" for k, v in value.items()) + "}"
     text = repr(value)
@@ -146,11 +167,16 @@ def _rows(gm: fx.GraphModule, changes: dict | None) -> str:
     for i, node in enumerate(gm.graph.nodes):
         status = status_of(node.name, changes)
         rows.append(
-            f'<tr id="n-{_esc(node.name)}" class="{status}"><td class="num">{i}</td><td>{_name(node.name)}</td>'
+            f'<tr id="n-{_esc(node.name)}" class="{status}"><td '
+            f'class="num">{i}</td><td>{_name(node.name)}</td>'
             f'<td class="kind"><span class="op op-{_esc(node.op)}">{_esc(node.op)}</span></td>'
             f'<td>{_name(_target(node))}</td><td class="in">{_inputs(node)}</td>'
-            f'<td class="kind">{_esc(_shape(node))}</td><td>{_name(_layer(node))}</td></tr>')
-    head = "<tr><th>#</th><th>node</th><th>op</th><th>target</th><th>inputs</th><th>shape</th><th>layer</th></tr>"
+            f'<td class="kind">{_esc(_shape(node))}</td><td>{_name(_layer(node))}</td></tr>'
+        )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("#", "node", "op", "target", "inputs", "shape", "layer")
+    )
+    head = f"<tr>{head}</tr>"
     return f'<table class="graph">{head}\n' + "\n".join(rows) + "</table>"
 
 
@@ -162,14 +188,22 @@ def _strip(gm: fx.GraphModule, changes: dict | None) -> str:
     for i, node in enumerate(nodes):
         x, y = (i % per_row) * w, (i // per_row) * h
         colour = _STRIP_COLOURS[status_of(node.name, changes)]
-        marks.append(f'<a href="#n-{_esc(node.name)}"><rect x="{x}" y="{y}" width="{w - 2}" height="{h - 3}" '
-                     f'rx="2" fill="{colour}"><title>{_esc(node.name)}</title></rect></a>')
+        marks.append(
+            f'<a href="#n-{_esc(node.name)}"><rect x="{x}" y="{y}" width="{w - 2}" '
+            f'height="{h - 3}" '
+            f'rx="2" fill="{colour}"><title>{_esc(node.name)}</title></rect></a>'
+        )
     height = ((len(nodes) - 1) // per_row + 1) * h if nodes else h
-    legend = "".join(f'<span><i style="background:{c}"></i>{s if s != "same" else "unchanged"}</span>'
-                     for s, c in _STRIP_COLOURS.items())
-    return (f'<div class="strip"><div class="legend">{legend}</div>'
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{per_row * w}" height="{height}" role="img" '
-            f'aria-label="graph nodes in order">{"".join(marks)}</svg></div>')
+    legend = "".join(
+        f'<span><i style="background:{c}"></i>{s if s != "same" else "unchanged"}</span>'
+        for s, c in _STRIP_COLOURS.items()
+    )
+    return (
+        f'<div class="strip"><div class="legend">{legend}</div>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{per_row * w}" height="{height}" '
+        'role="img" '
+        f'aria-label="graph nodes in order">{"".join(marks)}</svg></div>'
+    )
 
 
 # --- stats ------------------------------------------------------------------------------
@@ -178,13 +212,20 @@ def _strip(gm: fx.GraphModule, changes: dict | None) -> str:
 def _value(value: Any) -> str:
     if isinstance(value, float):
         return _esc(f"{value:.4g}")
-    if isinstance(value, dict) and 0 < len(value) <= 3 and not any(isinstance(v, (dict, list)) for v in value.values()):
+    if (
+        isinstance(value, dict)
+        and 0 < len(value) <= 3
+        and not any(isinstance(v, (dict, list)) for v in value.values())
+    ):
         return ", ".join(f"{_esc(k)}: {_value(v)}" for k, v in value.items())
     if isinstance(value, dict) and value:
         rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_value(v)}</td></tr>" for k, v in value.items())
         return f"<details><summary>{len(value)} entries</summary><table>{rows}</table></details>"
     if isinstance(value, (list, tuple)) and len(value) > 8:
-        return f"<details><summary>{len(value)} items</summary>{_esc(', '.join(map(str, value)))}</details>"
+        return (
+            f"<details><summary>{len(value)} "
+            f"items</summary>{_esc(', '.join(map(str, value)))}</details>"
+        )
     return _esc(value)
 
 
@@ -197,12 +238,22 @@ def stats_table(stats: dict) -> str:
 
 def _cards(entry: dict) -> str:
     counts = entry.get("changes") or {}
-    cards = [("nodes", entry["nodes"], ""), ("added", counts.get("added", 0), "added"),
-             ("rewritten", counts.get("rewritten", 0), "rewritten"), ("removed", counts.get("removed", 0), "removed")]
+    cards = [
+        ("nodes", entry["nodes"], ""),
+        ("added", counts.get("added", 0), "added"),
+        ("rewritten", counts.get("rewritten", 0), "rewritten"),
+        ("removed", counts.get("removed", 0), "removed"),
+    ]
     if entry.get("modified") is not None:
         cards.append(("modified", "yes" if entry["modified"] else "no", ""))
-    return '<div class="cards">' + "".join(
-        f'<div class="card {cls}"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>' for k, v, cls in cards) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card {cls}"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
+            for k, v, cls in cards
+        )
+        + "</div>"
+    )
 
 
 # --- pages and index ----------------------------------------------------------------------
@@ -216,17 +267,37 @@ class HtmlDump:
         self.write = write  # the pass manager's atomic writer
         self.entries = _earlier_entries(self.dir, first_index) if first_index > 1 else []
 
-    def page(self, index: int, name: str, gm: fx.GraphModule, *, title: str, stats: dict | None = None,
-             report: list[str] = (), changes: dict | None = None, before: dict[str, str] | None = None,
-             modified: bool | None = None) -> Path:
+    def page(
+        self,
+        index: int,
+        name: str,
+        gm: fx.GraphModule,
+        *,
+        title: str,
+        stats: dict | None = None,
+        report: list[str] = (),
+        changes: dict | None = None,
+        before: dict[str, str] | None = None,
+        modified: bool | None = None,
+    ) -> Path:
         file = f"{index:02d}-{name}.html"
-        entry = {"index": index, "name": name, "title": title, "file": file, "text": f"{index:02d}-{name}.txt",
-                 "modified": modified, "nodes": len(gm.graph.nodes), "stats": stats or {},
-                 "changes": {k: len(v) for k, v in (changes or {}).items()}}
+        entry = {
+            "index": index,
+            "name": name,
+            "title": title,
+            "file": file,
+            "text": f"{index:02d}-{name}.txt",
+            "modified": modified,
+            "nodes": len(gm.graph.nodes),
+            "stats": stats or {},
+            "changes": {k: len(v) for k, v in (changes or {}).items()},
+        }
         previous = self.entries[-1] if self.entries else None
         nav = f'<a href="{INDEX}">index</a>'
         if previous is not None:
-            nav = f'<a href="{_esc(previous["file"])}">&larr; {_esc(previous["file"][:-5])}</a>' + nav
+            nav = (
+                f'<a href="{_esc(previous["file"])}">&larr; {_esc(previous["file"][:-5])}</a>' + nav
+            )
         body = _cards(entry) + _body(gm, stats or {}, list(report), changes, before or {})
         self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body, entry))
         if previous is not None:
@@ -241,24 +312,36 @@ class HtmlDump:
         except OSError:  # the earlier page is gone: the index still links every pass
             return
         if _NEXT in text:
-            self.write(path, text.replace(_NEXT, f'<a href="{_esc(file)}">{_esc(file[:-5])} &rarr;</a>', 1))
+            self.write(
+                path, text.replace(_NEXT, f'<a href="{_esc(file)}">{_esc(file[:-5])} &rarr;</a>', 1)
+            )
 
 
 def _body(gm, stats: dict, report: list[str], changes: dict | None, before: dict[str, str]) -> str:
     parts = ["<h2>Stats</h2>", stats_table(stats)]
     if report:
-        parts += ["<h2>Report</h2>", '<ul class="report">' + "".join(f"<li>{_esc(r)}</li>" for r in report) + "</ul>"]
-    parts += ["<h2>Graph</h2>", _strip(gm, changes),
-              '<input type="checkbox" id="only"><label for="only"> show only added and rewritten nodes</label>',
-              _rows(gm, changes)]
+        parts += [
+            "<h2>Report</h2>",
+            '<ul class="report">' + "".join(f"<li>{_esc(r)}</li>" for r in report) + "</ul>",
+        ]
+    parts += [
+        "<h2>Graph</h2>",
+        _strip(gm, changes),
+        '<input type="checkbox" id="only"><label for="only"> show only added and rewritten '
+        "nodes</label>",
+        _rows(gm, changes),
+    ]
     removed = (changes or {}).get("removed", [])
     if removed:
-        rows = "".join(f'<tr class="removed"><td>{_esc(n)}</td><td>{_esc(before.get(n, ""))}</td></tr>'
-                       for n in removed)
-        parts += [f"<h2>Removed ({len(removed)})</h2>", f"<table><tr><th>node</th><th>was</th></tr>{rows}</table>"]
+        rows = "".join(
+            f'<tr class="removed"><td>{_esc(n)}</td><td>{_esc(before.get(n, ""))}</td></tr>'
+            for n in removed
+        )
+        parts += [
+            f"<h2>Removed ({len(removed)})</h2>",
+            f"<table><tr><th>node</th><th>was</th></tr>{rows}</table>",
+        ]
     return "\n".join(parts)
-
-
 
 
 def _earlier_entries(dump_dir: Path, first_index: int) -> list[dict]:
@@ -279,18 +362,29 @@ def _earlier_entries(dump_dir: Path, first_index: int) -> list[dict]:
 
 def _index_row(e: dict) -> str:
     c = e.get("changes") or {}
-    counts = (f'<span style="color:#1f8a4c">+{c.get("added", 0)}</span> '
-              f'<span style="color:#c0392b">&minus;{c.get("removed", 0)}</span> '
-              f'<span style="color:#b07800">~{c.get("rewritten", 0)}</span>')
+    counts = (
+        f'<span style="color:#1f8a4c">+{c.get("added", 0)}</span> '
+        f'<span style="color:#c0392b">&minus;{c.get("removed", 0)}</span> '
+        f'<span style="color:#b07800">~{c.get("rewritten", 0)}</span>'
+    )
     modified = "" if e.get("modified") is None else ("yes" if e["modified"] else "no")
-    return (f'<tr><td class="num">{e["index"]:02d}</td><td><a href="{_esc(e["file"])}">{_esc(e["name"])}</a> '
-            f'<small>(<a href="{_esc(e["text"])}">text</a>)</small><br><small>{_esc(e["title"])}</small></td>'
-            f"<td>{_esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td><td>{stats_table(e['stats'])}</td></tr>")
+    return (
+        f'<tr><td class="num">{e["index"]:02d}</td><td><a '
+        f'href="{_esc(e["file"])}">{_esc(e["name"])}</a> '
+        "<small>(<a "
+        f'href="{_esc(e["text"])}">text</a>)</small><br><small>{_esc(e["title"])}</small></td>'
+        f"<td>{_esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td><td>{stats_table(e['stats'])}</td></tr>"
+    )
 
 
 def render_index(entries: list[dict]) -> str:
-    head = "<tr><th>#</th><th>pass</th><th>modified</th><th>nodes</th><th>+added &minus;removed ~rewritten</th><th>stats</th></tr>"
-    table = f'<table class="index">{head}\n' + "\n".join(_index_row(e) for e in entries) + "</table>"
+    head = (
+        "<tr><th>#</th><th>pass</th><th>modified</th><th>nodes</th><th>+added &minus;removed "
+        "~rewritten</th><th>stats</th></tr>"
+    )
+    table = (
+        f'<table class="index">{head}\n' + "\n".join(_index_row(e) for e in entries) + "</table>"
+    )
     subtitle = " → ".join(e["name"] for e in entries)
     return _page("lowrank-compiler passes", subtitle, f'<a href="{INDEX}">index</a>', table)
 

@@ -37,8 +37,14 @@ def render_dump(title: str, header: list[str], gm: fx.GraphModule) -> str:
     return "\n".join(lines) + "\n"
 
 
-def dump_header(step: int, total: int, done: list[str], result: PassResult, changes: dict[str, list[str]],
-           gm: fx.GraphModule) -> list[str]:
+def dump_header(
+    step: int,
+    total: int,
+    done: list[str],
+    result: PassResult,
+    changes: dict[str, list[str]],
+    gm: fx.GraphModule,
+) -> list[str]:
     """The dump header of one pass (module docstring)."""
     lines = [
         f"step {step} of {total}" + (f", after: {', '.join(done)}" if done else ""),

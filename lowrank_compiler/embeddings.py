@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from .passes.helpers.graph import module_aliases
-from .runtime.quant.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
+from .runtime.errors import ExportError
 from .runtime.layers.int_embedding import IntEmbedding
 from .runtime.layers.int_linear import IntLinear
 from .runtime.onnx.export import QDQ_TABLE
-from .runtime.errors import ExportError
+from .runtime.quant.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -67,13 +67,20 @@ def _selected(model: nn.Module, filter_fn: FilterFn | None) -> list[str]:
 
 def _tied_heads(model: nn.Module, table: nn.Embedding) -> list[str]:
     """Modules other than ``table`` computing ``x @ table.weight^T``, float or already quantized."""
-    heads = [n for n, m in model.named_modules()
-             if m is not table and getattr(m, "weight", None) is table.weight and isinstance(m, nn.Linear)]
+    heads = [
+        n
+        for n, m in model.named_modules()
+        if m is not table
+        and getattr(m, "weight", None) is table.weight
+        and isinstance(m, nn.Linear)
+    ]
     config = getattr(model, "config", None)
     getter = getattr(model, "get_output_embeddings", None)
     if not heads and getattr(config, "tie_word_embeddings", False) and callable(getter):
         head = getter()
-        if isinstance(head, IntLinear) and (head.out_features, head.in_features) == tuple(table.weight.shape):
+        if isinstance(head, IntLinear) and (head.out_features, head.in_features) == tuple(
+            table.weight.shape
+        ):
             heads = [n for n, m in model.named_modules() if m is head]
     return heads
 
@@ -85,8 +92,13 @@ def _swap(model: nn.Module, name: str, new: nn.Module, journal: list) -> None:
         journal.append((alias, old))
 
 
-def quantize_embeddings(model: nn.Module, *, group_size: int = 32, filter_fn: FilterFn | None = None,
-                        _journal: list | None = None) -> dict[str, str]:
+def quantize_embeddings(
+    model: nn.Module,
+    *,
+    group_size: int = 32,
+    filter_fn: FilterFn | None = None,
+    _journal: list | None = None,
+) -> dict[str, str]:
     """Replace the model's vocabulary table(s) by 4-bit ``IntEmbedding`` in place.
 
     filter_fn(module, fqn): which ``nn.Embedding`` modules to quantize; by default the
@@ -96,28 +108,55 @@ def quantize_embeddings(model: nn.Module, *, group_size: int = 32, filter_fn: Fi
     its width is not divisible by ``group_size`` (nothing is swapped then).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize_embeddings expects a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"quantize_embeddings expects a torch.nn.Module, got {type(model).__name__}"
+        )
     names = _selected(model, filter_fn)
     if not names and any(isinstance(m, IntEmbedding) for m in model.modules()):
         return {}  # the tables are INT4 already
     if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Embedding{' that filter_fn selects' if filter_fn else ''}"
-                         f" to quantize (tables already quantized are IntEmbedding)")
+        raise ValueError(
+            f"{type(model).__name__} has no "
+            f"nn.Embedding{' that filter_fn selects' if filter_fn else ''}"
+            f" to quantize (tables already quantized are IntEmbedding)"
+        )
     plan = []
     for name in names:
         table = model.get_submodule(name)
         heads = _tied_heads(model, table)
         head = model.get_submodule(heads[0]) if heads else None
         if isinstance(head, IntLinear) and head.bits == EMBEDDING_BITS and not head.float_zeros:
-            plan.append((name, IntEmbedding.from_int_linear(head, name=heads[0]), [], f"codes of {heads[0]}"))
+            plan.append(
+                (
+                    name,
+                    IntEmbedding.from_int_linear(head, name=heads[0]),
+                    [],
+                    f"codes of {heads[0]}",
+                )
+            )
             continue
-        new = IntEmbedding.from_float(table, group_size=group_size, name=name)  # raises before any swap
+        new = IntEmbedding.from_float(
+            table, group_size=group_size, name=name
+        )  # raises before any swap
         if isinstance(head, nn.Linear):
             bias = None if head.bias is None else head.bias.detach().to(torch.float32).clone()
-            plan.append((name, new, [(h, new.tied_head(bias)) for h in heads],
-                         f"INT4 g{group_size}, shared with {', '.join(heads)}"))
+            plan.append(
+                (
+                    name,
+                    new,
+                    [(h, new.tied_head(bias)) for h in heads],
+                    f"INT4 g{group_size}, shared with {', '.join(heads)}",
+                )
+            )
         else:
-            plan.append((name, new, [], f"INT4 g{group_size}" + (f" (tied {heads[0]} not shareable)" if heads else "")))
+            plan.append(
+                (
+                    name,
+                    new,
+                    [],
+                    f"INT4 g{group_size}" + (f" (tied {heads[0]} not shareable)" if heads else ""),
+                )
+            )
     journal = [] if _journal is None else _journal
     for name, new, head_swaps, _ in plan:
         _swap(model, name, new, journal)

@@ -36,7 +36,8 @@ class PassInputError(PassError, ValueError):
 
 
 class ModelSpecError(LowRankError, ValueError):
-    """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be built."""
+    """A model named on the command line (directory, ``file.py:factory``, ``minilm``) cannot be
+    built."""
 
 
 _COMBINED: dict[type, type] = {}

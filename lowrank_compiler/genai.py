@@ -50,25 +50,49 @@ from torch import nn
 from .api import compile_info
 from .embeddings import check_embeddings, int4_embeddings
 from .genai_attention import fused_attention, gqa_unsupported
-from .runtime.onnx.attention import attention_translations
-from .runtime.files import staged_dir, write_atomic
-from .runtime.quant.formats import check_accuracy_level
-from .runtime.layers.lora import AdapterLayer
 from .runtime.errors import ExportError
-from .runtime.onnx.export import check_exportable, export_proto, layer_table, rename_dims, write_model
+from .runtime.files import staged_dir, write_atomic
+from .runtime.layers.lora import AdapterLayer
+from .runtime.onnx.attention import attention_translations
+from .runtime.onnx.export import (
+    check_exportable,
+    export_proto,
+    layer_table,
+    rename_dims,
+    write_model,
+)
 from .runtime.onnx.skip_norm import fuse_skip_norm
+from .runtime.quant.formats import check_accuracy_level
 
 MARKER = "lowrank_compiler.json"
 MODEL_FILE = "model.onnx"
 ATTENTION = ("auto", "gqa", "plain")
-GENAI_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3",
-               "gpt2": "gpt2", "gemma": "gemma", "gemma2": "gemma2"}
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+GENAI_TYPES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "gpt2": "gpt2",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def genai_type(config) -> str:
-    """onnxruntime-genai's ``model.type`` for an HF config; ``decoder`` (generic) when it has no own."""
+    """onnxruntime-genai's ``model.type`` for an HF config; ``decoder`` (generic) when it has no
+    own."""
     return GENAI_TYPES.get(getattr(config, "model_type", None), "decoder")
 
 
@@ -77,16 +101,29 @@ def _dims(config) -> tuple[int, int, int, int]:
     layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    missing = [name for name, value in (("num_hidden_layers", layers), ("num_attention_heads", heads),
-                                        ("hidden_size", hidden)) if not value]
+    missing = [
+        name
+        for name, value in (
+            ("num_hidden_layers", layers),
+            ("num_attention_heads", heads),
+            ("hidden_size", hidden),
+        )
+        if not value
+    ]
     if missing:
-        raise ExportError(f"{type(config).__name__} has no {', '.join(missing)}: the KV cache's shape comes from "
-                          f"them; export_genai takes an HF decoder-only causal LM (Llama, Mistral, Qwen2, Phi-3, "
-                          f"GPT-2, ...)")
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # absent: every head has its own keys
+        raise ExportError(
+            f"{type(config).__name__} has no {', '.join(missing)}: the KV cache's shape comes from "
+            f"them; export_genai takes an HF decoder-only causal LM (Llama, Mistral, Qwen2, Phi-3, "
+            f"GPT-2, ...)"
+        )
+    kv_heads = (
+        getattr(config, "num_key_value_heads", None) or heads
+    )  # absent: every head has its own keys
     if heads % kv_heads:
-        raise ExportError(f"{type(config).__name__}: num_attention_heads {heads} is not a multiple of "
-                          f"num_key_value_heads {kv_heads}")
+        raise ExportError(
+            f"{type(config).__name__}: num_attention_heads {heads} is not a multiple of "
+            f"num_key_value_heads {kv_heads}"
+        )
     head_size = getattr(config, "head_dim", None) or hidden // heads
     return int(layers), int(heads), int(kv_heads), int(head_size)
 
@@ -112,22 +149,34 @@ class CachedDecoder(nn.Module):
             else:
                 key, value = past[2 * i], past[2 * i + 1]
             cache.update(key, value, i)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True, return_dict=True)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            return_dict=True,
+        )
         presents = out.past_key_values
         result = [out.logits]
         for i in range(self.layers):
             layer = presents.layers[i]
-            result.extend([torch.stack([layer.keys, layer.values])] if self.combined else [layer.keys, layer.values])
+            result.extend(
+                [torch.stack([layer.keys, layer.values])]
+                if self.combined
+                else [layer.keys, layer.values]
+            )
         return tuple(result)
 
 
 PROTOCOL = "forward_with_cache"
 PROTOCOL_FIELDS = ("num_hidden_layers", "num_attention_heads", "hidden_size", "vocab_size")
-PROTOCOL_TEXT = (f"a hand-written decoder exports when it has .config with {', '.join(PROTOCOL_FIELDS)} "
-                 f"(optional: num_key_value_heads, head_dim, max_position_embeddings, bos/eos/pad_token_id) and "
-                 f"{PROTOCOL}(input_ids, attention_mask, position_ids, past) -> (logits, presents), past and "
-                 f"presents one (key, value) pair per layer, [batch, kv_heads, length, head_dim]")
+PROTOCOL_TEXT = (
+    f"a hand-written decoder exports when it has .config with {', '.join(PROTOCOL_FIELDS)} "
+    f"(optional: num_key_value_heads, head_dim, max_position_embeddings, bos/eos/pad_token_id) and "
+    f"{PROTOCOL}(input_ids, attention_mask, position_ids, past) -> (logits, presents), past and "
+    f"presents one (key, value) pair per layer, [batch, kv_heads, length, head_dim]"
+)
 
 
 class ProtocolDecoder(nn.Module):
@@ -143,10 +192,16 @@ class ProtocolDecoder(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, *past):
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(self.layers)]
         out = getattr(self.model, PROTOCOL)(input_ids, attention_mask, position_ids, pairs)
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and len(out[1]) == self.layers
-                and all(isinstance(kv, (tuple, list)) and len(kv) == 2 for kv in out[1])):
-            raise ExportError(f"{type(self.model).__name__}.{PROTOCOL} must return (logits, presents) with one "
-                              f"(key, value) pair for each of its {self.layers} layers")
+        if not (
+            isinstance(out, (tuple, list))
+            and len(out) == 2
+            and len(out[1]) == self.layers
+            and all(isinstance(kv, (tuple, list)) and len(kv) == 2 for kv in out[1])
+        ):
+            raise ExportError(
+                f"{type(self.model).__name__}.{PROTOCOL} must return (logits, presents) with one "
+                f"(key, value) pair for each of its {self.layers} layers"
+            )
         logits, presents = out
         return (logits, *[t for kv in presents for t in kv])
 
@@ -162,12 +217,25 @@ def io_names(layers: int, combined: bool, positions: bool = True) -> tuple[list[
     else:
         past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
         present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return ["input_ids", "attention_mask", *(["position_ids"] if positions else []), *past], ["logits", *present]
+    return ["input_ids", "attention_mask", *(["position_ids"] if positions else []), *past], [
+        "logits",
+        *present,
+    ]
 
 
-def example_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, head_size: int, vocab: int,
-                 combined: bool, dtype: torch.dtype) -> tuple:
-    """One call's arguments: ``seq`` new tokens after ``past`` cached ones (sizes >= 2: they stay free)."""
+def example_call(
+    batch: int,
+    seq: int,
+    past: int,
+    layers: int,
+    kv_heads: int,
+    head_size: int,
+    vocab: int,
+    combined: bool,
+    dtype: torch.dtype,
+) -> tuple:
+    """One call's arguments: ``seq`` new tokens after ``past`` cached ones (sizes >= 2: they stay
+    free)."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
@@ -180,20 +248,35 @@ def example_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, he
     return (ids, mask, pos, *kv)
 
 
-def gqa_call(batch: int, seq: int, past: int, layers: int, kv_heads: int, head_size: int, vocab: int,
-             dtype: torch.dtype) -> tuple:
+def gqa_call(
+    batch: int,
+    seq: int,
+    past: int,
+    layers: int,
+    kv_heads: int,
+    head_size: int,
+    vocab: int,
+    dtype: torch.dtype,
+) -> tuple:
     """One fused-graph call: ``seq`` new tokens after ``past``, buffers 5 longer than the total."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     mask = torch.ones(batch, past + seq, dtype=torch.int64)
-    kv = [torch.zeros(batch, kv_heads, past + seq + 5, head_size, dtype=dtype) for _ in range(2 * layers)]
+    kv = [
+        torch.zeros(batch, kv_heads, past + seq + 5, head_size, dtype=dtype)
+        for _ in range(2 * layers)
+    ]
     return (ids, mask, *kv)
 
 
 def _gqa_dynamic_shapes(layers: int):
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     total, max_length = torch.export.Dim("total"), torch.export.Dim("max_length")
-    return ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: max_length} for _ in range(2 * layers)))
+    return (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},
+        tuple({0: batch, 2: max_length} for _ in range(2 * layers)),
+    )
 
 
 def _dynamic_shapes(layers: int, combined: bool):
@@ -201,8 +284,12 @@ def _dynamic_shapes(layers: int, combined: bool):
     total, past = torch.export.Dim("total"), torch.export.Dim("past")
     kv = {1: batch, 3: past} if combined else {0: batch, 2: past}
     # by the forward's parameters: the *past varargs are one entry, a tuple (not a list)
-    return ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
-            tuple(dict(kv) for _ in range(layers if combined else 2 * layers)))
+    return (
+        {0: batch, 1: seq},
+        {0: batch, 1: total},
+        {0: batch, 1: seq},
+        tuple(dict(kv) for _ in range(layers if combined else 2 * layers)),
+    )
 
 
 def _token_ids(model: nn.Module):
@@ -225,13 +312,20 @@ def _token_ids(model: nn.Module):
     return bos, eos, pad
 
 
-def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int = 4,
-                 filename: str = MODEL_FILE, shared_buffer: bool = False) -> dict:
+def genai_config(
+    model: nn.Module,
+    *,
+    context_length: int,
+    accuracy_level: int = 4,
+    filename: str = MODEL_FILE,
+    shared_buffer: bool = False,
+) -> dict:
     """The folder's ``genai_config.json``. Session options that onnxruntime-genai does not know
     by name pass to onnxruntime as config entries: ``session.qdq_matmulnbits_accuracy_level``
     keeps a QDQ file at its accuracy level (onnxruntime fuses DequantizeLinear + MatMul into
     MatMulNBits and otherwise computes those at level 4, int8 activations).
-    ``shared_buffer``: the fused graph (no ``position_ids``; ``past_present_share_buffer: true``)."""
+    ``shared_buffer``: the fused graph (no ``position_ids``; ``past_present_share_buffer:
+    true``)."""
     config = model.config
     kind = genai_type(config)
     layers, heads, kv_heads, head_size = _dims(config)
@@ -244,16 +338,25 @@ def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int =
     if combined:
         inputs["past_names"], outputs["present_names"] = "past_%d", "present_%d"
     else:
-        inputs["past_key_names"], inputs["past_value_names"] = "past_key_values.%d.key", "past_key_values.%d.value"
-        outputs["present_key_names"], outputs["present_value_names"] = "present.%d.key", "present.%d.value"
+        inputs["past_key_names"], inputs["past_value_names"] = (
+            "past_key_values.%d.key",
+            "past_key_values.%d.value",
+        )
+        outputs["present_key_names"], outputs["present_value_names"] = (
+            "present.%d.key",
+            "present.%d.value",
+        )
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
     model_section = {
         "type": kind,
         "vocab_size": int(config.vocab_size),
         "context_length": int(context_length),
         "decoder": {
-            "session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
-                                "session.qdq_matmulnbits_accuracy_level": str(accuracy_level)},
+            "session_options": {
+                "log_id": "onnxruntime-genai",
+                "provider_options": [],
+                "session.qdq_matmulnbits_accuracy_level": str(accuracy_level),
+            },
             "filename": filename,
             "head_size": head_size,
             "hidden_size": int(hidden),
@@ -267,41 +370,68 @@ def genai_config(model: nn.Module, *, context_length: int, accuracy_level: int =
     for key, value in (("bos_token_id", bos), ("eos_token_id", eos), ("pad_token_id", pad)):
         if value is not None:
             model_section[key] = value
-    search = {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": int(context_length),
-              "min_length": 0, "temperature": 1.0, "top_k": 1, "top_p": 1.0, "repetition_penalty": 1.0,
-              "length_penalty": 1.0, "diversity_penalty": 0.0, "no_repeat_ngram_size": 0, "early_stopping": True,
-              "past_present_share_buffer": bool(shared_buffer)}
+    search = {
+        "do_sample": False,
+        "num_beams": 1,
+        "num_return_sequences": 1,
+        "max_length": int(context_length),
+        "min_length": 0,
+        "temperature": 1.0,
+        "top_k": 1,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "length_penalty": 1.0,
+        "diversity_penalty": 0.0,
+        "no_repeat_ngram_size": 0,
+        "early_stopping": True,
+        "past_present_share_buffer": bool(shared_buffer),
+    }
     return {"model": model_section, "search": search}
 
 
 def _protocol_gaps(model: nn.Module) -> list[str]:
     """What a hand-written decoder lacks of the protocol (``PROTOCOL_TEXT``)."""
     config = getattr(model, "config", None)
-    gaps = [".config"] if config is None else [f"config.{f}" for f in PROTOCOL_FIELDS if not getattr(config, f, None)]
+    gaps = (
+        [".config"]
+        if config is None
+        else [f"config.{f}" for f in PROTOCOL_FIELDS if not getattr(config, f, None)]
+    )
     return gaps + ([] if follows_protocol(model) else [f"{PROTOCOL}()"])
 
 
 def _check_model(model) -> None:
     if not isinstance(model, nn.Module):
-        raise ExportError(f"export_genai takes an HF causal LM or a decoder module, got {type(model).__name__}")
+        raise ExportError(
+            f"export_genai takes an HF causal LM or a decoder module, got {type(model).__name__}"
+        )
     if follows_protocol(model) or not hasattr(model, "config"):
         missing = _protocol_gaps(model)
         if missing:
-            raise ExportError(f"{type(model).__name__} is not an HF causal LM, and lacks {', '.join(missing)} to "
-                              f"export with a KV cache: {PROTOCOL_TEXT}")
+            raise ExportError(
+                f"{type(model).__name__} is not an HF causal LM, and lacks {', '.join(missing)} to "
+                f"export with a KV cache: {PROTOCOL_TEXT}"
+            )
     adapters = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
     if adapters:
-        raise ExportError(f"{len(adapters)} layer(s) still hold adapters ({', '.join(adapters[:3])}): "
-                          f"lowrank_compiler.fold(model) first")
+        raise ExportError(
+            f"{len(adapters)} layer(s) still hold adapters ({', '.join(adapters[:3])}): "
+            f"lowrank_compiler.fold(model) first"
+        )
     if follows_protocol(model):
         return
     if getattr(model.config, "is_encoder_decoder", False):
-        raise ExportError("export_genai takes a decoder-only model; encoder-decoder models are not supported")
+        raise ExportError(
+            "export_genai takes a decoder-only model; encoder-decoder models are not supported"
+        )
     can_generate = getattr(model, "can_generate", None)
     if not callable(can_generate) or not can_generate():
-        raise ExportError(f"{type(model).__name__} has no KV cache to export (it cannot generate): export_genai "
-                          f"takes a causal LM such as LlamaForCausalLM, or a decoder of its own that lacks "
-                          f"{', '.join(_protocol_gaps(model))} here ({PROTOCOL_TEXT}); for an encoder use export_onnx")
+        raise ExportError(
+            f"{type(model).__name__} has no KV cache to export (it cannot generate): export_genai "
+            f"takes a causal LM such as LlamaForCausalLM, or a decoder of its own that lacks "
+            f"{', '.join(_protocol_gaps(model))} here ({PROTOCOL_TEXT}); for an encoder use "
+            "export_onnx"
+        )
 
 
 def _write_tokenizer(tokenizer, stage: Path) -> list[str]:
@@ -318,15 +448,21 @@ def _write_tokenizer(tokenizer, stage: Path) -> list[str]:
         tokenizer.save_pretrained(str(stage))
         copied = [name for name in TOKENIZER_FILES if (stage / name).is_file()]
     else:
-        raise ExportError(f"tokenizer must be an HF tokenizer or its folder, got {type(tokenizer).__name__}")
+        raise ExportError(
+            f"tokenizer must be an HF tokenizer or its folder, got {type(tokenizer).__name__}"
+        )
     missing = [n for n in ("tokenizer.json", "tokenizer_config.json") if n not in copied]
     if missing:
-        raise ExportError(f"onnxruntime-genai's tokenizer needs {missing}; the tokenizer given has "
-                          f"{copied or 'no tokenizer files'} (save a fast tokenizer)")
+        raise ExportError(
+            f"onnxruntime-genai's tokenizer needs {missing}; the tokenizer given has "
+            f"{copied or 'no tokenizer files'} (save a fast tokenizer)"
+        )
     return copied
 
 
-def _attention(model: nn.Module, attention: str, kind: str, context_length: int) -> tuple[str, str | None]:
+def _attention(
+    model: nn.Module, attention: str, kind: str, context_length: int
+) -> tuple[str, str | None]:
     """(the graph to export, why not the fused one when it is not)."""
     if attention not in ATTENTION:
         raise ExportError(f"attention must be one of {ATTENTION}, got {attention!r}")
@@ -334,22 +470,41 @@ def _attention(model: nn.Module, attention: str, kind: str, context_length: int)
         return "plain", "asked for"
     if follows_protocol(model):
         if attention == "gqa":
-            raise ExportError(f"attention='gqa' rewrites HF attention modules; {type(model).__name__} is exported "
-                              f"through {PROTOCOL}: use attention='plain'")
+            raise ExportError(
+                f"attention='gqa' rewrites HF attention modules; {type(model).__name__} is "
+                "exported "
+                f"through {PROTOCOL}: use attention='plain'"
+            )
         return "plain", f"a hand-written decoder ({PROTOCOL})"
-    reason = ("GPT-2 has learned positions and no rotary attention" if kind == "gpt2"
-              else gqa_unsupported(model, context_length))
+    reason = (
+        "GPT-2 has learned positions and no rotary attention"
+        if kind == "gpt2"
+        else gqa_unsupported(model, context_length)
+    )
     if reason is None:
         return "gqa", None
     if attention == "gqa":
-        raise ExportError(f"attention='gqa' cannot export {type(model).__name__}: {reason}; use attention='plain'")
+        raise ExportError(
+            f"attention='gqa' cannot export {type(model).__name__}: {reason}; use attention='plain'"
+        )
     return "plain", reason
 
 
-def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs=None, tokenizer=None,
-                 format: str = "matmulnbits", accuracy_level: int = 4, context_length: int | None = None,
-                 attention: str = "auto", embeddings: str = "float", embedding_group_size: int = 32) -> Path:
-    """Write ``model`` (an HF causal LM, float or compiled and folded) as an onnxruntime-genai folder.
+def export_genai(
+    model: nn.Module,
+    out_dir: str | os.PathLike,
+    *,
+    example_inputs=None,
+    tokenizer=None,
+    format: str = "matmulnbits",
+    accuracy_level: int = 4,
+    context_length: int | None = None,
+    attention: str = "auto",
+    embeddings: str = "float",
+    embedding_group_size: int = 32,
+) -> Path:
+    """Write ``model`` (an HF causal LM, float or compiled and folded) as an onnxruntime-genai
+    folder.
 
     example_inputs: ``(batch, seq, past)`` sizes for the traced call (default ``(2, 3, 4)``;
         each >= 2 so that they stay free axes). Token values do not matter.
@@ -375,26 +530,67 @@ def export_genai(model: nn.Module, out_dir: str | os.PathLike, *, example_inputs
     check_embeddings(embeddings, embedding_group_size, format)
     config = model.config
     if context_length is None:
-        context_length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        context_length = getattr(config, "max_position_embeddings", None) or getattr(
+            config, "n_positions", None
+        )
         if context_length is None:
-            raise ExportError("the model's config has no max_position_embeddings: pass context_length=")
-    if isinstance(context_length, bool) or not isinstance(context_length, int) or context_length < 1:
+            raise ExportError(
+                "the model's config has no max_position_embeddings: pass context_length="
+            )
+    if (
+        isinstance(context_length, bool)
+        or not isinstance(context_length, int)
+        or context_length < 1
+    ):
         raise ExportError(f"context_length must be a positive integer, got {context_length!r}")
     sizes = (2, 3, 4) if example_inputs is None else tuple(example_inputs)
-    if len(sizes) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in sizes):
-        raise ExportError(f"example_inputs must be (batch, seq, past), each an integer >= 2, got {example_inputs!r}")
+    if len(sizes) != 3 or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in sizes
+    ):
+        raise ExportError(
+            "example_inputs must be (batch, seq, past), each an integer >= 2, got "
+            f"{example_inputs!r}"
+        )
     mode, why_plain = _attention(model, attention, genai_type(config), context_length)
-    gconfig = genai_config(model, context_length=context_length, accuracy_level=accuracy_level,
-                           shared_buffer=mode == "gqa")
-    with int4_embeddings(model, group_size=embedding_group_size, enabled=embeddings == "int4") as tables:
-        _write_folder(model, out_dir, format=format, accuracy_level=accuracy_level, tokenizer=tokenizer,
-                      context_length=context_length, sizes=sizes, mode=mode, why_plain=why_plain, gconfig=gconfig,
-                      tables=tables)
+    gconfig = genai_config(
+        model,
+        context_length=context_length,
+        accuracy_level=accuracy_level,
+        shared_buffer=mode == "gqa",
+    )
+    with int4_embeddings(
+        model, group_size=embedding_group_size, enabled=embeddings == "int4"
+    ) as tables:
+        _write_folder(
+            model,
+            out_dir,
+            format=format,
+            accuracy_level=accuracy_level,
+            tokenizer=tokenizer,
+            context_length=context_length,
+            sizes=sizes,
+            mode=mode,
+            why_plain=why_plain,
+            gconfig=gconfig,
+            tables=tables,
+        )
     return out_dir
 
 
-def _write_folder(model: nn.Module, out_dir: Path, *, format: str, accuracy_level: int, tokenizer, context_length: int,
-                  sizes: tuple, mode: str, why_plain: str | None, gconfig: dict, tables: dict) -> None:
+def _write_folder(
+    model: nn.Module,
+    out_dir: Path,
+    *,
+    format: str,
+    accuracy_level: int,
+    tokenizer,
+    context_length: int,
+    sizes: tuple,
+    mode: str,
+    why_plain: str | None,
+    gconfig: dict,
+    tables: dict,
+) -> None:
     """Stage the folder: the graph (fused or plain), genai_config.json, tokenizer files, marker."""
     config = model.config
     layers, _, kv_heads, head_size = _dims(config)
@@ -406,33 +602,65 @@ def _write_folder(model: nn.Module, out_dir: Path, *, format: str, accuracy_leve
     input_names, output_names = io_names(layers, combined, positions=not gqa)
     info = compile_info(model)
     layers_meta = layer_table(model, format)
-    meta = {"writer": "lowrank_compiler.export_genai", "type": kind, "layers": layers_meta, "attention": mode,
-            "embeddings": tables,
-            "targets": sorted(op.name for op in info.linears if op.status == "selected") if info else sorted(layers_meta)}
+    meta = {
+        "writer": "lowrank_compiler.export_genai",
+        "type": kind,
+        "layers": layers_meta,
+        "attention": mode,
+        "embeddings": tables,
+        "targets": sorted(op.name for op in info.linears if op.status == "selected")
+        if info
+        else sorted(layers_meta),
+    }
     with staged_dir(out_dir, MARKER) as stage:
         if gqa:
             with fused_attention(model, context_length) as decoder:
-                proto = export_proto(decoder, gqa_call(*sizes, layers, kv_heads, head_size, vocab, dtype), fmt=format,
-                                     accuracy_level=accuracy_level, dynamic_shapes=_gqa_dynamic_shapes(layers),
-                                     input_names=input_names, output_names=output_names, meta=meta,
-                                     what=" with GroupQueryAttention", translations=attention_translations())
+                proto = export_proto(
+                    decoder,
+                    gqa_call(*sizes, layers, kv_heads, head_size, vocab, dtype),
+                    fmt=format,
+                    accuracy_level=accuracy_level,
+                    dynamic_shapes=_gqa_dynamic_shapes(layers),
+                    input_names=input_names,
+                    output_names=output_names,
+                    meta=meta,
+                    what=" with GroupQueryAttention",
+                    translations=attention_translations(),
+                )
             fuse_skip_norm(proto)
         else:
             args = example_call(*sizes, layers, kv_heads, head_size, vocab, combined, dtype)
-            wrapper = ProtocolDecoder(model, layers) if follows_protocol(model) else CachedDecoder(model, layers,
-                                                                                                  combined)
-            proto = export_proto(wrapper, args, fmt=format,
-                                 accuracy_level=accuracy_level, dynamic_shapes=_dynamic_shapes(layers, combined),
-                                 input_names=input_names, output_names=output_names, meta=meta,
-                                 what=" with a KV cache")
+            wrapper = (
+                ProtocolDecoder(model, layers)
+                if follows_protocol(model)
+                else CachedDecoder(model, layers, combined)
+            )
+            proto = export_proto(
+                wrapper,
+                args,
+                fmt=format,
+                accuracy_level=accuracy_level,
+                dynamic_shapes=_dynamic_shapes(layers, combined),
+                input_names=input_names,
+                output_names=output_names,
+                meta=meta,
+                what=" with a KV cache",
+            )
         _name_dims(proto, layers, combined, "max_length" if gqa else "past")
         write_model(proto, stage / MODEL_FILE)
         write_atomic(stage / "genai_config.json", json.dumps(gconfig, indent=2) + "\n")
         files = [MODEL_FILE, "genai_config.json"]
         if tokenizer is not None:
             files += _write_tokenizer(tokenizer, stage)
-        record = {"writer": "lowrank_compiler.export_genai", "format": format, "accuracy_level": accuracy_level,
-                  "type": kind, "architecture": type(model).__name__, "files": files, "attention": mode}
+        record = {
+            "writer": "lowrank_compiler.export_genai",
+            "format": format,
+            "accuracy_level": accuracy_level,
+            "type": kind,
+            "architecture": type(model).__name__,
+            "files": files,
+            "attention": mode,
+        }
         if why_plain is not None:
             record["attention_reason"] = why_plain
         write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")

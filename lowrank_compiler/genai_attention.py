@@ -17,7 +17,8 @@ onnxruntime when bound to the same buffer). GQA derives everything else from the
 graph has no position ids. Each per-call tensor reaches the attention modules through the HF
 model's ``**kwargs`` (``gqa_state``), so the rest of the HF forward runs unchanged.
 
-Rotary tables come from the model's own ``rotary_emb`` evaluated at positions ``0..context_length-1``
+Rotary tables come from the model's own ``rotary_emb`` evaluated at positions
+``0..context_length-1``
 (HF's rope variant and ``attention_scaling`` included), keeping the first ``R/2`` columns (HF
 stores ``cat(freqs, freqs)``). Rope types whose frequencies depend on the sequence length
 (``dynamic``, ``longrope`` past its original context) cannot be one table: ``gqa_unsupported``
@@ -33,7 +34,8 @@ import contextlib
 import torch
 from torch import nn
 
-from .runtime.layers import attention_op  # noqa: F401  (registers torch.ops.lowrank_compiler.gqa / rms_norm)
+# registers torch.ops.lowrank_compiler.gqa / rms_norm
+from .runtime.layers import attention_op  # noqa: F401
 from .runtime.layers.int_linear import IntLinear
 
 ATTENTIONS = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Phi3Attention"}
@@ -48,7 +50,11 @@ def _layers(model):
 
 def _window(attn, config) -> int | None:
     """The attention's sliding window (Qwen2: per layer; Mistral, Phi-3: the config's)."""
-    window = attn.sliding_window if hasattr(attn, "sliding_window") else getattr(config, "sliding_window", None)
+    window = (
+        attn.sliding_window
+        if hasattr(attn, "sliding_window")
+        else getattr(config, "sliding_window", None)
+    )
     return int(window) if window else None
 
 
@@ -57,24 +63,35 @@ def gqa_unsupported(model: nn.Module, context_length: int) -> str | None:
     config = model.config
     layers, rotary = _layers(model)
     if layers is None or rotary is None:
-        return f"{type(model).__name__} has no model.layers / model.rotary_emb (a Llama-style rotary decoder)"
+        return (
+            f"{type(model).__name__} has no model.layers / model.rotary_emb (a Llama-style "
+            "rotary decoder)"
+        )
     for i, layer in enumerate(layers):
         attn = getattr(layer, "self_attn", None)
         if type(attn).__name__ not in ATTENTIONS:
             return f"layer {i}: attention {type(attn).__name__} is not one of {sorted(ATTENTIONS)}"
     rope = getattr(rotary, "rope_type", "default")
     original = getattr(config, "original_max_position_embeddings", None)
-    if rope not in FIXED_ROPE and not (rope == "longrope" and original and context_length <= original):
+    if rope not in FIXED_ROPE and not (
+        rope == "longrope" and original and context_length <= original
+    ):
         return f"rope type {rope!r} depends on the sequence length: it is not one rotary table"
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    heads, kv_heads = (
+        config.num_attention_heads,
+        config.num_key_value_heads or config.num_attention_heads,
+    )
     attn = layers[0].self_attn
     head = attn.head_dim
     rot = rotary(torch.zeros(1, 1), torch.arange(1)[None])[0].shape[-1]
     if heads % kv_heads:
         return f"{heads} attention heads are not a multiple of {kv_heads} kv heads"
     if head % 16 or rot % 16 or rot > head:
-        return (f"head size {head} / rotary dims {rot}: onnxruntime's CPU GroupQueryAttention needs multiples "
-                f"of 16 (rotary dims <= head size)")
+        return (
+            f"head size {head} / rotary dims {rot}: onnxruntime's CPU GroupQueryAttention needs "
+            "multiples "
+            f"of 16 (rotary dims <= head size)"
+        )
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if dtype not in (torch.float32, torch.float16):
         return f"parameters are {dtype}; the fused graph takes float32 or float16"
@@ -98,22 +115,37 @@ def fuse_qkv(q: nn.Module, k: nn.Module, v: nn.Module) -> nn.Module | None:
             return IntLinear.concat([q, k, v])
         except ValueError:
             return None
-    if all(type(m) is nn.Linear for m in (q, k, v)) and len({m.weight.dtype for m in (q, k, v)}) == 1:
+    if (
+        all(type(m) is nn.Linear for m in (q, k, v))
+        and len({m.weight.dtype for m in (q, k, v)}) == 1
+    ):
         bias = any(m.bias is not None for m in (q, k, v))
-        fused = nn.Linear(q.in_features, q.out_features + k.out_features + v.out_features, bias=bias,
-                          dtype=q.weight.dtype, device=q.weight.device)
+        fused = nn.Linear(
+            q.in_features,
+            q.out_features + k.out_features + v.out_features,
+            bias=bias,
+            dtype=q.weight.dtype,
+            device=q.weight.device,
+        )
         with torch.no_grad():
             fused.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
             if bias:
-                fused.bias.copy_(torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                                            for m in (q, k, v)]))
+                fused.bias.copy_(
+                    torch.cat(
+                        [
+                            m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
+                            for m in (q, k, v)
+                        ]
+                    )
+                )
         return fused
     return None
 
 
 class GQAState:
     """One call's tensors for every FusedAttention: past buffers, lengths, rotary tables; the
-    attention modules put their presents in ``present`` (a plain object: torch.export traces through)."""
+    attention modules put their presents in ``present`` (a plain object: torch.export traces
+    through)."""
 
     def __init__(self, past, seqlens_k, total, cos, sin):
         self.past, self.seqlens_k, self.total, self.cos, self.sin = past, seqlens_k, total, cos, sin
@@ -121,7 +153,8 @@ class GQAState:
 
 
 class FusedAttention(nn.Module):
-    """An HF attention's projections around one ``gqa`` call (packed q/k/v when ``qkv_proj`` is set)."""
+    """An HF attention's projections around one ``gqa`` call (packed q/k/v when ``qkv_proj`` is
+    set)."""
 
     def __init__(self, attn: nn.Module, config, fuse: bool = True):
         super().__init__()
@@ -145,16 +178,37 @@ class FusedAttention(nn.Module):
     def packed(self) -> bool:
         return hasattr(self, "qkv_proj")
 
-    def forward(self, hidden_states, *args, gqa_state: GQAState, **kwargs):  # HF's mask, positions: unused
+    def forward(
+        self, hidden_states, *args, gqa_state: GQAState, **kwargs
+    ):  # HF's mask, positions: unused
         if self.packed:
             q, k, v = self.qkv_proj(hidden_states), None, None
         else:
-            q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+            q, k, v = (
+                self.q_proj(hidden_states),
+                self.k_proj(hidden_states),
+                self.v_proj(hidden_states),
+            )
         st = gqa_state
         past_k, past_v = st.past[self.layer_idx]
         out, present_k, present_v = torch.ops.lowrank_compiler.gqa(
-            q, k, v, past_k, past_v, st.seqlens_k, st.total, st.cos, st.sin, self.num_heads, self.kv_num_heads,
-            self.scaling, 1, 0, self.local_window_size, 0.0)
+            q,
+            k,
+            v,
+            past_k,
+            past_v,
+            st.seqlens_k,
+            st.total,
+            st.cos,
+            st.sin,
+            self.num_heads,
+            self.kv_num_heads,
+            self.scaling,
+            1,
+            0,
+            self.local_window_size,
+            0.0,
+        )
         st.present[self.layer_idx] = (present_k, present_v)
         return self.o_proj(out), None
 
@@ -172,7 +226,8 @@ class FusedRMSNorm(nn.Module):
 
 
 class GQADecoder(nn.Module):
-    """``(input_ids, attention_mask, *past) -> (logits, *presents)``, past/present ``[B, Hkv, M, D]``
+    """``(input_ids, attention_mask, *past) -> (logits, *presents)``, past/present ``[B, Hkv, M,
+    D]``
     per layer, key then value."""
 
     def __init__(self, model: nn.Module, context_length: int):
@@ -196,7 +251,8 @@ class GQADecoder(nn.Module):
 
 @contextlib.contextmanager
 def fused_attention(model: nn.Module, context_length: int, fuse: bool = True):
-    """Swap in FusedAttention / FusedRMSNorm (module docstring); yields the GQADecoder; undone on exit."""
+    """Swap in FusedAttention / FusedRMSNorm (module docstring); yields the GQADecoder; undone on
+    exit."""
     reason = gqa_unsupported(model, context_length)
     if reason is not None:
         raise ValueError(reason)

@@ -23,9 +23,15 @@ def lint(gm: fx.GraphModule) -> None:
         if node.op not in ("call_module", "get_attr"):
             continue
         try:
-            obj = gm.get_submodule(node.target) if node.op == "call_module" else _get_attr(gm, node.target)
+            obj = (
+                gm.get_submodule(node.target)
+                if node.op == "call_module"
+                else _get_attr(gm, node.target)
+            )
         except AttributeError as e:
-            raise LintError(f"node {node.name} refers to {node.target!r}, which does not exist: {e}") from e
+            raise LintError(
+                f"node {node.name} refers to {node.target!r}, which does not exist: {e}"
+            ) from e
         if node.op == "call_module" and model is not None and model is not gm:
             try:
                 in_model = model.get_submodule(node.target)
@@ -33,7 +39,8 @@ def lint(gm: fx.GraphModule) -> None:
                 continue  # the tracer's own containers (torch.export) have no model counterpart
             if in_model is not obj:
                 raise LintError(
-                    f"graph and model disagree at {node.target!r}: graph holds {type(obj).__name__}, "
+                    f"graph and model disagree at {node.target!r}: graph holds "
+                    f"{type(obj).__name__}, "
                     f"model holds {type(in_model).__name__}"
                 )
     try:

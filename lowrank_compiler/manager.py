@@ -33,9 +33,15 @@ from .runtime.files import make_dir, write_atomic
 class PassManager:
     """Runs a pipeline on a graph module: each pass, then lint, then the dump."""
 
-    def __init__(self, pipeline: Pipeline | str, *, dump_dir: str | os.PathLike | None = None,
-                 verify: bool = True, on_pass: Callable[[str, PassResult], None] | None = None,
-                 first_index: int = 1):
+    def __init__(
+        self,
+        pipeline: Pipeline | str,
+        *,
+        dump_dir: str | os.PathLike | None = None,
+        verify: bool = True,
+        on_pass: Callable[[str, PassResult], None] | None = None,
+        first_index: int = 1,
+    ):
         self.pipeline = Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
         self.pipeline.validate()
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
@@ -59,7 +65,9 @@ class PassManager:
         try:
             return self._run(gm)
         except BaseException:
-            G.undo_swaps(gm, since=mark)  # passes rewrite ``gm`` in place, so its journal holds every swap
+            G.undo_swaps(
+                gm, since=mark
+            )  # passes rewrite ``gm`` in place, so its journal holds every swap
             for p, flag in flags:
                 p.requires_grad_(flag)
             raise
@@ -70,8 +78,14 @@ class PassManager:
             self._html = HtmlDump(self.dump_dir, self.first_index, write_atomic)
         if self.dump_dir is not None and self.first_index == 1:
             tracer = gm.meta.get(G.TRACER, "?")
-            self._dump(0, "trace", render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm), gm,
-                       title=f"traced with {tracer}", stats={"tracer": tracer, "pipeline": str(self.pipeline)})
+            self._dump(
+                0,
+                "trace",
+                render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm),
+                gm,
+                title=f"traced with {tracer}",
+                stats={"tracer": tracer, "pipeline": str(self.pipeline)},
+            )
         done: list[str] = []
         total = len(self.pipeline.passes)
         for step, spec in enumerate(self.pipeline.passes, start=1):
@@ -85,15 +99,31 @@ class PassManager:
                     lint(result.gm)
             except Exception as e:
                 after = f" (after {', '.join(done)})" if done else " (the first pass)"
-                raise pass_error_type(e)(f"pass {spec.name!r}, step {step} of {total}{after}, failed: {e}",
-                           pass_name=spec.name, before=tuple(done)) from e
+                raise pass_error_type(e)(
+                    f"pass {spec.name!r}, step {step} of {total}{after}, failed: {e}",
+                    pass_name=spec.name,
+                    before=tuple(done),
+                ) from e
             gm = result.gm
             self.results.append((spec, result))
             changes = diff_nodes(before, gm)
             if self.dump_dir is not None:  # the text costs a pass over the graph: only when written
-                self._dump(index, spec.name, render_dump(f"after pass {spec}", dump_header(
-                    step, total, done, result, changes, gm), gm), gm, title=str(spec), stats=result.stats,
-                    report=result.report, changes=changes, before=before, modified=result.modified)
+                self._dump(
+                    index,
+                    spec.name,
+                    render_dump(
+                        f"after pass {spec}",
+                        dump_header(step, total, done, result, changes, gm),
+                        gm,
+                    ),
+                    gm,
+                    title=str(spec),
+                    stats=result.stats,
+                    report=result.report,
+                    changes=changes,
+                    before=before,
+                    modified=result.modified,
+                )
             if self.on_pass is not None:
                 self.on_pass(spec.name, result)
             done.append(spec.name)

@@ -54,20 +54,54 @@ _KEY = re.compile(r"^base_model\.model\.(?P<name>.+)\.lora_(?P<ab>[AB])\.weight$
 
 # fields that change what the adapter computes, and the value under which we compute it the same way
 _MUST_BE = {
-    "use_dora": False, "bias": "none", "lora_bias": False, "modules_to_save": None,
-    "layers_to_transform": None, "layer_replication": None, "trainable_token_indices": None,
-    "alora_invocation_tokens": None, "target_parameters": None, "megatron_config": None,
-    "velora_config": None, "monteclora_config": None, "use_bdlora": None, "arrow_config": None,
+    "use_dora": False,
+    "bias": "none",
+    "lora_bias": False,
+    "modules_to_save": None,
+    "layers_to_transform": None,
+    "layer_replication": None,
+    "trainable_token_indices": None,
+    "alora_invocation_tokens": None,
+    "target_parameters": None,
+    "megatron_config": None,
+    "velora_config": None,
+    "monteclora_config": None,
+    "use_bdlora": None,
+    "arrow_config": None,
     "kasa_config": None,
 }
 # fields that do not change the forward of a saved adapter
 _IGNORED = {
-    "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
-    "inference_mode", "layers_pattern", "megatron_core", "runtime_config", "loftq_config",
-    "eva_config", "corda_config", "lora_ga_config", "ensure_weight_tying", "init_lora_weights",
+    "task_type",
+    "auto_mapping",
+    "peft_version",
+    "base_model_name_or_path",
+    "revision",
+    "inference_mode",
+    "layers_pattern",
+    "megatron_core",
+    "runtime_config",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "ensure_weight_tying",
+    "init_lora_weights",
 }
-_MAPPED = {"peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules",
-           "fan_in_fan_out", "use_rslora", "rank_pattern", "alpha_pattern", "use_qalora", "qalora_group_size"}
+_MAPPED = {
+    "peft_type",
+    "r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "exclude_modules",
+    "fan_in_fan_out",
+    "use_rslora",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_qalora",
+    "qalora_group_size",
+}
 # initialisations that rewrite the base weights: the adapter is only right on that rewritten base
 _BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
 
@@ -81,8 +115,10 @@ def read_peft_config(path: str | Path) -> dict[str, Any]:
     try:
         cfg = json.loads(file.read_text(encoding="utf-8"))
     except OSError as e:
-        raise AdapterError(f"cannot read {file}: {e.strerror}; a PEFT adapter directory holds {CONFIG} "
-                           f"and {WEIGHTS}") from None
+        raise AdapterError(
+            f"cannot read {file}: {e.strerror}; a PEFT adapter directory holds {CONFIG} "
+            f"and {WEIGHTS}"
+        ) from None
     except ValueError as e:
         raise AdapterError(f"{file} is not valid JSON: {e}") from None
     if not isinstance(cfg, dict):
@@ -93,44 +129,67 @@ def read_peft_config(path: str | Path) -> dict[str, Any]:
 
 def _check_config(cfg: dict, file: Path) -> None:
     if cfg.get("peft_type") != "LORA":
-        raise AdapterError(f"{file}: peft_type is {cfg.get('peft_type')!r}; only 'LORA' adapters can be read")
+        raise AdapterError(
+            f"{file}: peft_type is {cfg.get('peft_type')!r}; only 'LORA' adapters can be read"
+        )
     for key, wanted in _MUST_BE.items():
         value = cfg.get(key, wanted)
         if value != wanted and value not in (None, False, [], {}):
-            raise AdapterError(f"{file}: {key}={value!r} is not supported (needs {wanted!r}): "
-                               f"{_WHY.get(key, 'the compiled model has no such adapter form')}")
+            raise AdapterError(
+                f"{file}: {key}={value!r} is not supported (needs {wanted!r}): "
+                f"{_WHY.get(key, 'the compiled model has no such adapter form')}"
+            )
     init = cfg.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower().startswith(_BASE_REWRITING_INITS):
-        raise AdapterError(f"{file}: init_lora_weights={init!r} rewrote the base weights at initialisation, so "
-                           f"the adapter is only right on that rewritten base; convert it to a plain LoRA "
-                           f"adapter with PEFT first (save_pretrained(path_initial_model_for_weight_conversion=...))")
-    unknown = sorted(k for k in cfg if k not in _MUST_BE and k not in _IGNORED and k not in _MAPPED
-                     and cfg[k] not in (None, False, [], {}, ""))
+        raise AdapterError(
+            f"{file}: init_lora_weights={init!r} rewrote the base weights at initialisation, so "
+            f"the adapter is only right on that rewritten base; convert it to a plain LoRA "
+            "adapter with PEFT first "
+            "(save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
+    unknown = sorted(
+        k
+        for k in cfg
+        if k not in _MUST_BE
+        and k not in _IGNORED
+        and k not in _MAPPED
+        and cfg[k] not in (None, False, [], {}, "")
+    )
     if unknown:
-        raise AdapterError(f"{file}: field(s) {unknown} are not known to this reader and are set; if they do not "
-                           f"change the adapter's forward, remove them from {CONFIG}")
+        raise AdapterError(
+            f"{file}: field(s) {unknown} are not known to this reader and are set; if they do not "
+            f"change the adapter's forward, remove them from {CONFIG}"
+        )
     _check_positive(f"{file}: r", cfg.get("r"), integer=True)
     _check_positive(f"{file}: lora_alpha", cfg.get("lora_alpha"))
     for field in ("rank_pattern", "alpha_pattern"):
         patterns = cfg.get(field) or {}
         if not isinstance(patterns, dict):
-            raise AdapterError(f"{file}: {field} must map layer-name regexes to numbers, got {patterns!r}")
+            raise AdapterError(
+                f"{file}: {field} must map layer-name regexes to numbers, got {patterns!r}"
+            )
         for key, value in patterns.items():
             _check_positive(f"{file}: {field}[{key!r}]", value, integer=field == "rank_pattern")
             try:
                 re.compile(key)
             except re.error as e:
-                raise AdapterError(f"{file}: {field} key {key!r} is not a valid regular expression: {e}") from None
+                raise AdapterError(
+                    f"{file}: {field} key {key!r} is not a valid regular expression: {e}"
+                ) from None
 
 
 def _check_positive(where: str, value, integer: bool = False) -> None:
     kinds = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        raise AdapterError(f"{where} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+        raise AdapterError(
+            f"{where} must be a positive {'integer' if integer else 'number'}, got {value!r}"
+        )
 
 
 _WHY = {
-    "use_dora": "DoRA rescales each output by a learned magnitude, which a LoRA layer does not hold",
+    "use_dora": (
+        "DoRA rescales each output by a learned magnitude, which a LoRA layer does not hold"
+    ),
     "bias": "the adapter trains biases of the base layers",
     "lora_bias": "lora_B carries a bias",
     "modules_to_save": "whole modules are trained and saved beside the adapters",
@@ -142,8 +201,11 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     file = path / WEIGHTS
     if not file.is_file():
         pickled = [p.name for p in path.glob("adapter_model.bin")]
-        hint = (f"; found {pickled[0]}, a pickle: it is not read (convert it to safetensors with PEFT)"
-                if pickled else "")
+        hint = (
+            f"; found {pickled[0]}, a pickle: it is not read (convert it to safetensors with PEFT)"
+            if pickled
+            else ""
+        )
         raise AdapterError(f"no {WEIGHTS} in {path}{hint}")
     try:
         return load_file(str(file))
@@ -157,13 +219,17 @@ def _split_keys(tensors: dict[str, torch.Tensor], file: Path) -> dict[str, dict[
     for key, tensor in tensors.items():
         m = _KEY.match(key)
         if m is None:
-            raise AdapterError(f"{file}: key {key!r} is not a LoRA weight ({PREFIX}<layer>.lora_A.weight / "
-                               f".lora_B.weight); {_guess(key)}")
+            raise AdapterError(
+                f"{file}: key {key!r} is not a LoRA weight ({PREFIX}<layer>.lora_A.weight / "
+                f".lora_B.weight); {_guess(key)}"
+            )
         layers.setdefault(m["name"], {})[m["ab"]] = tensor
     for name, pair in layers.items():
         if set(pair) != {"A", "B"}:
             missing = ({"A", "B"} - set(pair)).pop()
-            raise AdapterError(f"{file}: layer {name!r} has no {PREFIX}{name}.lora_{missing}.weight")
+            raise AdapterError(
+                f"{file}: layer {name!r} has no {PREFIX}{name}.lora_{missing}.weight"
+            )
     return layers
 
 
@@ -191,7 +257,8 @@ def _first_pattern(patterns: dict, name: str):
 
 
 def _our_alpha(lora_alpha: float, r: int, rslora: bool) -> float:
-    """Our ``alpha`` for PEFT's (``s = alpha / r``; rsLoRA's ``lora_alpha / sqrt(r)`` is ``alpha = lora_alpha sqrt(r)``)."""
+    """Our ``alpha`` for PEFT's (``s = alpha / r``; rsLoRA's ``lora_alpha / sqrt(r)`` is ``alpha =
+    lora_alpha sqrt(r)``)."""
     return float(lora_alpha) * math.sqrt(r) if rslora else float(lora_alpha)
 
 
@@ -209,9 +276,12 @@ def _patterns(value, field: str) -> list[str]:
     if isinstance(value, str):  # PEFT: a regex the whole name must match
         return [ALL_LINEAR] if value == ALL_LINEAR else [f"re:{value}"]
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        # PEFT: the exact name or a dotted suffix, as ours; escape what we would read as a glob or regex
-        return [f"re:(.*\\.)?{re.escape(v)}" if set(v) & set("*?[") or v.startswith("re:") else v
-                for v in sorted(value)]
+        # PEFT: the exact name or a dotted suffix, as ours; escape what we would read as a glob or
+        # regex
+        return [
+            f"re:(.*\\.)?{re.escape(v)}" if set(v) & set("*?[") or v.startswith("re:") else v
+            for v in sorted(value)
+        ]
     raise AdapterError(f"{field} must be a string or a list of strings, got {value!r}")
 
 
@@ -237,7 +307,10 @@ def peft_policy(path: str | Path) -> Policy:
         "method": "qalora" if cfg.get("use_qalora") else "lora",
         "target": _patterns(cfg.get("target_modules"), "target_modules") or names,
         "exclude": _patterns(cfg.get("exclude_modules"), "exclude_modules"),
-        "rank": rank, "alpha": alpha, "dropout": float(cfg.get("lora_dropout") or 0.0), "overrides": overrides,
+        "rank": rank,
+        "alpha": alpha,
+        "dropout": float(cfg.get("lora_dropout") or 0.0),
+        "overrides": overrides,
     }
     if cfg.get("use_qalora"):
         fields["group_size"] = int(cfg.get("qalora_group_size", 16))
@@ -252,18 +325,25 @@ def _adapter_layers(model: nn.Module) -> dict[str, nn.Module]:
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     inside = [n for n, m in model.named_modules() if isinstance(m, LRQATLinear)]
     if inside:
-        raise AdapterError(f"layer {inside[0]!r} ({len(inside)} in all) is an LR-QAT layer: its adapter moves integer "
-                           f"codes inside the rounding, which no PEFT adapter computes; keep it with "
-                           f"lrc.save_adapters, or fold it and export the integer model")
+        raise AdapterError(
+            f"layer {inside[0]!r} ({len(inside)} in all) is an LR-QAT layer: its adapter moves "
+            "integer "
+            f"codes inside the rounding, which no PEFT adapter computes; keep it with "
+            f"lrc.save_adapters, or fold it and export the integer model"
+        )
     scaled = [n for n, m in model.named_modules() if isinstance(m, QALoRALinear) and m.train_scales]
     if scaled:
-        raise AdapterError(f"layer {scaled[0]!r} ({len(scaled)} in all) trains its quantization scales "
-                           f"(train_scales=True), which a PEFT adapter does not hold; keep it with "
-                           f"lrc.save_adapters, or fold it and export the integer model")
+        raise AdapterError(
+            f"layer {scaled[0]!r} ({len(scaled)} in all) trains its quantization scales "
+            f"(train_scales=True), which a PEFT adapter does not hold; keep it with "
+            f"lrc.save_adapters, or fold it and export the integer model"
+        )
     layers = {n: m for n, m in model.named_modules() if isinstance(m, (LoRALinear, QALoRALinear))}
     if not layers:
-        raise AdapterError("the model holds no LoRA or QA-LoRA layers: compile it first "
-                           "(lrc.compile(model, lrc.peft_policy(adapter_dir), ...)); a folded model has none")
+        raise AdapterError(
+            "the model holds no LoRA or QA-LoRA layers: compile it first "
+            "(lrc.compile(model, lrc.peft_policy(adapter_dir), ...)); a folded model has none"
+        )
     return layers
 
 
@@ -271,34 +351,46 @@ def _check_layer_sets(ours: dict, theirs: dict, path: Path) -> None:
     hint = f"compile the model with lrc.peft_policy({str(path)!r})"
     extra = sorted(set(theirs) - set(ours))
     if extra:
-        raise AdapterError(f"the adapter adapts {len(extra)} layer(s) that are not adapter layers of this model "
-                           f"({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}); {hint}")
+        raise AdapterError(
+            f"the adapter adapts {len(extra)} layer(s) that are not adapter layers of this model "
+            f"({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}); {hint}"
+        )
     missing = sorted(set(ours) - set(theirs))
     if missing:
-        raise AdapterError(f"the model has adapters on {len(missing)} layer(s) the PEFT adapter does not hold "
-                           f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); {hint}")
+        raise AdapterError(
+            f"the model has adapters on {len(missing)} layer(s) the PEFT adapter does not hold "
+            f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); {hint}"
+        )
 
 
 def _check_layer(name: str, layer: nn.Module, pair: dict, cfg: dict, path: Path) -> None:
     qalora = bool(cfg.get("use_qalora"))
     if qalora != isinstance(layer, QALoRALinear):
         theirs, ours = ("QA-LoRA", "LoRA") if qalora else ("LoRA", "QA-LoRA")
-        raise AdapterError(f"layer {name}: the adapter is {theirs} (use_qalora={qalora}) but the compiled layer "
-                           f"is {ours}; compile with lrc.peft_policy({str(path)!r})")
+        raise AdapterError(
+            f"layer {name}: the adapter is {theirs} (use_qalora={qalora}) but the compiled layer "
+            f"is {ours}; compile with lrc.peft_policy({str(path)!r})"
+        )
     if qalora and layer.group_size != cfg.get("qalora_group_size", 16):
-        raise AdapterError(f"layer {name}: qalora_group_size={cfg.get('qalora_group_size')} but the layer "
-                           f"pools groups of {layer.group_size}")
+        raise AdapterError(
+            f"layer {name}: qalora_group_size={cfg.get('qalora_group_size')} but the layer "
+            f"pools groups of {layer.group_size}"
+        )
     for ab, ours in (("A", layer.lora_A), ("B", layer.lora_B)):
         if tuple(pair[ab].shape) != tuple(ours.shape):
-            raise AdapterError(f"layer {name}: {PREFIX}{name}.lora_{ab}.weight has shape {list(pair[ab].shape)}, "
-                               f"the compiled layer's lora_{ab} is {list(ours.shape)} (rank {layer.rank}, "
-                               f"in {layer.in_features}, out {layer.out_features}); compile with "
-                               f"lrc.peft_policy({str(path)!r})")
+            raise AdapterError(
+                f"layer {name}: {PREFIX}{name}.lora_{ab}.weight has shape {list(pair[ab].shape)}, "
+                f"the compiled layer's lora_{ab} is {list(ours.shape)} (rank {layer.rank}, "
+                f"in {layer.in_features}, out {layer.out_features}); compile with "
+                f"lrc.peft_policy({str(path)!r})"
+            )
     r, alpha = _rank_alpha(cfg, name)
     if not math.isclose(alpha / r, layer.scale, rel_tol=1e-6):
-        raise AdapterError(f"layer {name}: the adapter's scale is {alpha / r:g} (r={r}, our alpha={alpha:g}), the "
-                           f"compiled layer's is {layer.scale:g} (alpha={layer.alpha:g}, rank={layer.rank}); "
-                           f"compile with lrc.peft_policy({str(path)!r})")
+        raise AdapterError(
+            f"layer {name}: the adapter's scale is {alpha / r:g} (r={r}, our alpha={alpha:g}), the "
+            f"compiled layer's is {layer.scale:g} (alpha={layer.alpha:g}, rank={layer.rank}); "
+            f"compile with lrc.peft_policy({str(path)!r})"
+        )
 
 
 def load_peft_adapter(model: nn.Module, path: str | Path) -> nn.Module:
@@ -318,7 +410,9 @@ def load_peft_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     with torch.no_grad():
         for name, layer in layers.items():
             groups = layer.in_features // layer.group_size if isinstance(layer, QALoRALinear) else 1
-            layer.lora_A.copy_(pairs[name]["A"].to(layer.lora_A.dtype) * groups)  # PEFT's QA-LoRA A is ours / L
+            layer.lora_A.copy_(
+                pairs[name]["A"].to(layer.lora_A.dtype) * groups
+            )  # PEFT's QA-LoRA A is ours / L
             layer.lora_B.copy_(pairs[name]["B"])
     return model
 
@@ -337,18 +431,25 @@ def _check_saveable(layers: dict[str, nn.Module]) -> None:
     qalora = [(n, m) for n, m in layers.items() if isinstance(m, QALoRALinear)]
     bad = [n for n, m in qalora if m.zero_point != "float"]
     if bad:
-        raise AdapterError(f"layer(s) {', '.join(bad[:4])} train with zero_point='int' (rounded zero points), "
-                           f"which PEFT's QA-LoRA cannot compute; fold them instead")
+        raise AdapterError(
+            f"layer(s) {', '.join(bad[:4])} train with zero_point='int' (rounded zero points), "
+            f"which PEFT's QA-LoRA cannot compute; fold them instead"
+        )
     groups = sorted({m.group_size for _, m in qalora})
     if len(groups) > 1:
-        raise AdapterError(f"QA-LoRA layers pool groups of {groups}; PEFT's qalora_group_size is one number")
-    dropouts = sorted({m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0 for m in layers.values()})
+        raise AdapterError(
+            f"QA-LoRA layers pool groups of {groups}; PEFT's qalora_group_size is one number"
+        )
+    dropouts = sorted(
+        {m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0 for m in layers.values()}
+    )
     if len(dropouts) > 1:
         raise AdapterError(f"layers use dropouts {dropouts}; PEFT's lora_dropout is one number")
 
 
 def peft_config(model: nn.Module) -> dict[str, Any]:
-    """The ``adapter_config.json`` PEFT needs for ``model``'s adapters (the layers named exactly)."""
+    """The ``adapter_config.json`` PEFT needs for ``model``'s adapters (the layers named
+    exactly)."""
     layers = _adapter_layers(model)
     _check_saveable(layers)
     pairs = {n: (m.rank, m.alpha) for n, m in layers.items()}
@@ -397,4 +498,10 @@ def save_peft_adapter(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-__all__ = ["load_peft_adapter", "peft_config", "peft_policy", "read_peft_config", "save_peft_adapter"]
+__all__ = [
+    "load_peft_adapter",
+    "peft_config",
+    "peft_policy",
+    "read_peft_config",
+    "save_peft_adapter",
+]

@@ -56,13 +56,24 @@ def format_value(value) -> str:
             raise PipelineError(f"option value {value!r} is not finite")
         return repr(float(value))  # also for numpy floats, whose repr names their type
     if isinstance(value, str):
-        bare = value and not (_SPECIAL & set(value)) and _bare_value(value) == value and value.isprintable()
+        bare = (
+            value
+            and not (_SPECIAL & set(value))
+            and _bare_value(value) == value
+            and value.isprintable()
+        )
         return value if bare else json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(format_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{format_value(str(k))}={format_value(v)}" for k, v in value.items()) + "}"
-    raise PipelineError(f"option value {value!r} of type {type(value).__name__} has no textual form")
+        return (
+            "{"
+            + ",".join(f"{format_value(str(k))}={format_value(v)}" for k, v in value.items())
+            + "}"
+        )
+    raise PipelineError(
+        f"option value {value!r} of type {type(value).__name__} has no textual form"
+    )
 
 
 class Reader:
@@ -173,7 +184,8 @@ class PassSpec:
         unknown = set(self.options) - set(info.options)
         if unknown:
             raise PipelineError(
-                f"pass {self.name!r} has no option(s) {sorted(unknown)}; its options are {sorted(info.options)}"
+                f"pass {self.name!r} has no option(s) {sorted(unknown)}; its options are "
+                f"{sorted(info.options)}"
             )
 
 
@@ -188,7 +200,9 @@ class Pipeline:
     def parse(cls, text: str) -> "Pipeline":
         """Build a pipeline from its textual form; unknown passes or options are errors."""
         if not isinstance(text, str) or not text.strip():
-            raise PipelineError("a pipeline string names at least one pass, e.g. 'find-linears,insert-lora{rank=8}'")
+            raise PipelineError(
+                "a pipeline string names at least one pass, e.g. 'find-linears,insert-lora{rank=8}'"
+            )
         r = Reader(text)
         specs = []
         while True:

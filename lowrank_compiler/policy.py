@@ -21,7 +21,13 @@ from typing import Any, Mapping
 from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
 from .pipeline_text import PassSpec, Pipeline
 from .runtime.errors import PolicyError
-from .runtime.quant.formats import QUANTIZERS, ZERO_POINT_MODES, check_bits, check_choice, check_group_size
+from .runtime.quant.formats import (
+    QUANTIZERS,
+    ZERO_POINT_MODES,
+    check_bits,
+    check_choice,
+    check_group_size,
+)
 
 METHODS = ("lora", "qalora", "lrqat", "qlora", "rtn")
 QUANTIZED = ("qalora", "lrqat", "rtn")  # the methods with an integer base: ``quantizer`` applies
@@ -47,13 +53,23 @@ def _patterns(name: str, value) -> tuple[str, ...]:
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         span = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
 
 
 def _check_positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise PolicyError(f"{name} must be a positive finite number, got {value!r}")
 
 
@@ -135,7 +151,11 @@ class Policy:
         _check_int("rank", self.rank, 1)
         _check_positive("alpha", self.alpha)
         object.__setattr__(self, "alpha", float(self.alpha))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, (int, float))
+            or not 0 <= self.dropout < 1
+        ):
             raise PolicyError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         object.__setattr__(self, "dropout", float(self.dropout))
         check_bits(self.bits)
@@ -143,18 +163,24 @@ class Policy:
         check_choice(self.zero_point, ZERO_POINT_MODES, "zero_point")
         check_choice(self.quantizer, QUANTIZERS, "quantizer")
         if self.quantizer != "rtn" and self.method not in QUANTIZED:
-            raise PolicyError(f"quantizer={self.quantizer!r} applies to methods {_names(QUANTIZED)} (integer "
-                              f"bases); method {self.method!r} has none: leave quantizer='rtn'")
+            raise PolicyError(
+                f"quantizer={self.quantizer!r} applies to methods {_names(QUANTIZED)} (integer "
+                f"bases); method {self.method!r} has none: leave quantizer='rtn'"
+            )
         if not isinstance(self.double_quant, bool):
             raise PolicyError(f"double_quant must be true or false, got {self.double_quant!r}")
         if not isinstance(self.train_scales, bool):
             raise PolicyError(f"train_scales must be true or false, got {self.train_scales!r}")
         if self.train_scales and self.method not in SCALED:
-            raise PolicyError(f"train_scales=True applies to method {_names(SCALED)} (integer grid scales); "
-                              f"method {self.method!r} has no scales to train: leave train_scales=False")
+            raise PolicyError(
+                f"train_scales=True applies to method {_names(SCALED)} (integer grid scales); "
+                f"method {self.method!r} has no scales to train: leave train_scales=False"
+            )
         if self.method == "lrqat" and self.dropout:
-            raise PolicyError(f"dropout={self.dropout!r}: method 'lrqat' puts its adapter inside the weight, "
-                              f"where there is no input to drop; use dropout=0")
+            raise PolicyError(
+                f"dropout={self.dropout!r}: method 'lrqat' puts its adapter inside the weight, "
+                f"where there is no input to drop; use dropout=0"
+            )
         object.__setattr__(self, "overrides", _overrides(self.overrides))
 
     # --- serialisation -------------------------------------------------------------
@@ -197,7 +223,9 @@ class Policy:
         except (ValueError, UnicodeDecodeError) as e:
             if isinstance(e, PolicyError):
                 raise
-            raise PolicyError(f"policy file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}") from None
+            raise PolicyError(
+                f"policy file {str(path)!r} is not valid {path.suffix[1:].upper()}: {e}"
+            ) from None
         return cls.from_dict(data)
 
     def to_json(self) -> str:
@@ -216,21 +244,39 @@ class Policy:
             quant["quantizer"] = self.quantizer
         name, options = {
             "lora": ("insert-lora", adapter),
-            "qalora": ("insert-qalora", {**adapter, "zero_point": self.zero_point, **quant,
-                                         **({"train_scales": True} if self.train_scales else {})}),
-            "lrqat": ("insert-lrqat", {"rank": self.rank, "alpha": self.alpha, **quant,
-                                       **({"train_scales": True} if self.train_scales else {})}),
+            "qalora": (
+                "insert-qalora",
+                {
+                    **adapter,
+                    "zero_point": self.zero_point,
+                    **quant,
+                    **({"train_scales": True} if self.train_scales else {}),
+                },
+            ),
+            "lrqat": (
+                "insert-lrqat",
+                {
+                    "rank": self.rank,
+                    "alpha": self.alpha,
+                    **quant,
+                    **({"train_scales": True} if self.train_scales else {}),
+                },
+            ),
             "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant}),
             "rtn": ("quantize", quant),
         }[self.method]
         if self.overrides:
             options["overrides"] = {o.pattern: o.fields() for o in self.overrides}
-        calibrate = (PassSpec("calibrate", dict(calibration or {})),) if self.quantizer == "gptq" else ()
+        calibrate = (
+            (PassSpec("calibrate", dict(calibration or {})),) if self.quantizer == "gptq" else ()
+        )
         return Pipeline((PassSpec("find-linears", select), *calibrate, PassSpec(name, options)))
 
     def fold_pipeline(self, zeros: str = "split") -> Pipeline:
         """The pass that folds this policy's adapters (QLoRA requantizes to bits/group_size)."""
-        return Pipeline((PassSpec("fold", {"zeros": zeros, "bits": self.bits, "group_size": self.group_size}),))
+        return Pipeline(
+            (PassSpec("fold", {"zeros": zeros, "bits": self.bits, "group_size": self.group_size}),)
+        )
 
 
 def _names(methods: tuple[str, ...]) -> str:
@@ -243,16 +289,24 @@ def _overrides(value) -> tuple[Override, ...]:
         out = []
         for pattern, spec in value.items():
             if not isinstance(spec, Mapping):
-                raise PolicyError(f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {spec!r}")
+                raise PolicyError(
+                    f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {spec!r}"
+                )
             unknown = sorted(set(spec) - set(OVERRIDE_FIELDS))
             if unknown:
-                raise PolicyError(f"overrides[{pattern!r}] has unknown field(s) {unknown}; allowed: {OVERRIDE_FIELDS}")
+                raise PolicyError(
+                    f"overrides[{pattern!r}] has unknown field(s) {unknown}; allowed: "
+                    f"{OVERRIDE_FIELDS}"
+                )
             out.append(Override(pattern, **spec))
         return tuple(out)
     if isinstance(value, (list, tuple)) and all(isinstance(o, Override) for o in value):
         patterns = [o.pattern for o in value]
         twice = sorted({p for p in patterns if patterns.count(p) > 1})
         if twice:
-            raise PolicyError(f"overrides name pattern(s) {twice} more than once; merge their fields into one entry")
+            raise PolicyError(
+                f"overrides name pattern(s) {twice} more than once; merge their fields into one "
+                "entry"
+            )
         return tuple(value)
     raise PolicyError(f"overrides must be a mapping {{pattern: {{field: value}}}}, got {value!r}")

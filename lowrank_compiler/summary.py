@@ -20,7 +20,8 @@ from .runtime.layers.lora import AdapterLayer
 @dataclass(frozen=True)
 class LayerRow:
     name: str
-    kind: str  # lora, qalora, qalora-int, lrqat, qlora, int4 (int2/3/8), nf4, linear (a folded float layer)
+    # lora, qalora, qalora-int, lrqat, qlora, int4 (int2/3/8), nf4, linear (a folded float layer)
+    kind: str
     in_features: int
     out_features: int
     rank: int | None
@@ -51,18 +52,46 @@ class Summary:
 
     def __str__(self) -> str:
         folded = any(r.fold_rel_err is not None for r in self.layers)
-        cols = ["layer", "kind", "in", "out", "rank", "alpha", "bits", "group", "zeros", "trainable", "bytes"]
+        cols = [
+            "layer",
+            "kind",
+            "in",
+            "out",
+            "rank",
+            "alpha",
+            "bits",
+            "group",
+            "zeros",
+            "trainable",
+            "bytes",
+        ]
         cols += ["fold err"] if folded else []
         rows = []
         for r in self.layers:
-            row = [r.name, r.kind, r.in_features, r.out_features, r.rank, r.alpha, r.bits, r.group_size, r.zeros,
-                   r.trainable, r.bytes]
-            rows.append(row + ([None if r.fold_rel_err is None else f"{r.fold_rel_err:.1e}"] if folded else []))
+            row = [
+                r.name,
+                r.kind,
+                r.in_features,
+                r.out_features,
+                r.rank,
+                r.alpha,
+                r.bits,
+                r.group_size,
+                r.zeros,
+                r.trainable,
+                r.bytes,
+            ]
+            rows.append(
+                row
+                + ([None if r.fold_rel_err is None else f"{r.fold_rel_err:.1e}"] if folded else [])
+            )
         text = [[_cell(v) for v in row] for row in rows]
         widths = [max([len(c)] + [len(t[i]) for t in text]) for i, c in enumerate(cols)]
 
         def line(vals):
-            return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
+            return "  ".join(
+                v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))
+            )
 
         out = [f"tracer: {self.tracer or 'none (not compiled)'}"]
         if self.pipeline:
@@ -70,10 +99,14 @@ class Summary:
         out += [f"note: {n}" for n in self.notes]
         out += [line(cols), line(["-" * w for w in widths])] + [line(t) for t in text]
         pct = 100.0 * self.trainable_params / self.total_params if self.total_params else 0.0
-        out.append(f"{len(self.layers)} layer(s) rewritten, {len(self.untouched)} linear layer(s) untouched")
+        out.append(
+            f"{len(self.layers)} layer(s) rewritten, {len(self.untouched)} linear layer(s) "
+            "untouched"
+        )
         out.extend(f"  untouched: {u}" for u in self.untouched)
         out.append(
-            f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters ({pct:.3f}%); "
+            f"trainable: {self.trainable_params:,} of {self.total_params:,} parameters "
+            f"({pct:.3f}%); "
             f"{_bytes(self.trainable_bytes)} of {_bytes(self.total_bytes)}"
         )
         return "\n".join(out)
@@ -102,12 +135,22 @@ def _row(name: str, m: nn.Module, fold_errors: dict) -> LayerRow:
         d = m.describe()
     else:  # a float layer that fold merged an adapter into
         s = linear_shape(m)
-        d = {"kind": "linear", "in_features": s.in_features, "out_features": s.out_features,
-             "bits": m.weight.element_size() * 8}
+        d = {
+            "kind": "linear",
+            "in_features": s.in_features,
+            "out_features": s.out_features,
+            "bits": m.weight.element_size() * 8,
+        }
     tensors = list(m.parameters()) + list(m.buffers())
     return LayerRow(
-        name=name, kind=d["kind"], in_features=d["in_features"], out_features=d["out_features"],
-        rank=d.get("rank"), alpha=d.get("alpha"), bits=d.get("bits"), group_size=d.get("group_size"),
+        name=name,
+        kind=d["kind"],
+        in_features=d["in_features"],
+        out_features=d["out_features"],
+        rank=d.get("rank"),
+        alpha=d.get("alpha"),
+        bits=d.get("bits"),
+        group_size=d.get("group_size"),
         zeros=d.get("zeros"),
         params=sum(p.numel() for p in m.parameters()),
         trainable=sum(p.numel() for p in m.parameters() if p.requires_grad),
@@ -134,14 +177,21 @@ def summary(model: nn.Module) -> Summary:
         if name in inside or name in fold_errors or not is_linear_module(m):
             continue
         s = linear_shape(m)
-        reason = status.get(name, "not in graph" if info and info.tracer != "modules" else "not targeted")
+        reason = status.get(
+            name, "not in graph" if info and info.tracer != "modules" else "not targeted"
+        )
         untouched.append(f"{name} ({s.in_features}->{s.out_features}, {reason})")
-    untouched += [f"{op.name} ({op.in_features}->{op.out_features}, functional F.linear)"
-                  for op in (info.linears if info else []) if op.kind == "functional"]
+    untouched += [
+        f"{op.name} ({op.in_features}->{op.out_features}, functional F.linear)"
+        for op in (info.linears if info else [])
+        if op.kind == "functional"
+    ]
     notes = []
     if info and info.tracer == "modules":
-        notes.append("no graph: layers were matched by module name (trace_mode='modules'); "
-                     "functional linear ops, if any, were not seen")
+        notes.append(
+            "no graph: layers were matched by module name (trace_mode='modules'); "
+            "functional linear ops, if any, were not seen"
+        )
     params = list(model.parameters())
     buffers = list(model.buffers())
     return Summary(

@@ -30,7 +30,8 @@ def spec_of(t: torch.Tensor) -> str:
 
 
 def digest_tensors(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order: the identity of a set of weights."""
+    """sha256 over names, dtypes, shapes and bytes, in name order: the identity of a set of
+    weights."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
@@ -39,7 +40,9 @@ def digest_tensors(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+def write_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> str:
     """Save ``tensors`` to ``path`` atomically; returns the file's sha256."""
     from safetensors.torch import save
 
@@ -50,8 +53,11 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     return hashlib.sha256(data).hexdigest()
 
 
-def read_tensors(path: Path, *, sha256: str, expected: dict[str, str], what: str) -> dict[str, torch.Tensor]:
-    """Load ``path`` after checking its sha256 and that it holds exactly ``expected`` ({name: spec_of})."""
+def read_tensors(
+    path: Path, *, sha256: str, expected: dict[str, str], what: str
+) -> dict[str, torch.Tensor]:
+    """Load ``path`` after checking its sha256 and that it holds exactly ``expected`` ({name:
+    spec_of})."""
     from safetensors.torch import load
 
     path = Path(path)
@@ -61,18 +67,26 @@ def read_tensors(path: Path, *, sha256: str, expected: dict[str, str], what: str
         raise AdapterError(f"cannot read {what} {str(path)!r}: {e.strerror}") from None
     found = hashlib.sha256(data).hexdigest()
     if found != sha256:
-        raise AdapterError(f"{what} {str(path)!r} is truncated or corrupted: its sha256 is {found[:16]}..., "
-                           f"the record beside it says {str(sha256)[:16]}...; save it again")
+        raise AdapterError(
+            f"{what} {str(path)!r} is truncated or corrupted: its sha256 is {found[:16]}..., "
+            f"the record beside it says {str(sha256)[:16]}...; save it again"
+        )
     try:
         tensors = load(data)
     except Exception as e:  # the recorded hash matched, so the writer itself produced a bad file
-        raise AdapterError(f"{what} {str(path)!r} is not a readable safetensors file: {e}") from None
+        raise AdapterError(
+            f"{what} {str(path)!r} is not a readable safetensors file: {e}"
+        ) from None
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise AdapterError(f"{what} {str(path)!r} lacks tensor {missing[0]!r} ({len(missing)} missing)")
+        raise AdapterError(
+            f"{what} {str(path)!r} lacks tensor {missing[0]!r} ({len(missing)} missing)"
+        )
     extra = [k for k in tensors if k not in expected]
     if extra:
-        raise AdapterError(f"{what} {str(path)!r} holds unexpected tensor {extra[0]!r} ({len(extra)} unexpected)")
+        raise AdapterError(
+            f"{what} {str(path)!r} holds unexpected tensor {extra[0]!r} ({len(extra)} unexpected)"
+        )
     for name, want in expected.items():
         got = spec_of(tensors[name])
         if got != want:
@@ -80,12 +94,20 @@ def read_tensors(path: Path, *, sha256: str, expected: dict[str, str], what: str
     return tensors
 
 
-__all__ = ["digest_tensors", "dtype_name", "read_tensors", "spec_of",
-           "write_tensors"]
+__all__ = ["digest_tensors", "dtype_name", "read_tensors", "spec_of", "write_tensors"]
 
 
-def read_json_record(directory: Path, name: str, *, fmt: str, version: int, error: type[Exception],
-                     what: str, writer: str, kind: str) -> tuple[dict[str, Any], Path]:
+def read_json_record(
+    directory: Path,
+    name: str,
+    *,
+    fmt: str,
+    version: int,
+    error: type[Exception],
+    what: str,
+    writer: str,
+    kind: str,
+) -> tuple[dict[str, Any], Path]:
     """``directory/name`` as a JSON object of format ``fmt`` and ``version``, or ``error``
     saying which of these is wrong: no directory, no file (``writer`` did not write it),
     unreadable, another format, another version. Returns the record and its path."""
@@ -95,11 +117,16 @@ def read_json_record(directory: Path, name: str, *, fmt: str, version: int, erro
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise error(f"{str(directory)!r} holds no {name}: it is not a directory {writer} wrote") from None
+        raise error(
+            f"{str(directory)!r} holds no {name}: it is not a directory {writer} wrote"
+        ) from None
     except (OSError, ValueError) as e:
         raise error(f"cannot read {str(path)!r}: {e}") from None
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise error(f"{str(path)!r} is not a {kind} (format {fmt!r})")
     if record.get("version") != version:
-        raise error(f"{str(path)!r} has format version {record.get('version')!r}; this version reads {version}")
+        raise error(
+            f"{str(path)!r} has format version {record.get('version')!r}; this version reads "
+            f"{version}"
+        )
     return record, path

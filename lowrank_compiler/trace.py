@@ -34,24 +34,31 @@ MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # frames of the tracing machinery itself are never "where tracing failed"
-_OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py", "pipeline.py")} | {os.path.abspath(G.__file__)}
+_OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py", "pipeline.py")} | {
+    os.path.abspath(G.__file__)
+}
 
 
-def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str = "auto") -> fx.GraphModule:
+def trace(
+    model: nn.Module, example_inputs=None, example_kwargs=None, mode: str = "auto"
+) -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TypeError(f"trace expects a torch.nn.Module, got {type(model).__name__}")
     if mode not in MODES:
         raise ValueError(f"trace_mode must be one of {MODES}, got {mode!r}")
     if isinstance(model, nn.Module) and is_linear_module(model):
         raise TraceError(
-            f"the model is a bare {type(model).__name__}: layers are rewritten by module name, and the root "
+            f"the model is a bare {type(model).__name__}: layers are rewritten by module name, and "
+            "the root "
             f"has none. Wrap it, e.g. nn.Sequential(layer), and compile that"
         )
     if mode == "auto":
         mode = "export" if (example_inputs is not None or example_kwargs) else "fx"
     if mode == "export":
         if example_inputs is None and not example_kwargs:
-            raise TraceError("trace_mode='export' needs example_inputs (or example_kwargs) to run the model once")
+            raise TraceError(
+                "trace_mode='export' needs example_inputs (or example_kwargs) to run the model once"
+            )
         gm = _export(model, example_inputs, example_kwargs)
     elif mode == "fx":
         gm = _symbolic(model)
@@ -64,8 +71,11 @@ def trace(model: nn.Module, example_inputs=None, example_kwargs=None, mode: str 
 
 def _where(e: BaseException) -> str:
     """The innermost frame of the traceback that is the user's code, not torch's."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__)
-              if not f.filename.startswith(_LIB_DIRS) and os.path.abspath(f.filename) not in _OWN_FILES]
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if not f.filename.startswith(_LIB_DIRS) and os.path.abspath(f.filename) not in _OWN_FILES
+    ]
     if not frames:
         return "inside torch"
     f = frames[-1]
@@ -122,7 +132,8 @@ def _export(model: nn.Module, example_inputs, example_kwargs) -> fx.GraphModule:
     except Exception as e:
         raise TraceError(
             f"torch.export of {type(model).__name__} failed at {_where(e)} ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). Check that the example inputs run the model, "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Check that the example inputs run the "
+            "model, "
             f"or pass trace_mode='modules' to match linear modules by name without a graph"
         ) from e
     finally:
@@ -158,9 +169,13 @@ def _linear_owner(model: nn.Module, node: fx.Node, weight: torch.Tensor) -> str 
 
 
 def _fold_linear_calls(gm: fx.GraphModule, model: nn.Module) -> None:
-    """Replace ``aten.linear(x, W, b)`` / ``aten.addmm(b, x, W)`` on a module's weight by ``call_module``."""
+    """Replace ``aten.linear(x, W, b)`` / ``aten.addmm(b, x, W)`` on a module's weight by
+    ``call_module``."""
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (torch.ops.aten.linear.default, torch.ops.aten.addmm.default):
+        if node.op != "call_function" or node.target not in (
+            torch.ops.aten.linear.default,
+            torch.ops.aten.addmm.default,
+        ):
             continue
         is_addmm = node.target is torch.ops.aten.addmm.default
         w = node.args[2] if is_addmm else node.args[1]

@@ -6,6 +6,20 @@ reading or printing a pipeline costs no pass's imports (the exporter pulls in on
 ``helpers/`` holds the compile-time code several passes share; it holds no pass.
 """
 
-from .registry import PassInfo, PassResult, get_pass, register_pass, registered_passes, unregister_pass
+from .registry import (
+    PassInfo,
+    PassResult,
+    get_pass,
+    register_pass,
+    registered_passes,
+    unregister_pass,
+)
 
-__all__ = ["PassInfo", "PassResult", "get_pass", "register_pass", "registered_passes", "unregister_pass"]
+__all__ = [
+    "PassInfo",
+    "PassResult",
+    "get_pass",
+    "register_pass",
+    "registered_passes",
+    "unregister_pass",
+]

@@ -20,18 +20,28 @@ from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 
-@register_pass("calibrate", "run the model on calibration batches; record selected layers' input statistics")
-def calibrate(gm: fx.GraphModule, *, batches: int | None = None, sha256: str | None = None) -> PassResult:
+@register_pass(
+    "calibrate", "run the model on calibration batches; record selected layers' input statistics"
+)
+def calibrate(
+    gm: fx.GraphModule, *, batches: int | None = None, sha256: str | None = None
+) -> PassResult:
     data = gm.meta.get(G.CALIBRATION)
     if data is None:
-        raise PolicyError("calibrate needs calibration batches: compile(model, policy, calibration=[batch, ...]), "
-                          "each batch what the model takes (a dict of keyword arguments, a tuple, or a tensor)")
+        raise PolicyError(
+            "calibrate needs calibration batches: compile(model, policy, calibration=[batch, "
+            "...]), "
+            "each batch what the model takes (a dict of keyword arguments, a tuple, or a tensor)"
+        )
     if batches is not None or sha256 is not None:
         given = calibration_record(data)
         if (batches, sha256) != (given["batches"], given["sha256"]):
-            raise PolicyError(f"the calibration data ({given['batches']} batches, sha256 {given['sha256'][:12]}) is "
-                              f"not what this pipeline recorded (batches={batches}, sha256 {str(sha256)[:12]}); "
-                              f"pass the same batches, or drop the options to calibrate on new data")
+            raise PolicyError(
+                f"the calibration data ({given['batches']} batches, sha256 {given['sha256'][:12]}) "
+                "is "
+                f"not what this pipeline recorded (batches={batches}, sha256 {str(sha256)[:12]}); "
+                f"pass the same batches, or drop the options to calibrate on new data"
+            )
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before calibrate")
@@ -44,4 +54,6 @@ def calibrate(gm: fx.GraphModule, *, batches: int | None = None, sha256: str | N
     missed = sorted(set(layers) - set(moments))
     report = [f"{name}: H [{h.shape[0]}, {h.shape[1]}]" for name, h in moments.items()]
     report += [f"{name}: never called by the calibration batches" for name in missed]
-    return PassResult(gm, False, {"batches": n, "layers": len(moments), "missed": len(missed)}, report)
+    return PassResult(
+        gm, False, {"batches": n, "layers": len(moments), "missed": len(missed)}, report
+    )

@@ -16,18 +16,32 @@ from .helpers import graph as G
 from .registry import PassResult, register_pass
 
 
-@register_pass("export-onnx", "write the model to an ONNX file (MatMulNBits or standard QDQ), graph unchanged")
-def export_onnx(gm: fx.GraphModule, *, path=None, format="matmulnbits", accuracy_level=0, dynamic=True) -> PassResult:
+@register_pass(
+    "export-onnx", "write the model to an ONNX file (MatMulNBits or standard QDQ), graph unchanged"
+)
+def export_onnx(
+    gm: fx.GraphModule, *, path=None, format="matmulnbits", accuracy_level=0, dynamic=True
+) -> PassResult:
     if not path:
         raise PolicyError("export-onnx needs path=<file.onnx>")
     example = gm.meta.get(G.EXAMPLE)
     if example is None:
-        raise PolicyError("export-onnx needs the example inputs the model was traced with: compile with "
-                          "example_inputs=(...), or call lowrank_compiler.export_onnx directly")
+        raise PolicyError(
+            "export-onnx needs the example inputs the model was traced with: compile with "
+            "example_inputs=(...), or call lowrank_compiler.export_onnx directly"
+        )
     args, kwargs = example
     targets = [op.name for op in gm.meta.get(G.LINEARS, []) if op.status == "selected"]
-    written = export_model(G.model_of(gm), path, args=args, kwargs=kwargs, fmt=format,
-                           accuracy_level=accuracy_level, dynamic=dynamic, targets=targets or None)
+    written = export_model(
+        G.model_of(gm),
+        path,
+        args=args,
+        kwargs=kwargs,
+        fmt=format,
+        accuracy_level=accuracy_level,
+        dynamic=dynamic,
+        targets=targets or None,
+    )
     report = inspect_onnx(written)
     stats = {"path": str(written), "pure_int4": report.is_pure_int4, "ops": report.ops}
     return PassResult(gm, False, stats, op_listing(written))

@@ -40,7 +40,9 @@ def _as_tuple(value) -> tuple[str, ...]:
 def _output_heads(model: nn.Module | None) -> set[str]:
     if model is None:
         return set()
-    heads = {name for name, _ in model.named_modules() if name == "lm_head" or name.endswith(".lm_head")}
+    heads = {
+        name for name, _ in model.named_modules() if name == "lm_head" or name.endswith(".lm_head")
+    }
     getter = getattr(model, "get_output_embeddings", None)
     if callable(getter):
         try:
@@ -51,9 +53,13 @@ def _output_heads(model: nn.Module | None) -> set[str]:
             heads |= {name for name, m in model.named_modules() if m is head}
     # a hand-written model's head tied to its embedding (``head.weight = emb.weight``, nanoGPT)
     tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    heads |= {name for name, m in model.named_modules()
-              if isinstance(getattr(m, "weight", None), torch.Tensor) and id(m.weight) in tables and
-              not isinstance(m, nn.Embedding)}
+    heads |= {
+        name
+        for name, m in model.named_modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor)
+        and id(m.weight) in tables
+        and not isinstance(m, nn.Embedding)
+    }
     return heads
 
 
@@ -68,7 +74,9 @@ def _aliases(model: nn.Module | None, names: list[str]) -> dict[str, tuple[str, 
     for name in names:
         try:
             out[name] = tuple(by_id.get(id(model.get_submodule(name)), [name]))
-        except AttributeError:  # functional entries are named after a weight's owner, maybe no module
+        except (
+            AttributeError
+        ):  # functional entries are named after a weight's owner, maybe no module
             pass
     return out
 
@@ -100,7 +108,9 @@ def _collect(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, list[fx.Node]
             module = gm.get_submodule(node.target)
             if is_linear_module(module):
                 shape = linear_shape(module)
-                modules.setdefault(node.target, (shape.kind, shape.in_features, shape.out_features, []))[3].append(node)
+                modules.setdefault(
+                    node.target, (shape.kind, shape.in_features, shape.out_features, [])
+                )[3].append(node)
         elif (fn := _functional_op(gm, node)) is not None:
             owner, k, n = fn
             functional.setdefault(owner, ("functional", k, n, []))[3].append(node)
@@ -110,7 +120,9 @@ def _collect(gm: fx.GraphModule) -> dict[str, tuple[str, int, int, list[fx.Node]
     return found
 
 
-@register_pass("find-linears", "tag linear ops with their module names and select the policy's targets")
+@register_pass(
+    "find-linears", "tag linear ops with their module names and select the policy's targets"
+)
 def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> PassResult:
     target, exclude = _as_tuple(target), _as_tuple(exclude)
     for p in target + exclude:
@@ -119,7 +131,8 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
     found = _collect(gm)
     if not found:
         raise TargetError(
-            "the model has no linear layers (nn.Linear, F.linear or GPT-2 Conv1D) in its traced graph; "
+            "the model has no linear layers (nn.Linear, F.linear or GPT-2 Conv1D) in its traced "
+            "graph; "
             "nothing to rewrite"
         )
     names = list(found)
@@ -138,7 +151,11 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         if kind == "functional" and name.endswith(" (F.linear)"):
             status[name] = "functional"  # the module itself is selected (or not) by its own name
         elif ALL_LINEAR in target and not explicit_hit:
-            status[name] = "output-head" if name in heads else ("functional" if kind == "functional" else "selected")
+            status[name] = (
+                "output-head"
+                if name in heads
+                else ("functional" if kind == "functional" else "selected")
+            )
         elif explicit_hit:
             status[name] = "selected"
         else:
@@ -146,7 +163,8 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
     unmatched = [p for p in explicit if not any(hit(p, n) for n in names)]
     if not any(s == "selected" for s in status.values()):
         raise TargetError(
-            f"target {list(target)} matches none of the model's {len(names)} linear layers: {listing}"
+            f"target {list(target)} matches none of the model's {len(names)} linear layers: "
+            f"{listing}"
         )
     if unmatched:
         raise TargetError(
@@ -156,18 +174,23 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
     for p in exclude:
         hits = [n for n in names if hit(p, n)]
         if not hits:
-            raise TargetError(f"exclude pattern {p!r} matches no linear layer. Linear layers: {listing}")
+            raise TargetError(
+                f"exclude pattern {p!r} matches no linear layer. Linear layers: {listing}"
+            )
         for n in hits:
             if status[n] == "selected":
                 status[n] = "excluded"
     bad = [n for n in names if status[n] == "selected" and found[n][0] == "functional"]
     if bad:
         raise TargetError(
-            f"layers {bad} are functional F.linear calls on raw parameters: there is no module to rewrite. "
+            f"layers {bad} are functional F.linear calls on raw parameters: there is no module to "
+            "rewrite. "
             f"Wrap the weight in an nn.Linear, or add them to exclude"
         )
     if not any(s == "selected" for s in status.values()):
-        raise TargetError(f"exclude {list(exclude)} leaves no linear layer selected. Linear layers: {listing}")
+        raise TargetError(
+            f"exclude {list(exclude)} leaves no linear layer selected. Linear layers: {listing}"
+        )
 
     ops = []
     for name, (kind, k, n, nodes) in found.items():
@@ -187,9 +210,16 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         "linear_layers": len(ops),
         "linear_calls": sum(op.calls for op in ops),
         "kinds": dict(Counter(op.kind for op in ops)),
-        **{s: counts[s] for s in ("selected", "excluded", "output-head", "not-targeted", "functional") if counts[s]},
+        **{
+            s: counts[s]
+            for s in ("selected", "excluded", "output-head", "not-targeted", "functional")
+            if counts[s]
+        },
         "not_in_graph": unused,
     }
-    report = [f"{op.status:12s} {op.name} ({op.kind}, {op.in_features}->{op.out_features}"
-              f"{f', {op.calls} calls' if op.calls > 1 else ''})" for op in ops]
+    report = [
+        f"{op.status:12s} {op.name} ({op.kind}, {op.in_features}->{op.out_features}"
+        f"{f', {op.calls} calls' if op.calls > 1 else ''})"
+        for op in ops
+    ]
     return PassResult(gm, False, stats, report)

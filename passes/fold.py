@@ -27,12 +27,12 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-from ..runtime.quant.formats import FOLD_ZEROS, check_bits, check_choice
 from ..runtime.layers.int_linear import IntLinear
 from ..runtime.layers.lora import AdapterLayer
 from ..runtime.layers.lrqat import LRQATLinear
-from ..runtime.progress import progress
 from ..runtime.layers.qalora import QALoRALinear
+from ..runtime.progress import progress
+from ..runtime.quant.formats import FOLD_ZEROS, check_bits, check_choice
 from ..runtime.quant.group import group_sum
 from .helpers import graph as G
 from .helpers.select import TargetError
@@ -41,7 +41,9 @@ from .registry import PassResult, register_pass
 
 def _probe_error(layer: torch.nn.Module, folded: torch.nn.Module, rows: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(rows, layer.in_features, generator=g).to(layer.lora_A.device, layer.lora_A.dtype)
+    x = torch.randn(rows, layer.in_features, generator=g).to(
+        layer.lora_A.device, layer.lora_A.dtype
+    )
     if _same_codes(layer, folded):
         return _group_error(layer, folded, x)
     was = layer.training
@@ -54,18 +56,30 @@ def _probe_error(layer: torch.nn.Module, folded: torch.nn.Module, rows: int, see
 
 
 def _same_codes(layer: torch.nn.Module, folded: torch.nn.Module) -> bool:
-    return (isinstance(layer, QALoRALinear) and isinstance(folded, IntLinear)
-            and folded.group_size == layer.base.group_size and folded.bits == layer.base.bits
-            and _same(folded.qweight, layer.base.qweight) and _same(folded.scales, layer.base.scales))
+    return (
+        isinstance(layer, QALoRALinear)
+        and isinstance(folded, IntLinear)
+        and folded.group_size == layer.base.group_size
+        and folded.bits == layer.base.bits
+        and _same(folded.qweight, layer.base.qweight)
+        and _same(folded.scales, layer.base.scales)
+    )
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """The same tensor (the fold shares it: O(1)), or an equal one."""
-    shared = a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    shared = (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
     return shared or torch.equal(a, b)
 
 
-def _group_error(layer: QALoRALinear, folded: IntLinear, x: torch.Tensor, channels: int = 256) -> float:
+def _group_error(
+    layer: QALoRALinear, folded: IntLinear, x: torch.Tensor, channels: int = 256
+) -> float:
     """The same ratio for a QA-LoRA fold, without dequantizing the layer twice: the codes and
     scales are shared, so ``y_fold - y = group_sum(x) @ E^T`` with ``E`` [N, L] the change of
     the group-constant part (``IntLinear.group_offset``) minus the adapter's
@@ -76,7 +90,9 @@ def _group_error(layer: QALoRALinear, folded: IntLinear, x: torch.Tensor, channe
     e = folded.group_offset() - base.group_offset() - delta  # (N, L)
     sums = group_sum(x.double(), base.group_size)  # (M, L)
     diff = (sums @ e.T).abs().max()  # (M, N) -> ()
-    index = torch.linspace(0, base.out_features - 1, min(channels, base.out_features)).round().long()
+    index = (
+        torch.linspace(0, base.out_features - 1, min(channels, base.out_features)).round().long()
+    )
     index = index.to(base.scales.device)
     with torch.no_grad():
         y = base.rows(index)(x).double() + sums @ delta[index].T  # (M, channels)
@@ -84,25 +100,41 @@ def _group_error(layer: QALoRALinear, folded: IntLinear, x: torch.Tensor, channe
 
 
 def _check_adapters_finite(gm: fx.GraphModule, names: list[str]) -> None:
-    """A diverged training run leaves NaN/inf adapters; folding them would poison the integer model."""
-    bad = [f"{name}.{pname}" for name in names if isinstance(gm.get_submodule(name), AdapterLayer)
-           for pname, p in gm.get_submodule(name).named_parameters()
-           if p.is_floating_point() and not torch.isfinite(p).all()]
+    """A diverged training run leaves NaN/inf adapters; folding them would poison the integer
+    model."""
+    bad = [
+        f"{name}.{pname}"
+        for name in names
+        if isinstance(gm.get_submodule(name), AdapterLayer)
+        for pname, p in gm.get_submodule(name).named_parameters()
+        if p.is_floating_point() and not torch.isfinite(p).all()
+    ]
     if bad:
-        raise TargetError(f"{len(bad)} adapter weight(s) hold NaN/inf values (did training diverge?): "
-                          f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; nothing was folded")
+        raise TargetError(
+            f"{len(bad)} adapter weight(s) hold NaN/inf values (did training diverge?): "
+            f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; nothing was folded"
+        )
 
 
-@register_pass("fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)")
-def fold_adapters(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0) -> PassResult:
+@register_pass(
+    "fold", "fold trained adapters into their base layers (QA-LoRA: into the zero points, exactly)"
+)
+def fold_adapters(
+    gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, probe=16, seed=0
+) -> PassResult:
     check_choice(zeros, FOLD_ZEROS, "zeros")
     check_bits(bits)
     calls = G.inlined_calls(gm)
-    direct = [n.target for n in gm.graph.nodes  # graphs built without inlining (adapter_graph)
-              if n.op == "call_module" and isinstance(gm.get_submodule(n.target), AdapterLayer)]
+    direct = [
+        n.target
+        for n in gm.graph.nodes  # graphs built without inlining (adapter_graph)
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), AdapterLayer)
+    ]
     names = list(dict.fromkeys([name for name, _ in calls] + direct))
     if not names:
-        raise TargetError("the graph holds no adapter layer to fold (compile with an adapter method first)")
+        raise TargetError(
+            "the graph holds no adapter layer to fold (compile with an adapter method first)"
+        )
     _check_adapters_finite(gm, names)
     errors, report = {}, []
     for name in progress(names, "fold", total=len(names)):
@@ -116,8 +148,10 @@ def fold_adapters(gm: fx.GraphModule, *, zeros="split", bits=4, group_size=32, p
         errors[name] = _probe_error(layer, folded, probe, seed)
         G.swap_module(gm, name, folded)
         form = folded.describe()["zeros"] if hasattr(folded, "describe") else "float"
-        report.append(f"{name}: {layer.describe()['kind']} -> {type(folded).__name__}"
-                      f"({form} zeros)  rel_err {errors[name]:.3e}")
+        report.append(
+            f"{name}: {layer.describe()['kind']} -> {type(folded).__name__}"
+            f"({form} zeros)  rel_err {errors[name]:.3e}"
+        )
     for (name, _), nodes in calls.items():
         G.collapse_call(gm, name, nodes)
     stats = {"folded": len(names), "max_rel_err": max(errors.values()), "rel_err": errors}

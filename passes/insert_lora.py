@@ -22,8 +22,12 @@ from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
 
-@register_pass("insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)")
-def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrides=None) -> PassResult:
+@register_pass(
+    "insert-lora", "wrap selected linear layers in LoRA adapters (frozen base, trainable A, B)"
+)
+def insert_lora(
+    gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrides=None
+) -> PassResult:
     check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:
@@ -40,4 +44,6 @@ def insert_lora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, overrid
         G.swap_module(gm, name, layer)
         added += sum(p.numel() for p in layer.adapter_parameters())
     inserted = inline_selected(gm, selected)
-    return PassResult(gm, True, {"rewritten": len(layers), "nodes_inserted": inserted, "adapter_params": added})
+    return PassResult(
+        gm, True, {"rewritten": len(layers), "nodes_inserted": inserted, "adapter_params": added}
+    )

@@ -1,4 +1,5 @@
-"""insert-lrqat: quantize each selected layer onto its grid and put an LR-QAT adapter inside the rounding.
+"""insert-lrqat: quantize each selected layer onto its grid and put an LR-QAT adapter inside the
+rounding.
 
 Float layers are quantized as the ``quantize`` pass does (same checks, ``quantizer``
 ``"rtn"`` or ``"gptq"``), but keep each weight's continuous grid position ``Phi0``
@@ -32,19 +33,36 @@ def _grid_base(gm: fx.GraphModule, name: str, opts: dict | None) -> GridBase:
         try:
             return GridBase.from_int_linear(module)
         except ValueError as e:
-            raise PolicyError(f"{name}: {e}; quantize it in this pass instead (no quantize pass before it)") from None
+            raise PolicyError(
+                f"{name}: {e}; quantize it in this pass instead (no quantize pass before it)"
+            ) from None
     return GridBase.from_float(module, **opts)
 
 
-@register_pass("insert-lrqat", "quantize selected layers onto their grid and train low-rank adapters inside the rounding")
-def insert_lrqat(gm: fx.GraphModule, *, rank=16, alpha=32.0, bits=4, group_size=32, quantizer="rtn", damp=0.01,
-                 train_scales=False, overrides=None) -> PassResult:
+@register_pass(
+    "insert-lrqat",
+    "quantize selected layers onto their grid and train low-rank adapters inside the rounding",
+)
+def insert_lrqat(
+    gm: fx.GraphModule,
+    *,
+    rank=16,
+    alpha=32.0,
+    bits=4,
+    group_size=32,
+    quantizer="rtn",
+    damp=0.01,
+    train_scales=False,
+    overrides=None,
+) -> PassResult:
     if not isinstance(train_scales, bool):
         raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lrqat")
-    settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
+    settings = plan_quantization(
+        gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp
+    )
     adapters = adapter_options(selected, rank, alpha, overrides)
     report, params = [], 0
     for name, opts in progress(adapters.items(), "lrqat", total=len(adapters)):
@@ -52,11 +70,21 @@ def insert_lrqat(gm: fx.GraphModule, *, rank=16, alpha=32.0, bits=4, group_size=
         layer = LRQATLinear.from_base(base, train_scales=train_scales, **opts)
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
-        how = "GPTQ" if "hessian" in settings.get(name, {}) else ("RTN" if name in settings else "IntLinear codes")
-        report.append(f"{name}: -> LR-QAT(int{base.bits}, group {base.group_size}, {how}; rank {layer.rank}, "
-                      f"alpha {layer.alpha:g}, A [{layer.rank}, {layer.in_features}]"
-                      f"{', train_scales' if train_scales else ''})")
+        how = (
+            "GPTQ"
+            if "hessian" in settings.get(name, {})
+            else ("RTN" if name in settings else "IntLinear codes")
+        )
+        report.append(
+            f"{name}: -> LR-QAT(int{base.bits}, group {base.group_size}, {how}; rank {layer.rank}, "
+            f"alpha {layer.alpha:g}, A [{layer.rank}, {layer.in_features}]"
+            f"{', train_scales' if train_scales else ''})"
+        )
     inserted = inline_selected(gm, selected)
-    stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
-             "adapter_params": params}
+    stats = {
+        "quantized": len(settings),
+        "rewritten": len(adapters),
+        "nodes_inserted": inserted,
+        "adapter_params": params,
+    }
     return PassResult(gm, True, stats, report)

@@ -15,17 +15,37 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.errors import PolicyError
-from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice
 from ..runtime.layers.qalora import QALoRALinear
+from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice
 from .helpers import graph as G
-from .helpers.rewrite import adapter_options, check_dropout, inline_selected, plan_quantization, quantize_layers
+from .helpers.rewrite import (
+    adapter_options,
+    check_dropout,
+    inline_selected,
+    plan_quantization,
+    quantize_layers,
+)
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 
-@register_pass("insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters")
-def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_point="float", bits=4,
-                  group_size=32, quantizer="rtn", damp=0.01, train_scales=False, overrides=None) -> PassResult:
+@register_pass(
+    "insert-qalora", "group-quantize selected layers and add group-pooled QA-LoRA adapters"
+)
+def insert_qalora(
+    gm: fx.GraphModule,
+    *,
+    rank=16,
+    alpha=32.0,
+    dropout=0.0,
+    zero_point="float",
+    bits=4,
+    group_size=32,
+    quantizer="rtn",
+    damp=0.01,
+    train_scales=False,
+    overrides=None,
+) -> PassResult:
     check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
     if not isinstance(train_scales, bool):
         raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
@@ -33,18 +53,32 @@ def insert_qalora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, zero_
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-qalora")
-    settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
+    settings = plan_quantization(
+        gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp
+    )
     adapters = adapter_options(selected, rank, alpha, overrides)
     report = quantize_layers(gm, settings)
     params = 0
     for name, opts in adapters.items():
-        layer = QALoRALinear.from_int_linear(gm.get_submodule(name), dropout=dropout, zero_point=zero_point,
-                                             train_scales=train_scales, **opts)
+        layer = QALoRALinear.from_int_linear(
+            gm.get_submodule(name),
+            dropout=dropout,
+            zero_point=zero_point,
+            train_scales=train_scales,
+            **opts,
+        )
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
-        report.append(f"{name}: + QA-LoRA(rank {layer.rank}, alpha {layer.alpha:g}, A [{layer.rank}, "
-                      f"{layer.lora_A.shape[1]}], zero_point {zero_point}{', train_scales' if train_scales else ''})")
+        report.append(
+            f"{name}: + QA-LoRA(rank {layer.rank}, alpha {layer.alpha:g}, A [{layer.rank}, "
+            f"{layer.lora_A.shape[1]}], zero_point "
+            f"{zero_point}{', train_scales' if train_scales else ''})"
+        )
     inserted = inline_selected(gm, selected)
-    stats = {"quantized": len(settings), "rewritten": len(adapters), "nodes_inserted": inserted,
-             "adapter_params": params}
+    stats = {
+        "quantized": len(settings),
+        "rewritten": len(adapters),
+        "nodes_inserted": inserted,
+        "adapter_params": params,
+    }
     return PassResult(gm, True, stats, report)

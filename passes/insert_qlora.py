@@ -21,9 +21,19 @@ from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
 
-@register_pass("insert-qlora", "QLoRA baseline: NF4 base (blocks of 64) plus full-width LoRA adapters")
-def insert_qlora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, block_size=64, double_quant=False,
-                 overrides=None) -> PassResult:
+@register_pass(
+    "insert-qlora", "QLoRA baseline: NF4 base (blocks of 64) plus full-width LoRA adapters"
+)
+def insert_qlora(
+    gm: fx.GraphModule,
+    *,
+    rank=16,
+    alpha=32.0,
+    dropout=0.0,
+    block_size=64,
+    double_quant=False,
+    overrides=None,
+) -> PassResult:
     check_dropout(dropout)
     if block_size not in (32, 64, 128, 256):
         raise PolicyError(f"block_size must be one of (32, 64, 128, 256), got {block_size!r}")
@@ -37,17 +47,27 @@ def insert_qlora(gm: fx.GraphModule, *, rank=16, alpha=32.0, dropout=0.0, block_
         check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
         weight = weight_out_in(gm.get_submodule(name))
         if (op.in_features * op.out_features) % block_size or not weight.isfinite().all():
-            raise PolicyError(f"layer {name!r} ([{op.out_features}, {op.in_features}]) cannot be stored in NF4: "
-                              f"it needs finite weights and in*out divisible by block_size={block_size}")
+            raise PolicyError(
+                f"layer {name!r} ([{op.out_features}, {op.in_features}]) cannot be stored in NF4: "
+                f"it needs finite weights and in*out divisible by block_size={block_size}"
+            )
         plans[name] = opts
     report, params = [], 0
     for name, opts in progress(plans.items(), "nf4", total=len(plans)):
-        base = NF4Linear.from_float(gm.get_submodule(name), block_size=block_size, double_quant=double_quant)
+        base = NF4Linear.from_float(
+            gm.get_submodule(name), block_size=block_size, double_quant=double_quant
+        )
         layer = LoRALinear.from_linear(base, dropout=dropout, **opts)
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
-        report.append(f"{name}: NF4(block {block_size}{', double quant' if double_quant else ''}) + "
-                      f"LoRA(rank {layer.rank}, alpha {layer.alpha:g})")
+        report.append(
+            f"{name}: NF4(block {block_size}{', double quant' if double_quant else ''}) + "
+            f"LoRA(rank {layer.rank}, alpha {layer.alpha:g})"
+        )
     inserted = inline_selected(gm, selected)
-    return PassResult(gm, True, {"rewritten": len(plans), "nodes_inserted": inserted, "adapter_params": params},
-                      report)
+    return PassResult(
+        gm,
+        True,
+        {"rewritten": len(plans), "nodes_inserted": inserted, "adapter_params": params},
+        report,
+    )

@@ -2,7 +2,8 @@
 
 Asymmetric min-max per output row and group of ``group_size`` input columns, ``bits``
 in {2, 3, 4, 8} (``runtime.quant``), rounded to nearest (``quantizer="rtn"``) or by
-GPTQ (``quantizer="gptq"``, ``runtime.gptq``: needs the ``calibrate`` pass before it). The post-training baseline, and the first half of
+GPTQ (``quantizer="gptq"``, ``runtime.gptq``: needs the ``calibrate`` pass before it). The
+post-training baseline, and the first half of
 what ``insert-qalora`` does. Every layer that cannot be quantized (input width not
 divisible by the group, group wider than the layer, NaN/inf weights) is listed in one
 error before anything changes. The call nodes keep their place: ``IntLinear`` is a leaf.
@@ -18,11 +19,18 @@ from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
 
-@register_pass("quantize", "replace selected linear layers by group-quantized IntLinear (RTN or GPTQ, no adapter)")
-def quantize(gm: fx.GraphModule, *, bits=4, group_size=32, quantizer="rtn", damp=0.01, overrides=None) -> PassResult:
+@register_pass(
+    "quantize",
+    "replace selected linear layers by group-quantized IntLinear (RTN or GPTQ, no adapter)",
+)
+def quantize(
+    gm: fx.GraphModule, *, bits=4, group_size=32, quantizer="rtn", damp=0.01, overrides=None
+) -> PassResult:
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before quantize")
-    settings = plan_quantization(gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp)
+    settings = plan_quantization(
+        gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp
+    )
     report = quantize_layers(gm, settings)
     return PassResult(gm, bool(settings), {"quantized": len(settings)}, report)

@@ -45,12 +45,23 @@ class PassInfo:
 
 
 _REGISTRY: dict[str, PassInfo] = {}
-BUILTIN = ("find_linears", "calibrate", "insert_lora", "insert_qalora", "insert_lrqat", "insert_qlora", "quantize",
-           "fold", "export_onnx")
+BUILTIN = (
+    "find_linears",
+    "calibrate",
+    "insert_lora",
+    "insert_qalora",
+    "insert_lrqat",
+    "insert_qlora",
+    "quantize",
+    "fold",
+    "export_onnx",
+)
 
 
 def _load_builtin() -> None:
-    for module in BUILTIN:  # each import registers its pass; a module already imported costs a dict lookup
+    for (
+        module
+    ) in BUILTIN:  # each import registers its pass; a module already imported costs a dict lookup
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -61,7 +72,9 @@ def register_pass(name: str, summary: str):
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
-            raise ValueError(f"a pass named {name!r} is already registered ({_REGISTRY[name].fn.__module__})")
+            raise ValueError(
+                f"a pass named {name!r} is already registered ({_REGISTRY[name].fn.__module__})"
+            )
         _REGISTRY[name] = PassInfo(name, summary, fn)
         fn.pass_name = name
         return fn

@@ -16,10 +16,9 @@ class PolicyError(LowRankError, ValueError):
     """A policy field, or an option derived from it, is invalid (the message names the field)."""
 
 
-
 class AdapterError(LowRankError, ValueError):
-    """Saved adapters or a compiled model's state do not fit the model, or their files are damaged."""
-
+    """Saved adapters or a compiled model's state do not fit the model, or their files are
+    damaged."""
 
 
 class OutputError(LowRankError, OSError):
@@ -33,7 +32,9 @@ class OutputError(LowRankError, OSError):
     @classmethod
     def of(cls, path, cause: OSError, what: str = "") -> "OutputError":
         """``cannot write <what> '<path>': <reason>``, keeping the cause's errno."""
-        error = cls(f"cannot write {what + ' ' if what else ''}{str(path)!r}: {cause.strerror or cause}")
+        error = cls(
+            f"cannot write {what + ' ' if what else ''}{str(path)!r}: {cause.strerror or cause}"
+        )
         error.errno = cause.errno
         return error
 

@@ -42,7 +42,8 @@ def _fsync(path: Path) -> None:
 
 
 def commit(staged: Path, path: Path, *, mode: int = 0o666) -> None:
-    """Flush ``staged`` to disk, give it the usual mode, rename it to ``path``, flush the directory."""
+    """Flush ``staged`` to disk, give it the usual mode, rename it to ``path``, flush the
+    directory."""
     staged, path = Path(staged), Path(path)
     try:
         if staged.is_file():
@@ -85,15 +86,20 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
 
 
 def check_dir(path: Path, what: str) -> None:
-    """Raise ``OutputError`` if ``path`` cannot be (or become) a writable directory; creates nothing."""
+    """Raise ``OutputError`` if ``path`` cannot be (or become) a writable directory; creates
+    nothing."""
     for p in (path, *path.parents):
         if not p.exists():
             continue
         if not p.is_dir():
             reason = "it is a file" if p == path else f"{str(p)!r} is a file"
-            raise OutputError(f"{what} {str(path)!r} cannot be a directory: {reason}; name a directory")
+            raise OutputError(
+                f"{what} {str(path)!r} cannot be a directory: {reason}; name a directory"
+            )
         if not os.access(p, os.W_OK | os.X_OK):
-            raise OutputError(f"{what} {str(path)!r} cannot be written: no permission to write in {str(p)!r}")
+            raise OutputError(
+                f"{what} {str(path)!r} cannot be written: no permission to write in {str(p)!r}"
+            )
         return
 
 
@@ -118,8 +124,11 @@ def staged_dir(out: str | os.PathLike, marker: str) -> Iterator[Path]:
     if out.exists() and not out.is_dir():
         raise OutputError(f"output directory {str(out)!r} exists and is a file; name a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / marker).exists():
-        raise OutputError(f"output directory {str(out)!r} is not empty and holds no {marker}, so this package did "
-                          f"not write it: name a new or empty directory")
+        raise OutputError(
+            f"output directory {str(out)!r} is not empty and holds no {marker}, so this package "
+            "did "
+            f"not write it: name a new or empty directory"
+        )
     created = _first_missing(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -127,8 +136,10 @@ def staged_dir(out: str | os.PathLike, marker: str) -> Iterator[Path]:
     except OSError as e:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
-        raise OutputError(f"cannot write to output directory {str(out)!r}: {e.strerror}; name a writable "
-                          f"directory") from None
+        raise OutputError(
+            f"cannot write to output directory {str(out)!r}: {e.strerror}; name a writable "
+            f"directory"
+        ) from None
     try:
         yield tmp
         _commit_dir(tmp, out)

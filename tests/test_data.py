@@ -11,5 +11,7 @@ def test_corpus_size_split_and_lengths():
     assert data.split() == (train, held)  # fixed
     _, tokenizer = load_minilm()
     tokens = [len(tokenizer(s)["input_ids"]) for s in lines]
-    assert min(tokens) >= 5 and max(tokens) <= 64  # varied lengths, within the job's 64-token window
+    assert (
+        min(tokens) >= 5 and max(tokens) <= 64
+    )  # varied lengths, within the job's 64-token window
     assert sum(t > 32 for t in tokens) >= 0.1 * len(tokens)

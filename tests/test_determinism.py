@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import train
 from torch import nn
 
 import lowrank_compiler as lrc
-from models import train
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,18 +44,31 @@ def first(tmp_path_factory):
 
 
 def test_same_files_twice_in_one_process(first, tmp_path):
-    assert set(first) == {"adapters.safetensors", "adapter_config.json", "matmulnbits.onnx", "qdq.onnx"}
+    assert set(first) == {
+        "adapters.safetensors",
+        "adapter_config.json",
+        "matmulnbits.onnx",
+        "qdq.onnx",
+    }
     assert artifacts(tmp_path) == first
 
 
 def test_same_files_in_two_processes(first, tmp_path):
-    code = (f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from pathlib import Path; "
-            f"from test_determinism import artifacts; "
-            f"print(json.dumps(artifacts(Path(sys.argv[1]), formats=('matmulnbits',))))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / str(seed))], text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"})
-             for seed in (1, 2)]
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); from pathlib import Path; "
+        f"from test_determinism import artifacts; "
+        f"print(json.dumps(artifacts(Path(sys.argv[1]), formats=('matmulnbits',))))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / str(seed))],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"},
+        )
+        for seed in (1, 2)
+    ]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)

@@ -1,4 +1,5 @@
-"""The distillation job's settings: what each trained method gets, and bad settings refused by name."""
+"""The distillation job's settings: what each trained method gets, and bad settings refused by
+name."""
 
 import pytest
 
@@ -22,8 +23,11 @@ def test_scale_gains_get_the_rate_of_their_width_and_adapters_the_methods():
     from lowrank_compiler.app.jobs.encoder import adamw, scale_rate
     from lowrank_compiler.app.toy import GPTConfig, TinyGPT
 
-    for bits, factor in ((4, 1.0), (2, 5 ** 1.5)):
-        model = lrc.compile(TinyGPT(GPTConfig()), lrc.Policy(method="lrqat", bits=bits, group_size=16, train_scales=True))
+    for bits, factor in ((4, 1.0), (2, 5**1.5)):
+        model = lrc.compile(
+            TinyGPT(GPTConfig()),
+            lrc.Policy(method="lrqat", bits=bits, group_size=16, train_scales=True),
+        )
         gains = [p for n, p in model.named_parameters() if n.endswith("scale_gain")]
         opt = adamw(model, 3e-4, 1e-3)
         assert [g["lr"] for g in opt.param_groups] == pytest.approx([3e-4, 1e-3 * factor])
@@ -34,12 +38,15 @@ def test_scale_gains_get_the_rate_of_their_width_and_adapters_the_methods():
         assert [g["lr"] for g in adamw(model, 3e-4).param_groups] == pytest.approx([3e-4, 3e-4])
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("train_scales", "yes", "train_scales must be true or false, got 'yes'"),
-    ("scale_lr", 0.0, "scale_lr must be a positive finite number, got 0.0"),
-    ("lrqat_lr", float("nan"), "lrqat_lr must be a positive finite number"),
-    ("methods", ("qalora", "dora"), "methods must be distinct names from ('qalora', 'lrqat')"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("train_scales", "yes", "train_scales must be true or false, got 'yes'"),
+        ("scale_lr", 0.0, "scale_lr must be a positive finite number, got 0.0"),
+        ("lrqat_lr", float("nan"), "lrqat_lr must be a positive finite number"),
+        ("methods", ("qalora", "dora"), "methods must be distinct names from ('qalora', 'lrqat')"),
+    ],
+)
 def test_bad_settings_name_the_field(field, value, message):
     with pytest.raises(lrc.PolicyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         JobConfig(**{field: value})

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import torch
+from models import ids, rel_err, tiny_gpt
 from safetensors.torch import load_file
 
 import lowrank_compiler as lrc
-from models import ids, rel_err, tiny_gpt
 
 RANK_SCRIPT = Path(__file__).resolve().parent / "ddp_rank.py"
 WORLD = 2
@@ -30,9 +30,22 @@ def free_port() -> int:
 
 
 def test_ddp_keeps_adapters_in_sync_and_fold_export_work(tmp_path):
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(RANK_SCRIPT), str(rank), str(WORLD), str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(WORLD)]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(RANK_SCRIPT), str(rank), str(WORLD), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(WORLD)
+    ]
     try:
         logs = [p.communicate(timeout=180)[0] for p in procs]
     finally:
@@ -42,16 +55,24 @@ def test_ddp_keeps_adapters_in_sync_and_fold_export_work(tmp_path):
     for rank, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {rank} failed:\n{log[-3000:]}"
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(WORLD)]
-    names = sorted(k[len("end."):] for k in ranks[0] if k.startswith("end."))
+    names = sorted(k[len("end.") :] for k in ranks[0] if k.startswith("end."))
     assert names and all(n.endswith(("lora_A", "lora_B")) for n in names)  # only adapters train
     for n in names:
-        assert torch.equal(ranks[0][f"start.{n}"], ranks[1][f"start.{n}"]), n  # DDP broadcast rank 0's init
+        assert torch.equal(ranks[0][f"start.{n}"], ranks[1][f"start.{n}"]), (
+            n
+        )  # DDP broadcast rank 0's init
         assert torch.equal(ranks[0][f"end.{n}"], ranks[1][f"end.{n}"]), n  # and kept them in sync
-    assert all(not torch.equal(ranks[0][f"start.{n}"], ranks[0][f"end.{n}"]) for n in names if n.endswith("lora_B"))
+    assert all(
+        not torch.equal(ranks[0][f"start.{n}"], ranks[0][f"end.{n}"])
+        for n in names
+        if n.endswith("lora_B")
+    )
     result = json.loads((tmp_path / "rank0.json").read_text())
     assert result["trainable"] == names and result["fold_err"] <= 1e-5
     model = lrc.compile(tiny_gpt(seed=0), lrc.Policy(method="qalora", group_size=16, rank=4))
-    missing, unexpected = model.load_state_dict({n: ranks[0][f"end.{n}"] for n in names}, strict=False)
+    missing, unexpected = model.load_state_dict(
+        {n: ranks[0][f"end.{n}"] for n in names}, strict=False
+    )
     assert not unexpected and not set(names) & set(missing)
     x = ids(3, 5, seed=7)
     with torch.no_grad():

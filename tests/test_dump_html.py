@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.fx
+from models import tiny_gpt
 from torch import nn
 
 import lowrank_compiler as lrc
-from models import tiny_gpt
 
 LAYERS = 12  # linear layers of tiny_gpt the policy targets (all but the output head)
 
@@ -69,17 +69,24 @@ def test_index_links_every_pass_in_order_with_its_stats(dumps):
     for name in expected:
         assert (dumps / f"{name}.html").is_file() and (dumps / f"{name}.txt").is_file()
     text = (dumps / "index.html").read_text()
-    assert re.search(r"<td>rewritten</td><td>12</td>", text) and re.search(r"<td>folded</td><td>12</td>", text)
+    assert re.search(r"<td>rewritten</td><td>12</td>", text) and re.search(
+        r"<td>folded</td><td>12</td>", text
+    )
     # each page links its neighbours
     assert "01-find-linears.html" in _read(dumps / "02-insert-lora.html").links
     assert "03-fold.html" in _read(dumps / "02-insert-lora.html").links
 
 
 def test_highlighted_nodes_are_the_nodes_each_pass_added(dumps):
-    before, after = _read(dumps / "01-find-linears.html").rows, _read(dumps / "02-insert-lora.html").rows
+    before, after = (
+        _read(dumps / "01-find-linears.html").rows,
+        _read(dumps / "02-insert-lora.html").rows,
+    )
     added = {n for n, r in after.items() if r["class"] == "added"}
     assert added == set(after) - set(before)
-    lora_a = [n for n in added if after[n]["cells"][3].endswith(".lora_A")]  # cells: #, node, op, target, ...
+    lora_a = [
+        n for n in added if after[n]["cells"][3].endswith(".lora_A")
+    ]  # cells: #, node, op, target, ...
     assert len(lora_a) == LAYERS  # one A per rewritten layer
     text_added = re.findall(r"^//   \+ (\S+) =", (dumps / "02-insert-lora.txt").read_text(), re.M)
     assert set(text_added) == added  # the text dump says the same
@@ -107,8 +114,12 @@ class _Labelled(nn.Module):
 def test_text_from_the_graph_is_escaped(tmp_path):
     lrc.compile(_Labelled(), lrc.Policy(rank=2, alpha=2), dump_dir=tmp_path)
     text = (tmp_path / "02-insert-lora.html").read_text()
-    assert "<script>alert" not in text and "&lt;script&gt;alert" in text and "&amp; &lt;b&gt;" in text
-    assert _read(tmp_path / "02-insert-lora.html").scripts == ["application/json"]  # only the page's own data
+    assert (
+        "<script>alert" not in text and "&lt;script&gt;alert" in text and "&amp; &lt;b&gt;" in text
+    )
+    assert _read(tmp_path / "02-insert-lora.html").scripts == [
+        "application/json"
+    ]  # only the page's own data
     assert not re.search(r"(src|href)=\"(https?:)?//", text)  # self-contained: nothing fetched
 
 
@@ -126,11 +137,25 @@ def _chromium() -> str | None:
 def _screenshot(page: Path, out: Path) -> None:
     browser = _chromium()
     with tempfile.TemporaryDirectory() as profile:
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={profile}", f"--screenshot={out}", "--window-size=1200,900", page.as_uri()]
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--screenshot={out}",
+            "--window-size=1200,900",
+            page.as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.is_file(), f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+    assert out.is_file(), (
+        f"chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}"
+    )
 
 
 def _ink(png: Path) -> tuple[int, float]:
@@ -144,7 +169,9 @@ def _ink(png: Path) -> tuple[int, float]:
     return len(colours), 1 - max(c for c, _ in colours) / total
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)")
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)"
+)
 def test_pages_render_in_headless_chromium_and_are_not_blank(dumps, tmp_path):
     pytest.importorskip("PIL", reason="pillow decodes the screenshots (the dev extra)")
     blank = tmp_path / "blank.html"

@@ -5,11 +5,11 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+from models import nudged
 from torch import nn
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import LoRALinear
-from models import nudged
 
 
 class KwargCall(nn.Module):
@@ -76,8 +76,11 @@ def test_layers_called_with_keyword_arguments(inputs):
 @pytest.mark.parametrize("inputs", [None, (X,)])
 def test_a_layer_under_two_names_is_adapted_under_both(inputs):
     model = Aliased()
-    lrc.compile(model, lrc.Policy(rank=2, target=["a", "b"] if inputs is None else ["re:[ab]"]),
-                example_inputs=inputs)
+    lrc.compile(
+        model,
+        lrc.Policy(rank=2, target=["a", "b"] if inputs is None else ["re:[ab]"]),
+        example_inputs=inputs,
+    )
     assert isinstance(model.a, LoRALinear) and model.a is model.b
     nudged(model, scale=1.0, parts=("lora_B",))
     gm = lrc.compile_info(model).graph
@@ -87,7 +90,11 @@ def test_a_layer_under_two_names_is_adapted_under_both(inputs):
 def test_tied_weights_under_export_map_each_call_to_its_own_layer():
     model = TiedPair()
     lrc.compile(model, lrc.Policy(rank=2, target=["a", "b"]), example_inputs=(X,))
-    assert isinstance(model.a, LoRALinear) and isinstance(model.b, LoRALinear) and model.a is not model.b
+    assert (
+        isinstance(model.a, LoRALinear)
+        and isinstance(model.b, LoRALinear)
+        and model.a is not model.b
+    )
     ops = {op.name: op.calls for op in lrc.compile_info(model).linears}
     assert ops == {"a": 1, "b": 1}
 
@@ -119,7 +126,9 @@ def test_compiled_model_pickles():
     torch.save(model, buf)
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
-    assert torch.equal(loaded(X), model(X)) and lrc.compile_info(loaded).policy == lrc.Policy(rank=2)
+    assert torch.equal(loaded(X), model(X)) and lrc.compile_info(loaded).policy == lrc.Policy(
+        rank=2
+    )
 
 
 def test_bare_linear_gets_advice():
@@ -130,6 +139,8 @@ def test_bare_linear_gets_advice():
 def test_non_finite_option_values_are_rejected_before_any_swap():
     model = KwargCall()
     gm = lrc.trace(model)
-    with pytest.raises(lrc.PassInputError, match="alpha for layer 'fc' must be a positive finite number, got 'inf'"):
+    with pytest.raises(
+        lrc.PassInputError, match="alpha for layer 'fc' must be a positive finite number, got 'inf'"
+    ):
         lrc.PassManager("find-linears,insert-lora{rank=2,alpha=inf}").run(gm)
     assert isinstance(model.fc, nn.Linear)

@@ -14,7 +14,9 @@ def load(name):
 def test_custom_gpt_example_runs_and_trains(tmp_path, capsys):
     final = load("custom_gpt").main(["--steps", "20", "--dump-dir", str(tmp_path)])
     out = capsys.readouterr().out
-    first = float(next(line for line in out.splitlines() if line.startswith("step    1")).split()[-1])
+    first = float(
+        next(line for line in out.splitlines() if line.startswith("step    1")).split()[-1]
+    )
     assert final < first
     assert "02-insert-lora.txt" in out and "8 layer(s) rewritten" in out
 
@@ -28,20 +30,39 @@ def test_llama_example_runs_the_whole_path(tmp_path, capsys):
 
 
 def test_minilm_example_short_setting(tmp_path):
-    result = load("minilm_qalora").main(["--steps", "3", "--eval-sentences", "8", "--calibration-sentences", "32", "--no-baselines",
-                                         "--out", str(tmp_path)])
+    result = load("minilm_qalora").main(
+        [
+            "--steps",
+            "3",
+            "--eval-sentences",
+            "8",
+            "--calibration-sentences",
+            "32",
+            "--no-baselines",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     mean, worst = result["onnx_vs_torch"]
     assert worst >= 0.9999  # the exported INT4 model keeps the trained model's embeddings
     assert {"fp32", "lrqat_int4"} <= set(result["files"])  # LR-QAT is the default method
     text = (tmp_path / "results.md").read_text()
-    assert "| LR-QAT + trained scales over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
+    assert (
+        "| LR-QAT + trained scales over GPTQ, folded (ours) |" in text and "pure INT4: yes" in text
+    )
     assert (tmp_path / "adapters" / "adapters.safetensors").exists()
-    assert (tmp_path / "dumps" / "03-insert-lrqat.txt").exists() and (tmp_path / "dumps" / "04-fold.txt").exists()
+    assert (tmp_path / "dumps" / "03-insert-lrqat.txt").exists() and (
+        tmp_path / "dumps" / "04-fold.txt"
+    ).exists()
 
 
 def test_decoder_genai_example_generates_the_folded_models_tokens(tmp_path, capsys):
-    result = load("decoder_genai").main(["--steps", "8", "--new-tokens", "16", "--out", str(tmp_path / "genai")])
-    assert result["ours"] == result["torch"]  # fp32 compute (accuracy level 0): the same greedy tokens
+    result = load("decoder_genai").main(
+        ["--steps", "8", "--new-tokens", "16", "--out", str(tmp_path / "genai")]
+    )
+    assert (
+        result["ours"] == result["torch"]
+    )  # fp32 compute (accuracy level 0): the same greedy tokens
     if result["onnxruntime_genai"] is not None:
-        assert result["onnxruntime_genai"] == result["torch"][:len(result["onnxruntime_genai"])]
+        assert result["onnxruntime_genai"] == result["torch"][: len(result["onnxruntime_genai"])]
     assert (tmp_path / "genai" / "genai_config.json").is_file()

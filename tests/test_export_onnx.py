@@ -4,19 +4,22 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from models import hf_bert, hf_gpt2, hf_llama, ids, nudged, output, tiny_gpt
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime import load
 from lowrank_compiler.runtime.errors import ExportError
-from models import hf_bert, hf_gpt2, hf_llama, ids, nudged, output, tiny_gpt
 
 NEW_SHAPES = [(1, 5), (3, 13)]  # export uses (2, 8)
 
 
 def compiled(build, zero_point="float", hf=False):
     model = build()
-    lrc.compile(model, lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4),
-                example_inputs=(ids(),) if hf else None)
+    lrc.compile(
+        model,
+        lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4),
+        example_inputs=(ids(),) if hf else None,
+    )
     return nudged(model, scale=0.5, parts=("lora_B",))
 
 
@@ -63,7 +66,9 @@ def test_tiny_gpt_parity_every_format_and_zero_mode(gpt_float, gpt_int, tmp_path
     assert report.format == fmt and len(report.targets) == 12
     q = report.layers["blocks.0.attn.q_proj"]
     node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
-    form = {"int": "int", "split": "split", "float": "float" if fmt == "matmulnbits" else "split"}[zeros]
+    form = {"int": "int", "split": "split", "float": "float" if fmt == "matmulnbits" else "split"}[
+        zeros
+    ]
     assert q == f"{node} int4 g16 zeros={form}"
     assert report.layers["lm_head"] == "float MatMul"
     ops = report.ops
@@ -73,11 +78,18 @@ def test_tiny_gpt_parity_every_format_and_zero_mode(gpt_float, gpt_int, tmp_path
         assert ops["DequantizeLinear"] == 12 and not any(k.startswith("com.microsoft") for k in ops)
 
 
-@pytest.mark.parametrize("build, fmt, zeros", [  # each model: both formats and all three zero-point modes
-    (hf_llama, "matmulnbits", "split"), (hf_llama, "qdq", "float"), (hf_llama, "qdq", "int"),
-    (hf_bert, "qdq", "split"), (hf_bert, "matmulnbits", "float"), (hf_bert, "matmulnbits", "int"),
-    (hf_gpt2, "matmulnbits", "split"),  # Conv1D layers: weights stored [in, out]
-])
+@pytest.mark.parametrize(
+    "build, fmt, zeros",
+    [  # each model: both formats and all three zero-point modes
+        (hf_llama, "matmulnbits", "split"),
+        (hf_llama, "qdq", "float"),
+        (hf_llama, "qdq", "int"),
+        (hf_bert, "qdq", "split"),
+        (hf_bert, "matmulnbits", "float"),
+        (hf_bert, "matmulnbits", "int"),
+        (hf_gpt2, "matmulnbits", "split"),  # Conv1D layers: weights stored [in, out]
+    ],
+)
 def test_hf_models_parity(build, fmt, zeros, tmp_path):
     model = compiled(build, zero_point="int" if zeros == "int" else "float", hf=True)
     folded = lrc.fold(model, zeros="split" if zeros == "int" else zeros)
@@ -93,7 +105,9 @@ def test_codes_are_copied_not_requantized(gpt_float, tmp_path):
     layer = folded.blocks[1].mlp.down_proj
     assert np.array_equal(inits["blocks.1.mlp.down_proj.qweight"], layer.qweight.numpy())
     assert np.array_equal(inits["blocks.1.mlp.down_proj.scales"], layer.scales.numpy())
-    assert np.array_equal(inits["blocks.1.mlp.down_proj.zeros"], layer.zeros.numpy())  # float zeros, as stored
+    assert np.array_equal(
+        inits["blocks.1.mlp.down_proj.zeros"], layer.zeros.numpy()
+    )  # float zeros, as stored
 
 
 def test_unfolded_model_exports_with_adapters_but_is_not_pure(gpt_float, tmp_path):
@@ -101,7 +115,9 @@ def test_unfolded_model_exports_with_adapters_but_is_not_pure(gpt_float, tmp_pat
     report = check_parity(gpt_float, path, "matmulnbits")
     assert not report.is_pure_int4
     assert any("carries a float adapter" in p for p in report.problems)
-    with pytest.raises(ExportError, match="unfolded qalora adapter; format='qdq' is integer weights only"):
+    with pytest.raises(
+        ExportError, match="unfolded qalora adapter; format='qdq' is integer weights only"
+    ):
         lrc.export_onnx(gpt_float, tmp_path / "q.onnx", example_inputs=(ids(),), format="qdq")
     assert not (tmp_path / "q.onnx").exists()
 
@@ -112,25 +128,32 @@ def test_float_model_exports_and_is_not_pure(tmp_path):
     report = lrc.inspect_onnx(path)
     assert not report.is_pure_int4 and "com.microsoft::MatMulNBits" not in report.ops
     with torch.no_grad():
-        np.testing.assert_allclose(load(path)(ids(3, 4).numpy()), model(ids(3, 4)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            load(path)(ids(3, 4).numpy()), model(ids(3, 4)).numpy(), atol=1e-5
+        )
 
 
 def test_accuracy_level_is_recorded_and_kept_by_the_session(gpt_float, tmp_path):
     folded = lrc.fold(gpt_float)
-    path = lrc.export_onnx(folded, tmp_path / "m.onnx", example_inputs=(ids(),), format="qdq", accuracy_level=4)
+    path = lrc.export_onnx(
+        folded, tmp_path / "m.onnx", example_inputs=(ids(),), format="qdq", accuracy_level=4
+    )
     assert lrc.inspect_onnx(path).accuracy_level == 4
     assert load(path).accuracy_level == 4 and load(path, accuracy_level=0).accuracy_level == 0
     nodes = onnx.load(str(tmp_path / "m.onnx")).graph.node
     assert not any(n.op_type == "MatMulNBits" for n in nodes)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing-dir", "directory .* does not exist"),
-    ("bad-input", "torch.onnx export of TinyGPT failed"),
-    ("bad-format", "format must be one of"),
-    ("bad-level", "accuracy_level must be"),
-    ("nf4", "NF4 \\(QLoRA\\) has no ONNX form; fold the model"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing-dir", "directory .* does not exist"),
+        ("bad-input", "torch.onnx export of TinyGPT failed"),
+        ("bad-format", "format must be one of"),
+        ("bad-level", "accuracy_level must be"),
+        ("nf4", "NF4 \\(QLoRA\\) has no ONNX form; fold the model"),
+    ],
+)
 def test_bad_input_leaves_no_file(gpt_float, tmp_path, case, message):
     model, path, kw = lrc.fold(gpt_float), tmp_path / "m.onnx", {}
     if case == "missing-dir":
@@ -162,8 +185,11 @@ def test_failure_while_writing_leaves_nothing(gpt_float, tmp_path, monkeypatch):
 def test_export_pass_ends_a_pipeline_with_an_onnx_dump(tmp_path):
     model = hf_bert()
     gm = lrc.trace(model, (ids(),))
-    pm = lrc.PassManager(f'find-linears,insert-qalora{{rank=2,group_size=16}},fold,'
-                         f'export-onnx{{path="{tmp_path / "b.onnx"}"}}', dump_dir=tmp_path / "dumps")
+    pm = lrc.PassManager(
+        f"find-linears,insert-qalora{{rank=2,group_size=16}},fold,"
+        f'export-onnx{{path="{tmp_path / "b.onnx"}"}}',
+        dump_dir=tmp_path / "dumps",
+    )
     pm.run(gm)
     assert lrc.inspect_onnx(tmp_path / "b.onnx").is_pure_int4
     dump = (tmp_path / "dumps" / "04-export-onnx.txt").read_text()
@@ -221,4 +247,8 @@ def test_split_fold_leaves_out_corrections_that_are_exactly_zero(tmp_path):
     layer = model.model.layers[0].self_attn.q_proj
     with torch.no_grad():
         layer.lora_B.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    assert ops(model, "one-trained") == {"MatMulNBits": 14, "ReduceSum": 1, "MatMul": untrained["MatMul"] + 1}
+    assert ops(model, "one-trained") == {
+        "MatMulNBits": 14,
+        "ReduceSum": 1,
+        "MatMul": untrained["MatMul"] + 1,
+    }

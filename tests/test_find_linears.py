@@ -1,9 +1,9 @@
 import pytest
 import torch
+from models import NoLinear, hf_gpt2, hf_llama, ids, tiny_gpt
 
 from lowrank_compiler import PassManager, TargetError, trace
 from lowrank_compiler.passes.find_linears import find_linears
-from models import NoLinear, hf_gpt2, hf_llama, ids, tiny_gpt
 
 
 def run(model, x=None, **options):
@@ -20,7 +20,9 @@ def selected(result):
 
 def test_all_linear_selects_everything_but_the_head():
     r = run(tiny_gpt())
-    assert r.stats["linear_layers"] == 13 and r.stats["selected"] == 12 and r.stats["output-head"] == 1
+    assert (
+        r.stats["linear_layers"] == 13 and r.stats["selected"] == 12 and r.stats["output-head"] == 1
+    )
     assert "lm_head" not in selected(r)
     assert r.stats["not_in_graph"] == []
 
@@ -35,7 +37,9 @@ def test_hf_head_found_through_get_output_embeddings():
 
 def test_conv1d_kind_and_shape():
     r = run(hf_gpt2(), (ids(),))
-    op = next(o for o in r.gm.meta["lowrank_compiler.linears"] if o.name == "transformer.h.0.attn.c_attn")
+    op = next(
+        o for o in r.gm.meta["lowrank_compiler.linears"] if o.name == "transformer.h.0.attn.c_attn"
+    )
     assert (op.kind, op.in_features, op.out_features) == ("conv1d", 32, 96)
     assert r.stats["kinds"] == {"conv1d": 8, "linear": 1}
 
@@ -44,9 +48,26 @@ def test_conv1d_kind_and_shape():
     "target, exclude, expect",
     [
         (["q_proj"], [], ["blocks.0.attn.q_proj", "blocks.1.attn.q_proj"]),
-        (["attn.q_proj", "v_proj"], [], ["blocks.0.attn.q_proj", "blocks.0.attn.v_proj", "blocks.1.attn.q_proj", "blocks.1.attn.v_proj"]),
-        (["blocks.*.mlp.*"], ["blocks.1.mlp.down_proj"], ["blocks.0.mlp.up_proj", "blocks.0.mlp.down_proj", "blocks.1.mlp.up_proj"]),
-        (["re:blocks\\.1\\..*_proj"], ["re:.*attn.*"], ["blocks.1.mlp.up_proj", "blocks.1.mlp.down_proj"]),
+        (
+            ["attn.q_proj", "v_proj"],
+            [],
+            [
+                "blocks.0.attn.q_proj",
+                "blocks.0.attn.v_proj",
+                "blocks.1.attn.q_proj",
+                "blocks.1.attn.v_proj",
+            ],
+        ),
+        (
+            ["blocks.*.mlp.*"],
+            ["blocks.1.mlp.down_proj"],
+            ["blocks.0.mlp.up_proj", "blocks.0.mlp.down_proj", "blocks.1.mlp.up_proj"],
+        ),
+        (
+            ["re:blocks\\.1\\..*_proj"],
+            ["re:.*attn.*"],
+            ["blocks.1.mlp.up_proj", "blocks.1.mlp.down_proj"],
+        ),
         (["lm_head"], [], ["lm_head"]),
         (["all-linear", "lm_head"], ["mlp.up_proj"], None),
     ],

@@ -2,17 +2,19 @@ import io
 
 import pytest
 import torch
+from models import ids, rel_err, tiny_gpt, train
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from lowrank_compiler.runtime.layers.lora import AdapterLayer
-from models import ids, rel_err, tiny_gpt, train
 
 
 def trained(method="qalora", zero_point="float", steps=50, **policy):
     """A compiled TinyGPT after ``steps`` of training: adapters far from zero."""
-    model = lrc.compile(tiny_gpt(), lrc.Policy(method=method, zero_point=zero_point, group_size=16, rank=4,
-                                                 **policy))
+    model = lrc.compile(
+        tiny_gpt(),
+        lrc.Policy(method=method, zero_point=zero_point, group_size=16, rank=4, **policy),
+    )
     model.train()
     train(model, ids(batch=4, seq=12), steps=steps, lr=1e-2)
     model.eval()
@@ -48,9 +50,13 @@ def test_float_training_folds_exactly(qalora_float, zeros, bound):
     assert len(errors) == 12 and max(errors.values()) <= bound
     layer = folded.blocks[0].attn.q_proj
     assert isinstance(layer, IntLinear)
-    assert layer.float_zeros == (zeros == "float") and (layer.correction is not None) == (zeros == "split")
+    assert layer.float_zeros == (zeros == "float") and (layer.correction is not None) == (
+        zeros == "split"
+    )
     original = qalora_float.blocks[0].attn.q_proj.base
-    assert torch.equal(layer.qweight, original.qweight) and torch.equal(layer.scales, original.scales)
+    assert torch.equal(layer.qweight, original.qweight) and torch.equal(
+        layer.scales, original.scales
+    )
 
 
 def test_round_shows_the_loss_split_avoids(qalora_float):
@@ -88,8 +94,13 @@ def test_fold_returns_a_new_model_and_leaves_the_trained_one(qalora_float, tmp_p
     assert folded_q.scales.data_ptr() != trained_q.base.scales.data_ptr()
     gm = lrc.compile_info(folded).graph
     assert not any("lowrank_compiler.adapter" in n.meta for n in gm.graph.nodes)  # collapsed
-    assert sum(n.op == "call_module" and isinstance(gm.get_submodule(n.target), IntLinear)
-               for n in gm.graph.nodes) == 12
+    assert (
+        sum(
+            n.op == "call_module" and isinstance(gm.get_submodule(n.target), IntLinear)
+            for n in gm.graph.nodes
+        )
+        == 12
+    )
     lrc.lint(gm)
     x = ids()
     assert torch.equal(gm(x), folded(x))
@@ -98,7 +109,11 @@ def test_fold_returns_a_new_model_and_leaves_the_trained_one(qalora_float, tmp_p
     assert "blocks.0.attn.q_proj: qalora -> IntLinear(split zeros)  rel_err" in dump
     assert lrc.compile_info(folded).pipeline.endswith(",fold{zeros=split,bits=4,group_size=16}")
     s = lrc.summary(folded)
-    assert s.layers[0].kind == "int4" and s.layers[0].zeros == "split" and s.layers[0].fold_rel_err < 1e-5
+    assert (
+        s.layers[0].kind == "int4"
+        and s.layers[0].zeros == "split"
+        and s.layers[0].fold_rel_err < 1e-5
+    )
     assert "fold err" in str(s)
 
 
@@ -118,7 +133,10 @@ def test_qlora_merge_requantizes_and_is_far_worse(qalora_float):
         merged = lrc.fold(qlora)
         err_qlora = rel_err(merged(x), qlora(x))
         err_ours = rel_err(lrc.fold(qalora_float)(x), qalora_float(x))
-    assert isinstance(merged.blocks[0].attn.q_proj, IntLinear) and merged.blocks[0].attn.q_proj.group_size == 16
+    assert (
+        isinstance(merged.blocks[0].attn.q_proj, IntLinear)
+        and merged.blocks[0].attn.q_proj.group_size == 16
+    )
     assert err_qlora > 1000 * err_ours
 
 
@@ -176,8 +194,13 @@ def test_group_space_identities(qalora_float):
         index = torch.tensor([0, 3, layer.out_features - 1])
         assert rel_err(layer.base.rows(index)(x), layer.base(x)[:, index]) <= 1e-6
         folded = layer.folded_layer("split")
-        w = folded.dequantize().double() + folded.correction.double().T.repeat_interleave(g, 1)  # (N, K)
+        w = folded.dequantize().double() + folded.correction.double().T.repeat_interleave(
+            g, 1
+        )  # (N, K)
         codes_part = w - folded.group_offset().repeat_interleave(g, 1)  # scales * q
         from lowrank_compiler.runtime.quant.group import unpack_codes
+
         q = unpack_codes(folded.qweight, folded.bits, g).double()
-        assert torch.allclose(codes_part, folded.scales.double().repeat_interleave(g, 1) * q, atol=1e-6)
+        assert torch.allclose(
+            codes_part, folded.scales.double().repeat_interleave(g, 1) * q, atol=1e-6
+        )

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from models import nudged
+from test_genai import GREEDY_STEPS, REL, VOCAB, _quiet, llama, og, og_greedy, prompt
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import export_genai
-from models import nudged
-from test_genai import GREEDY_STEPS, REL, VOCAB, _quiet, llama, og, og_greedy, prompt
 
 FORMS = {
     "qalora-float-zeros": (dict(method="qalora", rank=8), "float"),
@@ -29,9 +29,16 @@ def deployed(form: str):
     torch.manual_seed(0)
     model = llama().eval()
     ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
-    calibration = [torch.randint(2, VOCAB, (4, 16), generator=torch.Generator().manual_seed(s)) for s in range(4)]
-    lrc.compile(model, lrc.Policy(bits=4, group_size=32, **policy), example_inputs=(ids,),
-                calibration=calibration if policy.get("quantizer") == "gptq" else None)
+    calibration = [
+        torch.randint(2, VOCAB, (4, 16), generator=torch.Generator().manual_seed(s))
+        for s in range(4)
+    ]
+    lrc.compile(
+        model,
+        lrc.Policy(bits=4, group_size=32, **policy),
+        example_inputs=(ids,),
+        calibration=calibration if policy.get("quantizer") == "gptq" else None,
+    )
     if zeros is None:
         return model
     nudged(model, scale=0.05 if policy["method"] == "qalora" else 0.02, parts=("lora_B",))
@@ -50,4 +57,4 @@ def test_each_deployed_form_generates_the_pytorch_tokens(form, tmp_path):
         assert np.abs(a - b).max() <= REL * np.abs(b).max(), f"step {step}"
     if og is None:  # onnxruntime-genai not installed: our loop alone
         return
-    assert og_greedy(folder, ids, GREEDY_STEPS)[0].tolist() == ref[0, ids.shape[1]:].tolist()
+    assert og_greedy(folder, ids, GREEDY_STEPS)[0].tolist() == ref[0, ids.shape[1] :].tolist()

@@ -16,21 +16,44 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from models import made_once
+from test_genai import (
+    CONTEXT,
+    GREEDY_STEPS,
+    LOGIT_STEPS,
+    REL,
+    _common,
+    _quiet,
+    folded_model,
+    gpt2,
+    llama,
+    needs_og,
+    og_greedy,
+    phi3,
+    prompt,
+    qwen2,
+    transformers,
+)
 
 from lowrank_compiler.genai import ExportError, _attention, export_genai
-from lowrank_compiler.runtime.serve.generate import DecoderSession
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from models import made_once
-from test_genai import (CONTEXT, GREEDY_STEPS, LOGIT_STEPS, REL, _common, _quiet, folded_model, gpt2, llama,
-                        needs_og, og_greedy, phi3, prompt, qwen2, transformers)
+from lowrank_compiler.runtime.serve.generate import DecoderSession
 
 WINDOW = 8
 
 
 def mistral_window():  # HF masks keys older than the window; GQA's local_window_size
-    return transformers.MistralForCausalLM(transformers.MistralConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        sliding_window=WINDOW, **_common()))
+    return transformers.MistralForCausalLM(
+        transformers.MistralConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            sliding_window=WINDOW,
+            **_common(),
+        )
+    )
 
 
 def float_llama():
@@ -39,9 +62,13 @@ def float_llama():
     return llama().eval()
 
 
-BUILDS = {"llama": lambda: folded_model(llama), "qwen2": lambda: folded_model(qwen2),
-          "phi3": lambda: folded_model(phi3), "mistral-window": lambda: folded_model(mistral_window),
-          "llama-float": float_llama}
+BUILDS = {
+    "llama": lambda: folded_model(llama),
+    "qwen2": lambda: folded_model(qwen2),
+    "phi3": lambda: folded_model(phi3),
+    "mistral-window": lambda: folded_model(mistral_window),
+    "llama-float": float_llama,
+}
 PROBE = torch.randint(2, 128, (2, 7), generator=torch.Generator().manual_seed(42))
 
 
@@ -56,7 +83,9 @@ class Case:
         self.name = name
         self.model = BUILDS[name]()
         self.before = _snapshot(self.model)
-        self.dir = export_genai(self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0)
+        self.dir = export_genai(
+            self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0
+        )
         self.after = _snapshot(self.model)
         self.session = DecoderSession(self.dir)
 
@@ -76,16 +105,23 @@ def test_graph_is_fused(case):
     proto = onnx.load(str(case.dir / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("GroupQueryAttention") == 2
-    assert ops.count("SkipSimplifiedLayerNormalization") == 4  # 2 per layer; the first norm has no residual
+    assert (
+        ops.count("SkipSimplifiedLayerNormalization") == 4
+    )  # 2 per layer; the first norm has no residual
     assert ops.count("SimplifiedLayerNormalization") == 1
     per_layer = 4 if case.name == "phi3" else 5  # qkv, o, gate, up, down (Phi-3: gate_up)
     assert ops.count("MatMulNBits") == (0 if case.name == "llama-float" else 2 * per_layer)
     gqa = [n for n in proto.graph.node if n.op_type == "GroupQueryAttention"]
     assert all(n.input[1] == "" and n.input[2] == "" for n in gqa)  # packed q/k/v
-    window = {a.name: onnx.helper.get_attribute_value(a) for a in gqa[0].attribute}["local_window_size"]
+    window = {a.name: onnx.helper.get_attribute_value(a) for a in gqa[0].attribute}[
+        "local_window_size"
+    ]
     assert window == (WINDOW if case.name == "mistral-window" else -1)
     names = [i.name for i in proto.graph.input]
-    assert names[:3] == ["input_ids", "attention_mask", "past_key_values.0.key"] and "position_ids" not in names
+    assert (
+        names[:3] == ["input_ids", "attention_mask", "past_key_values.0.key"]
+        and "position_ids" not in names
+    )
     config = json.loads((case.dir / "genai_config.json").read_text())
     assert config["search"]["past_present_share_buffer"] is True
     assert "position_ids" not in config["model"]["decoder"]["inputs"]
@@ -102,7 +138,7 @@ def test_users_model_is_unchanged(case):
 @needs_og
 def test_greedy_tokens_match_hf_in_onnxruntime_genai_and_ours(case):
     ids, mask, ref, _ = prompt(case.model, [10], GREEDY_STEPS)
-    want = ref[0, ids.shape[1]:].tolist()
+    want = ref[0, ids.shape[1] :].tolist()
     assert og_greedy(case.dir, ids, GREEDY_STEPS)[0].tolist() == want
     assert torch.equal(case.session.generate(ids, mask, max_new_tokens=GREEDY_STEPS), ref)
 
@@ -113,8 +149,8 @@ def test_onnxruntime_genai_batch_takes_right_padding(case):
     right = torch.zeros_like(ids)
     for row in range(ids.shape[0]):
         real = ids[row][mask[row] == 1]
-        right[row, :len(real)] = real
-    assert og_greedy(case.dir, right, 12).tolist() == ref[:, ids.shape[1]:].tolist()
+        right[row, : len(real)] = real
+    assert og_greedy(case.dir, right, 12).tolist() == ref[:, ids.shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("lengths", [[9], [9, 6, 3]], ids=["batch1", "batch3-left-padded"])
@@ -129,18 +165,21 @@ def test_logits_every_step_match_pytorch(case, lengths):
 
 
 def test_prefill_and_decode_equal_the_no_cache_forward(case):
-    """The logits of prefill + 16 decode steps through the shared buffer equal one pass over the whole
+    """The logits of prefill + 16 decode steps through the shared buffer equal one pass over the
+    whole
     sequence, in onnxruntime (a first prompt, no cache) and in PyTorch (no cache)."""
     ids, mask, _, _ = prompt(case.model, [9], LOGIT_STEPS)
     seq, logits = case.session.generate(ids, mask, max_new_tokens=LOGIT_STEPS, output_logits=True)
     full = seq[:, :-1].numpy()  # the last token was never fed
-    whole, _ = case.session.step(full, np.ones_like(full), None, case.session.empty_past(1, full.shape[1]))
+    whole, _ = case.session.step(
+        full, np.ones_like(full), None, case.session.empty_past(1, full.shape[1])
+    )
     with torch.no_grad():
         torch_whole = case.model(input_ids=torch.from_numpy(full), use_cache=False).logits.numpy()
     scale = np.abs(torch_whole).max()
     assert np.abs(whole - torch_whole).max() <= REL * scale
     stepped = np.stack([x[0] for x in logits])  # positions 8 .. 8 + 16
-    assert np.abs(stepped - whole[0, ids.shape[1] - 1:]).max() <= REL * scale
+    assert np.abs(stepped - whole[0, ids.shape[1] - 1 :]).max() <= REL * scale
 
 
 def test_auto_falls_back_to_plain_and_gqa_says_why(tmp_path):
@@ -148,9 +187,17 @@ def test_auto_falls_back_to_plain_and_gqa_says_why(tmp_path):
     assert _attention(gpt2(), "auto", "gpt2", CONTEXT)[0] == "plain"
     with pytest.raises(ExportError, match="attention='gqa' cannot export GPT2LMHeadModel: GPT-2"):
         export_genai(gpt2(), tmp_path / "g", attention="gqa")
-    dynamic = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-        rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}, **_common()))
+    dynamic = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0},
+            **_common(),
+        )
+    )
     mode, reason = _attention(dynamic, "auto", "llama", CONTEXT)
     assert mode == "plain" and "'dynamic'" in reason
     with pytest.raises(ExportError, match="attention must be one of"):
@@ -167,4 +214,6 @@ def test_int_linear_concat_is_the_outputs_side_by_side():
     fused = IntLinear.concat([q, k, v])
     assert torch.allclose(fused(x), torch.cat([q(x), k(x), v(x)], -1), atol=1e-5)
     with pytest.raises(ValueError, match="group_size 32 vs 16"):
-        IntLinear.concat([q, IntLinear.from_weight(torch.randn(16, 64), None, bits=4, group_size=16)])
+        IntLinear.concat(
+            [q, IntLinear.from_weight(torch.randn(16, 64), None, bits=4, group_size=16)]
+        )

@@ -1,4 +1,5 @@
-"""Hand-written decoders through ``export_genai``'s protocol: a ``.config`` with the cache's sizes and
+"""Hand-written decoders through ``export_genai``'s protocol: a ``.config`` with the cache's sizes
+and
 ``forward_with_cache(input_ids, attention_mask, position_ids, past) -> (logits, presents)``.
 
 The decoder below (grouped-query attention, learned positions, written as a user would) is compiled
@@ -16,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from models import nudged
 from torch import nn
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import ExportError, export_genai
 from lowrank_compiler.runtime.serve.generate import DecoderSession
-from models import nudged
 
 try:
     import onnxruntime_genai as og
@@ -46,14 +47,22 @@ class Block(nn.Module):
         b, t, _ = x.shape
         h = self.norm1(x)
         q = self.q(h).view(b, t, HEADS, HEAD).transpose(1, 2)  # (B, H, T, hd)
-        k = torch.cat([k_past, self.k(h).view(b, t, KV_HEADS, HEAD).transpose(1, 2)], 2)  # (B, KVH, total, hd)
+        k = torch.cat(
+            [k_past, self.k(h).view(b, t, KV_HEADS, HEAD).transpose(1, 2)], 2
+        )  # (B, KVH, total, hd)
         v = torch.cat([v_past, self.v(h).view(b, t, KV_HEADS, HEAD).transpose(1, 2)], 2)
         total = k.shape[2]
         rows = torch.arange(t).unsqueeze(1) + (total - t)  # each new token's place in the sequence
-        allowed = (torch.arange(total).unsqueeze(0) <= rows).unsqueeze(0) & mask.bool()[:, None, :]  # (B, T, total)
+        allowed = (torch.arange(total).unsqueeze(0) <= rows).unsqueeze(0) & mask.bool()[
+            :, None, :
+        ]  # (B, T, total)
         rep = HEADS // KV_HEADS
-        a = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
-                                           attn_mask=allowed.unsqueeze(1))  # (B, H, T, hd)
+        a = F.scaled_dot_product_attention(
+            q,
+            k.repeat_interleave(rep, 1),
+            v.repeat_interleave(rep, 1),
+            attn_mask=allowed.unsqueeze(1),
+        )  # (B, H, T, hd)
         x = x + self.o(a.transpose(1, 2).reshape(b, t, DIM))
         return x + self.down(F.gelu(self.up(self.norm2(x)))), k, v
 
@@ -61,10 +70,17 @@ class Block(nn.Module):
 class CachedGPT(nn.Module):
     def __init__(self):
         super().__init__()
-        self.config = SimpleNamespace(num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                                      num_key_value_heads=KV_HEADS, hidden_size=DIM, vocab_size=VOCAB,
-                                      max_position_embeddings=CONTEXT, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=0)
+        self.config = SimpleNamespace(
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=KV_HEADS,
+            hidden_size=DIM,
+            vocab_size=VOCAB,
+            max_position_embeddings=CONTEXT,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+        )
         self.emb, self.pos = nn.Embedding(VOCAB, DIM), nn.Embedding(CONTEXT, DIM)
         self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
         self.norm = nn.LayerNorm(DIM)
@@ -93,12 +109,15 @@ def reference_greedy(model, ids, steps):
             last = model(seq)[:, -1]
             logits.append(last)
             seq = torch.cat([seq, last.argmax(-1, keepdim=True)], 1)
-    return seq[:, ids.shape[1]:], logits
+    return seq[:, ids.shape[1] :], logits
 
 
 def well_separated(logits) -> bool:
-    return all(((s.topk(2).values[:, 0] - s.topk(2).values[:, 1]) > 2e-3 * s.abs().max()).all()
-               and (s.argmax(-1) != 1).all() for s in logits)
+    return all(
+        ((s.topk(2).values[:, 0] - s.topk(2).values[:, 1]) > 2e-3 * s.abs().max()).all()
+        and (s.argmax(-1) != 1).all()
+        for s in logits
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +129,11 @@ def exported(tmp_path_factory):
             if p.dim() == 2:
                 p.normal_(0, 0.15)
     ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
-    lrc.compile(model, lrc.Policy(method="qalora", bits=4, group_size=32, rank=8, target=["all-linear", "head"]),
-                example_inputs=(ids,))
+    lrc.compile(
+        model,
+        lrc.Policy(method="qalora", bits=4, group_size=32, rank=8, target=["all-linear", "head"]),
+        example_inputs=(ids,),
+    )
     folded = lrc.fold(nudged(model, scale=0.05, parts=("lora_B",)))
     folder = export_genai(folded, tmp_path_factory.mktemp("protocol") / "genai", accuracy_level=0)
     return folded, folder
@@ -131,7 +153,10 @@ def test_folder_is_a_generic_decoder(exported):
 
     _, folder = exported
     config = json.loads((folder / "genai_config.json").read_text())
-    assert config["model"]["type"] == "decoder" and config["model"]["decoder"]["num_key_value_heads"] == KV_HEADS
+    assert (
+        config["model"]["type"] == "decoder"
+        and config["model"]["decoder"]["num_key_value_heads"] == KV_HEADS
+    )
     marker = json.loads((folder / "lowrank_compiler.json").read_text())
     assert marker["attention"] == "plain" and "forward_with_cache" in marker["attention_reason"]
 
@@ -157,8 +182,9 @@ def test_logits_every_step_match_pytorch(exported):
     model, folder = exported
     ids, want, ref_logits = prompt(model, 17)
     seen = []
-    ours, logits = DecoderSession(folder).generate(ids, max_new_tokens=17, output_logits=True,
-                                                   streamer=lambda t: seen.append(t))
+    ours, logits = DecoderSession(folder).generate(
+        ids, max_new_tokens=17, output_logits=True, streamer=lambda t: seen.append(t)
+    )
     assert ours[0, 10:].tolist() == want and len(seen) == 17
     for got, ref in zip(logits, ref_logits):
         assert np.abs(got - ref.numpy()).max() <= 1e-4 * ref.abs().max().item()
@@ -168,7 +194,9 @@ def test_missing_parts_of_the_protocol_are_named(tmp_path):
     class NoCache(nn.Module):
         def __init__(self):
             super().__init__()
-            self.config = SimpleNamespace(num_hidden_layers=2, num_attention_heads=4, hidden_size=64)
+            self.config = SimpleNamespace(
+                num_hidden_layers=2, num_attention_heads=4, hidden_size=64
+            )
             self.lin = nn.Linear(4, 4)
 
         def forward(self, x):

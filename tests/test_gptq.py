@@ -1,10 +1,11 @@
-"""runtime.gptq: the format is runtime.quant's, and the output error along H is smaller than RTN's."""
+"""runtime.gptq: the format is runtime.quant's, and the output error along H is smaller than
+RTN's."""
 
 import pytest
 import torch
 
-from lowrank_compiler.runtime.quant.gptq import gptq_quantize
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
+from lowrank_compiler.runtime.quant.gptq import gptq_quantize
 from lowrank_compiler.runtime.quant.group import quantize
 
 
@@ -30,7 +31,9 @@ def dequant(codes, scales, zeros, g):
 def test_gptq_lowers_the_output_error_below_rtn(bits, g, act_order):
     torch.manual_seed(bits * g)
     w = torch.randn(48, 128)
-    x = correlated_inputs(128) * torch.linspace(0.2, 3.0, 128)  # inputs of unequal energy, as in real layers
+    x = correlated_inputs(128) * torch.linspace(
+        0.2, 3.0, 128
+    )  # inputs of unequal energy, as in real layers
     h = x.T @ x / x.shape[0]
     gq = gptq_quantize(w, h, bits, g, act_order=act_order)
     rtn = quantize(w, bits, g)
@@ -43,7 +46,8 @@ def test_gptq_lowers_the_output_error_below_rtn(bits, g, act_order):
 
 @pytest.mark.parametrize("act_order", [True, False])
 def test_uncorrelated_inputs_give_exactly_the_rtn_codes(act_order):
-    # H diagonal: no column predicts another, so there is no error to move and GPTQ is RTN, in any order
+    # H diagonal: no column predicts another, so there is no error to move and GPTQ is RTN, in any
+    # order
     w = torch.randn(16, 64)
     h = torch.diag(torch.rand(64) + 0.5)
     for a, b in zip(gptq_quantize(w, h, 4, 32, act_order=act_order), quantize(w, 4, 32)):
@@ -65,7 +69,9 @@ def test_int_linear_from_gptq_runs_its_codes():
     layer = IntLinear.from_float(lin, bits=4, group_size=32, hessian=h)
     codes, scales, zeros = gptq_quantize(lin.weight, h, 4, 32)
     assert torch.equal(layer.dequantize(), dequant(codes, scales, zeros, 32))
-    torch.testing.assert_close(layer(x[:8]), x[:8] @ layer.dequantize().T + lin.bias, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer(x[:8]), x[:8] @ layer.dequantize().T + lin.bias, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_bad_statistics_are_named():

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from models import hf_gpt2, ids, output, tiny_gpt
 from torch import nn
 
 from lowrank_compiler import PassInputError, PassManager, lint, trace
 from lowrank_compiler.runtime import LoRALinear
-from models import hf_gpt2, ids, output, tiny_gpt
 
 
 def rewrite(model, pipeline, x=None):
@@ -21,9 +21,19 @@ def test_rewrite_count_shapes_and_initial_values():
     assert pm.results[-1][1].stats["rewritten"] == 12
     layer = model.blocks[0].mlp.up_proj
     assert isinstance(layer, LoRALinear)
-    assert layer.base is bases["blocks.0.mlp.up_proj"] and layer.base.bias is bases["blocks.0.mlp.up_proj"].bias
-    assert layer.lora_A.shape == (4, 32) and layer.lora_B.shape == (128, 4)  # A: [r, in], B: [out, r]
-    assert layer.scale == 2.0 and torch.count_nonzero(layer.lora_B) == 0 and layer.lora_A.abs().sum() > 0
+    assert (
+        layer.base is bases["blocks.0.mlp.up_proj"]
+        and layer.base.bias is bases["blocks.0.mlp.up_proj"].bias
+    )
+    assert layer.lora_A.shape == (4, 32) and layer.lora_B.shape == (
+        128,
+        4,
+    )  # A: [r, in], B: [out, r]
+    assert (
+        layer.scale == 2.0
+        and torch.count_nonzero(layer.lora_B) == 0
+        and layer.lora_A.abs().sum() > 0
+    )
     assert not isinstance(model.lm_head, LoRALinear)
     assert torch.equal(model(x), ref) and torch.equal(gm(x), ref)  # B = 0: bit-identical
     lint(gm)
@@ -43,9 +53,16 @@ def test_adapter_math_matches_the_formula():
 def test_graph_shows_the_adapter_ops_and_stays_equal_to_the_model():
     model = tiny_gpt()
     gm = rewrite(model, "find-linears{target=[v_proj]},insert-lora{rank=2}")
-    ops = [(n.op, str(n.target)) for n in gm.graph.nodes if n.meta.get("lowrank_compiler.adapter") == "blocks.1.attn.v_proj"]
+    ops = [
+        (n.op, str(n.target))
+        for n in gm.graph.nodes
+        if n.meta.get("lowrank_compiler.adapter") == "blocks.1.attn.v_proj"
+    ]
     assert ("call_module", "blocks.1.attn.v_proj.base") in ops
-    assert ("get_attr", "blocks.1.attn.v_proj.lora_A") in ops and ("get_attr", "blocks.1.attn.v_proj.lora_B") in ops
+    assert ("get_attr", "blocks.1.attn.v_proj.lora_A") in ops and (
+        "get_attr",
+        "blocks.1.attn.v_proj.lora_B",
+    ) in ops
     assert sum(op == "call_function" for op, _ in ops) == 4  # linear, linear, mul, add
     with torch.no_grad():
         model.blocks[1].attn.v_proj.lora_B.normal_()
@@ -71,12 +88,17 @@ def test_dropout_sits_on_the_adapter_input_only():
     assert isinstance(layer.dropout, nn.Dropout) and layer.dropout.p == 0.5
     layer.train()
     x = torch.randn(4, 32)
-    torch.testing.assert_close(layer(x), layer.base(x))  # B = 0: dropout cannot reach the output yet
+    torch.testing.assert_close(
+        layer(x), layer.base(x)
+    )  # B = 0: dropout cannot reach the output yet
 
 
 def test_overrides_set_rank_and_alpha_per_layer():
     model = tiny_gpt()
-    rewrite(model, 'find-linears,insert-lora{rank=8,overrides={q_proj={rank=2},"re:.*mlp.*"={alpha=4.0}}}')
+    rewrite(
+        model,
+        'find-linears,insert-lora{rank=8,overrides={q_proj={rank=2},"re:.*mlp.*"={alpha=4.0}}}',
+    )
     assert model.blocks[0].attn.q_proj.rank == 2 and model.blocks[0].attn.k_proj.rank == 8
     assert model.blocks[1].mlp.up_proj.alpha == 4.0 and model.blocks[1].mlp.up_proj.scale == 0.5
 
@@ -92,13 +114,16 @@ def test_rank_above_min_in_out_names_layer_shape_and_fix():
     assert dict(model.named_modules()) == before  # checked before any swap
 
 
-@pytest.mark.parametrize("option, message", [
-    ("rank=0", "rank for layer .* must be a positive integer"),
-    ("alpha=-1.0", "alpha for layer .* must be a positive finite number"),
-    ("dropout=1.5", r"dropout must be in \[0, 1\)"),
-    ("overrides={nothing={rank=2}}", "override pattern 'nothing' matches no targeted layer"),
-    ("overrides={q_proj={dropout=2}}", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("rank=0", "rank for layer .* must be a positive integer"),
+        ("alpha=-1.0", "alpha for layer .* must be a positive finite number"),
+        ("dropout=1.5", r"dropout must be in \[0, 1\)"),
+        ("overrides={nothing={rank=2}}", "override pattern 'nothing' matches no targeted layer"),
+        ("overrides={q_proj={dropout=2}}", "unknown field"),
+    ],
+)
 def test_bad_options(option, message):
     with pytest.raises(PassInputError, match=message):
         rewrite(tiny_gpt(), f"find-linears,insert-lora{{{option}}}")

@@ -1,10 +1,10 @@
 import pytest
 import torch
+from models import hf_llama, ids, output, tiny_gpt, train
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from lowrank_compiler.runtime.layers.qalora import QALoRALinear
-from models import hf_llama, ids, output, tiny_gpt, train
 
 
 def test_starts_equal_to_the_rtn_model_and_counts_parameters():
@@ -19,7 +19,8 @@ def test_starts_equal_to_the_rtn_model_and_counts_parameters():
         trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
         assert trainable == 4 * (m.in_features // 16 + m.out_features)  # r (in/g + out)
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        f"{n}.lora_{ab}" for n in layers for ab in "AB"}
+        f"{n}.lora_{ab}" for n in layers for ab in "AB"
+    }
 
 
 def test_pool_is_the_group_mean_and_the_formula_holds():
@@ -35,18 +36,26 @@ def test_pool_is_the_group_mean_and_the_formula_holds():
 
 
 def test_graph_shows_pooling_and_adapter_ops(tmp_path):
-    lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", target=["q_proj"], group_size=16, rank=2),
-                dump_dir=tmp_path)
+    lrc.compile(
+        tiny_gpt(),
+        lrc.Policy(method="qalora", target=["q_proj"], group_size=16, rank=2),
+        dump_dir=tmp_path,
+    )
     dump = (tmp_path / "02-insert-qalora.txt").read_text()
     assert "blocks.0.attn.q_proj: Linear -> IntLinear(int4, group 16, RTN)" in dump
     assert "blocks.0.attn.q_proj: + QA-LoRA(rank 2, alpha 32, A [2, 2], zero_point float)" in dump
     assert "call_module[target=blocks.0.attn.q_proj.base]" in dump
-    assert "call_method[target=mean]" in dump and "get_attr[target=blocks.1.attn.q_proj.lora_A]" in dump
+    assert (
+        "call_method[target=mean]" in dump
+        and "get_attr[target=blocks.1.attn.q_proj.lora_A]" in dump
+    )
 
 
 @pytest.mark.parametrize("zero_point", ["float", "int"])
 def test_trains_and_only_adapters_change(zero_point):
-    model = lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4))
+    model = lrc.compile(
+        tiny_gpt(), lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4)
+    )
     x = ids(batch=4, seq=12)
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -79,7 +88,9 @@ def test_trained_scales_train_and_fold_exactly_in_every_form(zero_point):
     """train_scales: the scales move (a log factor on the base's), the base stays as compiled,
     and every fold form computes the trained layer to float rounding (``round`` too, for the
     integer-zero training), always with the trained scales in the IntLinear."""
-    policy = lrc.Policy(method="qalora", zero_point=zero_point, group_size=16, rank=4, train_scales=True)
+    policy = lrc.Policy(
+        method="qalora", zero_point=zero_point, group_size=16, rank=4, train_scales=True
+    )
     model = lrc.compile(tiny_gpt(), policy)
     x = ids(batch=4, seq=12)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -97,7 +108,9 @@ def test_trained_scales_train_and_fold_exactly_in_every_form(zero_point):
             folded = lrc.fold(model, zeros=zeros)
             for name, m in layers.items():
                 f = folded.get_submodule(name)
-                assert torch.equal(f.scales, m.current_scales()) and not torch.equal(f.scales, m.base.scales)
+                assert torch.equal(f.scales, m.current_scales()) and not torch.equal(
+                    f.scales, m.base.scales
+                )
             if zero_point == "int" or zeros != "round":
                 assert ((folded(x) - want).abs().max() / want.abs().max()).item() < 1e-5
 
@@ -119,7 +132,9 @@ def test_op_scale_gradient_is_autograd_through_the_dequantized_weight():
 
 
 def test_trained_scales_are_refused_by_peft_export(tmp_path):
-    model = lrc.compile(tiny_gpt(), lrc.Policy(method="qalora", group_size=16, rank=4, train_scales=True))
+    model = lrc.compile(
+        tiny_gpt(), lrc.Policy(method="qalora", group_size=16, rank=4, train_scales=True)
+    )
     with pytest.raises(lrc.AdapterError, match="train_scales=True"):
         lrc.save_peft_adapter(model, tmp_path / "peft")
     assert not (tmp_path / "peft").exists()

@@ -16,14 +16,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from models import made_once
 from torch import nn
 
 import lowrank_compiler as lrc
+from lowrank_compiler.runtime.errors import ExportError
 from lowrank_compiler.runtime.layers.int_embedding import IntEmbedding
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.errors import ExportError
 from lowrank_compiler.runtime.serve.load import load
-from models import made_once
 
 transformers = pytest.importorskip("transformers")
 try:
@@ -50,7 +50,9 @@ def ids(batch=2, seq=5, seed=1):
     return torch.randint(0, VOCAB, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("width,group", [(96, 32), (128, 16), (64, 64)])  # 3 groups: an odd count of packed zeros
+@pytest.mark.parametrize(
+    "width,group", [(96, 32), (128, 16), (64, 64)]
+)  # 3 groups: an odd count of packed zeros
 def test_rounding_bound_per_row_and_group(width, group):
     torch.manual_seed(0)
     emb = nn.Embedding(VOCAB, width)
@@ -82,18 +84,42 @@ def test_onnxruntime_lookup_equals_pytorch(tmp_path, width, group):
 def _llama(tied: bool, seed=0):
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=VOCAB, max_position_embeddings=96, bos_token_id=0, eos_token_id=1, pad_token_id=0,
-        initializer_range=0.15, tie_word_embeddings=tied)).eval()
+    return transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=VOCAB,
+            max_position_embeddings=96,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=0,
+            initializer_range=0.15,
+            tie_word_embeddings=tied,
+        )
+    ).eval()
 
 
 def _gpt2(seed=0):
     transformers.utils.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=96, resid_pdrop=0.0, embd_pdrop=0.0,
-        attn_pdrop=0.0, bos_token_id=0, eos_token_id=1, initializer_range=0.15)).eval()
+    return transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            n_layer=2,
+            n_embd=64,
+            n_head=4,
+            vocab_size=VOCAB,
+            n_positions=96,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=1,
+            initializer_range=0.15,
+        )
+    ).eval()
 
 
 def _rtn(model):
@@ -103,18 +129,25 @@ def _rtn(model):
 
 def table_copies(proto, rows, width) -> int:
     """Initializers holding ``rows x width`` 4-bit codes, in any shape."""
-    return sum(1 for i in proto.graph.initializer
-               if i.data_type == onnx.TensorProto.UINT8 and int(np.prod(i.dims)) == rows * width // 2)
+    return sum(
+        1
+        for i in proto.graph.initializer
+        if i.data_type == onnx.TensorProto.UINT8 and int(np.prod(i.dims)) == rows * width // 2
+    )
 
 
 class Decoder:
     def __init__(self, name, tmp_path_factory):
-        build = {"llama-tied": lambda: _rtn(_llama(True)), "llama-untied": lambda: _rtn(_llama(False)),
-                 "gpt2": lambda: _rtn(_gpt2())}[name]
+        build = {
+            "llama-tied": lambda: _rtn(_llama(True)),
+            "llama-untied": lambda: _rtn(_llama(False)),
+            "gpt2": lambda: _rtn(_gpt2()),
+        }[name]
         self.model = build()
         self.before = {n: type(m).__name__ for n, m in self.model.named_modules()}
-        self.dir = lrc.export_genai(self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0,
-                                    embeddings="int4")
+        self.dir = lrc.export_genai(
+            self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0, embeddings="int4"
+        )
         self.proto = onnx.load(str(self.dir / "model.onnx"))
         self.reference = copy.deepcopy(self.model)
         self.tables = lrc.quantize_embeddings(self.reference)
@@ -159,8 +192,15 @@ def _prompt(model, steps=16):
     for seed in range(40):
         x = torch.randint(2, VOCAB, (1, 10), generator=torch.Generator().manual_seed(100 + seed))
         with torch.no_grad():
-            out = model.generate(x, do_sample=False, max_new_tokens=steps, min_new_tokens=steps, output_logits=True,
-                                 return_dict_in_generate=True, pad_token_id=0)
+            out = model.generate(
+                x,
+                do_sample=False,
+                max_new_tokens=steps,
+                min_new_tokens=steps,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=0,
+            )
         if _margin_ok(out.logits) and 1 not in out.sequences[0, 10:].tolist():
             return x, out.sequences[0, 10:].tolist()
     pytest.fail("no prompt with clear top-2 margins")
@@ -170,7 +210,7 @@ def _prompt(model, steps=16):
 def test_greedy_tokens_match_pytorch_with_the_quantized_table(decoders, name):
     case = decoders(name)
     x, want = _prompt(case.reference)
-    got = load(case.dir).generate(x, max_new_tokens=len(want))[0, x.shape[1]:].tolist()
+    got = load(case.dir).generate(x, max_new_tokens=len(want))[0, x.shape[1] :].tolist()
     assert got == want
     if og is not None:
         model = og.Model(str(case.dir))
@@ -187,8 +227,11 @@ def test_greedy_tokens_match_pytorch_with_the_quantized_table(decoders, name):
 
 def test_a_quantized_tied_head_lends_its_codes(tmp_path):
     model = _llama(True)
-    lrc.compile(model, lrc.Policy(method="rtn", bits=4, group_size=32, target=["all-linear", "lm_head"]),
-                example_inputs=(ids(),))
+    lrc.compile(
+        model,
+        lrc.Policy(method="rtn", bits=4, group_size=32, target=["all-linear", "lm_head"]),
+        example_inputs=(ids(),),
+    )
     assert isinstance(model.lm_head, IntLinear)
     done = lrc.quantize_embeddings(model)
     assert done == {"model.embed_tokens": "codes of lm_head"}
@@ -201,9 +244,15 @@ def test_bad_settings_fail_before_writing(tmp_path):
     with pytest.raises(ExportError, match="embeddings must be one of"):
         lrc.export_onnx(model, out, example_inputs=(ids(),), embeddings="int8")
     with pytest.raises(ExportError, match="embedding_group_size"):
-        lrc.export_onnx(model, out, example_inputs=(ids(),), embeddings="int4", embedding_group_size=24)
-    with pytest.raises(ValueError, match=r"emb: width 96 \(shape \[160, 96\]\) is not divisible by group_size=64"):
-        lrc.export_onnx(model, out, example_inputs=(ids(),), embeddings="int4", embedding_group_size=64)
+        lrc.export_onnx(
+            model, out, example_inputs=(ids(),), embeddings="int4", embedding_group_size=24
+        )
+    with pytest.raises(
+        ValueError, match=r"emb: width 96 \(shape \[160, 96\]\) is not divisible by group_size=64"
+    ):
+        lrc.export_onnx(
+            model, out, example_inputs=(ids(),), embeddings="int4", embedding_group_size=64
+        )
     with pytest.raises(ExportError, match="GatherBlockQuantized"):
         lrc.export_onnx(model, out, example_inputs=(ids(),), embeddings="int4", format="qdq")
     assert not out.exists() and list(tmp_path.iterdir()) == []
@@ -217,7 +266,9 @@ def test_a_functional_read_of_the_table_names_the_fix(tmp_path):
 
     model = tiny_gpt(tie_head=True)  # nanoGPT: logits = F.linear(x, wte.weight)
     with pytest.raises(Exception, match="reads .weight directly"):
-        lrc.export_onnx(model, tmp_path / "m.onnx", example_inputs=(ids(seq=8) % 96,), embeddings="int4")
+        lrc.export_onnx(
+            model, tmp_path / "m.onnx", example_inputs=(ids(seq=8) % 96,), embeddings="int4"
+        )
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -15,7 +15,11 @@ def package_of(path: Path) -> str:
     """The import name of the package a source file sits in (``passes/helpers/x.py`` ->
     ``lowrank_compiler.passes.helpers``)."""
     parts = path.relative_to(ROOT).parts[:-1]
-    return ".".join(parts) if parts[0] == "lowrank_compiler" else ".".join(("lowrank_compiler", *parts))
+    return (
+        ".".join(parts)
+        if parts[0] == "lowrank_compiler"
+        else ".".join(("lowrank_compiler", *parts))
+    )
 
 
 def imports_of(path: Path, at_import_time: bool = False) -> list[str]:
@@ -36,7 +40,9 @@ def imports_of(path: Path, at_import_time: bool = False) -> list[str]:
             else:
                 module = node.module
             out.append(module)
-            out += [f"{module}.{a.name}" for a in node.names]  # `from torch import fx`, `from . import graph`
+            out += [
+                f"{module}.{a.name}" for a in node.names
+            ]  # `from torch import fx`, `from . import graph`
     return out
 
 
@@ -58,7 +64,11 @@ def layer_of(module: str) -> str | None:
         raise AssertionError(f"top-level import of {module}: use lowrank_compiler.{module}")
     if parts[0] != "lowrank_compiler":
         return None
-    return parts[1] if len(parts) > 1 and parts[1] in ("passes", "runtime", "app") else "lowrank_compiler"
+    return (
+        parts[1]
+        if len(parts) > 1 and parts[1] in ("passes", "runtime", "app")
+        else "lowrank_compiler"
+    )
 
 
 def test_arrows_point_down_only():
@@ -68,7 +78,9 @@ def test_arrows_point_down_only():
                 target = layer_of(module)
                 if target is None:
                     continue
-                assert LAYERS[target] <= LAYERS[layer], f"{path.relative_to(ROOT)} imports {module} (upward)"
+                assert LAYERS[target] <= LAYERS[layer], (
+                    f"{path.relative_to(ROOT)} imports {module} (upward)"
+                )
 
 
 def test_a_pass_imports_no_other_pass_and_helpers_import_no_pass():
@@ -81,7 +93,8 @@ def test_a_pass_imports_no_other_pass_and_helpers_import_no_pass():
                 assert module.startswith(allowed), f"{path.relative_to(ROOT)} imports {module}"
                 if "helpers" in path.parts:
                     assert module.startswith("lowrank_compiler.passes.helpers"), (
-                        f"{path.relative_to(ROOT)} (a helper) imports {module}")
+                        f"{path.relative_to(ROOT)} (a helper) imports {module}"
+                    )
 
 
 def test_runtime_is_run_time_code_only():
@@ -89,13 +102,21 @@ def test_runtime_is_run_time_code_only():
     helpers live beside the passes)."""
     for path in sources("runtime"):
         tree = ast.parse(path.read_text())
-        uses = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "fx"
-                and isinstance(n.value, ast.Name) and n.value.id == "torch"]
+        uses = [
+            n
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute)
+            and n.attr == "fx"
+            and isinstance(n.value, ast.Name)
+            and n.value.id == "torch"
+        ]
         assert not uses, f"{path.relative_to(ROOT)}:{uses[0].lineno if uses else 0} uses torch.fx"
         for module in imports_of(path):
             assert not module.startswith(FX), f"{path.relative_to(ROOT)} imports {module}"
             if module.startswith("lowrank_compiler"):
-                assert module.startswith("lowrank_compiler.runtime"), f"{path.relative_to(ROOT)} imports {module}"
+                assert module.startswith("lowrank_compiler.runtime"), (
+                    f"{path.relative_to(ROOT)} imports {module}"
+                )
 
 
 R = "lowrank_compiler.runtime"
@@ -104,16 +125,27 @@ R = "lowrank_compiler.runtime"
 ROOMS = {
     "quant": (f"{R}.quant", f"{R}.errors"),
     "layers": (f"{R}.layers", f"{R}.quant", f"{R}.errors", f"{R}.progress"),
-    "onnx": (f"{R}.onnx", f"{R}.layers", f"{R}.quant", f"{R}.errors", f"{R}.files", f"{R}.progress"),
+    "onnx": (
+        f"{R}.onnx",
+        f"{R}.layers",
+        f"{R}.quant",
+        f"{R}.errors",
+        f"{R}.files",
+        f"{R}.progress",
+    ),
     "serve": (f"{R}.serve", f"{R}.onnx.file", f"{R}.quant.formats", f"{R}.errors"),
-    "errors.py": (f"{R}.errors",), "files.py": (f"{R}.errors",), "progress.py": (f"{R}.errors",),
+    "errors.py": (f"{R}.errors",),
+    "files.py": (f"{R}.errors",),
+    "progress.py": (f"{R}.errors",),
 }
 
 
 def test_each_room_of_runtime_imports_only_the_rooms_below_it():
     """quant/ (numbers) imports no layer; layers/ no exporter or session; onnx/ no session;
     serve/ nothing but ONNX file reading, the format vocabulary and the errors."""
-    rooms = {p.name for p in (ROOT / "runtime").iterdir() if p.name not in ("__init__.py", "__pycache__")}
+    rooms = {
+        p.name for p in (ROOT / "runtime").iterdir() if p.name not in ("__init__.py", "__pycache__")
+    }
     assert rooms == set(ROOMS), f"runtime/ holds {sorted(rooms)}; the rules name {sorted(ROOMS)}"
     for room, allowed in ROOMS.items():
         files = [ROOT / "runtime" / room] if room.endswith(".py") else sources(f"runtime/{room}")
@@ -129,13 +161,16 @@ def test_the_library_never_imports_the_application():
     for layer in ("runtime", "passes", "lowrank_compiler"):
         for path in sources(layer):
             for module in imports_of(path):
-                assert not module.startswith("lowrank_compiler.app"), f"{path.relative_to(ROOT)} imports {module}"
+                assert not module.startswith("lowrank_compiler.app"), (
+                    f"{path.relative_to(ROOT)} imports {module}"
+                )
 
 
 def test_installed_names_and_no_top_level_passes_or_runtime(tmp_path):
     code = (
         "import importlib.util, lowrank_compiler.passes as p, lowrank_compiler.runtime as r;"
-        "assert importlib.util.find_spec('passes') is None and importlib.util.find_spec('runtime') is None;"
+        "assert importlib.util.find_spec('passes') is None and importlib.util.find_spec('runtime') "
+        "is None;"
         "print(p.__name__, r.__name__)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
@@ -154,7 +189,9 @@ def test_readme_has_two_setup_commands_that_ci_runs_verbatim():
     assert len(commands) == 2
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     for command in commands:
-        assert "torch==2.13.0" in command  # never an unpinned torch: that pulls a multi-GB CUDA build
+        assert (
+            "torch==2.13.0" in command
+        )  # never an unpinned torch: that pulls a multi-GB CUDA build
         assert command in ci_lines, f".ci/run does not run the README command: {command}"
 
 
@@ -185,25 +222,37 @@ def import_closure(module: str) -> set[str]:
             continue
         for imported in imports_of(path, at_import_time=True):
             parts = imported.split(".")
-            todo += [".".join(parts[:i]) for i in range(2, len(parts) + 1)]  # packages first, as Python does
+            todo += [
+                ".".join(parts[:i]) for i in range(2, len(parts) + 1)
+            ]  # packages first, as Python does
             todo.append(parts[0]) if parts[0] != "lowrank_compiler" else None
     return seen
 
 
 def test_a_policy_imports_no_pass_manager_exporter_or_onnxruntime():
     closure = import_closure("lowrank_compiler.policy")
-    for heavy in ("lowrank_compiler.manager", "lowrank_compiler.runtime.onnx.export", "onnxruntime",
-                  "lowrank_compiler.passes.export_onnx"):
+    for heavy in (
+        "lowrank_compiler.manager",
+        "lowrank_compiler.runtime.onnx.export",
+        "onnxruntime",
+        "lowrank_compiler.passes.export_onnx",
+    ):
         assert heavy not in closure, f"building a Policy imports {heavy}"
 
 
-# Each format fact has one definition (runtime/quant/formats.py); these literals anywhere else are copies
+# Each format fact has one definition (runtime/quant/formats.py); these literals anywhere else are
+# copies
 # that could drift apart. The split correction's formula is matched by its shape.
 STRAY = {
-    r"\(2, 3, 4, 8\)": "BITS", r"\(2, 4, 8\)": "KERNEL_BITS", r'"rtn", "gptq"|"gptq", "rtn"': "QUANTIZERS",
-    r'\("float", "int"\)': "ZERO_POINT_MODES", r'"split", "float", "round"': "FOLD_ZEROS",
-    r'"matmulnbits", "qdq"': "EXPORT_FORMATS", r"\(0, 1, 2, 3, 4\)": "ACCURACY_LEVELS",
-    r'=\s*"lowrank_compiler"\s*$': "METADATA_KEY", r"\.T\.to\(torch\.float32\)": "split_correction",
+    r"\(2, 3, 4, 8\)": "BITS",
+    r"\(2, 4, 8\)": "KERNEL_BITS",
+    r'"rtn", "gptq"|"gptq", "rtn"': "QUANTIZERS",
+    r'\("float", "int"\)': "ZERO_POINT_MODES",
+    r'"split", "float", "round"': "FOLD_ZEROS",
+    r'"matmulnbits", "qdq"': "EXPORT_FORMATS",
+    r"\(0, 1, 2, 3, 4\)": "ACCURACY_LEVELS",
+    r'=\s*"lowrank_compiler"\s*$': "METADATA_KEY",
+    r"\.T\.to\(torch\.float32\)": "split_correction",
     r"& \(\w+ - 1\)": "group_size_problem",
 }
 
@@ -217,5 +266,8 @@ def test_each_format_fact_is_defined_once():
             for number, line in enumerate(path.read_text().splitlines(), 1):
                 for pattern, name in STRAY.items():
                     if re.search(pattern, line):
-                        stray.append(f"{path.relative_to(ROOT)}:{number}: a copy of formats.{name}: {line.strip()}")
+                        stray.append(
+                            f"{path.relative_to(ROOT)}:{number}: a copy of formats.{name}: "
+                            f"{line.strip()}"
+                        )
     assert not stray, "\n".join(stray)

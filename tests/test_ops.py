@@ -24,7 +24,10 @@ def test_opcheck_fake_and_autograd_registration():
 def test_input_gradient_is_exact_and_base_gets_none():
     m = layer(bias=False)
     x = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
-    f = lambda t: torch.ops.lowrank_compiler.int_linear(t, m.qweight, m.scales, m.zeros, None, 4, 32)
+
+    def f(t):
+        return torch.ops.lowrank_compiler.int_linear(t, m.qweight, m.scales, m.zeros, None, 4, 32)
+
     assert torch.autograd.gradcheck(f, (x,))
     y = f(x)
     g = torch.randn_like(y)
@@ -47,8 +50,15 @@ def test_traces_with_torch_export_as_one_op():
     ep = torch.export.export(m, (torch.randn(2, 64),))
     ops = [n.target for n in ep.graph.nodes if n.op == "call_function"]
     assert ops == [torch.ops.lowrank_compiler.int_linear.default]
-    fake = torch.ops.lowrank_compiler.int_linear(torch.empty(7, 3, 64, device="meta"), m.qweight.to("meta"),
-                                                 m.scales.to("meta"), m.zeros.to("meta"), None, 4, 32)
+    fake = torch.ops.lowrank_compiler.int_linear(
+        torch.empty(7, 3, 64, device="meta"),
+        m.qweight.to("meta"),
+        m.scales.to("meta"),
+        m.zeros.to("meta"),
+        None,
+        4,
+        32,
+    )
     assert fake.shape == (7, 3, 24)
 
 

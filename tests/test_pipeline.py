@@ -1,10 +1,25 @@
 import pytest
 import torch
-
-from lowrank_compiler import LintError, PassError, PassInputError, PassManager, PassSpec, Pipeline, PipelineError, trace
-from lowrank_compiler.pipeline_text import format_value, parse_value
-from lowrank_compiler.passes import PassResult, get_pass, register_pass, registered_passes, unregister_pass
 from models import ids, tiny_gpt
+
+from lowrank_compiler import (
+    LintError,
+    PassError,
+    PassInputError,
+    PassManager,
+    PassSpec,
+    Pipeline,
+    PipelineError,
+    trace,
+)
+from lowrank_compiler.passes import (
+    PassResult,
+    get_pass,
+    register_pass,
+    registered_passes,
+    unregister_pass,
+)
+from lowrank_compiler.pipeline_text import format_value, parse_value
 
 
 def _break_graph(gm, *, attr="missing_weight"):
@@ -22,13 +37,17 @@ def _noop(gm):
     return PassResult(gm, False, {"seen": len(gm.graph.nodes)})
 
 
-TEST_PASSES = {"test-break-graph": ("test only: leave a get_attr pointing at nothing", _break_graph),
-               "test-raise": ("test only: raise", _raise), "test-noop": ("test only: change nothing", _noop)}
+TEST_PASSES = {
+    "test-break-graph": ("test only: leave a get_attr pointing at nothing", _break_graph),
+    "test-raise": ("test only: raise", _raise),
+    "test-noop": ("test only: change nothing", _noop),
+}
 
 
 @pytest.fixture(autouse=True, scope="module")
 def test_passes():
-    """This module's passes, registered while its tests run and removed after (the registry is global)."""
+    """This module's passes, registered while its tests run and removed after (the registry is
+    global)."""
     for name, (summary, fn) in TEST_PASSES.items():
         register_pass(name, summary)(fn)
     yield
@@ -39,28 +58,59 @@ def test_passes():
 
 @pytest.mark.parametrize(
     "value",
-    [0, -3, 2.5, 1e-9, True, False, None, "q_proj", "re:layers\\.[0-9]+\\.(q|v)_proj", "a b", "16", "true",
-     "", [], [1, "x", [2.0]], {}, {"q_proj": {"rank": 4}, "re:.*,{}=": {"bits": 8}}],
+    [
+        0,
+        -3,
+        2.5,
+        1e-9,
+        True,
+        False,
+        None,
+        "q_proj",
+        "re:layers\\.[0-9]+\\.(q|v)_proj",
+        "a b",
+        "16",
+        "true",
+        "",
+        [],
+        [1, "x", [2.0]],
+        {},
+        {"q_proj": {"rank": 4}, "re:.*,{}=": {"bits": 8}},
+    ],
 )
 def test_option_values_round_trip(value):
     assert parse_value(format_value(value)) == value
 
 
 def test_pipeline_parses_and_prints_the_same_text():
-    text = 'find-linears{target=[q_proj,"re:.*mlp.*"],exclude=[lm_head]},insert-lora{rank=8,alpha=16.0}'
+    text = (
+        'find-linears{target=[q_proj,"re:.*mlp.*"],exclude=[lm_head]},'
+        "insert-lora{rank=8,alpha=16.0}"
+    )
     p = Pipeline.parse(text)
     assert str(p) == text.replace('"', "")  # quotes only where a value needs them
     assert Pipeline.parse(str(p)) == p
-    assert str(Pipeline.parse('find-linears{target=["re:a,b{1}"]}')) == 'find-linears{target=["re:a,b{1}"]}'
+    assert (
+        str(Pipeline.parse('find-linears{target=["re:a,b{1}"]}'))
+        == 'find-linears{target=["re:a,b{1}"]}'
+    )
     assert p.passes[1] == PassSpec("insert-lora", {"rank": 8, "alpha": 16.0})
-    assert Pipeline.parse(" find-linears , insert-lora { rank = 8 } ").passes[1].options == {"rank": 8}
+    assert Pipeline.parse(" find-linears , insert-lora { rank = 8 } ").passes[1].options == {
+        "rank": 8
+    }
 
 
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("find-linears,no-such-pass", "unknown pass 'no-such-pass'; registered passes: .*insert-lora"),
-        ("insert-lora{rnak=8}", r"pass 'insert-lora' has no option\(s\) \['rnak'\]; its options are"),
+        (
+            "find-linears,no-such-pass",
+            "unknown pass 'no-such-pass'; registered passes: .*insert-lora",
+        ),
+        (
+            "insert-lora{rnak=8}",
+            r"pass 'insert-lora' has no option\(s\) \['rnak'\]; its options are",
+        ),
         ("insert-lora{rank=8", "expected '}' at character"),
         ("insert-lora{rank=8,rank=9}", "given twice"),
         ("", "names at least one pass"),
@@ -75,7 +125,12 @@ def test_bad_pipeline_text_is_rejected(text, message):
 def test_registry_has_kebab_names_and_summaries():
     passes = registered_passes()
     assert {"find-linears", "insert-lora"} <= set(passes)
-    assert get_pass("insert-lora").options == {"rank": 16, "alpha": 32.0, "dropout": 0.0, "overrides": None}
+    assert get_pass("insert-lora").options == {
+        "rank": 16,
+        "alpha": 32.0,
+        "dropout": 0.0,
+        "overrides": None,
+    }
     for info in passes.values():
         assert info.summary and "\n" not in info.summary
     with pytest.raises(ValueError, match="kebab-case"):
@@ -88,7 +143,9 @@ def test_failure_names_the_pass_and_the_passes_before_it():
     with pytest.raises(PassError) as e:
         pm.run(gm)
     assert e.value.pass_name == "test-raise" and e.value.before == ("test-noop", "find-linears")
-    assert "pass 'test-raise', step 3 of 3 (after test-noop, find-linears), failed: boom" in str(e.value)
+    assert "pass 'test-raise', step 3 of 3 (after test-noop, find-linears), failed: boom" in str(
+        e.value
+    )
     assert not isinstance(e.value, ValueError)
     with pytest.raises(PassInputError, match="the first pass.*bad value option"):
         PassManager("test-raise{value=true}").run(trace(tiny_gpt()))
@@ -105,8 +162,15 @@ def test_dumps_one_file_per_pass_with_header_and_graph(tmp_path):
     gm = trace(model)
     PassManager("find-linears{target=[q_proj]},insert-lora{rank=2}", dump_dir=tmp_path).run(gm)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00-trace.html", "00-trace.txt", "01-find-linears.html", "01-find-linears.txt",
-                     "02-insert-lora.html", "02-insert-lora.txt", "index.html"]
+    assert names == [
+        "00-trace.html",
+        "00-trace.txt",
+        "01-find-linears.html",
+        "01-find-linears.txt",
+        "02-insert-lora.html",
+        "02-insert-lora.txt",
+        "index.html",
+    ]
     find = (tmp_path / "01-find-linears.txt").read_text()
     assert find.startswith("// after pass find-linears{target=[q_proj]}")
     assert "modified: no" in find and "nodes: +0 added, -0 removed" in find
@@ -136,7 +200,9 @@ def test_numpy_floats_format_as_plain_numbers_and_specs_hash():
     import numpy as np
 
     assert format_value(np.float64(1.5)) == "1.5"
-    assert parse_value("inf") == "inf" and parse_value("nan") == "nan"  # strings, never non-finite numbers
+    assert (
+        parse_value("inf") == "inf" and parse_value("nan") == "nan"
+    )  # strings, never non-finite numbers
     a = PassSpec("insert-lora", {"rank": 2, "alpha": 4.0})
     b = PassSpec("insert-lora", {"alpha": 4.0, "rank": 2})
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1

@@ -14,7 +14,10 @@ def rich_policy() -> Policy:
         dropout=0.1,
         bits=4,
         group_size=64,
-        overrides={"q_proj": {"rank": 4, "alpha": 8.0}, "re:.*mlp.*": {"bits": 8, "group_size": 128}},
+        overrides={
+            "q_proj": {"rank": 4, "alpha": 8.0},
+            "re:.*mlp.*": {"bits": 8, "group_size": 128},
+        },
     )
 
 
@@ -28,7 +31,10 @@ def test_to_dict_from_dict_round_trip_is_exact():
     d = p.to_dict()
     assert Policy.from_dict(d) == p
     assert Policy.from_dict(json.loads(json.dumps(d))) == p
-    assert d["overrides"] == {"q_proj": {"rank": 4, "alpha": 8.0}, "re:.*mlp.*": {"bits": 8, "group_size": 128}}
+    assert d["overrides"] == {
+        "q_proj": {"rank": 4, "alpha": 8.0},
+        "re:.*mlp.*": {"bits": 8, "group_size": 128},
+    }
 
 
 def test_is_frozen_and_hashable():
@@ -46,7 +52,9 @@ def test_from_file_json_and_toml(tmp_path):
         'target = ["q_proj", "v_proj"]\nrank = 4\nalpha = 8.0\n\n[overrides."q_proj"]\nrank = 2\n'
     )
     t = Policy.from_file(tmp_path / "p.toml")
-    assert t == Policy(target=("q_proj", "v_proj"), rank=4, alpha=8.0, overrides={"q_proj": {"rank": 2}})
+    assert t == Policy(
+        target=("q_proj", "v_proj"), rank=4, alpha=8.0, overrides={"q_proj": {"rank": 2}}
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,7 +121,9 @@ def test_override_objects_are_accepted_directly():
 def test_more_invalid_policies():
     with pytest.raises(PolicyError, match="bits must be one of"):
         Policy(bits=4.0)
-    with pytest.raises(PolicyError, match=r"overrides name pattern\(s\) \['q_proj'\] more than once"):
+    with pytest.raises(
+        PolicyError, match=r"overrides name pattern\(s\) \['q_proj'\] more than once"
+    ):
         Policy(overrides=(Override("q_proj", rank=2), Override("q_proj", alpha=3.0)))
     with pytest.raises(PolicyError, match="exclude cannot be 'all-linear'"):
         Policy(exclude="all-linear")
@@ -121,8 +131,15 @@ def test_more_invalid_policies():
         Policy(double_quant=1)
 
 
-@pytest.mark.parametrize("method, pass_name", [("lora", "insert-lora"), ("qalora", "insert-qalora"),
-                                               ("qlora", "insert-qlora"), ("rtn", "quantize")])
+@pytest.mark.parametrize(
+    "method, pass_name",
+    [
+        ("lora", "insert-lora"),
+        ("qalora", "insert-qalora"),
+        ("qlora", "insert-qlora"),
+        ("rtn", "quantize"),
+    ],
+)
 def test_every_method_lowers_to_a_runnable_pipeline(method, pass_name):
     p = Policy(method=method, overrides={"q_proj": {"rank": 2, "bits": 8}})
     pipeline = p.pipeline()

@@ -1,14 +1,18 @@
 import pytest
 import torch
+from models import ids, tiny_gpt
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from models import ids, tiny_gpt
 
 
 def test_rtn_rewrites_every_target_and_stays_within_the_rounding_bound():
     model = tiny_gpt()
-    ref = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    ref = {
+        n: m.weight.detach().clone()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     lrc.compile(model, lrc.Policy(method="rtn", bits=4, group_size=16))
     layers = {n: m for n, m in model.named_modules() if isinstance(m, IntLinear)}
     assert len(layers) == 12 and isinstance(model.lm_head, torch.nn.Linear)
@@ -21,7 +25,9 @@ def test_rtn_rewrites_every_target_and_stays_within_the_rounding_bound():
 
 def test_quantized_base_is_at_most_a_fifth_of_the_fp32_bytes():
     model = tiny_gpt()
-    fp32 = {n: m.weight.numel() * 4 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    fp32 = {
+        n: m.weight.numel() * 4 for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    }
     lrc.compile(model, lrc.Policy(method="rtn", bits=4, group_size=32))
     rows = [r for r in lrc.summary(model).layers]
     for r in rows:
@@ -39,8 +45,14 @@ def test_every_indivisible_layer_is_listed_with_a_suggestion():
     assert "blocks.1.mlp.up_proj" in msg and "blocks.0.mlp.down_proj" not in msg
     assert "exclude them" in msg and "overrides" in msg
     assert not any(isinstance(m, IntLinear) for m in model.modules())  # nothing half-done
-    ok = lrc.compile(tiny_gpt(), lrc.Policy(method="rtn", group_size=64, overrides={"attn.*": {"group_size": 32},
-                                                                                  "up_proj": {"group_size": 16}}))
+    ok = lrc.compile(
+        tiny_gpt(),
+        lrc.Policy(
+            method="rtn",
+            group_size=64,
+            overrides={"attn.*": {"group_size": 32}, "up_proj": {"group_size": 16}},
+        ),
+    )
     assert ok.blocks[0].mlp.down_proj.group_size == 64 and ok.blocks[0].attn.q_proj.group_size == 32
 
 
@@ -48,12 +60,17 @@ def test_nan_weight_names_the_layer():
     model = tiny_gpt()
     with torch.no_grad():
         model.blocks[1].attn.v_proj.weight[0, 0] = float("nan")
-    with pytest.raises(lrc.PolicyError, match=r"blocks.1.attn.v_proj: weight has 1 NaN/inf value\(s\) \(shape \[32, 32\]\)"):
+    with pytest.raises(
+        lrc.PolicyError,
+        match=r"blocks.1.attn.v_proj: weight has 1 NaN/inf value\(s\) \(shape \[32, 32\]\)",
+    ):
         lrc.compile(model, lrc.Policy(method="rtn"))
 
 
 def test_override_bits_per_layer_and_dump(tmp_path):
-    model = lrc.compile(tiny_gpt(), lrc.Policy(method="rtn", overrides={"mlp.*": {"bits": 8}}), dump_dir=tmp_path)
+    model = lrc.compile(
+        tiny_gpt(), lrc.Policy(method="rtn", overrides={"mlp.*": {"bits": 8}}), dump_dir=tmp_path
+    )
     assert model.blocks[0].mlp.up_proj.bits == 8 and model.blocks[0].attn.q_proj.bits == 4
     dump = (tmp_path / "02-quantize.txt").read_text()
     assert "blocks.0.mlp.up_proj: Linear -> IntLinear(int8, group 32, RTN)" in dump

@@ -1,4 +1,5 @@
-"""Nothing we ship unpickles: a source scan; and ONNX external data never leaves the model's directory."""
+"""Nothing we ship unpickles: a source scan; and ONNX external data never leaves the model's
+directory."""
 
 import ast
 from pathlib import Path
@@ -7,10 +8,10 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from models import external_data_onnx
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.onnx import export as onnx_export
-from models import external_data_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ("lowrank_compiler", "passes", "runtime", "examples", "benchmarks")
@@ -34,33 +35,50 @@ def _kw(call: ast.Call, name: str):
 
 def unsafe_loads(source: str) -> list[str]:
     """Lines of ``source`` that could unpickle: pickle-family imports, torch.load without
-    weights_only=True, np.load with allow_pickle, read_pickle, from_pretrained without use_safetensors=True."""
+    weights_only=True, np.load with allow_pickle, read_pickle, from_pretrained without
+    use_safetensors=True."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            names = [a.name for a in node.names] + (
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            )
             if any(n and n.split(".")[0] in PICKLERS for n in names):
                 found.append(f"line {node.lineno}: imports {', '.join(n for n in names if n)}")
         elif isinstance(node, ast.Call):
             name = _dotted(node.func)
-            if name in ("torch.load", "torch.serialization.load") and _kw(node, "weights_only") is not True:
+            if (
+                name in ("torch.load", "torch.serialization.load")
+                and _kw(node, "weights_only") is not True
+            ):
                 found.append(f"line {node.lineno}: {name} without weights_only=True")
-            elif name in ("np.load", "numpy.load") and _kw(node, "allow_pickle") not in (None, False):
+            elif name in ("np.load", "numpy.load") and _kw(node, "allow_pickle") not in (
+                None,
+                False,
+            ):
                 found.append(f"line {node.lineno}: {name} with allow_pickle")
             elif name.endswith("read_pickle"):
                 found.append(f"line {node.lineno}: {name}")
-            elif name.endswith(".from_pretrained") and "Tokenizer" not in name \
-                    and _kw(node, "use_safetensors") is not True:
+            elif (
+                name.endswith(".from_pretrained")
+                and "Tokenizer" not in name
+                and _kw(node, "use_safetensors") is not True
+            ):
                 found.append(f"line {node.lineno}: {name} without use_safetensors=True")
     return found
 
 
 def test_the_scan_finds_what_it_looks_for():
-    bad = ("import pickle\nfrom joblib import load\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
-           "np.load(f, allow_pickle=True)\npd.read_pickle(f)\nAutoModel.from_pretrained(p)\n")
+    bad = (
+        "import pickle\nfrom joblib import load\ntorch.load(f)\ntorch.load(f, weights_only=False)\n"
+        "np.load(f, allow_pickle=True)\npd.read_pickle(f)\nAutoModel.from_pretrained(p)\n"
+    )
     assert len(unsafe_loads(bad)) == 7
-    good = ("torch.load(f, weights_only=True)\nnp.load(f)\nAutoModel.from_pretrained(p, use_safetensors=True)\n"
-            "AutoTokenizer.from_pretrained(p)\nfrom safetensors.torch import load_file\n")
+    good = (
+        "torch.load(f, weights_only=True)\nnp.load(f)\nAutoModel.from_pretrained(p, "
+        "use_safetensors=True)\n"
+        "AutoTokenizer.from_pretrained(p)\nfrom safetensors.torch import load_file\n"
+    )
     assert unsafe_loads(good) == []
 
 
@@ -77,7 +95,9 @@ def _external(path: Path, location: str) -> Path:
 
 
 @pytest.mark.parametrize("where", ["../secret", "absolute", "a/../../secret", "symlink"])
-def test_external_data_outside_the_model_directory_is_refused_before_reading(tmp_path, monkeypatch, where):
+def test_external_data_outside_the_model_directory_is_refused_before_reading(
+    tmp_path, monkeypatch, where
+):
     (tmp_path / "secret").write_bytes(np.full(16, 7, np.float32).tobytes())
     models = tmp_path / "models"
     models.mkdir()
@@ -91,11 +111,16 @@ def test_external_data_outside_the_model_directory_is_refused_before_reading(tmp
 
     monkeypatch.setattr(onnx, "load_external_data_for_model", no_read)
     monkeypatch.setattr(onnxruntime, "InferenceSession", no_read)
-    for call in (lrc.runtime.load, lrc.inspect_onnx,
-                 lambda p: onnx_export.set_accuracy_level(p, models / "out.onnx", 4)):
+    for call in (
+        lrc.runtime.load,
+        lrc.inspect_onnx,
+        lambda p: onnx_export.set_accuracy_level(p, models / "out.onnx", 4),
+    ):
         with pytest.raises(lrc.ModelFileError, match="outside the model's directory"):
             call(path)
-    assert sorted(p.name for p in models.iterdir()) == sorted(["m.onnx"] + (["w.data"] if where == "symlink" else []))
+    assert sorted(p.name for p in models.iterdir()) == sorted(
+        ["m.onnx"] + (["w.data"] if where == "symlink" else [])
+    )
 
 
 def test_external_data_inside_the_directory_loads(tmp_path):

@@ -3,10 +3,10 @@ does): every method, both tracers, the head left alone by ``all-linear`` or targ
 
 import pytest
 import torch
+from models import nudged, rel_err
 from torch import nn
 
 import lowrank_compiler as lrc
-from models import nudged, rel_err
 
 V, D = 64, 32
 
@@ -29,7 +29,12 @@ def tied(seed=0):
 
 
 X = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(5))
-BOUND = {"lora": 0.0, "qlora": 0.2, "qalora": 0.15, "rtn": 0.15}  # step 0: LoRA exact, the rest 4-bit rounding
+BOUND = {
+    "lora": 0.0,
+    "qlora": 0.2,
+    "qalora": 0.15,
+    "rtn": 0.15,
+}  # step 0: LoRA exact, the rest 4-bit rounding
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export"])
@@ -40,15 +45,20 @@ def test_tied_head_compiles_folds_and_keeps_the_embedding(tracer, method, target
     with torch.no_grad():
         ref = model(X)
     table = model.emb.weight
-    lrc.compile(model, lrc.Policy(method=method, target=target, group_size=16, rank=4),
-                example_inputs=(X,) if tracer == "export" else None)
+    lrc.compile(
+        model,
+        lrc.Policy(method=method, target=target, group_size=16, rank=4),
+        example_inputs=(X,) if tracer == "export" else None,
+    )
     info = lrc.compile_info(model)
     status = {op.name: op.status for op in info.linears}
     assert status["fc"] == "selected"
     assert status["head"] == ("selected" if target != "all-linear" else "output-head")
     rewritten = {n for n in ("fc", "head") if type(model.get_submodule(n)) is not nn.Linear}
     assert rewritten == ({"fc", "head"} if target != "all-linear" else {"fc"})
-    assert model.emb.weight is table and table.dtype == torch.float32  # the lookup keeps the float table
+    assert (
+        model.emb.weight is table and table.dtype == torch.float32
+    )  # the lookup keeps the float table
     lrc.lint(info.graph)
     with torch.no_grad():
         assert rel_err(model(X), ref) <= BOUND[method]

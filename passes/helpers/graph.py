@@ -30,7 +30,9 @@ SELECTED = "lowrank_compiler.selected"  # node.meta: True when the policy target
 ADAPTER = "lowrank_compiler.adapter"  # node.meta: fqn of the adapter layer a node belongs to
 EXAMPLE = "lowrank_compiler.example"  # gm.meta: (args, kwargs) the model was exported with
 CALL = "lowrank_compiler.call"  # node.meta: name of the call_module node an inlined node replaced
-CALIBRATION = "lowrank_compiler.calibration"  # gm.meta: the batches compile(calibration=...) was given
+CALIBRATION = (
+    "lowrank_compiler.calibration"  # gm.meta: the batches compile(calibration=...) was given
+)
 MOMENTS = "lowrank_compiler.moments"  # gm.meta: {layer: input second moment [K, K]} from calibrate
 
 # call_function targets that compute a linear op on a weight tensor
@@ -63,7 +65,9 @@ def model_of(gm: fx.GraphModule) -> nn.Module | None:
 def module_aliases(root: nn.Module, module: nn.Module) -> list[str]:
     """Every name ``module`` is reachable by under ``root`` (``self.b = self.a`` gives two), in
     order, without repeats: a swap must cover them all, or an alias keeps the old layer."""
-    return list(dict.fromkeys(n for n, m in root.named_modules(remove_duplicate=False) if m is module and n))
+    return list(
+        dict.fromkeys(n for n, m in root.named_modules(remove_duplicate=False) if m is module and n)
+    )
 
 
 def swap_module(gm: fx.GraphModule, name: str, new: nn.Module) -> nn.Module:
@@ -96,13 +100,16 @@ def _repoint_shared_tensors(gm: fx.GraphModule, old: nn.Module, aliases: list[st
     if not reads:
         return
     owners: dict[int, str] = {}
-    for path, tensor in [*gm.named_parameters(remove_duplicate=False), *gm.named_buffers(remove_duplicate=False)]:
+    for path, tensor in [
+        *gm.named_parameters(remove_duplicate=False),
+        *gm.named_buffers(remove_duplicate=False),
+    ]:
         if not path.startswith(prefixes):
             owners.setdefault(id(tensor), path)
     for node in reads:
         prefix = next(p for p in prefixes if node.target.startswith(p))
         tensor = old
-        for part in node.target[len(prefix):].split("."):
+        for part in node.target[len(prefix) :].split("."):
             tensor = getattr(tensor, part)
         target = owners.get(id(tensor))
         if target is None:  # no other owner: keep this tensor on the root, under a name of its own
@@ -118,7 +125,8 @@ def _repoint_shared_tensors(gm: fx.GraphModule, old: nn.Module, aliases: list[st
 
 
 def undo_swaps(gm: fx.GraphModule, since: int = 0) -> None:
-    """Restore every module ``swap_module`` replaced (after the first ``since`` swaps), newest first."""
+    """Restore every module ``swap_module`` replaced (after the first ``since`` swaps), newest
+    first."""
     journal = gm.meta.get(SWAPS, [])
     for root, name, old in reversed(journal[since:]):
         root.set_submodule(name, old)
@@ -134,7 +142,9 @@ def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
     """
     prefix = node.target
     module = gm.get_submodule(prefix)
-    sub = LeafTracer(autowrap_modules=()).trace(module)  # adapter forwards call no math.*: skip patching it (~40% of the time)
+    sub = LeafTracer(autowrap_modules=()).trace(
+        module
+    )  # adapter forwards call no math.*: skip patching it (~40% of the time)
     stem = prefix.replace(".", "_")
     env: dict[fx.Node, object] = {}
     inputs = list(node.args) + list(node.kwargs.values())
@@ -144,7 +154,10 @@ def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
         for n in sub.nodes:
             if n.op == "placeholder":
                 if not inputs:
-                    raise ValueError(f"cannot inline {prefix}: its forward takes more inputs than the call passes")
+                    raise ValueError(
+                        f"cannot inline {prefix}: its forward takes more inputs than the call "
+                        "passes"
+                    )
                 env[n] = inputs.pop(0)
             elif n.op == "get_attr" and not n.users:
                 continue  # symbolic tracing leaves unused weight reads behind
@@ -196,13 +209,16 @@ def inlined_calls(gm: fx.GraphModule) -> dict[tuple[str, str], list[fx.Node]]:
 
 
 def collapse_call(gm: fx.GraphModule, name: str, nodes: list[fx.Node]) -> fx.Node:
-    """Replace an inlined call (``nodes``) by one ``call_module`` node of ``name``; the inverse of inline_call."""
+    """Replace an inlined call (``nodes``) by one ``call_module`` node of ``name``; the inverse of
+    inline_call."""
     inside = set(nodes)
     inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in inside))
     outputs = [n for n in nodes if any(u not in inside for u in n.users)]
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ValueError(f"cannot collapse the inlined call of {name}: it has {len(inputs)} inputs and "
-                         f"{len(outputs)} outputs outside itself, expected 1 and 1")
+        raise ValueError(
+            f"cannot collapse the inlined call of {name}: it has {len(inputs)} inputs and "
+            f"{len(outputs)} outputs outside itself, expected 1 and 1"
+        )
     with gm.graph.inserting_before(outputs[0]):
         call = gm.graph.call_module(name, (inputs[0],))
     outputs[0].replace_all_uses_with(call)

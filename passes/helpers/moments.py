@@ -2,7 +2,8 @@
 
     H = (1 / T) * sum_t x_t x_t^T        x_t: one token's input row [K], T tokens in all
 
-accumulated in float64 (each batch's product in float32) while the float model runs on the calibration batches (no grad,
+accumulated in float64 (each batch's product in float32) while the float model runs on the
+calibration batches (no grad,
 eval mode, then the model's modes are restored). A batch is what the model takes: a
 dict of keyword arguments, a tuple of positional ones, or one tensor. When a dict batch
 holds an ``attention_mask`` ``(B, T)`` and a layer's input is ``(B, T, K)``, padded
@@ -37,8 +38,11 @@ def calibration_record(batches: list) -> dict:
     print the same pipeline; a run on other data fails the ``calibrate`` pass's check."""
     h = hashlib.sha256()
     for batch in batches:
-        items = sorted(batch.items()) if isinstance(batch, Mapping) else (
-            enumerate(batch) if isinstance(batch, (tuple, list)) else [(0, batch)])
+        items = (
+            sorted(batch.items())
+            if isinstance(batch, Mapping)
+            else (enumerate(batch) if isinstance(batch, (tuple, list)) else [(0, batch)])
+        )
         h.update(b"batch|")
         for key, value in items:
             if isinstance(value, torch.Tensor):
@@ -50,7 +54,9 @@ def calibration_record(batches: list) -> dict:
     return {"batches": len(batches), "sha256": h.hexdigest()}
 
 
-def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable) -> tuple[dict, int]:
+def input_moments(
+    model: nn.Module, layers: Mapping[str, nn.Module], batches: Iterable
+) -> tuple[dict, int]:
     """-> ({layer name: H float32 [K, K]}, number of batches) for every module in ``layers``."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -62,17 +68,27 @@ def input_moments(model: nn.Module, layers: Mapping[str, nn.Module], batches: It
             if state.get("input") is not x:  # q, k and v read one tensor: multiply it once
                 rows = x.detach()
                 mask = state["mask"]
-                if mask is not None and rows.dim() == 3 and tuple(rows.shape[:2]) == tuple(mask.shape):
+                if (
+                    mask is not None
+                    and rows.dim() == 3
+                    and tuple(rows.shape[:2]) == tuple(mask.shape)
+                ):
                     rows = rows[mask.bool()]  # (tokens, K): real tokens only
                 rows = rows.reshape(-1, rows.shape[-1]).to(torch.float32)  # (T, K)
                 # one batch's product in float32 (fast), the running sum over batches in float64
-                state["input"], state["product"] = x, ((rows.T @ rows).to(torch.float64), rows.shape[0])
+                state["input"], state["product"] = (
+                    x,
+                    ((rows.T @ rows).to(torch.float64), rows.shape[0]),
+                )
             product, tokens = state["product"]
             sums[name] = sums[name] + product if name in sums else product.clone()
             counts[name] = counts.get(name, 0) + tokens
+
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in layers.items()]
+    handles = [
+        m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in layers.items()
+    ]
     modes = {m: m.training for m in model.modules()}
     n = 0
     try:

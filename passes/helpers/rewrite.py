@@ -7,22 +7,27 @@ import math
 import torch.fx as fx
 
 from ...runtime.errors import PolicyError
-from ...runtime.quant.formats import QUANTIZERS, check_choice
 from ...runtime.layers.int_linear import IntLinear
 from ...runtime.layers.linear_kinds import is_linear_module, weight_out_in
 from ...runtime.progress import progress
+from ...runtime.quant.formats import QUANTIZERS, check_choice
 from ...runtime.quant.group import GROUP_HINT, check_layer, check_layers, count_nonfinite
 from . import graph as G
 from .select import TargetError, check_overrides, resolve_layer_options
 
 
 def check_dropout(dropout) -> None:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    if (
+        isinstance(dropout, bool)
+        or not isinstance(dropout, (int, float))
+        or not 0.0 <= dropout < 1.0
+    ):
         raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
 def inline_selected(gm: fx.GraphModule, selected: dict) -> int:
-    """Inline every call of every selected layer (now an adapter layer); returns the nodes inserted."""
+    """Inline every call of every selected layer (now an adapter layer); returns the nodes
+    inserted."""
     return sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
 
 
@@ -40,12 +45,20 @@ def check_rank(name: str, rank, alpha, k: int, n: int) -> None:
             f"rank={rank} for layer {name!r} (in={k}, out={n}) exceeds min(in, out)={min(k, n)}; "
             f"use rank <= {min(k, n)} or an override for this layer"
         )
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise PolicyError(f"alpha for layer {name!r} must be a positive finite number, got {alpha!r}")
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, (int, float))
+        or not math.isfinite(alpha)
+        or alpha <= 0
+    ):
+        raise PolicyError(
+            f"alpha for layer {name!r} must be a positive finite number, got {alpha!r}"
+        )
 
 
 def adapter_options(selected: dict, rank, alpha, overrides) -> dict[str, dict]:
-    """Each selected layer's ``rank`` and ``alpha`` (overrides applied), checked against its shape."""
+    """Each selected layer's ``rank`` and ``alpha`` (overrides applied), checked against its
+    shape."""
     options = {}
     for name, (op, _) in selected.items():
         opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
@@ -55,7 +68,8 @@ def adapter_options(selected: dict, rank, alpha, overrides) -> dict[str, dict]:
 
 
 def check_finite(gm: fx.GraphModule, names) -> None:
-    """Every named float layer's weight is finite: an adapter over NaN/inf weights can only learn NaN.
+    """Every named float layer's weight is finite: an adapter over NaN/inf weights can only learn
+    NaN.
 
     Raises one ``TargetError`` listing every such layer, before anything changes.
     """
@@ -67,11 +81,15 @@ def check_finite(gm: fx.GraphModule, names) -> None:
         w = weight_out_in(module)
         bad = count_nonfinite(w)
         if bad:
-            problems.append(f"{name}: weight has {bad} NaN/inf value(s) (shape [{w.shape[0]}, {w.shape[1]}])")
+            problems.append(
+                f"{name}: weight has {bad} NaN/inf value(s) (shape [{w.shape[0]}, {w.shape[1]}])"
+            )
     if problems:
         listing = "\n  ".join(problems)
-        raise TargetError(f"{len(problems)} layer(s) have NaN/inf weights; an adapter over them would only "
-                          f"learn NaN:\n  {listing}\nFix the weights, or exclude these layers (exclude=[...]).")
+        raise TargetError(
+            f"{len(problems)} layer(s) have NaN/inf weights; an adapter over them would only "
+            f"learn NaN:\n  {listing}\nFix the weights, or exclude these layers (exclude=[...])."
+        )
 
 
 def check_quantizer(quantizer, damp) -> None:
@@ -80,8 +98,9 @@ def check_quantizer(quantizer, damp) -> None:
         raise PolicyError(f"damp must be a number in (0, 1), got {damp!r}")
 
 
-def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, overrides, *, quantizer="rtn",
-                      damp=0.01) -> dict[str, dict]:
+def plan_quantization(
+    gm: fx.GraphModule, selected: dict, bits, group_size, overrides, *, quantizer="rtn", damp=0.01
+) -> dict[str, dict]:
     """Per-layer {bits, group_size[, hessian, damp]} for every float layer in ``selected``.
 
     Raises listing every bad layer. ``quantizer="gptq"`` takes each layer's input second
@@ -91,8 +110,10 @@ def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, over
     check_overrides(overrides, list(selected))
     moments = gm.meta.get(G.MOMENTS) if quantizer == "gptq" else None
     if quantizer == "gptq" and moments is None:
-        raise PolicyError("quantizer='gptq' needs each layer's input statistics: run the calibrate pass first, "
-                          "i.e. compile(model, policy, calibration=[batch, ...])")
+        raise PolicyError(
+            "quantizer='gptq' needs each layer's input statistics: run the calibrate pass first, "
+            "i.e. compile(model, policy, calibration=[batch, ...])"
+        )
     settings, problems = {}, []
     for name in selected:
         module = gm.get_submodule(name)
@@ -104,7 +125,9 @@ def plan_quantization(gm: fx.GraphModule, selected: dict, bits, group_size, over
             problems.append(problem)
         if moments is not None:
             if name not in moments:
-                problems.append(f"{name}: no calibration statistics (the calibration batches never reached it)")
+                problems.append(
+                    f"{name}: no calibration statistics (the calibration batches never reached it)"
+                )
                 continue
             opts = {**opts, "hessian": moments[name], "damp": damp}
         settings[name] = opts
@@ -120,5 +143,8 @@ def quantize_layers(gm: fx.GraphModule, settings: dict[str, dict]) -> list[str]:
         new = IntLinear.from_float(old, **opts)
         G.swap_module(gm, name, new)
         how = "GPTQ" if "hessian" in opts else "RTN"
-        report.append(f"{name}: {type(old).__name__} -> IntLinear(int{opts['bits']}, group {opts['group_size']}, {how})")
+        report.append(
+            f"{name}: {type(old).__name__} -> IntLinear(int{opts['bits']}, group "
+            f"{opts['group_size']}, {how})"
+        )
     return report

@@ -32,7 +32,9 @@ def check_pattern(pattern: str) -> None:
         try:
             re.compile(pattern[3:])
         except re.error as e:
-            raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+            raise ValueError(
+                f"pattern {pattern!r} is not a valid regular expression: {e}"
+            ) from None
 
 
 def matches(pattern: str, name: str) -> bool:
@@ -66,9 +68,17 @@ def check_overrides(overrides: dict | None, selected: list[str]) -> None:
     for pattern, fields in (overrides or {}).items():
         check_pattern(pattern)
         if not isinstance(fields, dict):
-            raise PolicyError(f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {fields!r}")
+            raise PolicyError(
+                f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {fields!r}"
+            )
         unknown = set(fields) - set(OVERRIDE_FIELDS)
         if unknown:
-            raise PolicyError(f"overrides[{pattern!r}] has unknown field(s) {sorted(unknown)}; allowed: {OVERRIDE_FIELDS}")
+            raise PolicyError(
+                f"overrides[{pattern!r}] has unknown field(s) {sorted(unknown)}; allowed: "
+                f"{OVERRIDE_FIELDS}"
+            )
         if not any(matches(pattern, n) for n in selected):
-            raise TargetError(f"override pattern {pattern!r} matches no targeted layer. Targeted: {', '.join(selected)}")
+            raise TargetError(
+                f"override pattern {pattern!r} matches no targeted layer. Targeted: "
+                f"{', '.join(selected)}"
+            )

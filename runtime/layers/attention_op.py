@@ -1,4 +1,5 @@
-"""Fused decoder ops: ``torch.ops.lowrank_compiler.gqa`` and ``torch.ops.lowrank_compiler.rms_norm``.
+"""Fused decoder ops: ``torch.ops.lowrank_compiler.gqa`` and
+``torch.ops.lowrank_compiler.rms_norm``.
 
 Like ``int_linear``, each op's arguments are one onnxruntime node's inputs and attributes, in
 its schema's order, so the ONNX translation (``attention_onnx.py``) is that one node:
@@ -38,7 +39,9 @@ from typing import Optional
 import torch
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+def _rotate(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool
+) -> torch.Tensor:
     """x [B, S, H, D]; cos/sin [B, S, R/2]: rotate the first R dims (pairs (i, i+R/2), or (2i, 2i+1)
     when interleaved), keep the rest."""
     r = cos.shape[-1] * 2
@@ -48,17 +51,30 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: 
         x1, x2 = xr[..., 0::2], xr[..., 1::2]
         out = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
     else:
-        x1, x2 = xr[..., : r // 2], xr[..., r // 2:]
+        x1, x2 = xr[..., : r // 2], xr[..., r // 2 :]
         out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
     return torch.cat((out, rest), dim=-1)
 
 
 @torch.library.custom_op("lowrank_compiler::gqa", mutates_args=())
-def gqa(query: torch.Tensor, key: Optional[torch.Tensor], value: Optional[torch.Tensor],
-        past_key: torch.Tensor, past_value: torch.Tensor, seqlens_k: torch.Tensor,
-        total_sequence_length: torch.Tensor, cos_cache: Optional[torch.Tensor], sin_cache: Optional[torch.Tensor],
-        num_heads: int, kv_num_heads: int, scale: float = 0.0, do_rotary: int = 0, rotary_interleaved: int = 0,
-        local_window_size: int = -1, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gqa(
+    query: torch.Tensor,
+    key: Optional[torch.Tensor],
+    value: Optional[torch.Tensor],
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    seqlens_k: torch.Tensor,
+    total_sequence_length: torch.Tensor,
+    cos_cache: Optional[torch.Tensor],
+    sin_cache: Optional[torch.Tensor],
+    num_heads: int,
+    kv_num_heads: int,
+    scale: float = 0.0,
+    do_rotary: int = 0,
+    rotary_interleaved: int = 0,
+    local_window_size: int = -1,
+    softcap: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     b, s = query.shape[0], query.shape[1]
     m, d = past_key.shape[2], past_key.shape[3]
     hq, hkv = num_heads, kv_num_heads
@@ -66,22 +82,29 @@ def gqa(query: torch.Tensor, key: Optional[torch.Tensor], value: Optional[torch.
         raise ValueError(f"gqa: num_heads {hq} is not a multiple of kv_num_heads {hkv}")
     if key is None:  # packed q/k/v
         if query.shape[-1] != (hq + 2 * hkv) * d:
-            raise ValueError(f"gqa: packed query has {query.shape[-1]} features, expected (num_heads {hq} + 2 * "
-                             f"kv_num_heads {hkv}) * head_size {d} = {(hq + 2 * hkv) * d}")
+            raise ValueError(
+                f"gqa: packed query has {query.shape[-1]} features, expected (num_heads {hq} + 2 * "
+                f"kv_num_heads {hkv}) * head_size {d} = {(hq + 2 * hkv) * d}"
+            )
         query, key, value = query.split([hq * d, hkv * d, hkv * d], dim=-1)
     q = query.reshape(b, s, hq, d)
     k = key.reshape(b, s, hkv, d)
     v = value.reshape(b, s, hkv, d)
     total = int(total_sequence_length.reshape(-1)[0])
     if total > m:
-        raise ValueError(f"gqa: total_sequence_length {total} exceeds the KV buffer length {m} (past_key "
-                         f"{list(past_key.shape)}): allocate a longer buffer")
+        raise ValueError(
+            f"gqa: total_sequence_length {total} exceeds the KV buffer length {m} (past_key "
+            f"{list(past_key.shape)}): allocate a longer buffer"
+        )
     seqlens = seqlens_k.to(torch.int64)
     ar = torch.arange(s, device=query.device)
     pos = ar.expand(b, s) if s == total else seqlens[:, None] + 1 - s + ar[None, :]  # [B, S]
     if do_rotary:
         if int(pos.max()) >= cos_cache.shape[0]:
-            raise ValueError(f"gqa: position {int(pos.max())} is past the rotary table's {cos_cache.shape[0]} rows")
+            raise ValueError(
+                f"gqa: position {int(pos.max())} is past the rotary table's {cos_cache.shape[0]} "
+                "rows"
+            )
         cos, sin = cos_cache[pos].to(q.dtype), sin_cache[pos].to(q.dtype)
         q = _rotate(q, cos, sin, bool(rotary_interleaved))
         k = _rotate(k, cos, sin, bool(rotary_interleaved))
@@ -92,11 +115,13 @@ def gqa(query: torch.Tensor, key: Optional[torch.Tensor], value: Optional[torch.
     group = hq // hkv
     kk = present_k.repeat_interleave(group, dim=1).to(q.dtype)  # [B, Hq, M, D]
     vv = present_v.repeat_interleave(group, dim=1).to(q.dtype)
-    scores = torch.einsum("bshd,bhmd->bhsm", q, kk) * (scale if scale != 0.0 else d ** -0.5)
+    scores = torch.einsum("bshd,bhmd->bhsm", q, kk) * (scale if scale != 0.0 else d**-0.5)
     if softcap > 0.0:
         scores = softcap * torch.tanh(scores / softcap)
     j = torch.arange(m, device=query.device)
-    visible = (j[None, None, :] <= pos[:, :, None]) & (j[None, None, :] <= seqlens[:, None, None])  # [B, S, M]
+    visible = (j[None, None, :] <= pos[:, :, None]) & (
+        j[None, None, :] <= seqlens[:, None, None]
+    )  # [B, S, M]
     if local_window_size > 0:
         visible &= j[None, None, :] > pos[:, :, None] - local_window_size
     scores = scores.masked_fill(~visible[:, None], float("-inf"))
@@ -105,11 +130,30 @@ def gqa(query: torch.Tensor, key: Optional[torch.Tensor], value: Optional[torch.
 
 
 @gqa.register_fake
-def _(query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos_cache, sin_cache,
-      num_heads, kv_num_heads, scale=0.0, do_rotary=0, rotary_interleaved=0, local_window_size=-1, softcap=0.0):
+def _(
+    query,
+    key,
+    value,
+    past_key,
+    past_value,
+    seqlens_k,
+    total_sequence_length,
+    cos_cache,
+    sin_cache,
+    num_heads,
+    kv_num_heads,
+    scale=0.0,
+    do_rotary=0,
+    rotary_interleaved=0,
+    local_window_size=-1,
+    softcap=0.0,
+):
     b, s, d = query.shape[0], query.shape[1], past_key.shape[3]
-    return (query.new_empty((b, s, num_heads * d)), past_key.new_empty(past_key.shape),
-            past_value.new_empty(past_value.shape))
+    return (
+        query.new_empty((b, s, num_heads * d)),
+        past_key.new_empty(past_key.shape),
+        past_value.new_empty(past_value.shape),
+    )
 
 
 @torch.library.custom_op("lowrank_compiler::rms_norm", mutates_args=())

@@ -36,22 +36,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant.formats import grid_storage, qmax
-from ..quant.grid import decode_grid, encode_grid
 from ..quant.gptq import gptq_quantize
-from .linear_kinds import linear_shape, weight_out_in
+from ..quant.grid import decode_grid, encode_grid
 from ..quant.group import pack_zeros, quantize, unpack_codes, zero_points
+from .linear_kinds import linear_shape, weight_out_in
 
 
 class GridBase(nn.Module):
     kind = "grid"
 
-    def __init__(self, phi0: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, bits: int,
-                 group_size: int, bias: torch.Tensor | None = None):
+    def __init__(
+        self,
+        phi0: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        *,
+        bits: int,
+        group_size: int,
+        bias: torch.Tensor | None = None,
+    ):
         super().__init__()
         n, k = phi0.shape
-        if phi0.dtype != grid_storage(bits)[0] or scales.shape != (n, k // group_size) or k % group_size:
-            raise ValueError(f"grid [{n}, {k}] {phi0.dtype}, scales {list(scales.shape)} do not make a "
-                             f"{bits}-bit base in groups of {group_size}")
+        if (
+            phi0.dtype != grid_storage(bits)[0]
+            or scales.shape != (n, k // group_size)
+            or k % group_size
+        ):
+            raise ValueError(
+                f"grid [{n}, {k}] {phi0.dtype}, scales {list(scales.shape)} do not make a "
+                f"{bits}-bit base in groups of {group_size}"
+            )
         self.bits, self.group_size = int(bits), int(group_size)
         self.in_features, self.out_features = k, n
         self.register_buffer("phi0", phi0)
@@ -60,40 +74,81 @@ class GridBase(nn.Module):
         self.register_buffer("bias", bias)
 
     @classmethod
-    def from_weight(cls, weight: torch.Tensor, bias: torch.Tensor | None, *, bits: int, group_size: int,
-                    hessian: torch.Tensor | None = None, damp: float = 0.01) -> "GridBase":
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        bits: int,
+        group_size: int,
+        hessian: torch.Tensor | None = None,
+        damp: float = 0.01,
+    ) -> "GridBase":
         """Quantize a float weight ``[N, K]`` (RTN, or GPTQ given ``hessian`` ``[K, K]``) and keep
         the grid positions that were rounded."""
         if hessian is None:
             codes, scales, zeros = quantize(weight, bits, group_size)
             n, k = weight.shape
-            w = weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)  # (N, L, g)
-            grid = (w / scales[..., None] + zeros[..., None].to(torch.float32)).reshape(n, k)  # quantize's order
+            w = (
+                weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)
+            )  # (N, L, g)
+            grid = (w / scales[..., None] + zeros[..., None].to(torch.float32)).reshape(
+                n, k
+            )  # quantize's order
         else:
-            codes, scales, zeros, grid = gptq_quantize(weight, hessian, bits, group_size, damp=damp, grid=True)
+            codes, scales, zeros, grid = gptq_quantize(
+                weight, hessian, bits, group_size, damp=damp, grid=True
+            )
         b = None if bias is None else bias.detach().to(torch.float32).clone()
-        return cls(encode_grid(grid, codes, bits), scales, pack_zeros(zeros, bits), bits=bits,
-                   group_size=group_size, bias=b)
+        return cls(
+            encode_grid(grid, codes, bits),
+            scales,
+            pack_zeros(zeros, bits),
+            bits=bits,
+            group_size=group_size,
+            bias=b,
+        )
 
     @classmethod
-    def from_float(cls, module: nn.Module, *, bits: int = 4, group_size: int = 32,
-                   hessian: torch.Tensor | None = None, damp: float = 0.01) -> "GridBase":
+    def from_float(
+        cls,
+        module: nn.Module,
+        *,
+        bits: int = 4,
+        group_size: int = 32,
+        hessian: torch.Tensor | None = None,
+        damp: float = 0.01,
+    ) -> "GridBase":
         """From an ``nn.Linear`` or GPT-2 ``Conv1D``."""
         linear_shape(module)  # raises for anything else
-        return cls.from_weight(weight_out_in(module), getattr(module, "bias", None), bits=bits,
-                               group_size=group_size, hessian=hessian, damp=damp)
+        return cls.from_weight(
+            weight_out_in(module),
+            getattr(module, "bias", None),
+            bits=bits,
+            group_size=group_size,
+            hessian=hessian,
+            damp=damp,
+        )
 
     @classmethod
     def from_int_linear(cls, layer: nn.Module) -> "GridBase":
         """From an ``IntLinear`` with integer zero points: its codes as the grid positions (the
         fractional parts its quantizer rounded away are not known any more)."""
         if layer.float_zeros or layer.correction is not None:
-            raise ValueError(f"an LR-QAT base needs integer zero points; this {layer.bits}-bit layer "
-                             f"[{layer.out_features}, {layer.in_features}] has {layer.describe()['zeros']} zeros")
+            raise ValueError(
+                f"an LR-QAT base needs integer zero points; this {layer.bits}-bit layer "
+                f"[{layer.out_features}, {layer.in_features}] has {layer.describe()['zeros']} zeros"
+            )
         codes = unpack_codes(layer.qweight, layer.bits, layer.group_size)  # (N, K)
         bias = None if layer.bias is None else layer.bias.clone()
-        return cls(encode_grid(codes.to(torch.float32), codes, layer.bits), layer.scales.clone(), layer.zeros.clone(),
-                   bits=layer.bits, group_size=layer.group_size, bias=bias)
+        return cls(
+            encode_grid(codes.to(torch.float32), codes, layer.bits),
+            layer.scales.clone(),
+            layer.zeros.clone(),
+            bits=layer.bits,
+            group_size=layer.group_size,
+            bias=bias,
+        )
 
     def grid(self) -> torch.Tensor:
         """f32 [N, K]: Phi0."""
@@ -117,10 +172,19 @@ class GridBase(nn.Module):
         return F.linear(input, self.dequantize().to(input.dtype), self.bias)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": f"grid{self.bits}", "in_features": self.in_features, "out_features": self.out_features,
-                "bits": self.bits, "group_size": self.group_size, "zeros": "int"}
+        return {
+            "kind": f"grid{self.bits}",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "zeros": "int",
+        }
 
     def extra_repr(self) -> str:
         frac = grid_storage(self.bits)[1]
-        return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group={self.group_size}, "
-                f"phi0={str(self.phi0.dtype).removeprefix('torch.')} with {frac} fraction bits")
+        return (
+            f"in={self.in_features}, out={self.out_features}, bits={self.bits}, "
+            f"group={self.group_size}, "
+            f"phi0={str(self.phi0.dtype).removeprefix('torch.')} with {frac} fraction bits"
+        )

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
 from ..quant.formats import EMBEDDING_BITS, check_group_size
-from .int_linear import IntLinear
 from ..quant.group import dequantize, quantize_packed
+from . import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
+from .int_linear import IntLinear
 
 
 def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | None:
@@ -34,8 +34,10 @@ def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | Non
     v, d = weight.shape
     if d % group_size:
         fits = [g for g in (16, 32, 64, 128, 256) if d % g == 0]
-        return (f"{name}: width {d} (shape [{v}, {d}]) is not divisible by group_size={group_size}; "
-                f"{'use group_size in ' + str(fits) if fits else 'no power-of-two group >= 16 divides it'}")
+        return (
+            f"{name}: width {d} (shape [{v}, {d}]) is not divisible by group_size={group_size}; "
+            + (f"use group_size in {fits}" if fits else "no power-of-two group >= 16 divides it")
+        )
     if not torch.isfinite(weight).all():
         return f"{name}: table has NaN/inf values (shape [{v}, {d}])"
     return None
@@ -44,13 +46,20 @@ def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | Non
 class IntEmbedding(nn.Module):
     kind = "int-embedding"
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int):
+    def __init__(
+        self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int
+    ):
         super().__init__()
         rows, groups, blob = qweight.shape
         if blob * 8 != group_size * EMBEDDING_BITS:
-            raise ValueError(f"qweight blob of {blob} bytes does not hold {group_size} codes of {EMBEDDING_BITS} bits")
+            raise ValueError(
+                f"qweight blob of {blob} bytes does not hold {group_size} codes of "
+                f"{EMBEDDING_BITS} bits"
+            )
         if zeros.dtype != torch.uint8:
-            raise ValueError(f"a quantized table needs integer (uint8, packed) zero points, got {zeros.dtype}")
+            raise ValueError(
+                f"a quantized table needs integer (uint8, packed) zero points, got {zeros.dtype}"
+            )
         self.bits, self.group_size = EMBEDDING_BITS, int(group_size)
         self.num_embeddings, self.embedding_dim = rows, groups * group_size
         self.register_buffer("qweight", qweight)
@@ -58,14 +67,21 @@ class IntEmbedding(nn.Module):
         self.register_buffer("zeros", zeros)
 
     @classmethod
-    def from_float(cls, module: nn.Embedding, *, group_size: int = 32, name: str = "embedding") -> "IntEmbedding":
+    def from_float(
+        cls, module: nn.Embedding, *, group_size: int = 32, name: str = "embedding"
+    ) -> "IntEmbedding":
         """Round ``module.weight`` to nearest, per row and group of ``group_size`` columns."""
         check_group_size(group_size)
         if not isinstance(module, nn.Embedding):
-            raise TypeError(f"{name}: IntEmbedding.from_float takes an nn.Embedding, got {type(module).__name__}")
+            raise TypeError(
+                f"{name}: IntEmbedding.from_float takes an nn.Embedding, got "
+                f"{type(module).__name__}"
+            )
         if module.max_norm is not None:
-            raise ValueError(f"{name}: an nn.Embedding with max_norm={module.max_norm} rescales rows on lookup; "
-                             f"a quantized table cannot, so leave it float")
+            raise ValueError(
+                f"{name}: an nn.Embedding with max_norm={module.max_norm} rescales rows on lookup; "
+                f"a quantized table cannot, so leave it float"
+            )
         weight = module.weight.detach().to(torch.float32)
         problem = table_problem(name, weight, group_size)
         if problem:
@@ -77,33 +93,58 @@ class IntEmbedding(nn.Module):
     def from_int_linear(cls, head: IntLinear, *, name: str = "head") -> "IntEmbedding":
         """The table a tied head already holds, read from its buffers (no copy)."""
         if head.bits != EMBEDDING_BITS or head.float_zeros:
-            raise ValueError(f"{name}: a table can share a head's codes only when they are {EMBEDDING_BITS}-bit with "
-                             f"integer zero points; this head is {head.bits}-bit with "
-                             f"{'float' if head.float_zeros else 'integer'} zero points")
+            raise ValueError(
+                f"{name}: a table can share a head's codes only when they are {EMBEDDING_BITS}-bit "
+                "with "
+                f"integer zero points; this head is {head.bits}-bit with "
+                f"{'float' if head.float_zeros else 'integer'} zero points"
+            )
         return cls(head.qweight, head.scales, head.zeros, group_size=head.group_size)
 
     def tied_head(self, bias: torch.Tensor | None = None) -> IntLinear:
         """An ``IntLinear`` computing ``x @ table^T`` over this table's own buffers."""
-        return IntLinear(self.qweight, self.scales, self.zeros, bits=self.bits, group_size=self.group_size, bias=bias)
+        return IntLinear(
+            self.qweight,
+            self.scales,
+            self.zeros,
+            bits=self.bits,
+            group_size=self.group_size,
+            bias=bias,
+        )
 
     def dequantize(self) -> torch.Tensor:
         """f32 [V, D]."""
         return dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
 
     def __getattr__(self, name: str):
-        if name == "weight":  # code that reads the float table directly (a functional tied head) cannot use codes
-            raise AttributeError(f"this table is INT4 codes (IntEmbedding {self.extra_repr()}), not a float .weight: "
-                                 f"code that reads .weight directly (e.g. F.linear(x, emb.weight)) needs the table "
-                                 f"float; leave it out (quantize_embeddings' filter_fn) or use an nn.Linear head")
+        if (
+            name == "weight"
+        ):  # code that reads the float table directly (a functional tied head) cannot use codes
+            raise AttributeError(
+                f"this table is INT4 codes (IntEmbedding {self.extra_repr()}), not a float "
+                ".weight: "
+                f"code that reads .weight directly (e.g. F.linear(x, emb.weight)) needs the table "
+                f"float; leave it out (quantize_embeddings' filter_fn) or use an nn.Linear head"
+            )
         return super().__getattr__(name)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:  # ids (...) -> (..., D); nn.Embedding's argument name
-        return torch.ops.lowrank_compiler.int_embedding(input, self.qweight, self.scales, self.zeros, self.bits,
-                                                        self.group_size)
+    def forward(
+        self, input: torch.Tensor
+    ) -> torch.Tensor:  # ids (...) -> (..., D); nn.Embedding's argument name
+        return torch.ops.lowrank_compiler.int_embedding(
+            input, self.qweight, self.scales, self.zeros, self.bits, self.group_size
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "bits": self.bits, "group_size": self.group_size,
-                "shape": [self.num_embeddings, self.embedding_dim]}
+        return {
+            "kind": self.kind,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "shape": [self.num_embeddings, self.embedding_dim],
+        }
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, group_size={self.group_size}"
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, "
+            f"group_size={self.group_size}"
+        )

@@ -18,8 +18,14 @@ from ..quant.group import dequantize
 
 
 @torch.library.custom_op("lowrank_compiler::int_embedding", mutates_args=())
-def int_embedding(ids: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                  bits: int, group_size: int) -> torch.Tensor:
+def int_embedding(
+    ids: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
     flat = ids.reshape(-1)  # (T,)
     rows = dequantize(qweight[flat], scales[flat], zeros[flat], bits, group_size)  # (T, D)
     return rows.reshape(*ids.shape, rows.shape[-1])

@@ -27,8 +27,15 @@ from ..quant.group import dequantize
 
 
 @torch.library.custom_op("lowrank_compiler::int_linear", mutates_args=())
-def int_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               bias: Optional[torch.Tensor], bits: int, group_size: int) -> torch.Tensor:
+def int_linear(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
     w = dequantize(qweight, scales, zeros, bits, group_size).to(x.dtype)  # (N, K)
     return F.linear(x, w, bias)
 
@@ -50,7 +57,9 @@ def _backward(ctx, grad):  # grad: (..., N)
     gsize = ctx.group_size
     grad_x = grad_bias = grad_scales = steps = None
     if ctx.needs_input_grad[2]:  # trained scales need q - z; W is then that times the scales
-        steps = dequantize(qweight, torch.ones_like(scales, dtype=torch.float32), zeros, ctx.bits, gsize)  # (N, K)
+        steps = dequantize(
+            qweight, torch.ones_like(scales, dtype=torch.float32), zeros, ctx.bits, gsize
+        )  # (N, K)
     if ctx.needs_input_grad[0]:
         if steps is None:
             w = dequantize(qweight, scales, zeros, ctx.bits, gsize)  # (N, K)

@@ -28,7 +28,9 @@ def is_conv1d(module: nn.Module) -> bool:
 
 def is_quantized_linear(module: nn.Module) -> bool:
     """A frozen quantized linear layer of this package (``IntLinear``, ``NF4Linear``)."""
-    return isinstance(getattr(module, "in_features", None), int) and callable(getattr(module, "dequantize", None))
+    return isinstance(getattr(module, "in_features", None), int) and callable(
+        getattr(module, "dequantize", None)
+    )
 
 
 def is_linear_module(module: nn.Module) -> bool:
@@ -43,17 +45,23 @@ class LinearShape:
     in_features: int
     out_features: int
     has_bias: bool
-    kind: str  # "linear" (weight [out, in]), "conv1d" (weight [in, out]), or a quantized layer's kind
+    kind: (
+        str  # "linear" (weight [out, in]), "conv1d" (weight [in, out]), or a quantized layer's kind
+    )
 
 
 def linear_shape(module: nn.Module) -> LinearShape:
     if isinstance(module, nn.Linear):
-        return LinearShape(module.in_features, module.out_features, module.bias is not None, "linear")
+        return LinearShape(
+            module.in_features, module.out_features, module.bias is not None, "linear"
+        )
     if is_conv1d(module):
         k, n = module.weight.shape  # Conv1D stores [in, out]
         return LinearShape(int(k), int(n), getattr(module, "bias", None) is not None, "conv1d")
     if is_quantized_linear(module):
-        return LinearShape(module.in_features, module.out_features, module.bias is not None, module.kind)
+        return LinearShape(
+            module.in_features, module.out_features, module.bias is not None, module.kind
+        )
     raise TypeError(f"{type(module).__name__} is not a linear layer (nn.Linear or GPT-2 Conv1D)")
 
 

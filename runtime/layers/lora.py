@@ -26,7 +26,8 @@ from .linear_kinds import is_quantized_linear, linear_shape, weight_out_in
 
 
 def _factory(base: nn.Module) -> dict:
-    """dtype/device for adapter weights: the base's float weight, else float32 beside its buffers."""
+    """dtype/device for adapter weights: the base's float weight, else float32 beside its
+    buffers."""
     weight = getattr(base, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.is_floating_point():
         return {"dtype": weight.dtype, "device": weight.device}
@@ -70,7 +71,8 @@ class LoRALinear(AdapterLayer):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The base's weight, for code that reads ``layer.weight`` (tied heads, ``F.linear(x, m.weight)``)."""
+        """The base's weight, for code that reads ``layer.weight`` (tied heads, ``F.linear(x,
+        m.weight)``)."""
         return self.base.weight
 
     @property
@@ -78,7 +80,9 @@ class LoRALinear(AdapterLayer):
         return getattr(self.base, "bias", None)
 
     @classmethod
-    def from_linear(cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0) -> "LoRALinear":
+    def from_linear(
+        cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0
+    ) -> "LoRALinear":
         return cls(base, rank, alpha, dropout)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
@@ -99,18 +103,27 @@ class LoRALinear(AdapterLayer):
         ``IntLinear`` of ``bits``/``group_size`` -- the peers' merge, which re-rounds
         every weight; it exists as the baseline.
         """
-        delta = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * self.scale  # (N, K)
+        delta = (
+            self.lora_B.detach().double() @ self.lora_A.detach().double()
+        ) * self.scale  # (N, K)
         bias = getattr(self.base, "bias", None)
         if is_quantized_linear(self.base):
             if bits is None or group_size is None:
-                raise ValueError("folding an adapter over a quantized base requantizes: pass bits and group_size")
+                raise ValueError(
+                    "folding an adapter over a quantized base requantizes: pass bits and group_size"
+                )
             from .int_linear import IntLinear
 
             merged = (self.base.dequantize().double() + delta).to(torch.float32)
             return IntLinear.from_weight(merged, bias, bits=bits, group_size=group_size)
         weight = weight_out_in(self.base)
-        out = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
-                        dtype=weight.dtype, device=weight.device)
+        out = nn.Linear(
+            self.in_features,
+            self.out_features,
+            bias=bias is not None,
+            dtype=weight.dtype,
+            device=weight.device,
+        )
         with torch.no_grad():
             out.weight.copy_((weight.double() + delta).to(weight.dtype))
             if bias is not None:
@@ -135,4 +148,7 @@ class LoRALinear(AdapterLayer):
         }
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha:g}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+            f"alpha={self.alpha:g}"
+        )

@@ -32,12 +32,12 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from . import lrqat_op
 from ..quant.formats import FOLD_ZEROS, check_choice
+from ..quant.group import pack_codes, trained_scales
+from . import lrqat_op
 from .grid_base import GridBase
 from .int_linear import IntLinear
 from .lora import AdapterLayer
-from ..quant.group import pack_codes, trained_scales
 
 
 class LRQATLinear(AdapterLayer):
@@ -57,36 +57,65 @@ class LRQATLinear(AdapterLayer):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.train_scales = bool(train_scales)
-        gain = nn.Parameter(torch.zeros_like(base.scales, dtype=torch.float32)) if train_scales else None  # (N, K/g)
+        gain = (
+            nn.Parameter(torch.zeros_like(base.scales, dtype=torch.float32))
+            if train_scales
+            else None
+        )  # (N, K/g)
         self.register_parameter("scale_gain", gain)
 
     @classmethod
-    def from_base(cls, base: GridBase, *, rank: int, alpha: float, train_scales: bool = False) -> "LRQATLinear":
+    def from_base(
+        cls, base: GridBase, *, rank: int, alpha: float, train_scales: bool = False
+    ) -> "LRQATLinear":
         return cls(base, rank, alpha, train_scales)
 
     @classmethod
-    def from_float(cls, module: nn.Module, *, rank: int, alpha: float, bits: int = 4, group_size: int = 32,
-                   hessian: torch.Tensor | None = None, damp: float = 0.01,
-                   train_scales: bool = False) -> "LRQATLinear":
+    def from_float(
+        cls,
+        module: nn.Module,
+        *,
+        rank: int,
+        alpha: float,
+        bits: int = 4,
+        group_size: int = 32,
+        hessian: torch.Tensor | None = None,
+        damp: float = 0.01,
+        train_scales: bool = False,
+    ) -> "LRQATLinear":
         """Quantize an ``nn.Linear`` / ``Conv1D`` (RTN, or GPTQ given ``hessian``) and wrap it."""
-        base = GridBase.from_float(module, bits=bits, group_size=group_size, hessian=hessian, damp=damp)
+        base = GridBase.from_float(
+            module, bits=bits, group_size=group_size, hessian=hessian, damp=damp
+        )
         return cls(base, rank, alpha, train_scales)
 
     def current_scales(self) -> torch.Tensor:
-        """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls this
+        """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls
+        this
         too, so the deployed scales are the ones the forward used, bit for bit."""
         return trained_scales(self.base.scales, self.scale_gain)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         base = self.base
-        return torch.ops.lowrank_compiler.lrqat_linear(input, base.phi0, self.lora_A, self.lora_B,
-                                                       self.current_scales(), base.zeros, base.bias, self.scale,
-                                                       self.bits, self.group_size)  # (..., N)
+        return torch.ops.lowrank_compiler.lrqat_linear(
+            input,
+            base.phi0,
+            self.lora_A,
+            self.lora_B,
+            self.current_scales(),
+            base.zeros,
+            base.bias,
+            self.scale,
+            self.bits,
+            self.group_size,
+        )  # (..., N)
 
     def codes(self) -> torch.Tensor:
         """uint8 [N, K]: the codes the forward rounds to now."""
         with torch.no_grad():
-            q = lrqat_op.codes(self.base.phi0, self.lora_A, self.lora_B, self.scale, self.bits)  # (N, K)
+            q = lrqat_op.codes(
+                self.base.phi0, self.lora_A, self.lora_B, self.scale, self.bits
+            )  # (N, K)
         return q.to(torch.uint8)
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
@@ -96,16 +125,22 @@ class LRQATLinear(AdapterLayer):
             yield self.scale_gain
 
     def folded_layer(self, zeros: str = "split") -> IntLinear:
-        """The ``IntLinear`` this layer computes: trained codes, scales, the base's integer zero points.
+        """The ``IntLinear`` this layer computes: trained codes, scales, the base's integer zero
+        points.
 
         The zero points are integers already, so every ``zeros`` form (``"split"``, ``"float"``,
         ``"round"``) gives this same pure-integer layer, with no correction."""
         check_choice(zeros, FOLD_ZEROS, "zeros")
         base = self.base
         scales = self.current_scales().detach().to(torch.float32).clone()
-        return IntLinear(pack_codes(self.codes(), self.bits, self.group_size), scales, base.zeros.clone(),
-                         bits=self.bits, group_size=self.group_size,
-                         bias=None if base.bias is None else base.bias.clone())
+        return IntLinear(
+            pack_codes(self.codes(), self.bits, self.group_size),
+            scales,
+            base.zeros.clone(),
+            bits=self.bits,
+            group_size=self.group_size,
+            bias=None if base.bias is None else base.bias.clone(),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -122,5 +157,7 @@ class LRQATLinear(AdapterLayer):
         }
 
     def extra_repr(self) -> str:
-        return (f"rank={self.rank}, alpha={self.alpha:g}, bits={self.bits}, group={self.group_size}, "
-                f"train_scales={self.train_scales}")
+        return (
+            f"rank={self.rank}, alpha={self.alpha:g}, bits={self.bits}, group={self.group_size}, "
+            f"train_scales={self.train_scales}"
+        )

@@ -43,7 +43,9 @@ def codes(phi0, lora_A, lora_B, scale: float, bits: int) -> torch.Tensor:
     return grid_position(phi0, lora_A, lora_B, scale, bits).round_().clamp_(0, qmax(bits))
 
 
-def weight(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+def weight(
+    q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int
+) -> torch.Tensor:
     """W = scales (q - z), f32 [N, K], in ``quant.dequantize``'s order of operations (same bits)."""
     n, k = q.shape
     z = zero_points(zeros, bits, k // group_size)  # (N, L)
@@ -52,9 +54,18 @@ def weight(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int
 
 
 @torch.library.custom_op("lowrank_compiler::lrqat_linear", mutates_args=())
-def lrqat_linear(x: torch.Tensor, phi0: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor,
-                 scales: torch.Tensor, zeros: torch.Tensor, bias: Optional[torch.Tensor], scale: float, bits: int,
-                 group_size: int) -> torch.Tensor:
+def lrqat_linear(
+    x: torch.Tensor,
+    phi0: torch.Tensor,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    scale: float,
+    bits: int,
+    group_size: int,
+) -> torch.Tensor:
     w = weight(codes(phi0, lora_A, lora_B, scale, bits), scales, zeros, bits, group_size)  # (N, K)
     return F.linear(x, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
 
@@ -91,7 +102,9 @@ def _backward(ctx, grad):  # grad: (..., N)
     if need[4]:
         zq = q.reshape(groups) - zero_points(zeros, ctx.bits, groups[1])[..., None]  # (N, L, g)
         grads[4] = (g_w.reshape(groups) * zq).sum(-1).to(scales.dtype)  # (N, L)
-    g_phi = g_w.reshape(groups).mul_(scales.to(torch.float32)[..., None]).reshape(n, k).mul_(inside)  # (N, K)
+    g_phi = (
+        g_w.reshape(groups).mul_(scales.to(torch.float32)[..., None]).reshape(n, k).mul_(inside)
+    )  # (N, K)
     if need[3]:
         grads[3] = ((g_phi @ lora_A.to(torch.float32).T) * ctx.scale).to(lora_B.dtype)  # (N, r)
     if need[2]:

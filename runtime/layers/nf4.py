@@ -23,17 +23,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear_kinds import linear_shape, weight_out_in
 from ..quant.group import pack, unpack
 from ..quant.nf4 import DQ_BLOCK, NF4_LEVELS, nf4_quantize
+from .linear_kinds import linear_shape, weight_out_in
+
 
 class NF4Linear(nn.Module):
     """A frozen linear layer stored in NF4 (``forward`` dequantizes, then ``F.linear``)."""
 
     kind = "nf4"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, block_size: int = 64,
-                 double_quant: bool = False):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        block_size: int = 64,
+        double_quant: bool = False,
+    ):
         super().__init__()
         n, k = weight.shape
         if (n * k) % block_size:
@@ -52,13 +59,21 @@ class NF4Linear(nn.Module):
             self.register_buffer("absmax_mean", mean)
         else:
             self.register_buffer("absmax", absmax)
-        self.register_buffer("bias", None if bias is None else bias.detach().to(torch.float32).clone())
+        self.register_buffer(
+            "bias", None if bias is None else bias.detach().to(torch.float32).clone()
+        )
 
     @classmethod
-    def from_float(cls, module: nn.Module, *, block_size: int = 64, double_quant: bool = False) -> "NF4Linear":
+    def from_float(
+        cls, module: nn.Module, *, block_size: int = 64, double_quant: bool = False
+    ) -> "NF4Linear":
         linear_shape(module)
-        return cls(weight_out_in(module), getattr(module, "bias", None), block_size=block_size,
-                   double_quant=double_quant)
+        return cls(
+            weight_out_in(module),
+            getattr(module, "bias", None),
+            block_size=block_size,
+            double_quant=double_quant,
+        )
 
     def block_absmax(self) -> torch.Tensor:
         if not self.double_quant:
@@ -76,8 +91,15 @@ class NF4Linear(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         x = input
-        return F.linear(x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(
+            x, self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        )
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "nf4", "in_features": self.in_features, "out_features": self.out_features, "bits": 4,
-                "group_size": self.block_size}
+        return {
+            "kind": "nf4",
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bits": 4,
+            "group_size": self.block_size,
+        }

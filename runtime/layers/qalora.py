@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..quant.formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
+from ..quant.group import pack_zeros, trained_scales
 from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .int_linear import IntLinear
 from .lora import AdapterLayer
-from ..quant.formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
-from ..quant.group import pack_zeros, trained_scales
 
 
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -56,8 +56,15 @@ def _round_ste(t: torch.Tensor) -> torch.Tensor:
 class QALoRALinear(AdapterLayer):
     kind = "qalora"
 
-    def __init__(self, base: IntLinear, rank: int, alpha: float, dropout: float = 0.0, zero_point: str = "float",
-                 train_scales: bool = False):
+    def __init__(
+        self,
+        base: IntLinear,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        zero_point: str = "float",
+        train_scales: bool = False,
+    ):
         super().__init__()
         if not isinstance(base, IntLinear):
             raise TypeError(f"QA-LoRA needs an IntLinear base, got {type(base).__name__}")
@@ -75,15 +82,28 @@ class QALoRALinear(AdapterLayer):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if train_scales and base.correction is not None:
-            raise ValueError(f"train_scales needs an IntLinear base without a split correction; this base "
-                             f"[{base.out_features}, {base.in_features}] has one (fold it from its adapter instead)")
+            raise ValueError(
+                f"train_scales needs an IntLinear base without a split correction; this base "
+                f"[{base.out_features}, {base.in_features}] has one (fold it from its adapter "
+                "instead)"
+            )
         self.train_scales = bool(train_scales)
-        gain = nn.Parameter(torch.zeros(base.scales.shape, device=dev)) if train_scales else None  # (N, L)
+        gain = (
+            nn.Parameter(torch.zeros(base.scales.shape, device=dev)) if train_scales else None
+        )  # (N, L)
         self.register_parameter("scale_gain", gain)
 
     @classmethod
-    def from_int_linear(cls, base: IntLinear, *, rank: int, alpha: float, dropout: float = 0.0,
-                        zero_point: str = "float", train_scales: bool = False) -> "QALoRALinear":
+    def from_int_linear(
+        cls,
+        base: IntLinear,
+        *,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        zero_point: str = "float",
+        train_scales: bool = False,
+    ) -> "QALoRALinear":
         return cls(base, rank, alpha, dropout, zero_point, train_scales)
 
     def current_scales(self) -> torch.Tensor:
@@ -94,8 +114,15 @@ class QALoRALinear(AdapterLayer):
         if self.scale_gain is None:
             return self.base(x)
         base = self.base
-        return torch.ops.lowrank_compiler.int_linear(x, base.qweight, self.current_scales(), base.zeros, base.bias,
-                                                     base.bits, base.group_size)
+        return torch.ops.lowrank_compiler.int_linear(
+            x,
+            base.qweight,
+            self.current_scales(),
+            base.zeros,
+            base.bias,
+            base.bits,
+            base.group_size,
+        )
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., L)
         return x.unflatten(-1, (x.shape[-1] // self.group_size, self.group_size)).mean(-1)
@@ -107,7 +134,9 @@ class QALoRALinear(AdapterLayer):
         if self.zero_point == "float":
             return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
         zero = self.base.zero_points()  # (N, L), integers
-        d = self.current_scales() * (zero - self._int_zero_points())  # (N, L): whole quantization steps only
+        d = self.current_scales() * (
+            zero - self._int_zero_points()
+        )  # (N, L): whole quantization steps only
         return y + F.linear(p * self.group_size, d.to(x.dtype))
 
     def _int_zero_points(self) -> torch.Tensor:
@@ -131,17 +160,22 @@ class QALoRALinear(AdapterLayer):
         with torch.no_grad():
             if self.zero_point == "int":
                 scales = self.current_scales().double()
-                return scales * (self.base.zero_points().double() - self._int_zero_points().double())
+                return scales * (
+                    self.base.zero_points().double() - self._int_zero_points().double()
+                )
             return (self.lora_B.double() @ self.lora_A.double()) * (self.scale / self.group_size)
 
     def folded_zero_points(self) -> torch.Tensor:
-        """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training used)."""
+        """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training
+        used)."""
         if self.zero_point == "int":
             with torch.no_grad():
                 return self._int_zero_points().double()
         base = self.base
         zero = base.zero_points().double()
-        c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (self.scale / self.group_size)
+        c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (
+            self.scale / self.group_size
+        )
         with torch.no_grad():
             return zero - c / self.current_scales().double()
 
@@ -152,15 +186,22 @@ class QALoRALinear(AdapterLayer):
         check_choice(zeros, FOLD_ZEROS, "zeros")
         base = self.base
         moved = self.folded_zero_points()  # (N, L) float64
-        scales = base.scales if self.scale_gain is None else self.current_scales().detach().clone()  # (N, L) f32
-        common = dict(bits=base.bits, group_size=base.group_size,
-                      bias=None if base.bias is None else base.bias.clone())
+        scales = (
+            base.scales if self.scale_gain is None else self.current_scales().detach().clone()
+        )  # (N, L) f32
+        common = dict(
+            bits=base.bits,
+            group_size=base.group_size,
+            bias=None if base.bias is None else base.bias.clone(),
+        )
         if self.zero_point == "int" or zeros != "float":
             rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
             correction = None
             if zeros == "split" and self.zero_point == "float":
                 correction = split_correction(scales, rounded, moved)  # D^T: (L, N)
-                correction = correction if correction.any() else None  # integer zeros already: no node
+                correction = (
+                    correction if correction.any() else None
+                )  # integer zeros already: no node
             packed = pack_zeros(rounded.to(torch.uint8), base.bits)
             return IntLinear(base.qweight, scales, packed, correction=correction, **common)
         return IntLinear(base.qweight, scales, moved.to(torch.float32), **common)
@@ -179,5 +220,8 @@ class QALoRALinear(AdapterLayer):
         }
 
     def extra_repr(self) -> str:
-        return (f"rank={self.rank}, alpha={self.alpha:g}, group={self.group_size}, zero_point={self.zero_point}"
-                f"{', train_scales=True' if self.train_scales else ''}")
+        return (
+            f"rank={self.rank}, alpha={self.alpha:g}, group={self.group_size}, "
+            f"zero_point={self.zero_point}"
+            f"{', train_scales=True' if self.train_scales else ''}"
+        )

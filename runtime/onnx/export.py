@@ -3,7 +3,8 @@
 Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the
 layer's own buffers (``onnx_ops.py``); a ``"split"``-folded layer's correction exports as
 the plain ops it is (group sums times ``D^T``). An unfolded LR-QAT layer exports as its
-fold (``LRQATLinear.folded_layer``, exact: the same codes as its forward), in both formats. ``format="qdq"`` then lowers each
+fold (``LRQATLinear.folded_layer``, exact: the same codes as its forward), in both formats.
+``format="qdq"`` then lowers each
 MatMulNBits node to standard ``DequantizeLinear`` + ``MatMul`` (``qdq.py``), after
 float-zero layers were converted to the exact split form.
 
@@ -31,21 +32,30 @@ import onnx
 import torch
 from torch import nn
 
-from ..layers import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
 from ..errors import ExportError
+from ..files import commit, staged_file
+
+# registers torch.ops.lowrank_compiler.int_embedding
+from ..layers import int_embedding_op  # noqa: F401
 from ..layers.int_embedding import IntEmbedding
 from ..layers.int_linear import IntLinear
 from ..layers.lora import AdapterLayer, LoRALinear
+from ..layers.lrqat import LRQATLinear
 from ..layers.nf4 import NF4Linear
+from ..layers.qalora import QALoRALinear
+from ..quant.formats import (
+    EXPORT_FORMATS,
+    METADATA_KEY,
+    check_accuracy_level,
+    qmax,
+    split_correction,
+)
+from ..quant.group import pack_zeros
 from .file import read_model
 from .gather_block_quantized import int_embedding_translation, share_table_codes
 from .matmulnbits import int_linear_translation, register_matmulnbits_schema
-from ..layers.lrqat import LRQATLinear
-from ..layers.qalora import QALoRALinear
 from .qdq import QDQ_BITS, lower_to_qdq
-from ..files import commit, staged_file
-from ..quant.formats import EXPORT_FORMATS, METADATA_KEY, check_accuracy_level, qmax, split_correction
-from ..quant.group import pack_zeros
+
 OPSET = 21  # DequantizeLinear with block_size
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the graph itself
 
@@ -56,7 +66,10 @@ def describe_lowering(module: nn.Module, fmt: str) -> str:
         return f"{describe_lowering(module.base, fmt)} + float QA-LoRA adapter"
     if isinstance(module, LRQATLinear):
         node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
-        return f"{node} int{module.bits} g{module.group_size} zeros=int (LR-QAT codes, folded at export)"
+        return (
+            f"{node} int{module.bits} g{module.group_size} zeros=int (LR-QAT codes, folded at "
+            "export)"
+        )
     if isinstance(module, LoRALinear):
         return "float MatMul + float LoRA adapter"
     if isinstance(module, IntLinear):
@@ -67,8 +80,11 @@ def describe_lowering(module: nn.Module, fmt: str) -> str:
     return "float MatMul"
 
 
-QDQ_TABLE = ("an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit rows); "
-             "use format='matmulnbits', or leave tables float")
+QDQ_TABLE = (
+    "an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit "
+    "rows); "
+    "use format='matmulnbits', or leave tables float"
+)
 
 
 def check_exportable(model: nn.Module, fmt: str) -> None:
@@ -77,16 +93,24 @@ def check_exportable(model: nn.Module, fmt: str) -> None:
     problems = []
     for name, m in model.named_modules():
         if isinstance(m, NF4Linear):
-            problems.append(f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first")
+            problems.append(
+                f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first"
+            )
         elif isinstance(m, (IntLinear, LRQATLinear)) and m.bits == 3:
-            problems.append(f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8")
+            problems.append(
+                f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8"
+            )
         elif fmt == "qdq" and isinstance(m, (IntLinear, LRQATLinear)) and m.bits not in QDQ_BITS:
-            problems.append(f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'")
+            problems.append(
+                f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'"
+            )
         elif fmt == "qdq" and isinstance(m, IntEmbedding):
             problems.append(f"{name}: {QDQ_TABLE}")
         elif fmt == "qdq" and isinstance(m, AdapterLayer) and not isinstance(m, LRQATLinear):
-            problems.append(f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
-                            f"lowrank_compiler.fold(model) first, or use format='matmulnbits'")
+            problems.append(
+                f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
+                f"lowrank_compiler.fold(model) first, or use format='matmulnbits'"
+            )
     if problems:
         raise ExportError("cannot export:\n  " + "\n  ".join(problems))
 
@@ -105,8 +129,15 @@ def split_form(layer: IntLinear) -> IntLinear:
     if layer.correction is not None:
         correction = correction + layer.correction
     correction = correction if correction.any() else None  # integer zeros stored as floats: no node
-    return IntLinear(layer.qweight, layer.scales, pack_zeros(zr.to(torch.uint8), layer.bits), bits=layer.bits,
-                     group_size=layer.group_size, bias=layer.bias, correction=correction)
+    return IntLinear(
+        layer.qweight,
+        layer.scales,
+        pack_zeros(zr.to(torch.uint8), layer.bits),
+        bits=layer.bits,
+        group_size=layer.group_size,
+        bias=layer.bias,
+        correction=correction,
+    )
 
 
 @contextlib.contextmanager
@@ -134,13 +165,18 @@ def _prepared(model: nn.Module, fmt: str):
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter narrates each step on stdout and logs optional registrations: keep ours clean."""
+    """The exporter narrates each step on stdout and logs optional registrations: keep ours
+    clean."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), warnings.catch_warnings():
+        with (
+            open(os.devnull, "w") as null,
+            contextlib.redirect_stdout(null),
+            warnings.catch_warnings(),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -149,12 +185,17 @@ def _quiet():
 
 
 def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
-    """Batch (dim 0) and sequence (dim 1) of every tensor input are dynamic, shared across inputs."""
+    """Batch (dim 0) and sequence (dim 1) of every tensor input are dynamic, shared across
+    inputs."""
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
 
     def spec(v):
         if isinstance(v, torch.Tensor) and v.dim() >= 1:
-            return {0: batch, 1: seq} if v.dim() >= 2 and not v.is_floating_point() or v.dim() >= 3 else {0: batch}
+            return (
+                {0: batch, 1: seq}
+                if v.dim() >= 2 and not v.is_floating_point() or v.dim() >= 3
+                else {0: batch}
+            )
         return None
 
     bound = inspect.signature(model.forward).bind(*args, **kwargs)
@@ -173,13 +214,19 @@ def dynamic_shapes(model: nn.Module, args: tuple, kwargs: dict):
 def check_destination(path) -> Path:
     """The output path as a ``Path``; raises before any work when it cannot be a file we write."""
     if not isinstance(path, (str, os.PathLike)):
-        raise ExportError(f"path must be a str or os.PathLike naming an .onnx file, got {type(path).__name__}")
+        raise ExportError(
+            f"path must be a str or os.PathLike naming an .onnx file, got {type(path).__name__}"
+        )
     path = Path(path)
     if not path.parent.is_dir():
-        raise ExportError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist")
+        raise ExportError(
+            f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist"
+        )
     if path.is_dir():
-        raise ExportError(f"cannot write {str(path)!r}: it is a directory; name a file, e.g. "
-                          f"{str(path / 'model.onnx')!r}")
+        raise ExportError(
+            f"cannot write {str(path)!r}: it is a directory; name a file, e.g. "
+            f"{str(path / 'model.onnx')!r}"
+        )
     return path
 
 
@@ -194,7 +241,9 @@ def _first_line(e: BaseException) -> str:
 def _root_cause(e: BaseException) -> str:
     """The innermost exception's first line (the exporter wraps the model's own error in steps)."""
     seen, inner = {id(e)}, e
-    while (inner.__cause__ or inner.__context__) is not None and id(inner.__cause__ or inner.__context__) not in seen:
+    while (inner.__cause__ or inner.__context__) is not None and id(
+        inner.__cause__ or inner.__context__
+    ) not in seen:
         inner = inner.__cause__ or inner.__context__
         seen.add(id(inner))
     return "" if inner is e else f" (caused by {type(inner).__name__}: {_first_line(inner)})"
@@ -202,14 +251,30 @@ def _root_cause(e: BaseException) -> str:
 
 def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
     """Each integer, adapter or float linear layer (outermost only) -> how it is lowered."""
-    layers = {n: describe_lowering(m, fmt) for n, m in model.named_modules()
-              if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)}
-    return {n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)}
+    layers = {
+        n: describe_lowering(m, fmt)
+        for n, m in model.named_modules()
+        if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)
+    }
+    return {
+        n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)
+    }
 
 
-def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, fmt: str = "matmulnbits",
-                 accuracy_level: int = 0, dynamic_shapes=None, input_names=None, output_names=None,
-                 meta: dict | None = None, what: str = "", translations: dict | None = None) -> onnx.ModelProto:
+def export_proto(
+    model: nn.Module,
+    args: tuple,
+    kwargs: dict | None = None,
+    *,
+    fmt: str = "matmulnbits",
+    accuracy_level: int = 0,
+    dynamic_shapes=None,
+    input_names=None,
+    output_names=None,
+    meta: dict | None = None,
+    what: str = "",
+    translations: dict | None = None,
+) -> onnx.ModelProto:
     """``model(*args, **kwargs)`` as an ONNX graph: checks, the split form where float zeros
     cannot go, eval mode, every ``int_linear`` as MatMulNBits, QDQ lowering for ``fmt="qdq"``,
     and the metadata (``meta`` plus the format, level and layer table). Nothing is written.
@@ -221,18 +286,32 @@ def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, f
     check_exportable(model, fmt)
     register_matmulnbits_schema()
     layers = layer_table(model, fmt)
-    table = {torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level),
-             torch.ops.lowrank_compiler.int_embedding.default: int_embedding_translation(),
-             **(translations or {})}
+    table = {
+        torch.ops.lowrank_compiler.int_linear.default: int_linear_translation(accuracy_level),
+        torch.ops.lowrank_compiler.int_embedding.default: int_embedding_translation(),
+        **(translations or {}),
+    }
     with _prepared(model, fmt), torch.no_grad(), _quiet():
         try:
-            program = torch.onnx.export(model, args, kwargs=kwargs, dynamo=True, opset_version=OPSET,
-                                        custom_translation_table=table, dynamic_shapes=dynamic_shapes,
-                                        input_names=input_names, output_names=output_names, optimize=True)
+            program = torch.onnx.export(
+                model,
+                args,
+                kwargs=kwargs,
+                dynamo=True,
+                opset_version=OPSET,
+                custom_translation_table=table,
+                dynamic_shapes=dynamic_shapes,
+                input_names=input_names,
+                output_names=output_names,
+                optimize=True,
+            )
         except Exception as e:
-            raise ExportError(f"torch.onnx export of {type(model).__name__}{what} failed: {_first_line(e)}"
-                              f"{_root_cause(e)}. Check that the example inputs run the model; with dynamic=True, "
-                              f"use batch and sequence sizes of at least 2") from e
+            raise ExportError(
+                f"torch.onnx export of {type(model).__name__}{what} failed: {_first_line(e)}"
+                f"{_root_cause(e)}. Check that the example inputs run the model; with "
+                "dynamic=True, "
+                f"use batch and sequence sizes of at least 2"
+            ) from e
     proto = program.model_proto
     share_table_codes(proto)
     if fmt == "qdq":
@@ -246,13 +325,29 @@ def export_proto(model: nn.Module, args: tuple, kwargs: dict | None = None, *, f
     return proto
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, *, args: tuple, kwargs: dict, fmt: str = "matmulnbits",
-                 accuracy_level: int = 0, dynamic: bool = True, targets: list[str] | None = None) -> Path:
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    args: tuple,
+    kwargs: dict,
+    fmt: str = "matmulnbits",
+    accuracy_level: int = 0,
+    dynamic: bool = True,
+    targets: list[str] | None = None,
+) -> Path:
     path = check_destination(path)
     shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
     meta = {"targets": sorted(targets)} if targets is not None else None
-    proto = export_proto(model, args, kwargs, fmt=fmt, accuracy_level=accuracy_level, dynamic_shapes=shapes,
-                         meta=meta)
+    proto = export_proto(
+        model,
+        args,
+        kwargs,
+        fmt=fmt,
+        accuracy_level=accuracy_level,
+        dynamic_shapes=shapes,
+        meta=meta,
+    )
     if dynamic:
         name_dynamic_dims(proto)
     write_model(proto, path)
@@ -283,12 +378,20 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
     external = proto.ByteSize() > _TWO_GB
     data = path.name + ".data"  # the location recorded in the graph: relative, beside the file
     with staged_file(path) as staged:
-        onnx.save_model(proto, str(staged), save_as_external_data=external, all_tensors_to_one_file=True,
-                        location=data, size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(staged),
+            save_as_external_data=external,
+            all_tensors_to_one_file=True,
+            location=data,
+            size_threshold=1024,
+        )
         try:
             onnx.checker.check_model(str(staged), full_check=True)
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"the exported graph for {str(path)!r} fails onnx.checker: {e}") from e
+            raise ExportError(
+                f"the exported graph for {str(path)!r} fails onnx.checker: {e}"
+            ) from e
         if external:
             commit(staged.with_name(data), path.with_name(data))
         commit(staged, path)

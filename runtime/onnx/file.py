@@ -49,12 +49,17 @@ def check_external_data(model: onnx.ModelProto, path: str | os.PathLike) -> None
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in t.external_data if e.key == "location"), "")
-        target = (root / location).resolve()  # an absolute location replaces root; symlinks are followed
+        target = (
+            root / location
+        ).resolve()  # an absolute location replaces root; symlinks are followed
         if not location or Path(location).is_absolute() or not target.is_relative_to(root):
             raise ModelFileError(
-                f"{str(path)!r}: tensor {t.name!r} keeps its data at {location!r}, outside the model's "
-                f"directory; refusing to read it. External data must be a relative path that stays in "
-                f"the directory of the .onnx file")
+                f"{str(path)!r}: tensor {t.name!r} keeps its data at {location!r}, outside the "
+                "model's "
+                "directory; refusing to read it. External data must be a relative path that stays "
+                "in "
+                f"the directory of the .onnx file"
+            )
 
 
 def read_model(path: str | os.PathLike, *, external_data: bool = False) -> onnx.ModelProto:
@@ -67,7 +72,9 @@ def read_model(path: str | os.PathLike, *, external_data: bool = False) -> onnx.
     except OSError as e:
         raise ModelFileError(f"cannot read {str(path)!r}: {e.strerror or e}") from e
     except Exception as e:  # protobuf's DecodeError and friends
-        raise ModelFileError(f"{str(path)!r} is not a readable ONNX model (truncated or corrupt?): {e}") from e
+        raise ModelFileError(
+            f"{str(path)!r} is not a readable ONNX model (truncated or corrupt?): {e}"
+        ) from e
     if not model.graph.node and not model.graph.output:
         raise ModelFileError(f"{str(path)!r} holds no ONNX graph (an empty or foreign file?)")
     check_external_data(model, path)

@@ -39,10 +39,18 @@ class OnnxReport:
         return asdict(self)
 
     def __str__(self) -> str:
-        lines = [f"{self.path}: format {self.format}, accuracy_level {self.accuracy_level}, "
-                 f"pure int4: {'yes' if self.is_pure_int4 else 'no'}"]
-        lines.append("ops: " + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items(), key=lambda kv: -kv[1])))
-        lines.append("initializer bytes: " + ", ".join(f"{k} {v:,}" for k, v in sorted(self.initializer_bytes.items())))
+        lines = [
+            f"{self.path}: format {self.format}, accuracy_level {self.accuracy_level}, "
+            f"pure int4: {'yes' if self.is_pure_int4 else 'no'}"
+        ]
+        lines.append(
+            "ops: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items(), key=lambda kv: -kv[1]))
+        )
+        lines.append(
+            "initializer bytes: "
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(self.initializer_bytes.items()))
+        )
         width = max((len(n) for n in self.layers), default=5)
         for name, how in self.layers.items():
             mark = "*" if name in self.targets else " "
@@ -78,7 +86,9 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxReport:
     model = read_model(path)
     graph = model.graph
     meta = next((json.loads(p.value) for p in model.metadata_props if p.key == METADATA_KEY), {})
-    ops = Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in graph.node)
+    ops = Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in graph.node
+    )
     inits = {i.name: i for i in graph.initializer}
     by_dtype: Counter = Counter()
     for t in graph.initializer:
@@ -89,17 +99,31 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxReport:
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             layer = _layer_of(node.input[1])
             z = node.input[3] if len(node.input) > 3 and node.input[3] else ""
-            zeros = "none" if not z else ("int" if inits.get(z) is not None and inits[z].data_type == onnx.TensorProto.UINT8 else "float")
+            zeros = (
+                "none"
+                if not z
+                else (
+                    "int"
+                    if inits.get(z) is not None and inits[z].data_type == onnx.TensorProto.UINT8
+                    else "float"
+                )
+            )
             found[layer] = f"MatMulNBits int{attrs['bits']} g{attrs['block_size']} zeros={zeros}"
         elif node.op_type == "DequantizeLinear" and node.input[0].endswith(".qweight_kn"):
             attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
             bits = 4 if inits[node.input[0]].data_type == onnx.TensorProto.UINT4 else 8
-            found[_layer_of(node.input[0])] = f"DequantizeLinear+MatMul int{bits} g{attrs.get('block_size')} zeros=int"
+            found[_layer_of(node.input[0])] = (
+                f"DequantizeLinear+MatMul int{bits} g{attrs.get('block_size')} zeros=int"
+            )
     described = meta.get("layers", {})
     # the export's own record names the zero-point form (the optimizer may rename or merge the
     # correction initializers); the graph proves each integer node is there
-    layers = {name: described.get(name, found.get(name, "float MatMul")) if name in found
-              else described.get(name, "float MatMul") for name in dict.fromkeys([*described, *found])}
+    layers = {
+        name: described.get(name, found.get(name, "float MatMul"))
+        if name in found
+        else described.get(name, "float MatMul")
+        for name in dict.fromkeys([*described, *found])
+    }
     targets = list(meta.get("targets", found))
     problems = []
     for name in targets:
@@ -110,19 +134,31 @@ def inspect_onnx(path: str | os.PathLike) -> OnnxReport:
             problems.append(f"{name}: {found[name]}")
         if "adapter" in described.get(name, ""):
             problems.append(f"{name}: carries a float adapter (fold the model before export)")
-    return OnnxReport(str(path), dict(ops), dict(by_dtype), layers, targets, meta.get("format"),
-                      meta.get("accuracy_level"), bool(targets) and not problems, problems)
+    return OnnxReport(
+        str(path),
+        dict(ops),
+        dict(by_dtype),
+        layers,
+        targets,
+        meta.get("format"),
+        meta.get("accuracy_level"),
+        bool(targets) and not problems,
+        problems,
+    )
 
 
 def _type_str(value_info) -> str:
     t = value_info.type.tensor_type
     dtype = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "?"
-    dims = [d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in t.shape.dim]
+    dims = [
+        d.dim_param or (str(d.dim_value) if d.HasField("dim_value") else "?") for d in t.shape.dim
+    ]
     return f"{dtype}[{', '.join(dims)}]" if t.HasField("shape") else dtype
 
 
 def op_listing(path: str | os.PathLike) -> list[str]:
-    """One line per node: ``op(inputs: dtype[shape]) -> outputs``, shapes from ONNX shape inference."""
+    """One line per node: ``op(inputs: dtype[shape]) -> outputs``, shapes from ONNX shape
+    inference."""
     model = read_model(path)
     try:
         model = onnx.shape_inference.infer_shapes(model)
@@ -131,7 +167,9 @@ def op_listing(path: str | os.PathLike) -> list[str]:
     g = model.graph
     types = {v.name: _type_str(v) for v in [*g.input, *g.value_info, *g.output]}
     for t in g.initializer:
-        types[t.name] = f"{onnx.TensorProto.DataType.Name(t.data_type).lower()}[{', '.join(map(str, t.dims))}]"
+        types[t.name] = (
+            f"{onnx.TensorProto.DataType.Name(t.data_type).lower()}[{', '.join(map(str, t.dims))}]"
+        )
     lines = [f"input {v.name}: {types[v.name]}" for v in g.input]
     for n in g.node:
         op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"

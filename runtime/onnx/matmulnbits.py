@@ -27,32 +27,60 @@ def register_matmulnbits_schema() -> None:
         pass
     p = OpSchema.FormalParameter
     schema = OpSchema(
-        "MatMulNBits", DOMAIN, 1,
+        "MatMulNBits",
+        DOMAIN,
+        1,
         doc="Y = A @ dequantize(B, scales, zero_points)^T + bias, weights in blocks along K",
-        inputs=[p("A", "T1"), p("B", "T2"), p("scales", "T1"), p("zero_points", "T3", param_option=_OPT),
-                p("g_idx", "T4", param_option=_OPT), p("bias", "T1", param_option=_OPT)],
+        inputs=[
+            p("A", "T1"),
+            p("B", "T2"),
+            p("scales", "T1"),
+            p("zero_points", "T3", param_option=_OPT),
+            p("g_idx", "T4", param_option=_OPT),
+            p("bias", "T1", param_option=_OPT),
+        ],
         outputs=[p("Y", "T1")],
         type_constraints=[
-            ("T1", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "activations and scales"),
+            (
+                "T1",
+                ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"],
+                "activations and scales",
+            ),
             ("T2", ["tensor(uint8)", "tensor(int32)"], "packed codes"),
-            ("T3", ["tensor(uint8)", "tensor(int32)", "tensor(float16)", "tensor(float)", "tensor(bfloat16)"],
-             "zero points: packed integers or floats"),
+            (
+                "T3",
+                [
+                    "tensor(uint8)",
+                    "tensor(int32)",
+                    "tensor(float16)",
+                    "tensor(float)",
+                    "tensor(bfloat16)",
+                ],
+                "zero points: packed integers or floats",
+            ),
             ("T4", ["tensor(int32)"], "group index (deprecated)"),
         ],
         attributes=[
             OpSchema.Attribute("K", OpSchema.AttrType.INT, "input features"),
             OpSchema.Attribute("N", OpSchema.AttrType.INT, "output features"),
             OpSchema.Attribute("bits", OpSchema.AttrType.INT, "bits per weight"),
-            OpSchema.Attribute("block_size", OpSchema.AttrType.INT, "weights per block, a power of two >= 16"),
-            OpSchema.Attribute("accuracy_level", OpSchema.AttrType.INT, "0: fp32 compute; 4: int8 activations",
-                               required=False),
+            OpSchema.Attribute(
+                "block_size", OpSchema.AttrType.INT, "weights per block, a power of two >= 16"
+            ),
+            OpSchema.Attribute(
+                "accuracy_level",
+                OpSchema.AttrType.INT,
+                "0: fp32 compute; 4: int8 activations",
+                required=False,
+            ),
         ],
     )
     onnx.defs.register_schema(schema)
 
 
 def int_linear_translation(accuracy_level: int):
-    """The onnxscript function torch.onnx uses for ``int_linear`` (accuracy level fixed per export)."""
+    """The onnxscript function torch.onnx uses for ``int_linear`` (accuracy level fixed per
+    export)."""
     import onnxscript
 
     register_matmulnbits_schema()
@@ -60,7 +88,18 @@ def int_linear_translation(accuracy_level: int):
 
     def int_linear(x, qweight, scales, zeros, bias, bits: int, group_size: int):
         n, groups = qweight.shape[0], qweight.shape[1]
-        return msft.MatMulNBits(x, qweight, scales, zeros, None, bias, K=groups * group_size, N=n, bits=bits,
-                                block_size=group_size, accuracy_level=accuracy_level)
+        return msft.MatMulNBits(
+            x,
+            qweight,
+            scales,
+            zeros,
+            None,
+            bias,
+            K=groups * group_size,
+            N=n,
+            bits=bits,
+            block_size=group_size,
+            accuracy_level=accuracy_level,
+        )
 
     return int_linear

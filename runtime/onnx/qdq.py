@@ -1,4 +1,5 @@
-"""Lower ``MatMulNBits`` nodes to standard ONNX: ``DequantizeLinear(axis=0, block_size=g)`` + ``MatMul``.
+"""Lower ``MatMulNBits`` nodes to standard ONNX: ``DequantizeLinear(axis=0, block_size=g)`` +
+``MatMul``.
 
 The layout onnxruntime fuses back into its MatMulNBits kernel (opset >= 21)::
 
@@ -18,14 +19,15 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from .matmulnbits import DOMAIN
 from ..quant.group import unpack
+from .matmulnbits import DOMAIN
 
 QDQ_BITS = {4: TensorProto.UINT4, 8: TensorProto.UINT8}
 
 
 def _int_tensor(name: str, codes: np.ndarray, bits: int) -> onnx.TensorProto:
-    """codes uint8 (any shape) -> a UINT4 (two a byte, first in the low nibble) or UINT8 initializer."""
+    """codes uint8 (any shape) -> a UINT4 (two a byte, first in the low nibble) or UINT8
+    initializer."""
     flat = codes.reshape(-1).astype(np.uint8)
     if bits == 8:
         return helper.make_tensor(name, TensorProto.UINT8, codes.shape, flat.tobytes(), raw=True)
@@ -47,34 +49,55 @@ def lower_to_qdq(model: onnx.ModelProto) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         k, n, bits, g = attrs["K"], attrs["N"], attrs["bits"], attrs["block_size"]
         if bits not in QDQ_BITS:
-            raise ValueError(f"{node.name}: {bits}-bit weights have no standard ONNX DequantizeLinear form; use "
-                             f"format='matmulnbits' or bits in {tuple(QDQ_BITS)}")
+            raise ValueError(
+                f"{node.name}: {bits}-bit weights have no standard ONNX DequantizeLinear form; use "
+                f"format='matmulnbits' or bits in {tuple(QDQ_BITS)}"
+            )
         a, b, s = node.input[:3]
         z = node.input[3] if len(node.input) > 3 and node.input[3] else None
         bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
         groups = k // g
-        codes = unpack(torch.from_numpy(numpy_helper.to_array(inits[b]).copy()), bits, g).reshape(n, k).numpy()
+        codes = (
+            unpack(torch.from_numpy(numpy_helper.to_array(inits[b]).copy()), bits, g)
+            .reshape(n, k)
+            .numpy()
+        )
         scales = numpy_helper.to_array(inits[s])  # (N, L)
         if z is None:
-            zeros = np.full((n, groups), 1 << (bits - 1), np.uint8)  # MatMulNBits' default zero point
+            zeros = np.full(
+                (n, groups), 1 << (bits - 1), np.uint8
+            )  # MatMulNBits' default zero point
         else:
             zarr = numpy_helper.to_array(inits[z])
             if zarr.dtype != np.uint8:
-                raise ValueError(f"{node.name}: float zero points have no DequantizeLinear form; convert the layer "
-                                 f"to integer zero points plus correction first")
+                raise ValueError(
+                    f"{node.name}: float zero points have no DequantizeLinear form; convert the "
+                    "layer "
+                    f"to integer zero points plus correction first"
+                )
             zeros = unpack(torch.from_numpy(zarr.copy()), bits, groups).numpy()
         stem = b[: -len(".qweight")] if b.endswith(".qweight") else b
         names = (f"{stem}.qweight_kn", f"{stem}.scales_ln", f"{stem}.zeros_ln")
-        graph.initializer.extend([
-            _int_tensor(names[0], np.ascontiguousarray(codes.T), bits),
-            numpy_helper.from_array(np.ascontiguousarray(scales.T), names[1]),
-            _int_tensor(names[2], np.ascontiguousarray(zeros.T), bits),
-        ])
+        graph.initializer.extend(
+            [
+                _int_tensor(names[0], np.ascontiguousarray(codes.T), bits),
+                numpy_helper.from_array(np.ascontiguousarray(scales.T), names[1]),
+                _int_tensor(names[2], np.ascontiguousarray(zeros.T), bits),
+            ]
+        )
         w = f"{stem}.dequantized"
         out = node.output[0]
         mm_out = f"{out}.matmul" if bias else out
-        nodes.append(helper.make_node("DequantizeLinear", list(names), [w], name=f"{stem}.DequantizeLinear",
-                                      axis=0, block_size=g))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                list(names),
+                [w],
+                name=f"{stem}.DequantizeLinear",
+                axis=0,
+                block_size=g,
+            )
+        )
         nodes.append(helper.make_node("MatMul", [a, w], [mm_out], name=f"{stem}.MatMul"))
         if bias:
             nodes.append(helper.make_node("Add", [mm_out, bias], [out], name=f"{stem}.Add"))
@@ -86,7 +109,9 @@ def lower_to_qdq(model: onnx.ModelProto) -> int:
     keep = [i for i in graph.initializer if i.name not in dropped or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    if lowered and not any(o.domain == DOMAIN for n in graph.node for o in [n] if n.domain == DOMAIN):
+    if lowered and not any(
+        o.domain == DOMAIN for n in graph.node for o in [n] if n.domain == DOMAIN
+    ):
         kept = [o for o in model.opset_import if o.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(kept)

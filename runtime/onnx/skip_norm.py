@@ -1,4 +1,5 @@
-"""Graph fusions over an exported ``onnx.ModelProto`` that onnxruntime's CPU optimiser does not make.
+"""Graph fusions over an exported ``onnx.ModelProto`` that onnxruntime's CPU optimiser does not
+make.
 
 ``fuse_skip_norm``: a residual ``Add(a, b)`` feeding ``SimplifiedLayerNormalization(., gamma)``
 becomes one ``com.microsoft::SkipSimplifiedLayerNormalization(a, b, gamma)``::
@@ -33,15 +34,29 @@ def fuse_skip_norm(model: onnx.ModelProto) -> int:
         if node.op_type != "SimplifiedLayerNormalization" or node.domain not in ("", "ai.onnx"):
             continue
         add = producer.get(node.input[0])
-        if (add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx") or id(add) in replace
-                or any(i in initializers for i in add.input) or len(node.input) < 2):
+        if (
+            add is None
+            or add.op_type != "Add"
+            or add.domain not in ("", "ai.onnx")
+            or id(add) in replace
+            or any(i in initializers for i in add.input)
+            or len(node.input) < 2
+        ):
             continue
-        eps = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5)
-        keeps_sum = consumers.get(add.output[0], 0) > 1 or add.output[0] in {o.name for o in graph.output}
+        eps = next(
+            (helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5
+        )
+        keeps_sum = consumers.get(add.output[0], 0) > 1 or add.output[0] in {
+            o.name for o in graph.output
+        }
         replace[id(add)] = helper.make_node(
-            "SkipSimplifiedLayerNormalization", [add.input[0], add.input[1], node.input[1]],
+            "SkipSimplifiedLayerNormalization",
+            [add.input[0], add.input[1], node.input[1]],
             [node.output[0], "", "", add.output[0] if keeps_sum else ""],
-            name=(node.name or "norm") + "/skip", domain=DOMAIN, epsilon=eps)
+            name=(node.name or "norm") + "/skip",
+            domain=DOMAIN,
+            epsilon=eps,
+        )
         drop.add(id(node))
     if not replace:
         return 0

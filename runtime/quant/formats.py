@@ -23,17 +23,20 @@ import torch
 
 from ..errors import PolicyError
 
-BITS = (2, 3, 4, 8)                   # what the layers compute
-KERNEL_BITS = (2, 4, 8)               # what onnxruntime's MatMulNBits runs (no 3-bit kernel)
-MIN_GROUP = 16                        # MatMulNBits' smallest block
-QUANTIZERS = ("rtn", "gptq")          # how a float base is rounded
-ZERO_POINT_MODES = ("float", "int")   # QA-LoRA's training form
+BITS = (2, 3, 4, 8)  # what the layers compute
+KERNEL_BITS = (2, 4, 8)  # what onnxruntime's MatMulNBits runs (no 3-bit kernel)
+MIN_GROUP = 16  # MatMulNBits' smallest block
+QUANTIZERS = ("rtn", "gptq")  # how a float base is rounded
+ZERO_POINT_MODES = ("float", "int")  # QA-LoRA's training form
 FOLD_ZEROS = ("split", "float", "round")  # how a folded real-valued zero point is stored
 EXPORT_FORMATS = ("matmulnbits", "qdq")
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)     # MatMulNBits compute precision: 0 fp32 ... 4 int8 activations
-METADATA_KEY = "lowrank_compiler"     # the exported file's metadata_props entry (JSON)
-EMBEDDINGS = ("float", "int4")        # how an export stores vocabulary tables (int4: GatherBlockQuantized)
-EMBEDDING_BITS = 4                    # GatherBlockQuantized's width everywhere onnxruntime runs it
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute precision: 0 fp32 ... 4 int8 activations
+METADATA_KEY = "lowrank_compiler"  # the exported file's metadata_props entry (JSON)
+EMBEDDINGS = (
+    "float",
+    "int4",
+)  # how an export stores vocabulary tables (int4: GatherBlockQuantized)
+EMBEDDING_BITS = 4  # GatherBlockQuantized's width everywhere onnxruntime runs it
 
 
 def grid_storage(bits: int) -> tuple[torch.dtype, int]:
@@ -55,7 +58,12 @@ def check_bits(value, field: str = "bits") -> int:
 
 def group_size_problem(value) -> str | None:
     """Why ``value`` is not a group size (a power of two >= 16), or None."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < MIN_GROUP or value & (value - 1):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < MIN_GROUP
+        or value & (value - 1)
+    ):
         return f"must be a power of two >= {MIN_GROUP} (16, 32, 64, 128, ...), got {value!r}"
     return None
 
@@ -76,12 +84,19 @@ def check_choice(value, choices: tuple, field: str):
 def check_accuracy_level(level) -> int:
     """MatMulNBits' compute precision: 0 (fp32) to 4 (int8 activations)."""
     if isinstance(level, bool) or not isinstance(level, int) or level not in ACCURACY_LEVELS:
-        raise ValueError(f"accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), got {level!r}")
+        raise ValueError(
+            "accuracy_level must be 0 (fp32 compute), 1, 2, 3 or 4 (int8 activations), got "
+            f"{level!r}"
+        )
     return level
 
 
-def split_correction(scales: torch.Tensor, rounded: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def split_correction(
+    scales: torch.Tensor, rounded: torch.Tensor, real: torch.Tensor
+) -> torch.Tensor:
     """``D^T``, float32 ``[L, N]``: what ``group_sum(x) @ D^T`` adds to the integer kernel run
     with zero points ``rounded`` so that it computes zero points ``real`` exactly (module
     docstring). Computed in float64; every argument is ``[N, L]``."""
-    return (scales.double() * (rounded.double() - real.double())).T.to(torch.float32).contiguous()  # (L, N)
+    return (
+        (scales.double() * (rounded.double() - real.double())).T.to(torch.float32).contiguous()
+    )  # (L, N)

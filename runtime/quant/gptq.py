@@ -52,46 +52,64 @@ def inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
         inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
         return torch.linalg.cholesky(inv, upper=True).to(torch.float32)
     except torch.linalg.LinAlgError as e:
-        raise ValueError(f"input second moment [{h.shape[0]}, {h.shape[0]}] is not positive definite "
-                         f"even with damp={damp}: use more calibration data or a larger damp ({e})") from None
+        raise ValueError(
+            f"input second moment [{h.shape[0]}, {h.shape[0]}] is not positive definite "
+            f"even with damp={damp}: use more calibration data or a larger damp ({e})"
+        ) from None
 
 
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int, *,
-                  damp: float = 0.01, act_order: bool = True, block: int = 128, grid: bool = False):
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int,
+    *,
+    damp: float = 0.01,
+    act_order: bool = True,
+    block: int = 128,
+    grid: bool = False,
+):
     """weight [N, K], H [K, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L]),
     and with ``grid=True`` the grid positions f32 [N, K] that were rounded (module docstring)."""
     n, k = weight.shape
     if hessian.shape != (k, k):
-        raise ValueError(f"hessian has shape {list(hessian.shape)}, expected [{k}, {k}] for a weight [{n}, {k}]")
+        raise ValueError(
+            f"hessian has shape {list(hessian.shape)}, expected [{k}, {k}] for a weight [{n}, {k}]"
+        )
     g, top = group_size, qmax(bits)
     w = weight.detach().to(torch.float32).clone()  # (N, K), updated in place as errors spread
     if act_order:
         _, scales, zeros = quantize(w, bits, g)  # static groups: fixed before any column moves
         order = torch.argsort(torch.diagonal(hessian), descending=True, stable=True)  # (K,)
     else:
-        block = max(block // g, 1) * g  # whole groups per block: a group's scale sees its updated columns
+        block = (
+            max(block // g, 1) * g
+        )  # whole groups per block: a group's scale sees its updated columns
         scales, zeros = torch.empty(n, k // g), torch.empty(n, k // g, dtype=torch.uint8)
         order = torch.arange(k)
     group = (order // g).tolist()  # the group of the column visited at step i
-    w, u = w[:, order], inverse_factor(hessian[order][:, order], damp)  # (N, K), (K, K) in visit order
+    w, u = (
+        w[:, order],
+        inverse_factor(hessian[order][:, order], damp),
+    )  # (N, K), (K, K) in visit order
     codes = torch.empty(n, k, dtype=torch.uint8)
     positions = torch.empty(n, k) if grid else None  # (N, K) in visit order
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         errs = torch.empty(n, b1 - b0)  # (N, block)
         for i in range(b0, b1):
-            l = group[i]
-            if not act_order and i % g == 0:  # open group l: min-max over its columns as they stand now
-                _, s, z = quantize(w[:, i:i + g], bits, g)
-                scales[:, l], zeros[:, l] = s[:, 0], z[:, 0]
-            s, z = scales[:, l], zeros[:, l].to(torch.float32)  # (N,)
+            grp = group[i]
+            if not act_order and i % g == 0:  # open the group: min-max over its columns now
+                _, s, z = quantize(w[:, i : i + g], bits, g)
+                scales[:, grp], zeros[:, grp] = s[:, 0], z[:, 0]
+            s, z = scales[:, grp], zeros[:, grp].to(torch.float32)  # (N,)
             p = w[:, i] / s + z  # (N,): the continuous grid position
             q = torch.clamp(torch.round(p), 0, top)
             if grid:
                 positions[:, i] = p
             codes[:, i] = q.to(torch.uint8)
             e = (w[:, i] - s * (q - z)) / u[i, i]  # (N,)
-            w[:, i + 1:b1] -= e[:, None] * u[i, i + 1:b1][None, :]
+            w[:, i + 1 : b1] -= e[:, None] * u[i, i + 1 : b1][None, :]
             errs[:, i - b0] = e
         w[:, b1:] -= errs @ u[b0:b1, b1:]  # (N, block) @ (block, K - b1): the lazy update
     back = torch.argsort(order)

@@ -20,8 +20,12 @@ def encode_grid(grid: torch.Tensor, codes: torch.Tensor, bits: int) -> torch.Ten
     dtype, frac = grid_storage(bits)
     one = float(1 << frac)
     fixed = torch.round(grid.clamp(0, qmax(bits)) * one)  # (N, K), integer-valued f32
-    fixed -= torch.sign(torch.round(fixed / one) - codes.to(torch.float32))  # off by one code: one step back
-    tie = torch.remainder(fixed, one) == one / 2  # exactly half-way: any adapter step, however small, flips it
+    fixed -= torch.sign(
+        torch.round(fixed / one) - codes.to(torch.float32)
+    )  # off by one code: one step back
+    tie = (
+        torch.remainder(fixed, one) == one / 2
+    )  # exactly half-way: any adapter step, however small, flips it
     fixed += tie * torch.sign(codes.to(torch.float32) * one - fixed)  # one step toward its own code
     return fixed.to(dtype)
 

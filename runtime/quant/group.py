@@ -38,9 +38,14 @@ def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> 
         return f"{name}: group_size={group_size} is not a power of two >= {MIN_GROUP}"
     n, k = weight.shape
     if group_size > k:
-        return f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"
+        return (
+            f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"
+        )
     if k % group_size:
-        return f"{name}: input width {k} is not divisible by group_size={group_size} (shape [{n}, {k}])"
+        return (
+            f"{name}: input width {k} is not divisible by group_size={group_size} (shape [{n}, "
+            f"{k}])"
+        )
     bad = count_nonfinite(weight)
     if bad:
         return f"{name}: weight has {bad} NaN/inf value(s) (shape [{n}, {k}])"
@@ -63,7 +68,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     *lead, length = codes.shape
     if length % 8:
         raise ValueError(f"pack needs a multiple of 8 codes per row, got {length}")
-    if 8 % bits == 0:  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (no int64 copy of a layer)
+    if (
+        8 % bits == 0
+    ):  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (no int64 copy of a layer)
         per = 8 // bits
         c = codes.to(torch.uint8).reshape(*lead, length // per, per)
         out = c[..., 0].clone()
@@ -81,7 +88,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack(packed: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     """Inverse of ``pack``: uint8 [..., ceil(length*bits/8)] -> uint8 codes [..., length]."""
     *lead, nbytes = packed.shape
-    if 8 % bits == 0:  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (the hot path of training)
+    if (
+        8 % bits == 0
+    ):  # 2, 4, 8 bits: whole codes per byte, shifts on uint8 (the hot path of training)
         per = 8 // bits
         need = -(-length // per)
         p = packed[..., :need]
@@ -162,13 +171,17 @@ def quantize_packed(weight: torch.Tensor, bits: int, group_size: int):
     bytes): weight [N, K] -> (qweight uint8 [N, L, g*b/8], scales f32 [N, L], zeros packed)."""
     n, k = weight.shape
     groups = k // group_size
-    qweight = torch.empty(n, groups, group_size * bits // 8, dtype=torch.uint8, device=weight.device)
+    qweight = torch.empty(
+        n, groups, group_size * bits // 8, dtype=torch.uint8, device=weight.device
+    )
     scales = torch.empty(n, groups, dtype=torch.float32, device=weight.device)
     zeros = torch.empty(n, groups, dtype=torch.uint8, device=weight.device)
     rows = row_chunk(n, k, weight.device)
     for r in range(0, n, rows):
-        codes, scales[r:r + rows], zeros[r:r + rows] = quantize(weight[r:r + rows], bits, group_size, codes_as="float")
-        qweight[r:r + rows] = _pack_float_codes(codes.view(-1, groups, group_size), bits)
+        codes, scales[r : r + rows], zeros[r : r + rows] = quantize(
+            weight[r : r + rows], bits, group_size, codes_as="float"
+        )
+        qweight[r : r + rows] = _pack_float_codes(codes.view(-1, groups, group_size), bits)
     return qweight, scales, pack_zeros(zeros, bits)
 
 
@@ -192,12 +205,14 @@ def dequantize(qweight, scales, zeros, bits: int, group_size: int) -> torch.Tens
     n, groups, _ = qweight.shape
     z = zero_points(zeros, bits, groups)  # (N, L)
     s = scales.to(torch.float32)  # (N, L)
-    out = torch.empty(n, groups, group_size, dtype=torch.float32, device=qweight.device)  # (N, L, g)
+    out = torch.empty(
+        n, groups, group_size, dtype=torch.float32, device=qweight.device
+    )  # (N, L, g)
     rows = row_chunk(n, groups * group_size, out.device)
     for r in range(0, n, rows):
-        o = out[r:r + rows]
-        o.copy_(unpack(qweight[r:r + rows], bits, group_size))  # codes as floats
-        o.sub_(z[r:r + rows, :, None]).mul_(s[r:r + rows, :, None])
+        o = out[r : r + rows]
+        o.copy_(unpack(qweight[r : r + rows], bits, group_size))  # codes as floats
+        o.sub_(z[r : r + rows, :, None]).mul_(s[r : r + rows, :, None])
     return out.reshape(n, groups * group_size)
 
 
@@ -212,8 +227,12 @@ def check_layers(problems: list[str], *, hint: str) -> None:
 
     if problems:
         listing = "\n  ".join(problems)
-        raise PolicyError(f"{len(problems)} layer(s) cannot be quantized as asked:\n  {listing}\n{hint}")
+        raise PolicyError(
+            f"{len(problems)} layer(s) cannot be quantized as asked:\n  {listing}\n{hint}"
+        )
 
 
-GROUP_HINT = ("Use a group_size that divides every targeted layer's input width, an override for these "
-              "layers (overrides={'<pattern>': {'group_size': ...}}), or exclude them.")
+GROUP_HINT = (
+    "Use a group_size that divides every targeted layer's input width, an override for these "
+    "layers (overrides={'<pattern>': {'group_size': ...}}), or exclude them."
+)

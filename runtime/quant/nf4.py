@@ -1,4 +1,5 @@
-"""QLoRA's NF4 format (Dettmers et al. 2023): numbers in, numbers out (``layers.nf4`` holds the layer).
+"""QLoRA's NF4 format (Dettmers et al. 2023): numbers in, numbers out (``layers.nf4`` holds the
+layer).
 
 The weight, flattened row-major, is cut into blocks of ``block_size`` (64) values; each
 block is scaled by its absolute maximum and every value is replaced by the nearest of
@@ -15,12 +16,26 @@ from __future__ import annotations
 
 import torch
 
-NF4_LEVELS = torch.tensor([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-])
+NF4_LEVELS = torch.tensor(
+    [
+        -1.0,
+        -0.6961928009986877,
+        -0.5250730514526367,
+        -0.39491748809814453,
+        -0.28444138169288635,
+        -0.18477343022823334,
+        -0.09105003625154495,
+        0.0,
+        0.07958029955625534,
+        0.16093020141124725,
+        0.24611230194568634,
+        0.33791524171829224,
+        0.44070982933044434,
+        0.5626170039176941,
+        0.7229568362236023,
+        1.0,
+    ]
+)
 DQ_BLOCK = 256
 
 

@@ -47,13 +47,17 @@ import onnxruntime as ort
 import torch
 
 from ..errors import ModelFileError
-from ..quant.formats import check_accuracy_level
 from ..onnx.file import read_model
+from ..quant.formats import check_accuracy_level
 from .providers import default_providers
 
 CONFIG = "genai_config.json"
-_NP = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
-       "tensor(float16)": np.float16}
+_NP = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+}
 
 
 def _eos_set(eos) -> tuple[int, ...]:
@@ -61,8 +65,9 @@ def _eos_set(eos) -> tuple[int, ...]:
         return ()
     if isinstance(eos, (int, np.integer)) and not isinstance(eos, bool):
         return (int(eos),)
-    if isinstance(eos, (list, tuple)) and all(isinstance(e, (int, np.integer)) and not isinstance(e, bool)
-                                              for e in eos):
+    if isinstance(eos, (list, tuple)) and all(
+        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in eos
+    ):
         return tuple(int(e) for e in eos)
     raise ValueError(f"eos_token_id must be an int, a list of ints or None, got {eos!r}")
 
@@ -81,14 +86,21 @@ def _as_array(x, name: str) -> np.ndarray:
 
 
 class DecoderSession:
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, threads: int | None = None,
-                 accuracy_level: int | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        accuracy_level: int | None = None,
+    ):
         self.path = Path(path)
         if accuracy_level is not None:
             check_accuracy_level(accuracy_level)
         config_path = self.path / CONFIG
         if not config_path.is_file():
-            raise ModelFileError(f"{str(self.path)!r} has no {CONFIG}: not an onnxruntime-genai folder")
+            raise ModelFileError(
+                f"{str(self.path)!r} has no {CONFIG}: not an onnxruntime-genai folder"
+            )
         try:
             config = json.loads(config_path.read_text())
             model = config["model"]
@@ -110,11 +122,15 @@ class DecoderSession:
         names_out = decoder.get("outputs", {})
         self.combined = bool(names_in.get("past_names"))
         if self.combined and self.shared:
-            raise ModelFileError(f"{str(config_path)!r}: a shared past/present buffer with combined past_%d tensors "
-                                 f"(GPT-2's form) is not supported")
+            raise ModelFileError(
+                f"{str(config_path)!r}: a shared past/present buffer with combined past_%d tensors "
+                f"(GPT-2's form) is not supported"
+            )
         if self.combined:
             self.past_names = [names_in["past_names"] % i for i in range(self.layers)]
-            self.present_names = [names_out.get("present_names", "present_%d") % i for i in range(self.layers)]
+            self.present_names = [
+                names_out.get("present_names", "present_%d") % i for i in range(self.layers)
+            ]
         else:
             pk = names_in.get("past_key_names", "past_key_values.%d.key")
             pv = names_in.get("past_value_names", "past_key_values.%d.value")
@@ -128,25 +144,39 @@ class DecoderSession:
         self.logits_name = names_out.get("logits", "logits")
         options = ort.SessionOptions()
         session_options = decoder.get("session_options", {})
-        for key, value in session_options.items():  # as onnxruntime-genai: dotted names are config entries
+        for (
+            key,
+            value,
+        ) in session_options.items():  # as onnxruntime-genai: dotted names are config entries
             if isinstance(value, str) and "." in key:
                 options.add_session_config_entry(key, value)
-        if accuracy_level is not None:  # as Session: pins QDQ graphs' level (MatMulNBits nodes carry their own)
-            options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(accuracy_level))
+        if (
+            accuracy_level is not None
+        ):  # as Session: pins QDQ graphs' level (MatMulNBits nodes carry their own)
+            options.add_session_config_entry(
+                "session.qdq_matmulnbits_accuracy_level", str(accuracy_level)
+            )
         if threads is None and isinstance(session_options.get("intra_op_num_threads"), int):
             threads = session_options["intra_op_num_threads"]
         if threads is not None:
             options.intra_op_num_threads = threads
-        read_model(self.path / filename)  # checked first: missing, truncated, or data outside the folder
+        read_model(
+            self.path / filename
+        )  # checked first: missing, truncated, or data outside the folder
         try:
-            self.session = ort.InferenceSession(str(self.path / filename), options,
-                                                providers=providers or default_providers())
+            self.session = ort.InferenceSession(
+                str(self.path / filename), options, providers=providers or default_providers()
+            )
         except Exception as e:
-            raise ModelFileError(f"onnxruntime cannot load {str(self.path / filename)!r}: {e}") from e
+            raise ModelFileError(
+                f"onnxruntime cannot load {str(self.path / filename)!r}: {e}"
+            ) from e
         self.input_types = {i.name: _NP.get(i.type) for i in self.session.get_inputs()}
         missing = [n for n in [self.ids_name, *self.past_names] if n not in self.input_types]
         if missing:
-            raise ModelFileError(f"{filename} has no input(s) {missing}; it takes {list(self.input_types)}")
+            raise ModelFileError(
+                f"{filename} has no input(s) {missing}; it takes {list(self.input_types)}"
+            )
         self.kv_dtype = self.input_types[self.past_names[0]] or np.float32
         self.output_names = [self.logits_name, *self.present_names]
 
@@ -156,21 +186,37 @@ class DecoderSession:
         if self.shared:
             length = self.context_length if length is None else length
             shape = (batch, self.kv_heads, length, self.head_size)
-            return [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
+            return [
+                ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.kv_dtype))
+                for _ in self.past_names
+            ]
         shape = (batch, self.kv_heads, 0, self.head_size)
         if self.combined:
             shape = (2, *shape)
         return [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
 
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray | None,
-             past: list) -> tuple[np.ndarray, list]:
+    def step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray | None,
+        past: list,
+    ) -> tuple[np.ndarray, list]:
         """One run of the graph: ``(logits [batch, seq, vocab], presents)``. Shared buffers are
         updated in place and returned as they are (``position_ids`` is then unused)."""
-        feeds = {self.ids_name: np.ascontiguousarray(input_ids, self.input_types[self.ids_name] or np.int64)}
+        feeds = {
+            self.ids_name: np.ascontiguousarray(
+                input_ids, self.input_types[self.ids_name] or np.int64
+            )
+        }
         if self.mask_name in self.input_types:
-            feeds[self.mask_name] = np.ascontiguousarray(attention_mask, self.input_types[self.mask_name])
+            feeds[self.mask_name] = np.ascontiguousarray(
+                attention_mask, self.input_types[self.mask_name]
+            )
         if self.pos_name in self.input_types:
-            feeds[self.pos_name] = np.ascontiguousarray(position_ids, self.input_types[self.pos_name])
+            feeds[self.pos_name] = np.ascontiguousarray(
+                position_ids, self.input_types[self.pos_name]
+            )
         if not self.shared:
             feeds.update(zip(self.past_names, past))
             out = self.session.run(self.output_names, feeds)
@@ -185,10 +231,24 @@ class DecoderSession:
         self.session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy(), past
 
-    def generate(self, input_ids, attention_mask=None, *, max_new_tokens: int = 32, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 eos_token_id=None, pad_token_id: int | None = None, streamer=None, output_logits: bool = False):
-        """Prompt plus up to ``max_new_tokens`` new tokens per row, ``[batch, prompt + steps]`` int64.
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        *,
+        max_new_tokens: int = 32,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id=None,
+        pad_token_id: int | None = None,
+        streamer=None,
+        output_logits: bool = False,
+    ):
+        """Prompt plus up to ``max_new_tokens`` new tokens per row, ``[batch, prompt + steps]``
+        int64.
 
         Greedy by default; ``do_sample=True`` samples from softmax(logits / temperature) after
         top-k (0: off) and top-p (1.0: off) filtering, from a numpy generator seeded by ``seed``.
@@ -200,21 +260,37 @@ class DecoderSession:
         batch, prompt = ids.shape
         if prompt == 0:
             raise ValueError("input_ids is empty: give at least one prompt token per row")
-        mask = np.ones_like(ids) if attention_mask is None else _as_array(attention_mask, "attention_mask")
+        mask = (
+            np.ones_like(ids)
+            if attention_mask is None
+            else _as_array(attention_mask, "attention_mask")
+        )
         if mask.shape != ids.shape:
-            raise ValueError(f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}")
+            raise ValueError(
+                f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}"
+            )
         if not np.isin(mask, (0, 1)).all():
             raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
         if (np.diff(mask, axis=1) < 0).any():
-            raise ValueError("attention_mask is padded on the right; decoders need left padding (each row zeros, "
-                             "then ones): tokenizer.padding_side = 'left'")
+            raise ValueError(
+                "attention_mask is padded on the right; decoders need left padding (each row "
+                "zeros, "
+                "then ones): tokenizer.padding_side = 'left'"
+            )
         if (mask.sum(axis=1) == 0).any():
             raise ValueError("a row of attention_mask is all padding")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 0
+        ):
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
         if prompt + max_new_tokens > self.context_length:
-            raise ValueError(f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} = "
-                             f"{prompt + max_new_tokens} exceeds the model's context_length {self.context_length}")
+            raise ValueError(
+                f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} = "
+                f"{prompt + max_new_tokens} exceeds the model's context_length "
+                f"{self.context_length}"
+            )
         if do_sample:
             if not temperature > 0:
                 raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
@@ -229,7 +305,9 @@ class DecoderSession:
         rng = np.random.default_rng(seed)
         put = getattr(streamer, "put", None)
         if streamer is not None and put is None and not callable(streamer):
-            raise ValueError("streamer must be a callable or have put() and end() (HF's streamer protocol)")
+            raise ValueError(
+                "streamer must be a callable or have put() and end() (HF's streamer protocol)"
+            )
         if put is not None:
             put(torch.from_numpy(ids.copy()))
 
@@ -239,7 +317,7 @@ class DecoderSession:
             width = int(lengths.max())
             new_ids = np.full((batch, width), pad, np.int64)
             for row in range(batch):
-                new_ids[row, :lengths[row]] = ids[row, mask[row] == 1]
+                new_ids[row, : lengths[row]] = ids[row, mask[row] == 1]
             step_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
             past = self.empty_past(batch, width + max_new_tokens)
             step_pos, last_index = None, lengths - 1
@@ -256,7 +334,11 @@ class DecoderSession:
             last_index = np.zeros(batch, np.int64)  # later steps: one token per row
             if output_logits:
                 logits_out.append(last.copy())
-            chosen = self._sample(last, temperature, top_k, top_p, rng) if do_sample else last.argmax(axis=-1)
+            chosen = (
+                self._sample(last, temperature, top_k, top_p, rng)
+                if do_sample
+                else last.argmax(axis=-1)
+            )
             chosen = np.where(finished, pad, chosen).astype(np.int64)
             tokens.append(chosen[:, None])
             if put is not None:
@@ -270,9 +352,13 @@ class DecoderSession:
             new_ids = chosen[:, None]
             if self.shared:  # each row one longer; the width is the longest total
                 lengths = lengths + 1
-                step_mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+                step_mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(
+                    np.int64
+                )
             else:
-                step_pos = step_mask.sum(axis=1, keepdims=True)  # the new token's position: tokens so far
+                step_pos = step_mask.sum(
+                    axis=1, keepdims=True
+                )  # the new token's position: tokens so far
                 step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
         if streamer is not None and put is not None and hasattr(streamer, "end"):
             streamer.end()
@@ -280,8 +366,9 @@ class DecoderSession:
         return (result, logits_out) if output_logits else result
 
     @staticmethod
-    def _sample(logits: np.ndarray, temperature: float, top_k: int, top_p: float,
-                rng: np.random.Generator) -> np.ndarray:
+    def _sample(
+        logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator
+    ) -> np.ndarray:
         x = logits.astype(np.float64) / temperature
         if 0 < top_k < x.shape[-1]:
             kth = np.partition(x, -top_k, axis=-1)[:, -top_k][:, None]

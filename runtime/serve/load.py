@@ -9,8 +9,13 @@ from .generate import DecoderSession
 from .session import Session
 
 
-def load(path: str | os.PathLike, providers: list[str] | None = None, *, accuracy_level: int | None = None,
-         threads: int | None = None) -> Session | DecoderSession:
+def load(
+    path: str | os.PathLike,
+    providers: list[str] | None = None,
+    *,
+    accuracy_level: int | None = None,
+    threads: int | None = None,
+) -> Session | DecoderSession:
     """A ``Session`` for an ONNX file; for a folder ``export_genai`` wrote (``genai_config.json``,
     ``model.onnx``), a ``DecoderSession``: the KV-cache loop, with ``.generate``."""
     if Path(path).is_dir():

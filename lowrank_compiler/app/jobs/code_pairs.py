@@ -66,15 +66,28 @@ def strip_docstring(source: str) -> str | None:
         return None
     body = node.body
     first = body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
         body = body[1:]
         lines = source.splitlines(keepends=True)
         start, end = first.lineno - 1, first.end_lineno - 1
         # ast's offsets count UTF-8 bytes, not characters
-        rest = (lines[start].encode()[: first.col_offset] + lines[end].encode()[first.end_col_offset:]).decode()
-        source = "".join(lines[:start] + ([rest] if rest.strip() else []) + lines[end + 1:])
-    trivial = all(isinstance(s, ast.Pass) or (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
-                                               and s.value.value is Ellipsis) for s in body)
+        rest = (
+            lines[start].encode()[: first.col_offset] + lines[end].encode()[first.end_col_offset :]
+        ).decode()
+        source = "".join(lines[:start] + ([rest] if rest.strip() else []) + lines[end + 1 :])
+    trivial = all(
+        isinstance(s, ast.Pass)
+        or (
+            isinstance(s, ast.Expr)
+            and isinstance(s.value, ast.Constant)
+            and s.value.value is Ellipsis
+        )
+        for s in body
+    )
     return None if trivial else source
 
 
@@ -120,8 +133,11 @@ def import_module(name: str):
     try:
         return importlib.import_module(name)
     except ImportError as e:
-        raise DataError(f"no module {name!r} can be imported ({e}); name an installed module, as `import` spells "
-                        f"it (e.g. json.decoder), or a package with --package") from None
+        raise DataError(
+            f"no module {name!r} can be imported ({e}); name an installed module, as `import` "
+            "spells "
+            f"it (e.g. json.decoder), or a package with --package"
+        ) from None
 
 
 def pairs_of(names: list[str], seen: set[str], strict: bool = True) -> tuple[list[Pair], list[str]]:
@@ -144,22 +160,28 @@ def pairs_of(names: list[str], seen: set[str], strict: bool = True) -> tuple[lis
                 seen.update((key_q, key_d))
                 kept.append(pair)
         if not pairs and strict:
-            raise DataError(f"module {name!r} gives no query/code pair: none of its own functions has both a "
-                            f"docstring whose first sentence has {MIN_QUERY_WORDS}+ words and readable Python "
-                            f"source; leave it out, or name modules whose functions have docstrings "
-                            f"(e.g. textwrap, difflib)")
+            raise DataError(
+                f"module {name!r} gives no query/code pair: none of its own functions has both a "
+                f"docstring whose first sentence has {MIN_QUERY_WORDS}+ words and readable Python "
+                f"source; leave it out, or name modules whose functions have docstrings "
+                f"(e.g. textwrap, difflib)"
+            )
         skipped += [] if kept else [name]
         out += kept
     return out, skipped
 
 
-def build(train: list[str], held_out: list[str], strict: bool = True) -> tuple[list[Pair], list[Pair], list[str]]:
+def build(
+    train: list[str], held_out: list[str], strict: bool = True
+) -> tuple[list[Pair], list[Pair], list[str]]:
     """(training pairs, held-out pairs, modules skipped): held-out pairs repeat no training
     query or document."""
     both = sorted(set(train) & set(held_out))
     if both:
-        raise DataError(f"module(s) {', '.join(both)} are both training and held-out modules: the split is by "
-                        f"module, so name each on one side only")
+        raise DataError(
+            f"module(s) {', '.join(both)} are both training and held-out modules: the split is by "
+            f"module, so name each on one side only"
+        )
     seen: set[str] = set()
     train_pairs, skipped = pairs_of(train, seen, strict)
     eval_pairs, skipped_eval = pairs_of(held_out, seen, strict)
@@ -171,14 +193,23 @@ def package_split(package: str) -> tuple[list[str], list[str]]:
     (train, held out): every ``HOLD_OUT_EVERY``-th module is held out, at least one."""
     pkg = import_module(package)
     if not hasattr(pkg, "__path__"):
-        raise DataError(f"{package!r} is a module, not a package: pass --train-modules and --eval-modules "
-                        f"(its functions are too few to split by module)")
-    names = [pkg.__name__] + [m.name for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".",
-                                                                     onerror=lambda _: None)]
-    names = sorted(n for n in names if not any(part in ("test", "tests") or part.startswith("test_")
-                                               for part in n.split(".")))
+        raise DataError(
+            f"{package!r} is a module, not a package: pass --train-modules and --eval-modules "
+            f"(its functions are too few to split by module)"
+        )
+    names = [pkg.__name__] + [
+        m.name
+        for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".", onerror=lambda _: None)
+    ]
+    names = sorted(
+        n
+        for n in names
+        if not any(part in ("test", "tests") or part.startswith("test_") for part in n.split("."))
+    )
     if len(names) < 2:
-        raise DataError(f"package {package!r} has {len(names)} module(s): a split by module needs two or more; "
-                        f"pass --train-modules and --eval-modules")
-    held = names[HOLD_OUT_EVERY - 1::HOLD_OUT_EVERY] or names[-1:]
+        raise DataError(
+            f"package {package!r} has {len(names)} module(s): a split by module needs two or more; "
+            f"pass --train-modules and --eval-modules"
+        )
+    held = names[HOLD_OUT_EVERY - 1 :: HOLD_OUT_EVERY] or names[-1:]
     return [n for n in names if n not in held], held

@@ -9,7 +9,8 @@ from the same start, the one with the best MRR@10 on ``val_pairs`` training pair
 wins, and its run goes on to ``steps`` steps in all (in-batch-negatives contrastive loss,
 ``retrieval``): its first ``lr_steps`` steps are exactly those a fresh run at that rate would
 train, so resuming saves them and changes nothing. Rows (``code_search_methods``) are
-measured on every held-out query against every held-out document; a deployed row's embeddings come from onnxruntime running
+measured on every held-out query against every held-out document; a deployed row's embeddings come
+from onnxruntime running
 its exported file. ``code_search_report`` writes the table and the figure.
 """
 
@@ -26,14 +27,21 @@ import torch
 from ...api import compile
 from ...export import export_onnx
 from ...policy import Policy
-from ..pretrained import load_minilm, tokenize
 from ...runtime.errors import PolicyError
 from ...runtime.quant.formats import KERNEL_BITS
 from ...runtime.serve.load import load
+from ..pretrained import load_minilm, tokenize
 from . import code_pairs, stdlib_modules
 from . import code_search_report as report
 from .code_search_methods import BY_KEY, DEFAULT, Method
-from .encoder import SCALE_LR, add_common_arguments, check_out_dir, latencies_ms, onnx_embed, torch_embed
+from .encoder import (
+    SCALE_LR,
+    add_common_arguments,
+    check_out_dir,
+    latencies_ms,
+    onnx_embed,
+    torch_embed,
+)
 from .memory import PeakRSS, frozen_bytes
 from .retrieval import Lengths, Trainer, get_params, rank_metrics, set_params
 
@@ -48,9 +56,17 @@ class JobConfig:
     alpha: float = 32.0
     steps: int = 50
     batch: int = 32
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # the learning-rate search, the same for every tuned row
-    lr_steps: int = 10  # steps each rate trains before the choice (the winner's run goes on from there)
-    scale_lr: float | None = SCALE_LR  # ours' trained scales (a relative step), as in the distillation job
+    lrs: tuple[float, ...] = (
+        3e-4,
+        1e-3,
+        3e-3,
+    )  # the learning-rate search, the same for every tuned row
+    lr_steps: int = (
+        10  # steps each rate trains before the choice (the winner's run goes on from there)
+    )
+    scale_lr: float | None = (
+        SCALE_LR  # ours' trained scales (a relative step), as in the distillation job
+    )
     val_pairs: int = 128  # training pairs set aside to choose the rate
     query_tokens: int = 32
     doc_tokens: int = 64
@@ -68,16 +84,29 @@ class JobConfig:
         """Bad settings fail here, before the model loads or any file is written."""
         self.policy({"method": "qalora"})  # bits, group_size, rank, alpha: the policy's own checks
         if self.bits not in KERNEL_BITS:
-            raise PolicyError(f"bits must be one of {KERNEL_BITS} for the job: {self.bits}-bit weights have no "
-                              f"onnxruntime kernel")
-        for name, low in (("steps", 0), ("batch", 2), ("lr_steps", 1), ("val_pairs", 2), ("query_tokens", 4),
-                          ("doc_tokens", 8), ("eval_pairs", 0), ("calibration_docs", 1), ("latency_runs", 1),
-                          ("seed", 0)):
+            raise PolicyError(
+                f"bits must be one of {KERNEL_BITS} for the job: {self.bits}-bit weights have no "
+                f"onnxruntime kernel"
+            )
+        for name, low in (
+            ("steps", 0),
+            ("batch", 2),
+            ("lr_steps", 1),
+            ("val_pairs", 2),
+            ("query_tokens", 4),
+            ("doc_tokens", 8),
+            ("eval_pairs", 0),
+            ("calibration_docs", 1),
+            ("latency_runs", 1),
+            ("seed", 0),
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise PolicyError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.lrs or any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1
-                               for r in self.lrs):
+        if not self.lrs or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1
+            for r in self.lrs
+        ):
             raise PolicyError(f"lrs must be one or more learning rates in (0, 1), got {self.lrs!r}")
         self._check_methods()
 
@@ -87,7 +116,9 @@ class JobConfig:
                 raise PolicyError(f"unknown method {key!r}; the methods are {', '.join(BY_KEY)}")
 
     def policy(self, fields: dict) -> Policy:
-        return Policy(bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha, **fields)
+        return Policy(
+            bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha, **fields
+        )
 
     @property
     def lengths(self) -> Lengths:
@@ -127,63 +158,119 @@ def load_data(cfg: JobConfig) -> Data:
         train_modules, eval_modules = code_pairs.package_split(cfg.package)
     else:
         train_modules, eval_modules = list(cfg.train_modules), list(cfg.eval_modules)
-    train_pairs, eval_pairs, skipped = code_pairs.build(train_modules, eval_modules, strict=not cfg.package)
+    train_pairs, eval_pairs, skipped = code_pairs.build(
+        train_modules, eval_modules, strict=not cfg.package
+    )
     source = f"package {cfg.package!r}" if cfg.package else "the training modules"
     val_n = cfg.val_pairs if len(cfg.lrs) > 1 else 0
     if len(train_pairs) < cfg.batch + val_n:
         raise code_pairs.DataError(
-            f"{source} ({', '.join(train_modules[:6])}{', ...' if len(train_modules) > 6 else ''}) give "
-            f"{len(train_pairs)} training pairs; the job needs at least {cfg.batch + val_n} (a batch of {cfg.batch}"
-            f"{f' and {val_n} to choose the learning rate' if val_n else ''}): name more or larger modules")
+            f"{source} ({', '.join(train_modules[:6])}{', ...' if len(train_modules) > 6 else ''}) "
+            "give "
+            f"{len(train_pairs)} training pairs; the job needs at least {cfg.batch + val_n} (a "
+            f"batch of {cfg.batch}"
+            f"{f' and {val_n} to choose the learning rate' if val_n else ''}): name more or larger "
+            "modules"
+        )
     if cfg.eval_pairs:
         eval_pairs = eval_pairs[: cfg.eval_pairs]
     if len(eval_pairs) < MIN_EVAL_PAIRS:
         raise code_pairs.DataError(
-            f"the held-out modules ({', '.join(eval_modules)}) give {len(eval_pairs)} pairs; the metrics need at "
-            f"least {MIN_EVAL_PAIRS}: name more or larger held-out modules")
-    order = torch.randperm(len(train_pairs), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+            f"the held-out modules ({', '.join(eval_modules)}) give {len(eval_pairs)} pairs; the "
+            "metrics need at "
+            f"least {MIN_EVAL_PAIRS}: name more or larger held-out modules"
+        )
+    order = torch.randperm(
+        len(train_pairs), generator=torch.Generator().manual_seed(cfg.seed)
+    ).tolist()
     val = [train_pairs[i] for i in order[:val_n]]
     train_pairs = [train_pairs[i] for i in sorted(order[val_n:])]
-    n_train, n_eval = (len([m for m in mods if m not in skipped]) for mods in (train_modules, eval_modules))
-    summary = (f"code pairs (Python {platform.python_version()}): {len(train_pairs) + len(val)} training pairs "
-               f"from {n_train} modules ({len(val)} of them set aside to choose the learning rate), "
-               f"{len(eval_pairs)} held-out pairs from {n_eval} other modules"
-               + (f"; {len(skipped)} modules gave no pair or did not import" if skipped else ""))
+    n_train, n_eval = (
+        len([m for m in mods if m not in skipped]) for mods in (train_modules, eval_modules)
+    )
+    summary = (
+        f"code pairs (Python {platform.python_version()}): {len(train_pairs) + len(val)} training "
+        "pairs "
+        f"from {n_train} modules ({len(val)} of them set aside to choose the learning rate), "
+        f"{len(eval_pairs)} held-out pairs from {n_eval} other modules"
+        + (f"; {len(skipped)} modules gave no pair or did not import" if skipped else "")
+    )
     return Data(train_pairs, val, eval_pairs, summary)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's options, shared by the command line and the example script."""
     cfg = JobConfig()
-    add_common_arguments(parser, steps=cfg.steps, out=cfg.out,
-                         steps_help=f"training steps of {cfg.batch} pairs, for every tuned row")
-    parser.add_argument("--methods", nargs="+", metavar="METHOD", default=list(cfg.methods),
-                        help=f"rows to measure, of {', '.join(BY_KEY)} (default: {' '.join(cfg.methods)})")
-    parser.add_argument("--lrs", nargs="+", type=float, default=list(cfg.lrs), metavar="LR",
-                        help=f"learning rates each tuned row tries ({cfg.lr_steps} steps each) before training")
-    parser.add_argument("--doc-tokens", type=int, default=cfg.doc_tokens, help="tokens kept per document")
-    parser.add_argument("--query-tokens", type=int, default=cfg.query_tokens, help="tokens kept per query")
-    parser.add_argument("--eval-pairs", type=int, default=0, help="held-out pairs to measure (0: all)")
-    data = parser.add_argument_group("data (default: the standard library's modules, split by module)")
+    add_common_arguments(
+        parser,
+        steps=cfg.steps,
+        out=cfg.out,
+        steps_help=f"training steps of {cfg.batch} pairs, for every tuned row",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        default=list(cfg.methods),
+        help=f"rows to measure, of {', '.join(BY_KEY)} (default: {' '.join(cfg.methods)})",
+    )
+    parser.add_argument(
+        "--lrs",
+        nargs="+",
+        type=float,
+        default=list(cfg.lrs),
+        metavar="LR",
+        help=f"learning rates each tuned row tries ({cfg.lr_steps} steps each) before training",
+    )
+    parser.add_argument(
+        "--doc-tokens", type=int, default=cfg.doc_tokens, help="tokens kept per document"
+    )
+    parser.add_argument(
+        "--query-tokens", type=int, default=cfg.query_tokens, help="tokens kept per query"
+    )
+    parser.add_argument(
+        "--eval-pairs", type=int, default=0, help="held-out pairs to measure (0: all)"
+    )
+    data = parser.add_argument_group(
+        "data (default: the standard library's modules, split by module)"
+    )
     data.add_argument("--train-modules", nargs="+", metavar="MODULE", help="modules to train on")
-    data.add_argument("--eval-modules", nargs="+", metavar="MODULE", help="held-out modules to measure on")
-    data.add_argument("--package", metavar="NAME",
-                      help="every module of an installed package, split by module (every 8th held out)")
+    data.add_argument(
+        "--eval-modules", nargs="+", metavar="MODULE", help="held-out modules to measure on"
+    )
+    data.add_argument(
+        "--package",
+        metavar="NAME",
+        help="every module of an installed package, split by module (every 8th held out)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
     if args.package and (args.train_modules or args.eval_modules):
-        raise PolicyError("--package takes the modules from the package: drop --train-modules / --eval-modules, "
-                          "or drop --package")
+        raise PolicyError(
+            "--package takes the modules from the package: drop --train-modules / --eval-modules, "
+            "or drop --package"
+        )
     modules = {}
     if args.train_modules:
         modules["train_modules"] = tuple(args.train_modules)
     if args.eval_modules:
         modules["eval_modules"] = tuple(args.eval_modules)
-    return JobConfig(bits=args.bits, group_size=args.group_size, rank=args.rank, alpha=2.0 * args.rank,
-                     steps=args.steps, methods=tuple(dict.fromkeys(args.methods)), lrs=tuple(args.lrs),
-                     doc_tokens=args.doc_tokens, query_tokens=args.query_tokens, eval_pairs=args.eval_pairs,
-                     package=args.package, out=args.out, **modules)
+    return JobConfig(
+        bits=args.bits,
+        group_size=args.group_size,
+        rank=args.rank,
+        alpha=2.0 * args.rank,
+        steps=args.steps,
+        methods=tuple(dict.fromkeys(args.methods)),
+        lrs=tuple(args.lrs),
+        doc_tokens=args.doc_tokens,
+        query_tokens=args.query_tokens,
+        eval_pairs=args.eval_pairs,
+        package=args.package,
+        out=args.out,
+        **modules,
+    )
 
 
 def build(method: Method, job: Context):
@@ -191,15 +278,31 @@ def build(method: Method, job: Context):
     model, _ = load_minilm()
     if method.policy is None:
         return model
-    torch.manual_seed(job.cfg.seed)  # the adapters' random init: the same command gives the same table
-    return compile(model, job.policy(method.policy), example_inputs=job.example, example_kwargs=job.kwargs,
-                   calibration=job.calibration if method.gptq else None)
+    torch.manual_seed(
+        job.cfg.seed
+    )  # the adapters' random init: the same command gives the same table
+    return compile(
+        model,
+        job.policy(method.policy),
+        example_inputs=job.example,
+        example_kwargs=job.kwargs,
+        calibration=job.calibration if method.gptq else None,
+    )
 
 
 def trainer(model, method: Method, job: Context, lr: float) -> Trainer:
     cfg = job.cfg
-    return Trainer(model, job.tokenizer, job.data.train, batch=cfg.batch, lr=lr, seed=cfg.seed, lengths=cfg.lengths,
-                   label=f"{method.key} lr {lr:g}", scale_lr=cfg.scale_lr)
+    return Trainer(
+        model,
+        job.tokenizer,
+        job.data.train,
+        batch=cfg.batch,
+        lr=lr,
+        seed=cfg.seed,
+        lengths=cfg.lengths,
+        label=f"{method.key} lr {lr:g}",
+        scale_lr=cfg.scale_lr,
+    )
 
 
 def choose_lr(model, method: Method, job: Context) -> tuple[Trainer, dict[float, float]]:
@@ -236,23 +339,41 @@ def tune(model, method: Method, job: Context) -> dict:
     with PeakRSS() as peak:
         run.run(cfg.steps - run.done)
     search_text = ", ".join(f"{r:g}: {s:.3f}" for r, s in search.items())
-    job.log(f"{method.label}: lr {lr:g}" + (f" (MRR@10 on the set-aside pairs after {cfg.lr_steps} steps: "
-                                             f"{search_text}; the winner's run goes on)" if search else "")
-            + f"; {run.done} steps, the last {run.done - searched} in {time.perf_counter() - started:.0f} s")
-    return {"lr": lr, "search": search, "frozen_bytes": frozen, "peak_rss": peak.bytes, "rss_exact": peak.exact,
-            "train_s": time.perf_counter() - started}
+    job.log(
+        f"{method.label}: lr {lr:g}"
+        + (
+            f" (MRR@10 on the set-aside pairs after {cfg.lr_steps} steps: "
+            f"{search_text}; the winner's run goes on)"
+            if search
+            else ""
+        )
+        + f"; {run.done} steps, the last {run.done - searched} in "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    return {
+        "lr": lr,
+        "search": search,
+        "frozen_bytes": frozen,
+        "peak_rss": peak.bytes,
+        "rss_exact": peak.exact,
+        "train_s": time.perf_counter() - started,
+    }
 
 
 def embed_torch(model, job: Context, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     cfg = job.cfg
-    return (torch_embed(model, job.tokenizer, [p.query for p in pairs], max_length=cfg.query_tokens),
-            torch_embed(model, job.tokenizer, [p.doc for p in pairs], max_length=cfg.doc_tokens))
+    return (
+        torch_embed(model, job.tokenizer, [p.query for p in pairs], max_length=cfg.query_tokens),
+        torch_embed(model, job.tokenizer, [p.doc for p in pairs], max_length=cfg.doc_tokens),
+    )
 
 
 def embed_onnx(path: Path, job: Context, pairs) -> tuple[torch.Tensor, torch.Tensor]:
     cfg, session = job.cfg, load(path)
-    return (onnx_embed(session, job.tokenizer, [p.query for p in pairs], max_length=cfg.query_tokens),
-            onnx_embed(session, job.tokenizer, [p.doc for p in pairs], max_length=cfg.doc_tokens))
+    return (
+        onnx_embed(session, job.tokenizer, [p.query for p in pairs], max_length=cfg.query_tokens),
+        onnx_embed(session, job.tokenizer, [p.doc for p in pairs], max_length=cfg.doc_tokens),
+    )
 
 
 def metrics(embedded: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
@@ -269,16 +390,34 @@ def measure(method: Method, job: Context) -> list[dict]:
     if method.torch_row or any(d.exact for d in method.deploys):
         in_torch = embed_torch(model, job, job.data.eval)
     if method.torch_row:
-        rows.append({"label": method.torch_row.format(int=fmt), "engine": "PyTorch", **metrics(in_torch),
-                     **trained})
+        rows.append(
+            {
+                "label": method.torch_row.format(int=fmt),
+                "engine": "PyTorch",
+                **metrics(in_torch),
+                **trained,
+            }
+        )
     for i, deploy in enumerate(method.deploys):
         name = f"{method.key}-{i}" if len(method.deploys) > 1 else method.key
-        path = export_onnx(deploy.build(model, job), job.out / f"{name}.onnx", example_inputs=job.example,
-                           example_kwargs=job.kwargs)
+        path = export_onnx(
+            deploy.build(model, job),
+            job.out / f"{name}.onnx",
+            example_inputs=job.example,
+            example_kwargs=job.kwargs,
+        )
         job.files[name] = path
         in_onnx = embed_onnx(path, job, job.data.eval)
-        row = {"label": deploy.label.format(int=fmt), "engine": "onnxruntime", "file": name, "exact": deploy.exact,
-               "int": deploy.integer, "size": path.stat().st_size, **metrics(in_onnx), **trained}
+        row = {
+            "label": deploy.label.format(int=fmt),
+            "engine": "onnxruntime",
+            "file": name,
+            "exact": deploy.exact,
+            "int": deploy.integer,
+            "size": path.stat().st_size,
+            **metrics(in_onnx),
+            **trained,
+        }
         if deploy.exact:
             row["onnx_vs_torch"] = [(a * b).sum(-1).min().item() for a, b in zip(in_onnx, in_torch)]
         rows.append(row)
@@ -290,10 +429,20 @@ def context(cfg: JobConfig, data: Data, log) -> Context:
     _, tokenizer = load_minilm()
     t = tokenize(tokenizer, [data.train[0].doc, data.train[1].doc], max_length=cfg.doc_tokens)
     docs = [p.doc for p in data.train[: cfg.calibration_docs]]
-    calibration = [dict(tokenize(tokenizer, docs[i:i + 32], max_length=cfg.doc_tokens))
-                   for i in range(0, len(docs), 32)]
-    return Context(cfg, tokenizer, (t["input_ids"],), {"attention_mask": t["attention_mask"]}, calibration,
-                   Path(cfg.out), data, log)
+    calibration = [
+        dict(tokenize(tokenizer, docs[i : i + 32], max_length=cfg.doc_tokens))
+        for i in range(0, len(docs), 32)
+    ]
+    return Context(
+        cfg,
+        tokenizer,
+        (t["input_ids"],),
+        {"attention_mask": t["attention_mask"]},
+        calibration,
+        Path(cfg.out),
+        data,
+        log,
+    )
 
 
 def run(cfg: JobConfig, log=print) -> dict:
@@ -306,10 +455,21 @@ def run(cfg: JobConfig, log=print) -> dict:
     for key in cfg.methods:
         rows += measure(BY_KEY[key], job)
     integer = {r["file"] for r in rows if r.get("int")}
-    latency = {level: latencies_ms({k: v for k, v in job.files.items() if not level or k in integer},
-                                   job.tokenizer, data.eval[0].doc, level, rounds=cfg.latency_runs, runs=1,
-                                   max_length=cfg.doc_tokens) for level in (0, 4)}
-    text = report.write(job, rows, latency, (time.perf_counter() - started[0], time.process_time() - started[1]))
+    latency = {
+        level: latencies_ms(
+            {k: v for k, v in job.files.items() if not level or k in integer},
+            job.tokenizer,
+            data.eval[0].doc,
+            level,
+            rounds=cfg.latency_runs,
+            runs=1,
+            max_length=cfg.doc_tokens,
+        )
+        for level in (0, 4)
+    }
+    text = report.write(
+        job, rows, latency, (time.perf_counter() - started[0], time.process_time() - started[1])
+    )
     log(text)
     files = {k: str(v) for k, v in job.files.items()}
     return {"rows": rows, "latency": latency, "summary": data.summary, "files": files}

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..pretrained import MAX_TOKENS, tokenize
 from ...runtime.errors import LowRankError
 from ...runtime.files import commit, staged_file
-from ...runtime.quant.formats import KERNEL_BITS, qmax
 from ...runtime.onnx.export import set_accuracy_level
+from ...runtime.quant.formats import KERNEL_BITS, qmax
 from ...runtime.serve.load import load
+from ..pretrained import MAX_TOKENS, tokenize
 
 
 def mean_pool(hidden, mask):
@@ -35,16 +35,22 @@ def torch_embed(model, tokenizer, sentences, batch=64, max_length=MAX_TOKENS):
     out = []
     with torch.no_grad():
         for i in range(0, len(sentences), batch):
-            t = tokenize(tokenizer, sentences[i:i + batch], max_length)
-            out.append(mean_pool(model(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state,
-                                 t["attention_mask"]))
+            t = tokenize(tokenizer, sentences[i : i + batch], max_length)
+            out.append(
+                mean_pool(
+                    model(
+                        input_ids=t["input_ids"], attention_mask=t["attention_mask"]
+                    ).last_hidden_state,
+                    t["attention_mask"],
+                )
+            )
     return torch.cat(out)
 
 
 def onnx_embed(session, tokenizer, sentences, batch=64, max_length=MAX_TOKENS):
     out = []
     for i in range(0, len(sentences), batch):
-        t = tokenize(tokenizer, sentences[i:i + batch], max_length)
+        t = tokenize(tokenizer, sentences[i : i + batch], max_length)
         hidden = session(input_ids=t["input_ids"], attention_mask=t["attention_mask"])
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         out.append(mean_pool(hidden, t["attention_mask"]))
@@ -57,12 +63,15 @@ def cosines(emb, ref) -> tuple[float, float]:
     return cos.mean().item(), cos.min().item()
 
 
-SCALE_LR = 1e-3  # trained scales' learning rate at 4 bits (a relative step): the best of 1e-4 ... 1e-2 on MiniLM (README)
+# trained scales' learning rate at 4 bits (a relative step): the best of 1e-4 ... 1e-2 on MiniLM
+# (README)
+SCALE_LR = 1e-3
 SCALE_LR_BITS = 4  # the width SCALE_LR is set for; other widths scale it (``scale_rate``)
 
 
 def scale_rate(scale_lr: float, bits: int) -> float:
-    """The rate of a ``bits``-wide layer's scale gains: ``scale_lr * ((2^4 - 1) / (2^bits - 1))^1.5``.
+    """The rate of a ``bits``-wide layer's scale gains: ``scale_lr * ((2^4 - 1) / (2^bits -
+    1))^1.5``.
     A relative step ``d`` of a group's scale moves a code ``q - z`` by ``d (q - z)`` grid steps,
     and codes span ``2^bits - 1`` steps, so narrower grids need larger relative steps. The
     power is fitted, not derived: on MiniLM (32 distillation steps, README) the best gain rates
@@ -86,8 +95,19 @@ def adamw(model, lr: float, scale_lr: float | None = None) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr)
 
 
-def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr: float, seed: int,
-           label: str, scale_lr: float | None = None) -> list[float]:
+def distil(
+    student,
+    teacher,
+    tokenizer,
+    sentences,
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    label: str,
+    scale_lr: float | None = None,
+) -> list[float]:
     """Masked MSE between student and teacher last hidden states, AdamW on the adapters; the
     loss of every step. ``scale_lr``: the learning rate of trained scales (``scale_gain``, a
     log factor: a relative step), when it differs from the adapters' ``lr``."""
@@ -103,8 +123,12 @@ def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr
         t = tokenize(tokenizer, [sentences[i] for i in idx])
         mask = t["attention_mask"][..., None].float()  # (B, T, 1)
         with torch.no_grad():
-            target = teacher(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
-        hidden = student(input_ids=t["input_ids"], attention_mask=t["attention_mask"]).last_hidden_state
+            target = teacher(
+                input_ids=t["input_ids"], attention_mask=t["attention_mask"]
+            ).last_hidden_state
+        hidden = student(
+            input_ids=t["input_ids"], attention_mask=t["attention_mask"]
+        ).last_hidden_state
         loss = (((hidden - target) ** 2) * mask).sum() / (mask.sum() * hidden.shape[-1])
         opt.zero_grad()
         loss.backward()
@@ -114,8 +138,16 @@ def distil(student, teacher, tokenizer, sentences, *, steps: int, batch: int, lr
     return losses
 
 
-def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: int = 10,
-                 runs: int = 5, max_length: int = MAX_TOKENS) -> dict:
+def latencies_ms(
+    paths: dict,
+    tokenizer,
+    sentence: str,
+    level: int,
+    *,
+    rounds: int = 10,
+    runs: int = 5,
+    max_length: int = MAX_TOKENS,
+) -> dict:
     """Median ms per file at batch 1, one thread, MatMulNBits at accuracy ``level``; the files'
     rounds are interleaved (``runs`` calls of each file per round) so that a busy moment of the
     machine falls on every file alike and their ratios hold from run to run."""
@@ -123,7 +155,9 @@ def latencies_ms(paths: dict, tokenizer, sentence: str, level: int, *, rounds: i
         sessions = {}
         for name, path in paths.items():
             if level:
-                staged = stack.enter_context(staged_file(path.with_name(f"{path.stem}.acc{level}.onnx")))
+                staged = stack.enter_context(
+                    staged_file(path.with_name(f"{path.stem}.acc{level}.onnx"))
+                )
                 path = set_accuracy_level(path, staged, level)
             sessions[name] = load(path, threads=1)
         t = tokenize(tokenizer, [sentence], max_length)
@@ -148,10 +182,16 @@ def ort_quantize(src: Path, dst: Path, *, bits: int, group_size: int) -> Path:
 
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    for name in ("onnxruntime.quantization.matmul_nbits_quantizer", "onnx_ir", "onnxscript",
-                 "onnxruntime.quantization"):  # it logs every node it visits
+    for name in (
+        "onnxruntime.quantization.matmul_nbits_quantizer",
+        "onnx_ir",
+        "onnxscript",
+        "onnxruntime.quantization",
+    ):  # it logs every node it visits
         logging.getLogger(name).setLevel(logging.WARNING)
-    q = MatMulNBitsQuantizer(str(src), bits=bits, block_size=group_size, is_symmetric=False, accuracy_level=0)
+    q = MatMulNBitsQuantizer(
+        str(src), bits=bits, block_size=group_size, is_symmetric=False, accuracy_level=0
+    )
     q.process()
     with staged_file(dst) as tmp:
         q.model.save_model_to_file(str(tmp))
@@ -167,11 +207,15 @@ def check_out_dir(out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise LowRankError(f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
-                           f"writable directory") from None
+        raise LowRankError(
+            f"cannot write to output directory {str(out)!r}: {e.strerror}; pass --out with a "
+            f"writable directory"
+        ) from None
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, steps: int, steps_help: str, out: str) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, steps_help: str, out: str
+) -> None:
     """The options every job on the encoder takes: the integer format, the adapter rank, the
     training steps, the output directory."""
     parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)

@@ -38,7 +38,9 @@ class PeakRSS:
         if self.bytes is None:
             self.exact = False
             usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            self.bytes = usage if sys.platform == "darwin" else usage * 1024  # macOS: bytes; Linux: KiB
+            self.bytes = (
+                usage if sys.platform == "darwin" else usage * 1024
+            )  # macOS: bytes; Linux: KiB
 
 
 def _high_water_mark() -> int | None:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..pretrained import tokenize
 from ...runtime.progress import is_quiet
+from ..pretrained import tokenize
 from .encoder import adamw, mean_pool
 
 TEMPERATURE = 0.05
@@ -36,7 +36,9 @@ def encode(model, tokenizer, texts: list[str], max_length: int) -> torch.Tensor:
     return mean_pool(hidden, t["attention_mask"])
 
 
-def contrastive_loss(q: torch.Tensor, d: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+def contrastive_loss(
+    q: torch.Tensor, d: torch.Tensor, temperature: float = TEMPERATURE
+) -> torch.Tensor:
     """In-batch negatives: row i of ``q`` should pick row i of ``d`` among all rows."""
     logits = q @ d.T / temperature
     return torch.nn.functional.cross_entropy(logits, torch.arange(len(q)))
@@ -56,14 +58,26 @@ def set_params(model, params: dict[str, torch.Tensor]) -> None:
 
 
 class Trainer:
-    """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the in-batch-negatives
+    """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the
+    in-batch-negatives
     loss; batches drawn without repeats inside an epoch (a repeated pair would be its own
     negative). ``run(n)`` trains ``n`` more steps; ``snapshot()`` / ``restore()`` keep and bring
     back everything that decides the next steps (the trainable tensors, AdamW's moments, the
     batch order), so a run stopped and resumed trains exactly as one that never stopped."""
 
-    def __init__(self, model, tokenizer, pairs, *, batch: int, lr: float, seed: int, lengths: Lengths,
-                 label: str, scale_lr: float | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        pairs,
+        *,
+        batch: int,
+        lr: float,
+        seed: int,
+        lengths: Lengths,
+        label: str,
+        scale_lr: float | None = None,
+    ):
         self.model, self.tokenizer, self.pairs = model, tokenizer, pairs
         self.batch, self.lengths, self.label, self.lr = batch, lengths, label, lr
         self.gen = torch.Generator().manual_seed(seed)
@@ -74,7 +88,7 @@ class Trainer:
     def _next_batch(self) -> list[int]:
         if len(self.order) < self.batch:  # a new epoch; the last one's few leftovers are dropped
             self.order = torch.randperm(len(self.pairs), generator=self.gen).tolist()
-        idx, self.order = self.order[:self.batch], self.order[self.batch:]
+        idx, self.order = self.order[: self.batch], self.order[self.batch :]
         return idx
 
     def run(self, steps: int, on_step=None) -> list[float]:
@@ -83,12 +97,22 @@ class Trainer:
 
         self.model.eval()  # no dropout: every row trains the same deterministic function
         losses = []
-        bar = tqdm(range(steps), desc=f"train {self.label}", unit="step", file=sys.stderr, mininterval=1.0,
-                   disable=True if is_quiet() else None)
+        bar = tqdm(
+            range(steps),
+            desc=f"train {self.label}",
+            unit="step",
+            file=sys.stderr,
+            mininterval=1.0,
+            disable=True if is_quiet() else None,
+        )
         for _ in bar:
             idx = self._next_batch()
-            q = encode(self.model, self.tokenizer, [self.pairs[i].query for i in idx], self.lengths.query)
-            d = encode(self.model, self.tokenizer, [self.pairs[i].doc for i in idx], self.lengths.doc)
+            q = encode(
+                self.model, self.tokenizer, [self.pairs[i].query for i in idx], self.lengths.query
+            )
+            d = encode(
+                self.model, self.tokenizer, [self.pairs[i].doc for i in idx], self.lengths.doc
+            )
             loss = contrastive_loss(q, d)
             self.opt.zero_grad()
             loss.backward()
@@ -101,8 +125,13 @@ class Trainer:
         return losses
 
     def snapshot(self) -> dict:
-        return {"params": get_params(self.model), "opt": copy.deepcopy(self.opt.state_dict()), "gen": self.gen.get_state(),
-                "order": list(self.order), "done": self.done}
+        return {
+            "params": get_params(self.model),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "gen": self.gen.get_state(),
+            "order": list(self.order),
+            "done": self.done,
+        }
 
     def restore(self, snap: dict) -> None:
         set_params(self.model, snap["params"])
@@ -116,5 +145,7 @@ def rank_metrics(q: torch.Tensor, d: torch.Tensor, k: int = 10) -> dict[str, flo
     scores = q @ d.T
     own = scores.diagonal()[:, None]
     rank = (scores > own).sum(1) + 1  # ties count in the query's favour
-    return {"recall@1": (rank == 1).float().mean().item(),
-            f"mrr@{k}": torch.where(rank <= k, 1.0 / rank, torch.zeros(())).mean().item()}
+    return {
+        "recall@1": (rank == 1).float().mean().item(),
+        f"mrr@{k}": torch.where(rank <= k, 1.0 / rank, torch.zeros(())).mean().item(),
+    }
