@@ -98,8 +98,7 @@ def session(path: Path, level: int) -> ort.InferenceSession:
 
 def linear_bytes(path: Path) -> int:
     """Bytes of initializers that are linear weights: 2-D+ float matrices fed to MatMul, or INT-N
-    codes,
-    scales, zero points and corrections."""
+    codes, scales, zero points and corrections."""
     m = onnx.load(str(path))
     feeds = {}
     for n in m.graph.node:
@@ -128,15 +127,25 @@ def main(argv=None) -> dict:
         "--out", default=None, help="keep the ONNX files here (default: a temporary folder)"
     )
     args = ap.parse_args(argv)
-    logging.getLogger("onnx_ir").setLevel(
-        logging.WARNING
-    )  # the quantizer's optimizer logs every merge
+    # the quantizer's optimizer logs every merge
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)
     out = Path(args.out or tempfile.mkdtemp(prefix="bench_onnx_"))
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randint(2, 512, (2, 8))
 
     t = time.perf_counter()
-    fp32 = build(args.hidden, args.layers)
+    files = write_files(args.hidden, args.layers, x, out)
+    prep = time.perf_counter() - t
+    results = latencies(files, args.runs)
+    sizes = {k: linear_bytes(p) for k, p in files.items()}
+    worst = print_table(args, files, results, sizes, prep)
+    return {"latency_ms": results, "linear_bytes": sizes, "worst_vs_ort": worst}
+
+
+def write_files(hidden: int, layers: int, x: torch.Tensor, out: Path) -> dict[str, Path]:
+    """Every row's ONNX file in ``out``, traced on ``x``: fp32, onnxruntime's INT4, ours three
+    ways, and two at accuracy level 0."""
+    fp32 = build(hidden, layers)
     files = {"fp32": lrc.export_onnx(fp32, out / "fp32.onnx", example_inputs=(x,))}
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -147,19 +156,19 @@ def main(argv=None) -> dict:
     q.model.save_model_to_file(str(out / "ort_rtn.onnx"))
     files["ort-rtn"] = out / "ort_rtn.onnx"
     files["ours-int"] = lrc.export_onnx(
-        ours(args.hidden, args.layers, "int", "split", x),
+        ours(hidden, layers, "int", "split", x),
         out / "ours_int.onnx",
         example_inputs=(x,),
         accuracy_level=4,
     )
     files["ours-split"] = lrc.export_onnx(
-        ours(args.hidden, args.layers, "float", "split", x),
+        ours(hidden, layers, "float", "split", x),
         out / "ours_split.onnx",
         example_inputs=(x,),
         accuracy_level=4,
     )
     files["ours-qdq"] = lrc.export_onnx(
-        ours(args.hidden, args.layers, "int", "split", x),
+        ours(hidden, layers, "int", "split", x),
         out / "ours_qdq.onnx",
         example_inputs=(x,),
         format="qdq",
@@ -167,8 +176,11 @@ def main(argv=None) -> dict:
     )
     files["ort-rtn acc0"] = with_accuracy_level(files["ort-rtn"], out / "ort_rtn_acc0.onnx", 0)
     files["ours-int acc0"] = with_accuracy_level(files["ours-int"], out / "ours_int_acc0.onnx", 0)
-    prep = time.perf_counter() - t
+    return files
 
+
+def latencies(files: dict[str, Path], runs: int) -> dict[str, dict]:
+    """{row: {(batch, seq): median ms}}; per shape, the sessions take turns run by run."""
     levels = {k: 0 if "acc0" in k else 4 for k in files}
     sessions = {k: session(p, levels[k]) for k, p in files.items()}
     results: dict[str, dict] = {k: {} for k in files}
@@ -179,15 +191,18 @@ def main(argv=None) -> dict:
         samples = {k: [] for k in sessions}
         for k, s in sessions.items():
             s.run(None, feed)  # warm-up
-        for _ in range(args.runs):
+        for _ in range(runs):
             for k, s in sessions.items():
                 t0 = time.perf_counter()
                 s.run(None, feed)
                 samples[k].append(time.perf_counter() - t0)
         for k in sessions:
             results[k][(batch, seq)] = 1000 * statistics.median(samples[k])
-    sizes = {k: linear_bytes(p) for k, p in files.items()}
+    return results
 
+
+def print_table(args, files: dict, results: dict, sizes: dict, prep: float) -> dict[str, float]:
+    """Print the markdown table and the worst ratios to ort-rtn; return those ratios."""
     print(
         f"Llama-shaped, hidden {args.hidden}, {args.layers} layers, INT4 g32; onnxruntime "
         f"{ort.__version__}, "
@@ -212,7 +227,7 @@ def main(argv=None) -> dict:
         "worst ratio to ort-rtn over the shapes: "
         + ", ".join(f"{k} {v:.2f}x" for k, v in worst.items())
     )
-    return {"latency_ms": results, "linear_bytes": sizes, "worst_vs_ort": worst}
+    return worst
 
 
 if __name__ == "__main__":

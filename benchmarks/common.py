@@ -23,8 +23,8 @@ from torch import nn
 
 from lowrank_compiler.runtime.layers.grid_base import GridBase
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.layers.lora import AdapterLayer
 from lowrank_compiler.runtime.layers.nf4 import NF4Linear
+from lowrank_compiler.runtime.layers.protocol import AdapterLayer
 
 START = time.perf_counter()
 

@@ -82,8 +82,7 @@ def build_builder(
     hf_dir: Path, out: Path, adapter: Path | None = None, symmetric: bool = False
 ) -> None:
     """onnxruntime-genai's model builder: INT4 block 32 (asymmetric unless ``symmetric``, the
-    builder's own
-    default), accuracy level 4, lm_head float."""
+    builder's own default), accuracy level 4, lm_head float."""
     # 0.18's names: its help calls the older ``int4_``-prefixed ones aliases, but it ignores them
     # silently
     extra = [
@@ -122,8 +121,7 @@ def build_builder(
 
 def check_zero_points(path: Path, symmetric: bool) -> None:
     """Refuse a builder file whose grid is not the one asked for (an option it ignored): MatMulNBits
-    takes
-    zero points as its fourth input, and a symmetric file has none."""
+    takes zero points as its fourth input, and a symmetric file has none."""
     graph = onnx.load(str(path), load_external_data=False).graph
     with_zeros = {
         len(n.input) > 3 and n.input[3] != "" for n in graph.node if n.op_type == "MatMulNBits"

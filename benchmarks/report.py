@@ -32,28 +32,64 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
     rows = []
     speed, floor = _ok(result, "speed"), _ok(result, "floor")
     if speed:
-        lat = speed["latency_s"]
-        for name, bound, label in (
-            ("ours-int", 1.05, "integer zeros"),
-            ("ours-split", 1.2, "split"),
+        rows += _vs_ort_rows(speed["latency_s"])
+    rows += _speedup_rows(result, speed, floor)
+    if floor:
+        rows += _floor_rows(result, floor)
+    comp = _ok(result, "compile")
+    if comp:
+        ratio = comp["ours_gbps"] / comp["ort_gbps"]
+        rows.append(
+            (
+                "compile + fold throughput >= onnxruntime quantizer's (same weights)",
+                f"{comp['ours_gbps']:.3f} vs {comp['ort_gbps']:.3f} GB/s: {ratio:.2f}x",
+                _verdict(ratio >= 1),
+            )
+        )
+    train = _ok(result, "training")
+    if train:
+        for label, method, step_bound, mem_bound in (
+            ("QA-LoRA", "QA-LoRA (INT4 g32)", 1.5, 0.2),
+            ("LR-QAT", "LR-QAT (INT4 g32)", 2.0, 0.3),
+            ("LR-QAT + scales", "LR-QAT + scales (INT4 g32)", 2.0, 0.3),
         ):
-            ratios = {
-                f"{shape} {lv}": lat[f"{name}/{lv}"][shape] / lat[f"ort-rtn/{lv}"][shape]
-                for lv in LEVELS
-                for shape in lat["fp32"]
-                if f"{name}/{lv}" in lat
-            }
-            if ratios:
-                worst = max(ratios, key=ratios.get)
-                geo = math.exp(sum(map(math.log, ratios.values())) / len(ratios))
-                rows.append(
-                    (
-                        f"INT4 latency, ours ({label}) / onnxruntime quantizer's graph <= {bound}x",
-                        f"worst {ratios[worst]:.2f}x ({worst}), geometric mean {geo:.2f}x over "
-                        f"{len(ratios)} shape x level{_control(lat)}",
-                        _verdict(ratios[worst] <= bound),
-                    )
+            rows += _training_rows(train, label, method, step_bound, mem_bound)
+    gen = _ok(result, "genai")
+    if gen:
+        rows += report_genai.targets(gen, _verdict)
+    return rows
+
+
+def _vs_ort_rows(lat: dict) -> list[tuple]:
+    """Ours against onnxruntime's quantizer's graph, worst over every shape and level."""
+    rows = []
+    for name, bound, label in (
+        ("ours-int", 1.05, "integer zeros"),
+        ("ours-split", 1.2, "split"),
+    ):
+        ratios = {
+            f"{shape} {lv}": lat[f"{name}/{lv}"][shape] / lat[f"ort-rtn/{lv}"][shape]
+            for lv in LEVELS
+            for shape in lat["fp32"]
+            if f"{name}/{lv}" in lat
+        }
+        if ratios:
+            worst = max(ratios, key=ratios.get)
+            geo = math.exp(sum(map(math.log, ratios.values())) / len(ratios))
+            rows.append(
+                (
+                    f"INT4 latency, ours ({label}) / onnxruntime quantizer's graph <= {bound}x",
+                    f"worst {ratios[worst]:.2f}x ({worst}), geometric mean {geo:.2f}x over "
+                    f"{len(ratios)} shape x level{_control(lat)}",
+                    _verdict(ratios[worst] <= bound),
                 )
+            )
+    return rows
+
+
+def _speedups(speed: dict | None, floor: dict | None) -> tuple[dict, dict]:
+    """INT4's speed-up over fp32 at batch 1, hidden >= 2048: (decode, one token; prefill,
+    several), each {run: fp32 time / INT4 time}."""
     decode, prefill = {}, {}
     if speed and speed["settings"]["hidden"] >= 2048:
         lat = speed["latency_s"]
@@ -71,6 +107,13 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
                 decode[f"{name} 1x1 (hidden {floor['settings']['hidden']})"] = (
                     r["fp32@1"]["latency_s"] / r[f"{name}/acc4@1"]["latency_s"]
                 )
+    return decode, prefill
+
+
+def _speedup_rows(result: dict, speed: dict | None, floor: dict | None) -> list[tuple]:
+    """The 2x-over-fp32 targets at batch 1 (decode and prefill), judged on the worst speed-up."""
+    rows = []
+    decode, prefill = _speedups(speed, floor)
     for label, speedups, note in (
         (
             "batch 1, one token (decode), hidden >= 2048: INT4 (acc 4) >= 2x faster than fp32",
@@ -102,48 +145,29 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
                 _verdict(None),
             )
         )
-    if floor:
-        ours = {
-            k: v
-            for k, v in floor["rows"].items()
-            if v["model"].startswith("ours") and v["level"] == "4"
-        }
-        if ours:
-            worst = max(ours, key=lambda k: ours[k]["ratio"])
-            big = floor["weight_bytes"].get("ours-int", 0) > 2 * _cache_bytes(
-                _machine_of(result, "floor")
-            )
-            note = "" if big else " (INT4 weights under twice the L3 cache: partly a cache floor)"
-            rows.append(
-                (
-                    "batch-1 INT4 at accuracy level 4 within 2x of the memory-bandwidth floor",
-                    f"worst {ours[worst]['ratio']:.2f}x the floor "
-                    f"({worst.replace('@', ', threads ')}){note}",
-                    _verdict(ours[worst]["ratio"] <= 2),
-                )
-            )
-    comp = _ok(result, "compile")
-    if comp:
-        ratio = comp["ours_gbps"] / comp["ort_gbps"]
-        rows.append(
-            (
-                "compile + fold throughput >= onnxruntime quantizer's (same weights)",
-                f"{comp['ours_gbps']:.3f} vs {comp['ort_gbps']:.3f} GB/s: {ratio:.2f}x",
-                _verdict(ratio >= 1),
-            )
-        )
-    train = _ok(result, "training")
-    if train:
-        for label, method, step_bound, mem_bound in (
-            ("QA-LoRA", "QA-LoRA (INT4 g32)", 1.5, 0.2),
-            ("LR-QAT", "LR-QAT (INT4 g32)", 2.0, 0.3),
-            ("LR-QAT + scales", "LR-QAT + scales (INT4 g32)", 2.0, 0.3),
-        ):
-            rows += _training_rows(train, label, method, step_bound, mem_bound)
-    gen = _ok(result, "genai")
-    if gen:
-        rows += report_genai.targets(gen, _verdict)
     return rows
+
+
+def _floor_rows(result: dict, floor: dict) -> list[tuple]:
+    """Batch-1 INT4 (level 4) against the memory-bandwidth floor, worst over files and threads."""
+    ours = {
+        k: v
+        for k, v in floor["rows"].items()
+        if v["model"].startswith("ours") and v["level"] == "4"
+    }
+    if not ours:
+        return []
+    worst = max(ours, key=lambda k: ours[k]["ratio"])
+    big = floor["weight_bytes"].get("ours-int", 0) > 2 * _cache_bytes(_machine_of(result, "floor"))
+    note = "" if big else " (INT4 weights under twice the L3 cache: partly a cache floor)"
+    return [
+        (
+            "batch-1 INT4 at accuracy level 4 within 2x of the memory-bandwidth floor",
+            f"worst {ours[worst]['ratio']:.2f}x the floor "
+            f"({worst.replace('@', ', threads ')}){note}",
+            _verdict(ours[worst]["ratio"] <= 2),
+        )
+    ]
 
 
 def _training_rows(
@@ -210,15 +234,31 @@ def quality_md(r: dict) -> list[str]:
         "| method | bits | " + " | ".join(f"g{g}" for g in s["groups"]) + " |",
         "| --- | --- |" + " --- |" * len(s["groups"]),
     ]
-    methods = list(dict.fromkeys(p["method"] for p in r["points"]))
+    out += _quality_rows(r["points"], s["groups"])
+    if r.get("ort_layers") is not None and r["ort_layers"] != r["targeted_layers"]:
+        out += [
+            "",
+            f"onnxruntime's quantizer turns {r['ort_layers']} of the {r['targeted_layers']} linear "
+            "layers into "
+            "MatMulNBits: it quantizes MatMul nodes only, and leaves the rest (the pooler's Gemm) "
+            "in fp32, "
+            f"which its bits per weight include.",
+        ]
+    return out + _gap_closed(pts) + _onnx_checks(pts)
+
+
+def _quality_rows(points: list[dict], groups: list[int]) -> list[str]:
+    """A table row per method and bit width: a cell per group size (``-``: not measured)."""
+    out = []
+    methods = list(dict.fromkeys(p["method"] for p in points))
     for method in methods:
-        for bits in sorted({p["bits"] for p in r["points"] if p["method"] == method}, reverse=True):
+        for bits in sorted({p["bits"] for p in points if p["method"] == method}, reverse=True):
             cells = []
-            for g in s["groups"]:
+            for g in groups:
                 p = next(
                     (
                         p
-                        for p in r["points"]
+                        for p in points
                         if p["method"] == method and p["bits"] == bits and p["group"] == g
                     ),
                     None,
@@ -231,15 +271,11 @@ def quality_md(r: dict) -> list[str]:
                     cells.append(f"{p['mean']:.4f} / {p['worst']:.4f} ({p['bpw']:.2f})")
             if set(cells) != {"-"}:
                 out.append(f"| {method} | {bits} | " + " | ".join(cells) + " |")
-    if r.get("ort_layers") is not None and r["ort_layers"] != r["targeted_layers"]:
-        out += [
-            "",
-            f"onnxruntime's quantizer turns {r['ort_layers']} of the {r['targeted_layers']} linear "
-            "layers into "
-            "MatMulNBits: it quantizes MatMul nodes only, and leaves the rest (the pooler's Gemm) "
-            "in fp32, "
-            f"which its bits per weight include.",
-        ]
+    return out
+
+
+def _gap_closed(pts: list[dict]) -> list[str]:
+    """The share of RTN's gap to fp32 that ours (float zeros) closes, per bits and group."""
     gaps = []
     for p in pts:
         if p["method"] == "QA-LoRA float zeros (ours)":
@@ -256,24 +292,28 @@ def quality_md(r: dict) -> list[str]:
                     f"INT{p['bits']} g{p['group']} "
                     f"{(p['mean'] - rtn['mean']) / (1 - rtn['mean']):.0%}"
                 )
-    if gaps:
-        out += [
-            "",
-            "Share of the gap between RTN and fp32 closed by ours (float zeros), (ours - RTN) / (1 "
-            "- RTN): " + ", ".join(gaps) + ".",
-        ]
+    if not gaps:
+        return []
+    return [
+        "",
+        "Share of the gap between RTN and fp32 closed by ours (float zeros), (ours - RTN) / (1 "
+        "- RTN): " + ", ".join(gaps) + ".",
+    ]
+
+
+def _onnx_checks(pts: list[dict]) -> list[str]:
+    """The exported ONNX files against the PyTorch models they came from."""
     checks = [p for p in pts if "onnx_vs_torch" in p]
-    if checks:
-        out += [
-            "",
-            "ONNX export vs the PyTorch model it came from (worst cosine): "
-            + ", ".join(
-                f"{p['method']} INT{p['bits']} g{p['group']} {p['onnx_vs_torch']:.6f}"
-                for p in checks
-            )
-            + ".",
-        ]
-    return out
+    if not checks:
+        return []
+    return [
+        "",
+        "ONNX export vs the PyTorch model it came from (worst cosine): "
+        + ", ".join(
+            f"{p['method']} INT{p['bits']} g{p['group']} {p['onnx_vs_torch']:.6f}" for p in checks
+        )
+        + ".",
+    ]
 
 
 def fold_md(r: dict) -> list[str]:
@@ -430,8 +470,7 @@ def _control(lat: dict) -> str:
 
 def _compute_bound_note(machine: dict) -> str:
     """Why INT4 cannot halve fp32's time once a call has many tokens, on a CPU without int8 dot
-    products
-    (the flags of the machine the section ran on; none recorded: no claim)."""
+    products (the flags of the machine the section ran on; none recorded: no claim)."""
     if not machine.get("cpu_flags"):
         return ""
     flags = set(machine["cpu_flags"].split())

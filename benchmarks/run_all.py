@@ -196,6 +196,39 @@ def keep_others(result: dict, path: Path, only: list[str]) -> None:
 
 
 def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    if args.quick:
+        args.scale = "quick"
+    scale = _scale(ap, args)
+    if args.quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Log(args.quiet)
+    command = "python -m benchmarks " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    result = {
+        "machine": machine(),
+        "scale": args.scale,
+        "command": command.strip(),
+        "sections": {},
+        "plots": [],
+    }
+    if args.keep:
+        keep_others(result, out / "results.json", only)
+    log(f"benchmarks ({args.scale}): {', '.join(only)} -> {out}")
+    run_sections(result, only, scale, out, log)
+    log(f"report: {out / 'report.md'}")
+    return 0 if all("result" in s for s in result["sections"].values()) else 1
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--quick", action="store_true", help="small settings, a few minutes (same as --scale quick)"
@@ -228,13 +261,11 @@ def main(argv=None) -> int:
         action="store_true",
         help="keep the sections of the results.json already in --out that this run does not run",
     )
-    args = ap.parse_args(argv)
-    only = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(only) - set(SECTIONS))
-    if unknown:
-        ap.error(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    if args.quick:
-        args.scale = "quick"
+    return ap
+
+
+def _scale(ap: argparse.ArgumentParser, args: argparse.Namespace) -> Scale:
+    """``--scale``'s settings with the quality section's overrides."""
     scale = SCALES[args.scale]
     if args.quality_steps is not None:
         if args.quality_steps < 1:
@@ -248,24 +279,12 @@ def main(argv=None) -> int:
         scale = dataclasses.replace(
             scale, quality=dataclasses.replace(scale.quality, eval_sentences=args.quality_sentences)
         )
-    if args.quiet:
-        os.environ["TQDM_DISABLE"] = "1"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Log(args.quiet)
-    command = "python -m benchmarks " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    result = {
-        "machine": machine(),
-        "scale": args.scale,
-        "command": command.strip(),
-        "sections": {},
-        "plots": [],
-    }
-    if args.keep:
-        keep_others(result, out / "results.json", only)
-    log(f"benchmarks ({args.scale}): {', '.join(only)} -> {out}")
+    return scale
+
+
+def run_sections(result: dict, only: list[str], scale: Scale, out: Path, log) -> None:
+    """Run each section in turn into ``result``; a failure is recorded and the next runs; the
+    report is rewritten after each."""
     with tempfile.TemporaryDirectory(prefix="lowrank-bench-") as tmp:
         for name in only:
             t = time.perf_counter()
@@ -281,5 +300,3 @@ def main(argv=None) -> int:
             log(f"{name} done in {result['sections'][name]['seconds']:.0f} s")
             gc.collect()
             write(result, out, name)
-    log(f"report: {out / 'report.md'}")
-    return 0 if all("result" in s for s in result["sections"].values()) else 1

@@ -1,8 +1,7 @@
 """5. Training cost: step time and peak memory of LoRA over fp32, QLoRA (NF4), QA-LoRA and LR-QAT
-(INT4,
-with and without trained scales).
+(INT4, with and without trained scales).
 
-For each model size (the hand-written GPT of ``lowrank_compiler.toy``, random weights),
+For each model size (the hand-written GPT of ``lowrank_compiler.app.toy``, random weights),
 each method trains in its own fresh process (``spawn``), so its memory is its own: the
 process imports torch, builds and compiles the model (rank 16 on every block linear,
 the head left float), and then waits. The parent asks the trainer processes for one full step

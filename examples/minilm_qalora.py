@@ -3,7 +3,7 @@ onnxruntime.
 
     python examples/minilm_qalora.py --steps 300 --group-size 32 --out out/minilm
 
-Same as ``lowrank-compiler demo``; see ``lowrank_compiler/jobs/distill.py`` for each step.
+Same as ``lowrank-compiler demo``; see ``lowrank_compiler/app/jobs/distill.py`` for each step.
 """
 
 from __future__ import annotations

@@ -7,17 +7,24 @@ print(lrc.summary(model))
 
 from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
-from .embeddings import quantize_embeddings
 from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .genai import export_genai
 from .lint import lint
 from .manager import PassManager
+from .passes.helpers.embeddings import quantize_embeddings
 from .passes.helpers.select import TargetError
 from .peft_io import load_peft_adapter, peft_policy, save_peft_adapter
 from .pipeline_text import PassSpec, Pipeline
 from .policy import Override, Policy
-from .runtime.errors import AdapterError, LowRankError, ModelFileError, OutputError, PolicyError
+from .runtime.errors import (
+    AdapterError,
+    ExportError,
+    LowRankError,
+    ModelFileError,
+    OutputError,
+    PolicyError,
+)
 from .summary import LayerRow, Summary, summary
 from .trace import trace
 
@@ -26,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdapterError",
     "CompileInfo",
+    "ExportError",
     "LayerRow",
     "LintError",
     "LowRankError",

@@ -32,7 +32,7 @@ from torch import nn
 from .api import compile_info
 from .runtime.errors import AdapterError
 from .runtime.files import write_atomic
-from .runtime.layers.lora import AdapterLayer
+from .runtime.layers.protocol import AdapterLayer
 from .tensorfile import digest_tensors, read_json_record, read_tensors, spec_of, write_tensors
 
 FORMAT = "lowrank-compiler-adapters"
@@ -137,7 +137,8 @@ def save_adapters(model: nn.Module, directory: str | os.PathLike) -> Path:
     config = {
         "format": FORMAT,
         "version": VERSION,
-        "policy": info.policy.to_dict(),
+        "policy": info.policy.to_dict() if info.policy is not None else None,
+        **({} if info.policy is not None else {"pipeline": info.pipeline}),
         "tensors": {"file": TENSORS, "sha256": digest},
         "layers": records,
     }
@@ -180,7 +181,8 @@ def load_adapters(model: nn.Module, directory: str | os.PathLike) -> nn.Module:
     if not layers:
         raise AdapterError(
             "the model holds no adapter layers: compile the base model with the saved policy "
-            f"({config['policy'].get('method')!r}) first, then load the adapters into it"
+            f"({(config.get('policy') or {}).get('method', config.get('pipeline'))!r}) first, then "
+            "load the adapters into it"
         )
     saved = config["layers"]
     for (

@@ -18,15 +18,15 @@ from typing import Any, Mapping
 import torch.fx as fx
 from torch import nn
 
+from .dumps import next_index
 from .manager import PassManager
 from .passes.helpers import graph as G
 from .passes.helpers.moments import calibration_record
-from .pipeline_text import Pipeline
+from .pipeline_text import PassSpec, Pipeline
 from .policy import Policy
 from .runtime.errors import LowRankError, PolicyError
 from .runtime.files import check_dir, write_atomic
-from .runtime.layers.int_linear import IntLinear
-from .runtime.layers.lora import AdapterLayer
+from .runtime.layers.protocol import AdapterLayer, frozen_tensors
 from .runtime.quant.formats import FOLD_ZEROS, check_choice
 from .trace import adapter_graph, trace
 
@@ -37,12 +37,13 @@ INFO_ATTR = "lowrank_compiler_info"
 class CompileInfo:
     """What ``compile`` did, kept on the model as ``model.lowrank_compiler_info``."""
 
-    policy: Policy
+    policy: Policy | None  # None: compiled from a pipeline of passes
     pipeline: str
     tracer: str  # "export" | "fx" | "modules" (no graph: matched by name)
     linears: list[G.LinearOp]
     stats: dict[str, dict[str, Any]]
     graph: fx.GraphModule | None = field(default=None, repr=False)
+    example: tuple[tuple, dict] | None = field(default=None, repr=False)  # (args, kwargs) traced
     fold_errors: dict[str, float] | None = (
         None  # per folded layer: max|y_fold - y| / max|y| on a probe
     )
@@ -83,6 +84,7 @@ def compile(
     calibration=None,
     dump_dir=None,
     trace_mode: str = "auto",
+    pipeline: Pipeline | str | None = None,
 ) -> nn.Module:
     """Rewrite ``model``'s targeted linear layers as ``policy`` says; return the model.
 
@@ -93,10 +95,42 @@ def compile(
         each layer's inputs (padding left out where a batch has an ``attention_mask``).
     dump_dir: write ``NN-<pass>.txt`` graph dumps and ``pipeline.txt`` there.
     trace_mode: "auto", "export", "fx" or "modules" (no graph; match modules by name).
+    pipeline: instead of a policy, the passes to run (``"find-linears,insert-lora{rank=8}"``), e.g.
+        a pass of one's own that inserts a layer kind of one's own; the model then has no policy
+        (``fold`` runs ``fold{zeros=...}``).
     """
+    policy, dump_dir = _checked_arguments(model, policy, pipeline, calibration, dump_dir)
+    batches = list(calibration) if calibration is not None else None
+    pipeline = _pipeline_to_run(policy, pipeline, batches)
+    gm = trace(model, example_inputs, example_kwargs, trace_mode)
+    if batches is not None:
+        gm.meta[G.CALIBRATION] = batches
+    gm, manager = _run_or_restore(model, gm, pipeline, dump_dir)
+    gm.meta[G.SWAPS] = []  # committed: nothing to undo
+    info = CompileInfo(
+        policy=policy,
+        pipeline=str(pipeline),
+        tracer=gm.meta[G.TRACER],
+        linears=list(gm.meta.get(G.LINEARS, [])),
+        stats={spec.name: result.stats for spec, result in manager.results},
+        graph=gm,
+        example=gm.meta.get(G.EXAMPLE),
+    )
+    object.__setattr__(model, INFO_ATTR, info)  # a plain attribute, never a submodule
+    return model
+
+
+def _checked_arguments(
+    model, policy, pipeline, calibration, dump_dir
+) -> tuple[Policy | None, Path | None]:
+    """``compile``'s arguments checked: the policy as a ``Policy`` (None with a pipeline) and
+    ``dump_dir`` as a usable ``Path`` (or None)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"compile expects a torch.nn.Module, got {type(model).__name__}")
-    policy = Policy() if policy is None else _as_policy(policy)
+    if pipeline is not None and policy is not None:
+        raise PolicyError("compile takes a policy or a pipeline, not both")
+    if pipeline is None:
+        policy = Policy() if policy is None else _as_policy(policy)
     compiled = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
     if compiled:
         raise LowRankError(
@@ -107,19 +141,29 @@ def compile(
     if dump_dir is not None:
         dump_dir = Path(dump_dir)
         check_dir(dump_dir, "dump_dir")
-    if policy.quantizer == "gptq" and calibration is None:
+    if policy is not None and policy.quantizer == "gptq" and calibration is None:
         raise PolicyError(
             "quantizer='gptq' needs calibration data: compile(model, policy, calibration=[batch, "
             "...]), "
             "each batch what the model takes, e.g. a tokenizer's output"
         )
-    batches = list(calibration) if calibration is not None else None
-    pipeline = policy.pipeline(
-        calibration_record(batches) if batches is not None and policy.quantizer == "gptq" else None
-    )
-    gm = trace(model, example_inputs, example_kwargs, trace_mode)
-    if batches is not None:
-        gm.meta[G.CALIBRATION] = batches
+    return policy, dump_dir
+
+
+def _pipeline_to_run(policy: Policy | None, pipeline, batches: list | None) -> Pipeline:
+    """The pipeline given (parsed from its text), else the policy's; GPTQ's carries the record
+    of the calibration batches."""
+    if policy is None:
+        return Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
+    gptq = batches is not None and policy.quantizer == "gptq"
+    return policy.pipeline(calibration_record(batches) if gptq else None)
+
+
+def _run_or_restore(
+    model: nn.Module, gm: fx.GraphModule, pipeline: Pipeline, dump_dir: Path | None
+) -> tuple[fx.GraphModule, PassManager]:
+    """Run the pipeline on ``gm`` and freeze the base; if anything fails, undo every module swap
+    and restore every ``requires_grad`` flag before the error goes on."""
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
     manager = PassManager(pipeline, dump_dir=dump_dir)
     try:
@@ -136,17 +180,7 @@ def compile(
     finally:  # the model keeps its graph; not the batches or the [K, K] statistics
         gm.meta.pop(G.CALIBRATION, None)
         gm.meta.pop(G.MOMENTS, None)
-    gm.meta[G.SWAPS] = []  # committed: nothing to undo
-    info = CompileInfo(
-        policy=policy,
-        pipeline=str(pipeline),
-        tracer=gm.meta[G.TRACER],
-        linears=list(gm.meta.get(G.LINEARS, [])),
-        stats={spec.name: result.stats for spec, result in manager.results},
-        graph=gm,
-    )
-    object.__setattr__(model, INFO_ATTR, info)  # a plain attribute, never a submodule
-    return model
+    return gm, manager
 
 
 def _freeze_base(model: nn.Module) -> None:
@@ -176,8 +210,8 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
     whatever ``zeros`` says.
     LoRA merges into ``nn.Linear``; QLoRA merges and requantizes (the peers' way).
     Per-layer errors on a probe batch: ``compile_info(new).fold_errors``, and the summary.
-    The new model shares the integer codes (``qweight``, uint8, never written) with ``model``;
-    everything else is a copy.
+    The new model shares the tensors its layers declare never written (``frozen_tensors``: the
+    integer codes) with ``model``; everything else is a copy.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fold expects a torch.nn.Module, got {type(model).__name__}")
@@ -193,20 +227,24 @@ def fold(model: nn.Module, *, zeros: str = "split", dump_dir=None) -> nn.Module:
     check_choice(zeros, FOLD_ZEROS, "zeros")
     if dump_dir is not None:
         check_dir(Path(dump_dir), "dump_dir")
-    pipeline = info.policy.fold_pipeline(zeros)
-    done = len(Pipeline.parse(info.pipeline).passes)
+    if info.policy is not None:
+        pipeline = info.policy.fold_pipeline(zeros)
+    else:
+        pipeline = Pipeline((PassSpec("fold", {"zeros": zeros}),))
+    first = len(Pipeline.parse(info.pipeline).passes) + 1
+    if dump_dir is not None:
+        first = max(first, next_index(Path(dump_dir)))
     with (
         warnings.catch_warnings()
     ):  # torch.export's graph modules warn about pytree internals on copy
         warnings.simplefilter("ignore", FutureWarning)
         # the graph in its info is copied along and points at the copy's modules; the integer
         # codes are shared, not copied: uint8 buffers nothing writes (they cannot train)
-        codes = {id(m.qweight): m.qweight for m in model.modules() if isinstance(m, IntLinear)}
-        new = copy.deepcopy(model, codes)
+        new = copy.deepcopy(model, frozen_tensors(model))
     new_info = compile_info(new)
     if new_info.graph is None:  # unpickled: no graph came along
         new_info.graph = adapter_graph(new)
-    manager = PassManager(pipeline, dump_dir=dump_dir, first_index=done + 1)
+    manager = PassManager(pipeline, dump_dir=dump_dir, first_index=first)
     new_info.graph = manager.run(new_info.graph)
     new.requires_grad_(False)
     stats = manager.results[-1][1].stats

@@ -2,7 +2,8 @@
 
 Beside each text dump ``NN-<pass>.txt`` the pass manager writes ``NN-<pass>.html``: the
 pass's stats and report, a strip with one mark per graph node, and the graph as a table
-(node, op, target, inputs, shape, layer). Nodes the pass added are highlighted green,
+(node, op, target, inputs, shape, layer: ``dump_views`` reads them from an FX graph, or from
+an ONNX graph for the ONNX stage's passes). Nodes the pass added are highlighted green,
 nodes it rewrote (same name, new op, target or inputs) amber; the nodes it removed are
 listed below the table. ``index.html`` links the passes in order with their node counts
 and stats.
@@ -21,9 +22,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-import torch.fx as fx
-
-from .passes.helpers import graph as G
+from .dump_views import Row, fx_rows, onnx_rows
 
 INDEX = "index.html"
 _NEXT = "<!--next-->"  # where a page's link to the following one goes once that page exists
@@ -53,7 +52,7 @@ tr.rewritten td{background:#fff1cc}tr.rewritten td:first-child{border-left:4px s
 tr.removed td{background:#fde4e1;text-decoration:line-through}
 .op{border-radius:4px;padding:0 5px;color:#fff;font-size:11px}
 .op-placeholder,.op-output{background:#5b6b8c}.op-call_module{background:#7b4fb8}
-.op-call_function{background:#16867f}.op-call_method{background:#3d5bd1}.op-get_attr{background:#9a6b2f}
+.op-call_function{background:#16867f}.op-standard{background:#16867f}.op-custom{background:#7b4fb8}.op-call_method{background:#3d5bd1}.op-get_attr{background:#9a6b2f}
 .strip{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:8px;margin-bottom:14px}
 .legend span{display:inline-block;margin-right:14px}.legend
 i{display:inline-block;width:12px;height:12px;
@@ -100,60 +99,6 @@ def _page(title: str, subtitle: str, nav: str, body: str, entry: dict | None = N
     )
 
 
-# --- one graph as a table -------------------------------------------------------------
-
-
-def _target(node: fx.Node) -> str:
-    if isinstance(node.target, str):
-        return node.target
-    if hasattr(node.target, "_schema"):  # torch.ops.aten.x.default
-        return str(node.target)
-    try:
-        return fx.node._get_qualified_name(node.target).replace("_operator.", "operator.", 1)
-    except Exception:  # an object without a module path: its repr is still readable
-        return repr(node.target)
-
-
-def _arg(value: Any, limit: int = 160) -> str:
-    """An argument as escaped HTML: nodes link to their rows, long literals are cut."""
-    if isinstance(value, fx.Node):
-        return f'<a href="#n-{_esc(value.name)}">%{_name(value.name)}</a>'
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(_arg(v, limit) for v in value)
-        return (
-            f"[{inner}]"
-            if isinstance(value, list)
-            else f"({inner}{',' if len(value) == 1 else ''})"
-        )
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{_esc(k)}: {_arg(v, limit)}" for k, v in value.items()) + "}"
-    text = repr(value)
-    return _esc(text if len(text) <= limit else text[: limit - 3] + "...")
-
-
-def _inputs(node: fx.Node) -> str:
-    parts = [_arg(a) for a in node.args] + [f"{_esc(k)}={_arg(v)}" for k, v in node.kwargs.items()]
-    return ", ".join(parts)
-
-
-def _shape(node: fx.Node) -> str:
-    val = node.meta.get("val", node.meta.get("tensor_meta"))
-    shape, dtype = getattr(val, "shape", None), getattr(val, "dtype", None)
-    if shape is None:
-        return ""
-    dt = str(dtype).replace("torch.", "") if dtype is not None else ""
-    return f"{dt}[{', '.join(str(d) for d in shape)}]"
-
-
-def _layer(node: fx.Node) -> str:
-    if node.meta.get(G.ADAPTER):
-        return str(node.meta[G.ADAPTER])
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    return str(list(stack.values())[-1][0]) if stack else ""
-
-
 def status_of(name: str, changes: dict | None) -> str:
     if changes and name in changes.get("added", ()):
         return "added"
@@ -162,38 +107,35 @@ def status_of(name: str, changes: dict | None) -> str:
     return "same"
 
 
-def _rows(gm: fx.GraphModule, changes: dict | None) -> str:
-    rows = []
-    for i, node in enumerate(gm.graph.nodes):
-        status = status_of(node.name, changes)
-        rows.append(
-            f'<tr id="n-{_esc(node.name)}" class="{status}"><td '
-            f'class="num">{i}</td><td>{_name(node.name)}</td>'
-            f'<td class="kind"><span class="op op-{_esc(node.op)}">{_esc(node.op)}</span></td>'
-            f'<td>{_name(_target(node))}</td><td class="in">{_inputs(node)}</td>'
-            f'<td class="kind">{_esc(_shape(node))}</td><td>{_name(_layer(node))}</td></tr>'
+def _rows(rows: list[Row], changes: dict | None) -> str:
+    out = []
+    for i, r in enumerate(rows):
+        status = status_of(r.key, changes)
+        out.append(
+            f'<tr id="n-{_esc(r.key)}" class="{status}"><td '
+            f'class="num">{i}</td><td>{_name(r.name)}</td>'
+            f'<td class="kind"><span class="op op-{_esc(r.op_class)}">{_esc(r.op)}</span></td>'
+            f'<td>{_name(r.target)}</td><td class="in">{r.inputs}</td>'
+            f'<td class="kind">{_esc(r.shape)}</td><td>{_name(r.layer)}</td></tr>'
         )
     head = "".join(
         f"<th>{h}</th>" for h in ("#", "node", "op", "target", "inputs", "shape", "layer")
     )
-    head = f"<tr>{head}</tr>"
-    return f'<table class="graph">{head}\n' + "\n".join(rows) + "</table>"
+    return f'<table class="graph"><tr>{head}</tr>\n' + "\n".join(out) + "</table>"
 
 
-def _strip(gm: fx.GraphModule, changes: dict | None) -> str:
+def _strip(rows: list[Row], changes: dict | None) -> str:
     """One mark per node in graph order, coloured by what the pass did to it (an overview)."""
-    nodes = list(gm.graph.nodes)
     per_row, w, h = 80, 11, 14
     marks = []
-    for i, node in enumerate(nodes):
+    for i, r in enumerate(rows):
         x, y = (i % per_row) * w, (i // per_row) * h
-        colour = _STRIP_COLOURS[status_of(node.name, changes)]
+        colour = _STRIP_COLOURS[status_of(r.key, changes)]
         marks.append(
-            f'<a href="#n-{_esc(node.name)}"><rect x="{x}" y="{y}" width="{w - 2}" '
-            f'height="{h - 3}" '
-            f'rx="2" fill="{colour}"><title>{_esc(node.name)}</title></rect></a>'
+            f'<a href="#n-{_esc(r.key)}"><rect x="{x}" y="{y}" width="{w - 2}" height="{h - 3}" '
+            f'rx="2" fill="{colour}"><title>{_esc(r.name)}</title></rect></a>'
         )
-    height = ((len(nodes) - 1) // per_row + 1) * h if nodes else h
+    height = ((len(rows) - 1) // per_row + 1) * h if rows else h
     legend = "".join(
         f'<span><i style="background:{c}"></i>{s if s != "same" else "unchanged"}</span>'
         for s, c in _STRIP_COLOURS.items()
@@ -201,8 +143,7 @@ def _strip(gm: fx.GraphModule, changes: dict | None) -> str:
     return (
         f'<div class="strip"><div class="legend">{legend}</div>'
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{per_row * w}" height="{height}" '
-        'role="img" '
-        f'aria-label="graph nodes in order">{"".join(marks)}</svg></div>'
+        f'role="img" aria-label="graph nodes in order">{"".join(marks)}</svg></div>'
     )
 
 
@@ -267,11 +208,14 @@ class HtmlDump:
         self.write = write  # the pass manager's atomic writer
         self.entries = _earlier_entries(self.dir, first_index) if first_index > 1 else []
 
+    fx_view = staticmethod(fx_rows)
+    onnx_view = staticmethod(onnx_rows)
+
     def page(
         self,
         index: int,
         name: str,
-        gm: fx.GraphModule,
+        rows: list[Row],
         *,
         title: str,
         stats: dict | None = None,
@@ -288,7 +232,7 @@ class HtmlDump:
             "file": file,
             "text": f"{index:02d}-{name}.txt",
             "modified": modified,
-            "nodes": len(gm.graph.nodes),
+            "nodes": len(rows),
             "stats": stats or {},
             "changes": {k: len(v) for k, v in (changes or {}).items()},
         }
@@ -298,7 +242,7 @@ class HtmlDump:
             nav = (
                 f'<a href="{_esc(previous["file"])}">&larr; {_esc(previous["file"][:-5])}</a>' + nav
             )
-        body = _cards(entry) + _body(gm, stats or {}, list(report), changes, before or {})
+        body = _cards(entry) + _body(rows, stats or {}, list(report), changes, before or {})
         self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body, entry))
         if previous is not None:
             self._link_next(self.dir / previous["file"], file)
@@ -317,7 +261,9 @@ class HtmlDump:
             )
 
 
-def _body(gm, stats: dict, report: list[str], changes: dict | None, before: dict[str, str]) -> str:
+def _body(
+    rows: list[Row], stats: dict, report: list[str], changes: dict | None, before: dict[str, str]
+) -> str:
     parts = ["<h2>Stats</h2>", stats_table(stats)]
     if report:
         parts += [
@@ -326,10 +272,10 @@ def _body(gm, stats: dict, report: list[str], changes: dict | None, before: dict
         ]
     parts += [
         "<h2>Graph</h2>",
-        _strip(gm, changes),
+        _strip(rows, changes),
         '<input type="checkbox" id="only"><label for="only"> show only added and rewritten '
         "nodes</label>",
-        _rows(gm, changes),
+        _rows(rows, changes),
     ]
     removed = (changes or {}).get("removed", [])
     if removed:

@@ -1,16 +1,74 @@
-"""The text of the pass dumps: what a pass added, removed and rewrote, then the graph.
+"""The pass dumps: what a pass added, removed and rewrote, then the graph; and ``DumpWriter``.
 
 ``NN-<pass>.txt`` starts with a header (``// step 2 of 3, after: find-linears``, whether
 the pass modified the graph, its stats, node counts, the pass's own report lines, one line
 per added / removed / rewritten node) and then ``str(gm.graph)``. A node is *rewritten*
-when it keeps its name but changes its op, target, arguments or keyword arguments.
+when it keeps its name but changes its op, target, arguments or keyword arguments. The ONNX
+stage's passes write the same kind of dump over the ONNX graph (``runtime.onnx.passes``).
+
+``DumpWriter`` owns a dump directory's numbering: the FX pass manager and the ONNX stage both
+take their ``NN`` from it, so an export inside a pipeline numbers its ONNX passes right after
+the pass that exported, and a later ``fold`` or export continues after the highest number there.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch.fx as fx
 
+from .dump_html import HtmlDump
 from .passes import PassResult
+from .runtime.files import make_dir, write_atomic
+from .runtime.onnx.passes import OnnxPassResult, OnnxPassSpec
+
+_NUMBERED = re.compile(r"^(\d\d)-.+\.txt$")
+
+
+def next_index(dump_dir: Path) -> int:
+    """The number after the highest ``NN-*.txt`` dump in ``dump_dir`` (0 when it has none)."""
+    numbers = [
+        int(m.group(1))
+        for p in (dump_dir.iterdir() if dump_dir.is_dir() else ())
+        if (m := _NUMBERED.match(p.name))
+    ]
+    return max(numbers) + 1 if numbers else 0
+
+
+class DumpWriter:
+    """Writes ``NN-<name>.txt`` and its HTML page into ``dump_dir``, numbering from ``first``
+    (``None``: after the highest number there)."""
+
+    def __init__(self, dump_dir: Path, first: int | None = None):
+        self.dir = Path(dump_dir)
+        make_dir(self.dir, "dump_dir")
+        self.next = next_index(self.dir) if first is None else first
+        self.html = HtmlDump(self.dir, max(self.next, 1), write_atomic)
+
+    def reserve(self) -> int:
+        """The next number, taken (a pass whose dump is written after the ONNX stage it ran)."""
+        self.next += 1
+        return self.next - 1
+
+    def fx(self, index: int, name: str, text: str, gm: fx.GraphModule, **page) -> None:
+        write_atomic(self.dir / f"{index:02d}-{name}.txt", text)
+        self.html.page(index, name, self.html.fx_view(gm), **page)
+
+    def onnx(self, spec: OnnxPassSpec, result: OnnxPassResult, changes: dict, text: str) -> None:
+        """The ONNX stage's ``dump`` (``runtime.onnx.passes.DumpFn``)."""
+        index = self.reserve()
+        write_atomic(self.dir / f"{index:02d}-{spec.name}.txt", text)
+        self.html.page(
+            index,
+            spec.name,
+            self.html.onnx_view(result.model),
+            title=f"ONNX: {spec}",
+            stats=result.stats,
+            report=result.report,
+            changes=changes,
+            modified=result.modified,
+        )
 
 
 def signature(gm: fx.GraphModule) -> dict[str, str]:

@@ -5,8 +5,9 @@
 
 - each layer's ``self_attn`` (Llama, Mistral, Qwen2, Phi-3) for ``FusedAttention``: the HF
   projections, then ``torch.ops.lowrank_compiler.gqa`` in place of rotary, cache update and
-  attention. q/k/v are concatenated into one projection when they can be (``fuse_qkv``), which
-  GQA takes as a packed query ``[B, S, (Hq + 2 Hkv) D]``; Phi-3's ``qkv_proj`` already is one;
+  attention. q/k/v stay three projections here (the ONNX pass ``fuse-qkv`` packs them into one,
+  which GQA takes as a packed query ``[B, S, (Hq + 2 Hkv) D]``); Phi-3's ``qkv_proj`` already is
+  one;
 - each HF RMSNorm for ``FusedRMSNorm`` (``torch.ops.lowrank_compiler.rms_norm``),
 
 and yields ``GQADecoder(model)``, the function exported:
@@ -36,7 +37,6 @@ from torch import nn
 
 # registers torch.ops.lowrank_compiler.gqa / rms_norm
 from .runtime.layers import attention_op  # noqa: F401
-from .runtime.layers.int_linear import IntLinear
 
 ATTENTIONS = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Phi3Attention"}
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Phi3RMSNorm"}
@@ -107,41 +107,6 @@ def rotary_tables(model: nn.Module, context_length: int) -> tuple[torch.Tensor, 
     return cos[0, :, :half].float().contiguous(), sin[0, :, :half].float().contiguous()
 
 
-def fuse_qkv(q: nn.Module, k: nn.Module, v: nn.Module) -> nn.Module | None:
-    """One projection computing ``cat(q(x), k(x), v(x))``, or None when the three differ in kind
-    (integer layers: bits, group size or zero form; float: dtype)."""
-    if all(isinstance(m, IntLinear) for m in (q, k, v)):
-        try:
-            return IntLinear.concat([q, k, v])
-        except ValueError:
-            return None
-    if (
-        all(type(m) is nn.Linear for m in (q, k, v))
-        and len({m.weight.dtype for m in (q, k, v)}) == 1
-    ):
-        bias = any(m.bias is not None for m in (q, k, v))
-        fused = nn.Linear(
-            q.in_features,
-            q.out_features + k.out_features + v.out_features,
-            bias=bias,
-            dtype=q.weight.dtype,
-            device=q.weight.device,
-        )
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
-            if bias:
-                fused.bias.copy_(
-                    torch.cat(
-                        [
-                            m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
-                            for m in (q, k, v)
-                        ]
-                    )
-                )
-        return fused
-    return None
-
-
 class GQAState:
     """One call's tensors for every FusedAttention: past buffers, lengths, rotary tables; the
     attention modules put their presents in ``present`` (a plain object: torch.export traces
@@ -156,7 +121,7 @@ class FusedAttention(nn.Module):
     """An HF attention's projections around one ``gqa`` call (packed q/k/v when ``qkv_proj`` is
     set)."""
 
-    def __init__(self, attn: nn.Module, config, fuse: bool = True):
+    def __init__(self, attn: nn.Module, config):
         super().__init__()
         self.layer_idx = attn.layer_idx
         self.num_heads = int(config.num_attention_heads)
@@ -168,11 +133,7 @@ class FusedAttention(nn.Module):
         if hasattr(attn, "qkv_proj"):  # Phi-3: already packed [q; k; v]
             self.qkv_proj = attn.qkv_proj
         else:
-            packed = fuse_qkv(attn.q_proj, attn.k_proj, attn.v_proj) if fuse else None
-            if packed is not None:
-                self.qkv_proj = packed
-            else:
-                self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
+            self.q_proj, self.k_proj, self.v_proj = attn.q_proj, attn.k_proj, attn.v_proj
 
     @property
     def packed(self) -> bool:
@@ -227,8 +188,7 @@ class FusedRMSNorm(nn.Module):
 
 class GQADecoder(nn.Module):
     """``(input_ids, attention_mask, *past) -> (logits, *presents)``, past/present ``[B, Hkv, M,
-    D]``
-    per layer, key then value."""
+    D]`` per layer, key then value."""
 
     def __init__(self, model: nn.Module, context_length: int):
         super().__init__()
@@ -250,7 +210,7 @@ class GQADecoder(nn.Module):
 
 
 @contextlib.contextmanager
-def fused_attention(model: nn.Module, context_length: int, fuse: bool = True):
+def fused_attention(model: nn.Module, context_length: int):
     """Swap in FusedAttention / FusedRMSNorm (module docstring); yields the GQADecoder; undone on
     exit."""
     reason = gqa_unsupported(model, context_length)
@@ -259,7 +219,7 @@ def fused_attention(model: nn.Module, context_length: int, fuse: bool = True):
     swaps = []
     for name, module in list(model.named_modules()):
         if type(module).__name__ in ATTENTIONS:
-            swaps.append((name, module, FusedAttention(module, model.config, fuse)))
+            swaps.append((name, module, FusedAttention(module, model.config)))
         elif type(module).__name__ in RMS_NORMS:
             swaps.append((name, module, FusedRMSNorm(module)))
     try:

@@ -20,14 +20,12 @@ from typing import Callable
 
 import torch.fx as fx
 
-from .dump_html import HtmlDump
-from .dumps import diff_nodes, dump_header, render_dump, signature
+from .dumps import DumpWriter, diff_nodes, dump_header, render_dump, signature
 from .errors import pass_error_type
 from .lint import lint
 from .passes import PassResult, get_pass
 from .passes.helpers import graph as G
 from .pipeline_text import PassSpec, Pipeline
-from .runtime.files import make_dir, write_atomic
 
 
 class PassManager:
@@ -49,12 +47,7 @@ class PassManager:
         self.on_pass = on_pass
         self.first_index = first_index  # dump numbering, to continue an earlier pipeline's dumps
         self.results: list[tuple[PassSpec, PassResult]] = []
-        self._html: HtmlDump | None = None  # made by run() when there is a dump_dir
-
-    def _dump(self, index: int, name: str, text: str, gm: fx.GraphModule, **page) -> None:
-        if self.dump_dir is not None:
-            write_atomic(self.dump_dir / f"{index:02d}-{name}.txt", text)
-            self._html.page(index, name, gm, **page)
+        self._dumps: DumpWriter | None = None  # made by run() when there is a dump_dir
 
     def run(self, gm: fx.GraphModule) -> fx.GraphModule:
         """Run every pass; if one fails, its swaps and those of the passes before it are undone
@@ -65,6 +58,7 @@ class PassManager:
         try:
             return self._run(gm)
         except BaseException:
+            gm.meta.pop(G.DUMPS, None)
             G.undo_swaps(
                 gm, since=mark
             )  # passes rewrite ``gm`` in place, so its journal holds every swap
@@ -73,13 +67,17 @@ class PassManager:
             raise
 
     def _run(self, gm: fx.GraphModule) -> fx.GraphModule:
+        dumps = None
         if self.dump_dir is not None:
-            make_dir(self.dump_dir, "dump_dir")
-            self._html = HtmlDump(self.dump_dir, self.first_index, write_atomic)
-        if self.dump_dir is not None and self.first_index == 1:
+            first = 0 if self.first_index == 1 else self.first_index
+            dumps = self._dumps = DumpWriter(self.dump_dir, first)
+            gm.meta[G.DUMPS] = (
+                dumps.onnx
+            )  # an export-onnx pass numbers its ONNX passes after itself
+        if dumps is not None and self.first_index == 1:
             tracer = gm.meta.get(G.TRACER, "?")
-            self._dump(
-                0,
+            dumps.fx(
+                dumps.reserve(),
                 "trace",
                 render_dump("trace", [f"tracer: {tracer}", f"pipeline: {self.pipeline}"], gm),
                 gm,
@@ -89,7 +87,7 @@ class PassManager:
         done: list[str] = []
         total = len(self.pipeline.passes)
         for step, spec in enumerate(self.pipeline.passes, start=1):
-            index = self.first_index + step - 1
+            index = dumps.reserve() if dumps is not None else None
             before = signature(gm)
             try:
                 result = get_pass(spec.name).fn(gm, **spec.options)
@@ -107,8 +105,8 @@ class PassManager:
             gm = result.gm
             self.results.append((spec, result))
             changes = diff_nodes(before, gm)
-            if self.dump_dir is not None:  # the text costs a pass over the graph: only when written
-                self._dump(
+            if dumps is not None:  # the text costs a pass over the graph: only when written
+                dumps.fx(
                     index,
                     spec.name,
                     render_dump(
@@ -127,4 +125,5 @@ class PassManager:
             if self.on_pass is not None:
                 self.on_pass(spec.name, result)
             done.append(spec.name)
+        gm.meta.pop(G.DUMPS, None)
         return gm

@@ -1,6 +1,6 @@
 """``Policy``: what to rewrite and how, as one frozen, validated, serialisable value.
 
-Layer selection is a list of name patterns (``runtime.select``: exact name, dotted
+Layer selection is a list of name patterns (``passes.helpers.select``: exact name, dotted
 suffix, glob, ``re:<regex>``) or ``"all-linear"`` (every linear layer but the output
 head), minus ``exclude``. ``overrides`` maps a pattern to per-layer ``rank``, ``alpha``,
 ``bits``, ``group_size``; when several patterns match a layer, later ones win.
@@ -12,13 +12,12 @@ the same dictionary.
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_pattern
+from .passes.helpers.select import ALL_LINEAR, OVERRIDE_FIELDS, check_override, check_pattern
 from .pipeline_text import PassSpec, Pipeline
 from .runtime.errors import PolicyError
 from .runtime.quant.formats import (
@@ -26,7 +25,11 @@ from .runtime.quant.formats import (
     ZERO_POINT_MODES,
     check_bits,
     check_choice,
+    check_dropout,
+    check_flag,
     check_group_size,
+    check_int,
+    check_positive,
 )
 
 METHODS = ("lora", "qalora", "lrqat", "qlora", "rtn")
@@ -52,27 +55,6 @@ def _patterns(name: str, value) -> tuple[str, ...]:
     return out
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        span = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise PolicyError(f"{name} must be an integer {span}, got {value!r}")
-
-
-def _check_positive(name: str, value) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise PolicyError(f"{name} must be a positive finite number, got {value!r}")
-
-
 @dataclass(frozen=True)
 class Override:
     """Per-layer settings for the layers ``pattern`` matches (``None`` keeps the policy's)."""
@@ -84,20 +66,9 @@ class Override:
     group_size: int | None = None
 
     def __post_init__(self):
-        try:
-            check_pattern(self.pattern)
-        except ValueError as e:
-            raise PolicyError(f"overrides: {e}") from None
-        where = f"overrides[{self.pattern!r}]"
-        if self.rank is not None:
-            _check_int(f"{where}.rank", self.rank, 1)
-        if self.alpha is not None:
-            _check_positive(f"{where}.alpha", self.alpha)
-            object.__setattr__(self, "alpha", float(self.alpha))
-        if self.bits is not None:
-            check_bits(self.bits, f"{where}.bits")
-        if self.group_size is not None:
-            check_group_size(self.group_size, f"{where}.group_size")
+        given = {k: getattr(self, k) for k in OVERRIDE_FIELDS}
+        for key, value in check_override(self.pattern, given).items():
+            object.__setattr__(self, key, value)
 
     def fields(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in OVERRIDE_FIELDS if getattr(self, k) is not None}
@@ -148,16 +119,9 @@ class Policy:
         object.__setattr__(self, "exclude", _patterns("exclude", self.exclude))
         if not self.target:
             raise PolicyError("target must name at least one pattern (or 'all-linear')")
-        _check_int("rank", self.rank, 1)
-        _check_positive("alpha", self.alpha)
-        object.__setattr__(self, "alpha", float(self.alpha))
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, (int, float))
-            or not 0 <= self.dropout < 1
-        ):
-            raise PolicyError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        object.__setattr__(self, "dropout", float(self.dropout))
+        check_int(self.rank, "rank", 1)
+        object.__setattr__(self, "alpha", check_positive(self.alpha, "alpha"))
+        object.__setattr__(self, "dropout", check_dropout(self.dropout))
         check_bits(self.bits)
         check_group_size(self.group_size)
         check_choice(self.zero_point, ZERO_POINT_MODES, "zero_point")
@@ -167,10 +131,8 @@ class Policy:
                 f"quantizer={self.quantizer!r} applies to methods {_names(QUANTIZED)} (integer "
                 f"bases); method {self.method!r} has none: leave quantizer='rtn'"
             )
-        if not isinstance(self.double_quant, bool):
-            raise PolicyError(f"double_quant must be true or false, got {self.double_quant!r}")
-        if not isinstance(self.train_scales, bool):
-            raise PolicyError(f"train_scales must be true or false, got {self.train_scales!r}")
+        check_flag(self.double_quant, "double_quant")
+        check_flag(self.train_scales, "train_scales")
         if self.train_scales and self.method not in SCALED:
             raise PolicyError(
                 f"train_scales=True applies to method {_names(SCALED)} (integer grid scales); "
@@ -288,17 +250,7 @@ def _overrides(value) -> tuple[Override, ...]:
     if isinstance(value, Mapping):
         out = []
         for pattern, spec in value.items():
-            if not isinstance(spec, Mapping):
-                raise PolicyError(
-                    f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {spec!r}"
-                )
-            unknown = sorted(set(spec) - set(OVERRIDE_FIELDS))
-            if unknown:
-                raise PolicyError(
-                    f"overrides[{pattern!r}] has unknown field(s) {unknown}; allowed: "
-                    f"{OVERRIDE_FIELDS}"
-                )
-            out.append(Override(pattern, **spec))
+            out.append(Override(pattern, **check_override(pattern, spec)))
         return tuple(out)
     if isinstance(value, (list, tuple)) and all(isinstance(o, Override) for o in value):
         patterns = [o.pattern for o in value]

@@ -13,8 +13,8 @@ from typing import Any
 from torch import nn
 
 from .api import compile_info
-from .runtime.layers.linear_kinds import is_linear_module, is_quantized_linear, linear_shape
-from .runtime.layers.lora import AdapterLayer
+from .runtime.layers.linear_kinds import is_linear_module, linear_shape
+from .runtime.layers.protocol import AdapterLayer, is_quantized_linear
 
 
 @dataclass(frozen=True)

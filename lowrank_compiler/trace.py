@@ -28,13 +28,13 @@ from torch import nn
 from .errors import TraceError
 from .passes.helpers import graph as G
 from .runtime.layers.linear_kinds import is_conv1d, is_linear_module
-from .runtime.layers.lora import AdapterLayer
+from .runtime.layers.protocol import AdapterLayer
 
 MODES = ("auto", "export", "fx", "modules")
 _LIB_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, fx))
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # frames of the tracing machinery itself are never "where tracing failed"
-_OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py", "pipeline.py")} | {
+_OWN_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "api.py")} | {
     os.path.abspath(G.__file__)
 }
 

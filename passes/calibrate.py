@@ -1,5 +1,5 @@
 """calibrate: run the float model on the calibration batches and record each selected
-layer's input second moment ``H = E[x x^T]`` (``runtime.calibrate``) for GPTQ.
+layer's input second moment ``H = E[x x^T]`` (``helpers.moments``) for GPTQ.
 
 An analysis pass: the graph is not changed; the statistics go to
 ``gm.meta["lowrank_compiler.moments"]``, where ``quantize`` and ``insert-qalora`` with

@@ -8,7 +8,7 @@ cannot be rewritten (no module to swap). Selection rules:
 - ``target=all-linear`` selects every linear layer except the output head
   (``get_output_embeddings()``, a layer named ``lm_head``, or one whose weight is tied to an
   ``nn.Embedding``'s), as PEFT does;
-- other patterns (see ``runtime.select``) must each match at least one layer, and an
+- other patterns (see ``helpers.select``) must each match at least one layer, and an
   ``exclude`` pattern must match at least one layer: a typo is an error, not a no-op.
 
 The graph is not changed; nodes get ``node.meta["lowrank_compiler.linear"]`` and
@@ -18,6 +18,7 @@ The graph is not changed; nodes get ``node.meta["lowrank_compiler.linear"]`` and
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
@@ -27,6 +28,8 @@ from ..runtime.layers.linear_kinds import is_linear_module, linear_shape
 from .helpers import graph as G
 from .helpers.select import ALL_LINEAR, TargetError, check_pattern, matches
 from .registry import PassResult, register_pass
+
+Hit = Callable[[str, str], bool]  # does a pattern match a layer (by any of its names)
 
 
 def _as_tuple(value) -> tuple[str, ...]:
@@ -135,18 +138,26 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
             "graph; "
             "nothing to rewrite"
         )
-    names = list(found)
-    listing = ", ".join(names)
-    aliases = _aliases(G.model_of(gm), names)
+    aliases = _aliases(G.model_of(gm), list(found))
 
     def hit(pattern: str, name: str) -> bool:  # a layer reachable by several names matches by any
         return any(matches(pattern, a) for a in aliases.get(name, (name,)))
 
-    heads = _output_heads(G.model_of(gm))
+    status = _statuses(found, target, hit, _output_heads(G.model_of(gm)))
+    _check_targets(status, target, hit)
+    _exclude(status, exclude, hit)
+    _check_selected(status, found, exclude)
+    ops = _tag(found, status)
+    gm.meta[G.LINEARS] = ops
+    return PassResult(gm, False, _stats(G.model_of(gm), ops, found), _report(ops))
+
+
+def _statuses(found: dict, target: tuple[str, ...], hit: Hit, heads: set[str]) -> dict[str, str]:
+    """Each layer's status under ``target``: selected, output-head (left out by all-linear),
+    functional (no module to rewrite) or not-targeted."""
     explicit = [p for p in target if p != ALL_LINEAR]
     status: dict[str, str] = {}
-    for name in names:
-        kind = found[name][0]
+    for name, (kind, *_) in found.items():
         explicit_hit = any(hit(p, name) for p in explicit)
         if kind == "functional" and name.endswith(" (F.linear)"):
             status[name] = "functional"  # the module itself is selected (or not) by its own name
@@ -160,7 +171,14 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
             status[name] = "selected"
         else:
             status[name] = "not-targeted"
-    unmatched = [p for p in explicit if not any(hit(p, n) for n in names)]
+    return status
+
+
+def _check_targets(status: dict[str, str], target: tuple[str, ...], hit: Hit) -> None:
+    """Some layer is selected, and every explicit target pattern matches a layer (a typo is an
+    error, not a no-op)."""
+    names, listing = list(status), ", ".join(status)
+    unmatched = [p for p in target if p != ALL_LINEAR and not any(hit(p, n) for n in names)]
     if not any(s == "selected" for s in status.values()):
         raise TargetError(
             f"target {list(target)} matches none of the model's {len(names)} linear layers: "
@@ -171,16 +189,25 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
             f"target pattern(s) {unmatched} match no linear layer while the others do; "
             f"fix or drop them. Linear layers: {listing}"
         )
+
+
+def _exclude(status: dict[str, str], exclude: tuple[str, ...], hit: Hit) -> None:
+    """Mark the selected layers each exclude pattern matches as excluded; a pattern that matches
+    no layer is an error."""
     for p in exclude:
-        hits = [n for n in names if hit(p, n)]
+        hits = [n for n in status if hit(p, n)]
         if not hits:
             raise TargetError(
-                f"exclude pattern {p!r} matches no linear layer. Linear layers: {listing}"
+                f"exclude pattern {p!r} matches no linear layer. Linear layers: {', '.join(status)}"
             )
         for n in hits:
             if status[n] == "selected":
                 status[n] = "excluded"
-    bad = [n for n in names if status[n] == "selected" and found[n][0] == "functional"]
+
+
+def _check_selected(status: dict[str, str], found: dict, exclude: tuple[str, ...]) -> None:
+    """What stays selected can be rewritten (no functional call), and something does."""
+    bad = [n for n in status if status[n] == "selected" and found[n][0] == "functional"]
     if bad:
         raise TargetError(
             f"layers {bad} are functional F.linear calls on raw parameters: there is no module to "
@@ -189,9 +216,14 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         )
     if not any(s == "selected" for s in status.values()):
         raise TargetError(
-            f"exclude {list(exclude)} leaves no linear layer selected. Linear layers: {listing}"
+            f"exclude {list(exclude)} leaves no linear layer selected. Linear layers: "
+            f"{', '.join(status)}"
         )
 
+
+def _tag(found: dict, status: dict[str, str]) -> list[G.LinearOp]:
+    """A ``LinearOp`` per layer; each of its nodes is tagged with it and with whether it is
+    selected."""
     ops = []
     for name, (kind, k, n, nodes) in found.items():
         op = G.LinearOp(name, kind, k, n, len(nodes), status[name])
@@ -199,14 +231,16 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         for node in nodes:
             node.meta[G.LINEAR] = op
             node.meta[G.SELECTED] = status[name] == "selected"
-    gm.meta[G.LINEARS] = ops
+    return ops
 
-    model = G.model_of(gm)
+
+def _stats(model: nn.Module | None, ops: list[G.LinearOp], found: dict) -> dict:
+    """Counts by kind and status, and the linear modules the traced graph never calls."""
     unused = []
     if model is not None:
         unused = [m for m, mod in model.named_modules() if is_linear_module(mod) and m not in found]
     counts = Counter(op.status for op in ops)
-    stats = {
+    return {
         "linear_layers": len(ops),
         "linear_calls": sum(op.calls for op in ops),
         "kinds": dict(Counter(op.kind for op in ops)),
@@ -217,9 +251,11 @@ def find_linears(gm: fx.GraphModule, *, target=(ALL_LINEAR,), exclude=()) -> Pas
         },
         "not_in_graph": unused,
     }
-    report = [
+
+
+def _report(ops: list[G.LinearOp]) -> list[str]:
+    return [
         f"{op.status:12s} {op.name} ({op.kind}, {op.in_features}->{op.out_features}"
         f"{f', {op.calls} calls' if op.calls > 1 else ''})"
         for op in ops
     ]
-    return PassResult(gm, False, stats, report)

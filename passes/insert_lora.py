@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.layers.lora import LoRALinear
+from ..runtime.quant.formats import check_dropout
 from .helpers import graph as G
-from .helpers.rewrite import check_dropout, check_finite, check_rank, inline_selected
+from .helpers.rewrite import check_finite, check_rank, inline_selected
 from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 

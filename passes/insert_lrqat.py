@@ -3,10 +3,11 @@ rounding.
 
 Float layers are quantized as the ``quantize`` pass does (same checks, ``quantizer``
 ``"rtn"`` or ``"gptq"``), but keep each weight's continuous grid position ``Phi0``
-(``runtime.grid``: fixed point, rounding to the quantizer's codes) instead of packed codes.
+(``runtime.layers.grid_base``: fixed point, rounding to the quantizer's codes) instead of packed
+codes.
 Layers an earlier ``quantize`` pass already made ``IntLinear`` start from their codes
 (``Phi0`` = the code: the fractional parts were rounded away). The adapter
-(``runtime.lrqat``: ``A: [r, K]``, ``B: [N, r]`` zero) moves ``Phi0`` before the
+(``runtime.layers.lrqat``: ``A: [r, K]``, ``B: [N, r]`` zero) moves ``Phi0`` before the
 rounding, so the layer starts equal to the quantizer's and ``fold`` packs the trained
 codes with no correction. ``train_scales`` also trains each group's scale.
 The layer's op (``lrqat_linear``) is inlined, so dumps show it reading the grid and adapter.
@@ -21,8 +22,9 @@ from ..runtime.layers.grid_base import GridBase
 from ..runtime.layers.int_linear import IntLinear
 from ..runtime.layers.lrqat import LRQATLinear
 from ..runtime.progress import progress
+from ..runtime.quant.formats import check_flag
 from .helpers import graph as G
-from .helpers.rewrite import adapter_options, inline_selected, plan_quantization
+from .helpers.rewrite import adapter_options, inline_selected, plan_quantization, rounding
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
@@ -55,8 +57,7 @@ def insert_lrqat(
     train_scales=False,
     overrides=None,
 ) -> PassResult:
-    if not isinstance(train_scales, bool):
-        raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
+    check_flag(train_scales, "train_scales")
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lrqat")
@@ -70,11 +71,7 @@ def insert_lrqat(
         layer = LRQATLinear.from_base(base, train_scales=train_scales, **opts)
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
-        how = (
-            "GPTQ"
-            if "hessian" in settings.get(name, {})
-            else ("RTN" if name in settings else "IntLinear codes")
-        )
+        how = rounding(settings[name]) if name in settings else "IntLinear codes"
         report.append(
             f"{name}: -> LR-QAT(int{base.bits}, group {base.group_size}, {how}; rank {layer.rank}, "
             f"alpha {layer.alpha:g}, A [{layer.rank}, {layer.in_features}]"

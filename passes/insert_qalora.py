@@ -1,4 +1,5 @@
-"""insert-qalora: group-quantize each selected layer and add a QA-LoRA adapter (``runtime.qalora``).
+"""insert-qalora: group-quantize each selected layer and add a QA-LoRA adapter
+(``runtime.layers.qalora``).
 
 Float layers are quantized first (as the ``quantize`` pass does, same checks and
 ``quantizer``: ``"rtn"`` or ``"gptq"``, which the official QA-LoRA starts from);
@@ -14,13 +15,11 @@ from __future__ import annotations
 
 import torch.fx as fx
 
-from ..runtime.errors import PolicyError
 from ..runtime.layers.qalora import QALoRALinear
-from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice
+from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice, check_dropout, check_flag
 from .helpers import graph as G
 from .helpers.rewrite import (
     adapter_options,
-    check_dropout,
     inline_selected,
     plan_quantization,
     quantize_layers,
@@ -47,8 +46,7 @@ def insert_qalora(
     overrides=None,
 ) -> PassResult:
     check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
-    if not isinstance(train_scales, bool):
-        raise PolicyError(f"train_scales must be true or false, got {train_scales!r}")
+    check_flag(train_scales, "train_scales")
     check_dropout(dropout)
     selected = G.selected_layers(gm)
     if not selected:

@@ -1,4 +1,5 @@
-"""insert-qlora: the QLoRA baseline: NF4 base (``runtime.nf4``) plus a full-width LoRA adapter.
+"""insert-qlora: the QLoRA baseline: NF4 base (``runtime.layers.nf4``) plus a full-width LoRA
+adapter.
 
 Each selected layer becomes ``LoRALinear(NF4Linear(W))``: blocks of ``block_size``
 (64) weights in NF4 with optional double quantization of the block scales, and
@@ -15,8 +16,9 @@ from ..runtime.layers.linear_kinds import weight_out_in
 from ..runtime.layers.lora import LoRALinear
 from ..runtime.layers.nf4 import NF4Linear
 from ..runtime.progress import progress
+from ..runtime.quant.formats import check_dropout
 from .helpers import graph as G
-from .helpers.rewrite import check_dropout, check_rank, inline_selected
+from .helpers.rewrite import check_rank, inline_selected
 from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 

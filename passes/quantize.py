@@ -1,8 +1,8 @@
 """quantize: replace every selected linear layer by an ``IntLinear`` (no adapter).
 
 Asymmetric min-max per output row and group of ``group_size`` input columns, ``bits``
-in {2, 3, 4, 8} (``runtime.quant``), rounded to nearest (``quantizer="rtn"``) or by
-GPTQ (``quantizer="gptq"``, ``runtime.gptq``: needs the ``calibrate`` pass before it). The
+in {2, 3, 4, 8} (``runtime.quant.group``), rounded to nearest (``quantizer="rtn"``) or by
+GPTQ (``quantizer="gptq"``, ``runtime.quant.gptq``: needs the ``calibrate`` pass before it). The
 post-training baseline, and the first half of
 what ``insert-qalora`` does. Every layer that cannot be quantized (input width not
 divisible by the group, group wider than the layer, NaN/inf weights) is listed in one

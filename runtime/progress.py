@@ -1,8 +1,7 @@
 """Progress bars for long work: tqdm on a terminal, silent elsewhere, and off after ``set_quiet()``.
 
 ``progress`` wraps a loop over layers or batches (quantizing, folding, calibrating); ``Steps`` is
-one bar over a
-command's named steps (load the model, compile, save), naming the step now running.
+one bar over a command's named steps (load the model, compile, save), naming the step now running.
 """
 
 from __future__ import annotations

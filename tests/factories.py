@@ -1,6 +1,6 @@
 """Models the command-line tests name as MODEL (``tests/factories.py:<function>``).
 
-The file is run by ``lowrank_compiler.model_spec``, which puts this folder on ``sys.path``
+The file is run by ``lowrank_compiler.app.model_spec``, which puts this folder on ``sys.path``
 while it runs, so the shared tiny models import as usual.
 """
 

@@ -182,8 +182,7 @@ def external_data_onnx(location: str) -> bytes:
 
 def tiny_bpe_tokenizer(vocab_size: int):
     """An HF fast tokenizer built here (nothing downloaded): byte-pair merges over a-z, ids <
-    ``vocab_size``;
-    <pad> 0, </s> 1, <unk> 2."""
+    ``vocab_size``; <pad> 0, </s> 1, <unk> 2."""
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
 

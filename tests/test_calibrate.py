@@ -8,7 +8,7 @@ from models import hf_bert, ids, output, rel_err, tiny_gpt
 import lowrank_compiler as lrc
 from lowrank_compiler.passes.helpers.moments import calibration_record, input_moments
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.layers.lora import AdapterLayer
+from lowrank_compiler.runtime.layers.protocol import AdapterLayer
 
 CAL = [ids(4, 16, seed=s) for s in range(10, 18)]
 HELD_OUT = ids(4, 16, seed=99)

@@ -6,7 +6,7 @@ from models import ids, rel_err, tiny_gpt, train
 
 import lowrank_compiler as lrc
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.layers.lora import AdapterLayer
+from lowrank_compiler.runtime.layers.protocol import AdapterLayer
 
 
 def trained(method="qalora", zero_point="float", steps=50, **policy):

@@ -1,5 +1,5 @@
 """export_genai and the onnxruntime generation loop: QA-LoRA-folded INT4 decoders with a KV cache,
-run by onnxruntime-genai and by ``runtime.generate.DecoderSession``, against HF ``generate`` on the
+run by onnxruntime-genai and by ``runtime.serve.DecoderSession``, against HF ``generate`` on the
 same folded torch model.
 
 One export per architecture (module-scoped fixtures, ~6 s each). Parity runs at accuracy level 0

@@ -76,6 +76,16 @@ def test_models_without_a_cache_are_refused_by_name(tmp_path):
         export_genai(llama(), tmp_path / "e", context_length=0)
     with pytest.raises(ExportError, match="accuracy_level"):
         export_genai(llama(), tmp_path / "f", accuracy_level=7)
+    with pytest.raises(
+        ExportError, match=r"trace_sizes=\(batch, seq, past\): the sizes .* not tensors"
+    ):
+        export_genai(llama(), tmp_path / "g", example_inputs=(torch.zeros(2, 3, dtype=torch.long),))
+    with pytest.raises(
+        ExportError, match=r"trace_sizes must be \(batch, seq, past\), each an integer >= 2"
+    ):
+        export_genai(llama(), tmp_path / "h", trace_sizes=(2, 1, 4))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['shapes'\]"):
+        export_genai(llama(), tmp_path / "i", shapes=(2, 3, 4))
     assert leftovers(tmp_path) == []  # refused before anything was written
 
 

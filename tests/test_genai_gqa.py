@@ -36,7 +36,6 @@ from test_genai import (
 )
 
 from lowrank_compiler.genai import ExportError, _attention, export_genai
-from lowrank_compiler.runtime.layers.int_linear import IntLinear
 from lowrank_compiler.runtime.serve.generate import DecoderSession
 
 WINDOW = 8
@@ -83,9 +82,11 @@ class Case:
         self.name = name
         self.model = BUILDS[name]()
         self.before = _snapshot(self.model)
+        root = tmp_path_factory.mktemp(name)
         self.dir = export_genai(
-            self.model, tmp_path_factory.mktemp(name) / "genai", accuracy_level=0
+            self.model, root / "genai", accuracy_level=0, dump_dir=root / "dumps"
         )
+        self.dumps = root / "dumps"
         self.after = _snapshot(self.model)
         self.session = DecoderSession(self.dir)
 
@@ -128,6 +129,25 @@ def test_graph_is_fused(case):
     assert json.loads((case.dir / "lowrank_compiler.json").read_text())["attention"] == "gqa"
 
 
+def test_the_onnx_stage_dumps_each_pass_and_fuses_qkv_and_the_norms(case):
+    names = sorted(p.stem for p in case.dumps.glob("*.txt"))
+    assert names == [
+        "00-onnx-as-exported",
+        "01-share-table-codes",
+        "02-split-form",
+        "03-fuse-qkv",
+        "04-fuse-skip-norm",
+    ]
+    qkv = (case.dumps / "03-fuse-qkv.txt").read_text()
+    packed = case.name == "phi3"  # its qkv_proj is one projection already
+    assert f"stats: {{'fused': {0 if packed else 2}}}" in qkv
+    fused = (case.dumps / "04-fuse-skip-norm.txt").read_text()
+    assert "modified: yes" in fused and "stats: {'fused': 4, 'norms': 5}" in fused
+    assert fused.count("com.microsoft::SkipSimplifiedLayerNormalization(") == 4
+    assert "com.microsoft::GroupQueryAttention(" in fused
+    assert "04-fuse-skip-norm.html" in (case.dumps / "index.html").read_text()
+
+
 def test_users_model_is_unchanged(case):
     types, logits = case.before
     types_after, logits_after = case.after
@@ -166,8 +186,7 @@ def test_logits_every_step_match_pytorch(case, lengths):
 
 def test_prefill_and_decode_equal_the_no_cache_forward(case):
     """The logits of prefill + 16 decode steps through the shared buffer equal one pass over the
-    whole
-    sequence, in onnxruntime (a first prompt, no cache) and in PyTorch (no cache)."""
+    whole sequence, in onnxruntime (a first prompt, no cache) and in PyTorch (no cache)."""
     ids, mask, _, _ = prompt(case.model, [9], LOGIT_STEPS)
     seq, logits = case.session.generate(ids, mask, max_new_tokens=LOGIT_STEPS, output_logits=True)
     full = seq[:, :-1].numpy()  # the last token was never fed
@@ -202,18 +221,3 @@ def test_auto_falls_back_to_plain_and_gqa_says_why(tmp_path):
     assert mode == "plain" and "'dynamic'" in reason
     with pytest.raises(ExportError, match="attention must be one of"):
         export_genai(dynamic, tmp_path / "x", attention="fused")
-
-
-def test_int_linear_concat_is_the_outputs_side_by_side():
-    torch.manual_seed(0)
-    q = IntLinear.from_weight(torch.randn(32, 64), torch.randn(32), bits=4, group_size=32)
-    k = IntLinear.from_weight(torch.randn(16, 64), None, bits=4, group_size=32)
-    k.correction = torch.randn(2, 16)  # a split-folded layer beside plain ones
-    v = IntLinear.from_weight(torch.randn(16, 64), None, bits=4, group_size=32)
-    x = torch.randn(3, 64)
-    fused = IntLinear.concat([q, k, v])
-    assert torch.allclose(fused(x), torch.cat([q(x), k(x), v(x)], -1), atol=1e-5)
-    with pytest.raises(ValueError, match="group_size 32 vs 16"):
-        IntLinear.concat(
-            [q, IntLinear.from_weight(torch.randn(16, 64), None, bits=4, group_size=16)]
-        )

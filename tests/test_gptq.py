@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.quant.gptq import gptq_quantize
+from lowrank_compiler.runtime.quant.gptq import gptq, gptq_quantize
 from lowrank_compiler.runtime.quant.group import quantize
 
 
@@ -66,7 +66,7 @@ def test_int_linear_from_gptq_runs_its_codes():
     lin = torch.nn.Linear(64, 24)
     x = correlated_inputs(64, tokens=512)
     h = x.T @ x / len(x)
-    layer = IntLinear.from_float(lin, bits=4, group_size=32, hessian=h)
+    layer = IntLinear.from_float(lin, bits=4, group_size=32, quantizer=gptq(h))
     codes, scales, zeros = gptq_quantize(lin.weight, h, 4, 32)
     assert torch.equal(layer.dequantize(), dequant(codes, scales, zeros, 32))
     torch.testing.assert_close(

@@ -119,7 +119,7 @@ def test_rank_above_min_in_out_names_layer_shape_and_fix():
     [
         ("rank=0", "rank for layer .* must be a positive integer"),
         ("alpha=-1.0", "alpha for layer .* must be a positive finite number"),
-        ("dropout=1.5", r"dropout must be in \[0, 1\)"),
+        ("dropout=1.5", r"dropout must be a number in \[0, 1\)"),
         ("overrides={nothing={rank=2}}", "override pattern 'nothing' matches no targeted layer"),
         ("overrides={q_proj={dropout=2}}", "unknown field"),
     ],

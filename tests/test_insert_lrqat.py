@@ -46,7 +46,7 @@ def test_rewrites_every_layer_and_starts_equal_to_the_rtn_model():
 
 
 def test_gptq_start_keeps_the_fraction_gptq_rounded():
-    from lowrank_compiler.runtime.quant.gptq import gptq_quantize
+    from lowrank_compiler.runtime.quant.gptq import gptq, gptq_quantize
 
     torch.manual_seed(0)
     w = torch.randn(24, 64)
@@ -57,14 +57,14 @@ def test_gptq_start_keeps_the_fraction_gptq_rounded():
         torch.equal(a, b) for a, b in zip((codes, scales, zeros), gptq_quantize(w, h, 4, 16))
     )
     assert torch.equal(torch.clamp(torch.round(grid), 0, 15).to(torch.uint8), codes)
-    base = GridBase.from_weight(w, None, bits=4, group_size=16, hessian=h)
+    base = GridBase.from_weight(w, None, bits=4, group_size=16, quantizer=gptq(h))
     assert torch.equal(base.codes(), codes)
     inside = (grid >= 0) & (grid <= 15)
     assert (decode_grid(base.phi0, 4) - grid)[
         inside
     ].abs().max() <= 3 / 32  # 4 fraction bits, nudged at most one
     assert not (torch.remainder(base.phi0.float(), 16) == 8).any()  # none on a half-way point
-    ref = IntLinear.from_weight(w, None, bits=4, group_size=16, hessian=h)
+    ref = IntLinear.from_weight(w, None, bits=4, group_size=16, quantizer=gptq(h))
     assert torch.equal(LRQATLinear.from_base(base, rank=2, alpha=4)(x[:5]), ref(x[:5]))
 
 

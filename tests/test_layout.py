@@ -4,6 +4,7 @@ import ast
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -271,3 +272,76 @@ def test_each_format_fact_is_defined_once():
                             f"{line.strip()}"
                         )
     assert not stray, "\n".join(stray)
+
+
+def test_library_files_and_functions_stay_small():
+    """No library module over 400 lines; no function over 80 lines outside the tests."""
+    long_files = [
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for layer in ("runtime", "passes", "lowrank_compiler")
+        for p in sources(layer)
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    assert not long_files, long_files
+    long_functions = []
+    for layer in (*LAYERS, "benchmarks", "examples"):
+        for path in sources(layer):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    length = node.end_lineno - node.lineno + 1
+                    if length > 80:
+                        long_functions.append(
+                            f"{path.relative_to(ROOT)}: {node.name} ({length} lines)"
+                        )
+    assert not long_functions, long_functions
+
+
+def test_no_isinstance_ladder_over_layer_kinds_outside_the_layers():
+    """Code outside runtime/layers/ asks a layer (its protocol), never tests its class against the
+    kinds one after another: at most one layer-kind class is named in any isinstance call."""
+    kinds = {
+        "IntLinear",
+        "LoRALinear",
+        "QALoRALinear",
+        "LRQATLinear",
+        "NF4Linear",
+        "GridBase",
+        "IntEmbedding",
+    }
+    ladders = []
+    for layer in ("runtime", "passes", "lowrank_compiler", "app"):
+        for path in sources(layer):
+            if "layers" in path.relative_to(ROOT).parts[:2]:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.FunctionDef)):
+                    continue
+                named = {
+                    n.id
+                    for call in ast.walk(node)
+                    if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "isinstance"
+                    for n in ast.walk(call)
+                    if isinstance(n, ast.Name) and n.id in kinds
+                }
+                if len(named) > 1:
+                    ladders.append(f"{path.relative_to(ROOT)}: {node.name} tests {sorted(named)}")
+    assert not ladders, ladders
+
+
+def test_the_readme_layout_names_every_module():
+    """Every module of the package is named in the README's layout section (a name two folders
+    share, as often as it occurs), and every ``.py`` file named there exists."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Layout", 1)[1].split("\n## ", 1)[0]
+    named = Counter(re.findall(r"\b(\w+\.py)\b", section))
+    files = Counter(
+        p.name
+        for layer in ("runtime", "passes", "lowrank_compiler")
+        for p in (ROOT / layer).rglob("*.py")
+        if p.name != "__init__.py"
+    )
+    missing = {name: n - named[name] for name, n in files.items() if named[name] < n}
+    assert not missing, f"modules the README's layout does not name (times missing): {missing}"
+    anywhere = {p.name for p in ROOT.rglob("*.py") if ".venv" not in p.parts}
+    unknown = sorted(set(named) - anywhere)
+    assert not unknown, f"the README's layout names files that do not exist: {unknown}"

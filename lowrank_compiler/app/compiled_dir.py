@@ -42,8 +42,7 @@ from ..policy import Policy
 from ..runtime.errors import AdapterError, LowRankError
 from ..runtime.files import write_atomic
 from ..runtime.layers.int_linear import IntLinear
-from ..runtime.layers.linear_kinds import is_quantized_linear
-from ..runtime.layers.lora import AdapterLayer
+from ..runtime.layers.protocol import AdapterLayer, is_quantized_linear
 from ..tensorfile import read_json_record, read_tensors, spec_of, write_tensors
 from .model_spec import LoadedModel, ModelSpec, load_model
 

@@ -19,7 +19,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ...runtime.layers.linear_kinds import is_conv1d, is_quantized_linear
+from ...runtime.layers.linear_kinds import is_conv1d
+from ...runtime.layers.protocol import is_quantized_linear
 
 MODEL = "lowrank_compiler.model"  # gm.meta: the user's nn.Module
 TRACER = "lowrank_compiler.tracer"  # gm.meta: "export" | "fx" | "modules"
@@ -32,6 +33,9 @@ EXAMPLE = "lowrank_compiler.example"  # gm.meta: (args, kwargs) the model was ex
 CALL = "lowrank_compiler.call"  # node.meta: name of the call_module node an inlined node replaced
 CALIBRATION = (
     "lowrank_compiler.calibration"  # gm.meta: the batches compile(calibration=...) was given
+)
+DUMPS = (
+    "lowrank_compiler.dumps"  # gm.meta, while a pass manager with dumps runs: the ONNX stage's dump
 )
 MOMENTS = "lowrank_compiler.moments"  # gm.meta: {layer: input second moment [K, K]} from calibrate
 
@@ -175,6 +179,13 @@ def inline_call(gm: fx.GraphModule, node: fx.Node) -> list[fx.Node]:
     node.replace_all_uses_with(result)
     gm.graph.erase_node(node)
     return inserted
+
+
+def selected_targets(linears: list[LinearOp]) -> list[str] | None:
+    """The names of the layers a policy selected (``find-linears``' record), or None when none
+    were recorded (a model that was not compiled)."""
+    names = [op.name for op in linears if op.status == "selected"]
+    return names or None
 
 
 def linear_nodes(gm: fx.GraphModule, *, selected_only: bool = False) -> list[fx.Node]:

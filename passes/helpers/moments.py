@@ -3,8 +3,8 @@
     H = (1 / T) * sum_t x_t x_t^T        x_t: one token's input row [K], T tokens in all
 
 accumulated in float64 (each batch's product in float32) while the float model runs on the
-calibration batches (no grad,
-eval mode, then the model's modes are restored). A batch is what the model takes: a
+calibration batches (no grad, eval mode, then the model's modes are restored). A batch is what the
+model takes: a
 dict of keyword arguments, a tuple of positional ones, or one tensor. When a dict batch
 holds an ``attention_mask`` ``(B, T)`` and a layer's input is ``(B, T, K)``, padded
 tokens are left out: they are not text the model will see, and on short sentences

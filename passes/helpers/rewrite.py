@@ -11,18 +11,10 @@ from ...runtime.layers.int_linear import IntLinear
 from ...runtime.layers.linear_kinds import is_linear_module, weight_out_in
 from ...runtime.progress import progress
 from ...runtime.quant.formats import QUANTIZERS, check_choice
+from ...runtime.quant.gptq import gptq
 from ...runtime.quant.group import GROUP_HINT, check_layer, check_layers, count_nonfinite
 from . import graph as G
 from .select import TargetError, check_overrides, resolve_layer_options
-
-
-def check_dropout(dropout) -> None:
-    if (
-        isinstance(dropout, bool)
-        or not isinstance(dropout, (int, float))
-        or not 0.0 <= dropout < 1.0
-    ):
-        raise PolicyError(f"dropout must be in [0, 1), got {dropout!r}")
 
 
 def inline_selected(gm: fx.GraphModule, selected: dict) -> int:
@@ -101,7 +93,7 @@ def check_quantizer(quantizer, damp) -> None:
 def plan_quantization(
     gm: fx.GraphModule, selected: dict, bits, group_size, overrides, *, quantizer="rtn", damp=0.01
 ) -> dict[str, dict]:
-    """Per-layer {bits, group_size[, hessian, damp]} for every float layer in ``selected``.
+    """Per-layer {bits, group_size[, quantizer]} for every float layer in ``selected``.
 
     Raises listing every bad layer. ``quantizer="gptq"`` takes each layer's input second
     moment from the ``calibrate`` pass (``gm.meta[MOMENTS]``).
@@ -129,10 +121,15 @@ def plan_quantization(
                     f"{name}: no calibration statistics (the calibration batches never reached it)"
                 )
                 continue
-            opts = {**opts, "hessian": moments[name], "damp": damp}
+            opts = {**opts, "quantizer": gptq(moments[name], damp)}
         settings[name] = opts
     check_layers(problems, hint=GROUP_HINT)
     return settings
+
+
+def rounding(opts: dict) -> str:
+    """How a planned layer is rounded, for the report: the quantizer's name, or RTN."""
+    return getattr(opts.get("quantizer"), "name", "RTN")
 
 
 def quantize_layers(gm: fx.GraphModule, settings: dict[str, dict]) -> list[str]:
@@ -142,7 +139,7 @@ def quantize_layers(gm: fx.GraphModule, settings: dict[str, dict]) -> list[str]:
         old = gm.get_submodule(name)
         new = IntLinear.from_float(old, **opts)
         G.swap_module(gm, name, new)
-        how = "GPTQ" if "hessian" in opts else "RTN"
+        how = rounding(opts)
         report.append(
             f"{name}: {type(old).__name__} -> IntLinear(int{opts['bits']}, group "
             f"{opts['group_size']}, {how})"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Mapping
 
 from ...runtime.errors import LowRankError, PolicyError
+from ...runtime.quant.formats import check_bits, check_group_size, check_int, check_positive
 
 ALL_LINEAR = "all-linear"
 
@@ -45,13 +47,6 @@ def matches(pattern: str, name: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def first_match(patterns, name: str) -> str | None:
-    for p in patterns:
-        if matches(p, name):
-            return p
-    return None
-
-
 OVERRIDE_FIELDS = ("rank", "alpha", "bits", "group_size")
 
 
@@ -64,19 +59,37 @@ def resolve_layer_options(name: str, base: dict, overrides: dict | None) -> dict
     return opts
 
 
-def check_overrides(overrides: dict | None, selected: list[str]) -> None:
-    for pattern, fields in (overrides or {}).items():
+def check_override(pattern, fields) -> dict:
+    """One ``overrides`` entry, checked (a valid pattern, known fields, valid values) and
+    normalised (alpha a float): the Policy's ``Override`` and the passes' ``overrides`` option
+    both go through here."""
+    try:
         check_pattern(pattern)
-        if not isinstance(fields, dict):
-            raise PolicyError(
-                f"overrides[{pattern!r}] must be a mapping of {OVERRIDE_FIELDS}, got {fields!r}"
-            )
-        unknown = set(fields) - set(OVERRIDE_FIELDS)
-        if unknown:
-            raise PolicyError(
-                f"overrides[{pattern!r}] has unknown field(s) {sorted(unknown)}; allowed: "
-                f"{OVERRIDE_FIELDS}"
-            )
+    except ValueError as e:
+        raise PolicyError(f"overrides: {e}") from None
+    where = f"overrides[{pattern!r}]"
+    if not isinstance(fields, Mapping):
+        raise PolicyError(f"{where} must be a mapping of {OVERRIDE_FIELDS}, got {fields!r}")
+    unknown = sorted(set(fields) - set(OVERRIDE_FIELDS))
+    if unknown:
+        raise PolicyError(f"{where} has unknown field(s) {unknown}; allowed: {OVERRIDE_FIELDS}")
+    checks = {
+        "rank": lambda v, f: check_int(v, f, 1),
+        "alpha": check_positive,
+        "bits": check_bits,
+        "group_size": check_group_size,
+    }
+    return {k: checks[k](v, f"{where}.{k}") for k, v in fields.items() if v is not None}
+
+
+def check_overrides(overrides: dict | None, selected: list[str]) -> None:
+    """A pass's ``overrides`` option: each entry valid (``check_override``) and matching a layer."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise PolicyError(
+            f"overrides must be a mapping {{pattern: {{field: value}}}}, got {overrides!r}"
+        )
+    for pattern, fields in (overrides or {}).items():
+        check_override(pattern, fields)
         if not any(matches(pattern, n) for n in selected):
             raise TargetError(
                 f"override pattern {pattern!r} matches no targeted layer. Targeted: "

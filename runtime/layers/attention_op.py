@@ -2,7 +2,7 @@
 ``torch.ops.lowrank_compiler.rms_norm``.
 
 Like ``int_linear``, each op's arguments are one onnxruntime node's inputs and attributes, in
-its schema's order, so the ONNX translation (``attention_onnx.py``) is that one node:
+its schema's order, so the ONNX translation (``onnx/attention.py``) is that one node:
 ``gqa`` -> ``com.microsoft::GroupQueryAttention``, ``rms_norm`` -> ``SimplifiedLayerNormalization``.
 The eager kernels reproduce onnxruntime's CPU semantics in PyTorch; the fake kernels let
 ``torch.export`` trace them without running them.

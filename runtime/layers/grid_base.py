@@ -1,7 +1,7 @@
 """``GridBase``: LR-QAT's frozen base, each weight's continuous position on its quantization grid.
 
-Per output row ``j`` and group ``l`` of ``g`` inputs, the quantizer (``quant.py``, RTN;
-``gptq.py``, GPTQ) fixes a scale ``s`` and an integer zero point ``z``; the grid position of
+Per output row ``j`` and group ``l`` of ``g`` inputs, the quantizer (``quant/group.py``, RTN;
+``quant/gptq.py``, GPTQ) fixes a scale ``s`` and an integer zero point ``z``; the grid position of
 a weight is ``Phi0 = W0 / s + z`` (GPTQ: the error-compensated value it rounded), and its
 code ``clamp(round(Phi0), 0, 2^b - 1)``. Buffers::
 
@@ -35,15 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.formats import grid_storage, qmax
-from ..quant.gptq import gptq_quantize
+from ..quant.formats import export_bits_problem, grid_storage, qmax
 from ..quant.grid import decode_grid, encode_grid
 from ..quant.group import pack_zeros, quantize, unpack_codes, zero_points
 from .linear_kinds import linear_shape, weight_out_in
+from .protocol import QuantizedLinear, register_layer
 
 
-class GridBase(nn.Module):
+@register_layer
+class GridBase(QuantizedLinear):
     kind = "grid"
+    frozen_tensors = ("phi0",)
 
     def __init__(
         self,
@@ -81,12 +83,12 @@ class GridBase(nn.Module):
         *,
         bits: int,
         group_size: int,
-        hessian: torch.Tensor | None = None,
-        damp: float = 0.01,
+        quantizer=None,
     ) -> "GridBase":
-        """Quantize a float weight ``[N, K]`` (RTN, or GPTQ given ``hessian`` ``[K, K]``) and keep
-        the grid positions that were rounded."""
-        if hessian is None:
+        """Quantize a float weight ``[N, K]`` and keep the grid positions that were rounded: RTN,
+        or ``quantizer(weight, bits, group_size, grid=True) -> (codes, scales, zeros, grid)``
+        (``quant.gptq.gptq``)."""
+        if quantizer is None:
             codes, scales, zeros = quantize(weight, bits, group_size)
             n, k = weight.shape
             w = (
@@ -96,9 +98,7 @@ class GridBase(nn.Module):
                 n, k
             )  # quantize's order
         else:
-            codes, scales, zeros, grid = gptq_quantize(
-                weight, hessian, bits, group_size, damp=damp, grid=True
-            )
+            codes, scales, zeros, grid = quantizer(weight, bits, group_size, grid=True)
         b = None if bias is None else bias.detach().to(torch.float32).clone()
         return cls(
             encode_grid(grid, codes, bits),
@@ -116,18 +116,16 @@ class GridBase(nn.Module):
         *,
         bits: int = 4,
         group_size: int = 32,
-        hessian: torch.Tensor | None = None,
-        damp: float = 0.01,
+        quantizer=None,
     ) -> "GridBase":
-        """From an ``nn.Linear`` or GPT-2 ``Conv1D``."""
+        """From an ``nn.Linear`` or GPT-2 ``Conv1D`` (``quantizer`` as in ``from_weight``)."""
         linear_shape(module)  # raises for anything else
         return cls.from_weight(
             weight_out_in(module),
             getattr(module, "bias", None),
             bits=bits,
             group_size=group_size,
-            hessian=hessian,
-            damp=damp,
+            quantizer=quantizer,
         )
 
     @classmethod
@@ -180,6 +178,9 @@ class GridBase(nn.Module):
             "group_size": self.group_size,
             "zeros": "int",
         }
+
+    def export_problem(self, fmt: str) -> str | None:
+        return export_bits_problem(self.bits, fmt)
 
     def extra_repr(self) -> str:
         frac = grid_storage(self.bits)[1]

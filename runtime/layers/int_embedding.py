@@ -1,7 +1,7 @@
 """``IntEmbedding``: a vocabulary table stored as INT4 codes, looked up by ``int_embedding``.
 
 A table ``E`` of ``V`` rows of width ``D`` is quantized exactly as a linear layer with
-``N = V`` outputs and ``K = D`` inputs (``quant.py``: asymmetric min-max per row and group
+``N = V`` outputs and ``K = D`` inputs (``quant/group.py``: asymmetric min-max per row and group
 of ``g`` columns, integer zero points)::
 
     qweight uint8 [V, D/g, g/2]      scales float [V, D/g]      zeros uint8 [V, ceil(D/g / 2)]
@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant.formats import EMBEDDING_BITS, check_group_size
+from ..quant.formats import EMBEDDING_BITS, QDQ_TABLE, check_group_size
 from ..quant.group import dequantize, quantize_packed
 from . import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
 from .int_linear import IntLinear
+from .protocol import Layer, register_layer
 
 
 def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | None:
@@ -43,8 +44,10 @@ def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | Non
     return None
 
 
-class IntEmbedding(nn.Module):
+@register_layer
+class IntEmbedding(Layer):
     kind = "int-embedding"
+    frozen_tensors = ("qweight",)
 
     def __init__(
         self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int
@@ -90,16 +93,16 @@ class IntEmbedding(nn.Module):
         return cls(qweight, scales, zeros, group_size=group_size)
 
     @classmethod
-    def from_int_linear(cls, head: IntLinear, *, name: str = "head") -> "IntEmbedding":
-        """The table a tied head already holds, read from its buffers (no copy)."""
-        if head.bits != EMBEDDING_BITS or head.float_zeros:
-            raise ValueError(
-                f"{name}: a table can share a head's codes only when they are {EMBEDDING_BITS}-bit "
-                "with "
-                f"integer zero points; this head is {head.bits}-bit with "
-                f"{'float' if head.float_zeros else 'integer'} zero points"
-            )
-        return cls(head.qweight, head.scales, head.zeros, group_size=head.group_size)
+    def lent_by(cls, head: nn.Module) -> "IntEmbedding | None":
+        """The table a tied head already holds, over its buffers (no copy), or None when the head
+        cannot lend its codes: only a layer with ``table_codes()`` (4-bit codes and integer zero
+        points, ``IntLinear``) can."""
+        lend = getattr(head, "table_codes", None)
+        codes = lend() if callable(lend) else None
+        if codes is None:
+            return None
+        qweight, scales, zeros = codes
+        return cls(qweight, scales, zeros, group_size=head.group_size)
 
     def tied_head(self, bias: torch.Tensor | None = None) -> IntLinear:
         """An ``IntLinear`` computing ``x @ table^T`` over this table's own buffers."""
@@ -134,6 +137,12 @@ class IntEmbedding(nn.Module):
         return torch.ops.lowrank_compiler.int_embedding(
             input, self.qweight, self.scales, self.zeros, self.bits, self.group_size
         )
+
+    def export_problem(self, fmt: str) -> str | None:
+        return QDQ_TABLE if fmt == "qdq" else None
+
+    def lowering(self, fmt: str) -> str:
+        return f"GatherBlockQuantized int{self.bits} g{self.group_size}"
 
     def describe(self) -> dict[str, Any]:
         return {

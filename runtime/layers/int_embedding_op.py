@@ -3,7 +3,7 @@
     y[..., :] = dequantize(qweight, scales, zeros)[ids[...], :]     ids: (...) -> y: (..., D)
 
 Its arguments are onnxruntime's ``com.microsoft::GatherBlockQuantized`` inputs in
-``quant.py``'s MatMulNBits layout (a table of ``V`` rows is a layer with ``N = V`` outputs
+``quant/group.py``'s MatMulNBits layout (a table of ``V`` rows is a layer with ``N = V`` outputs
 and ``K = D`` inputs), so the ONNX translation is a ``Reshape`` of the codes and one node,
 and a tied head's ``MatMulNBits`` can read the same bytes. Only the gathered rows are
 dequantized. The table is frozen: no gradient flows to the codes, scales or zero points

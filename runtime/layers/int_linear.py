@@ -3,7 +3,7 @@
     y = x W^T + bias [+ group_sum(x) @ correction]
     W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]),   l = i // g
 
-Buffers (``quant.py`` documents the byte layouts; all are MatMulNBits inputs as they are):
+Buffers (``quant/group.py`` documents the byte layouts; all are MatMulNBits inputs as they are):
 
     qweight     uint8 [N, K/g, g*bits/8]   packed codes
     scales      f32   [N, K/g]
@@ -13,7 +13,10 @@ Buffers (``quant.py`` documents the byte layouts; all are MatMulNBits inputs as 
                 points (``zeros="split"``): ``correction = (scales * (round(z') - z'))^T``,
                 stored transposed so the export is one MatMul on a named initializer
 
-It has no parameters; the op it calls is ``torch.ops.lowrank_compiler.int_linear``.
+It has no parameters; the op it calls is ``torch.ops.lowrank_compiler.int_linear``. It
+exports as one ``MatMulNBits`` node (or ``DequantizeLinear`` + ``MatMul``), the correction beside
+it; float zero points where the format cannot take them (``formats.takes_float_zeros``) go out
+in the exact split form.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..quant.gptq import gptq_quantize
+from ..quant.formats import EMBEDDING_BITS, EXPORT_NODES, export_bits_problem, takes_float_zeros
 from ..quant.group import (
     dequantize,
     group_sum,
@@ -34,10 +37,13 @@ from ..quant.group import (
 )
 from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .linear_kinds import linear_shape, weight_out_in
+from .protocol import QuantizedLinear, register_layer
 
 
-class IntLinear(nn.Module):
+@register_layer
+class IntLinear(QuantizedLinear):
     kind = "int"
+    frozen_tensors = ("qweight",)
 
     def __init__(
         self,
@@ -72,16 +78,15 @@ class IntLinear(nn.Module):
         *,
         bits: int,
         group_size: int,
-        hessian: torch.Tensor | None = None,
-        damp: float = 0.01,
+        quantizer=None,
     ) -> "IntLinear":
-        """Quantize a float weight ``[N, K]``: min-max per group, round to nearest, or GPTQ
-        (``runtime.gptq``) when the input second moment ``hessian`` ``[K, K]`` is given."""
+        """Quantize a float weight ``[N, K]``: min-max per group and round to nearest, or with
+        ``quantizer(weight, bits, group_size) -> (codes, scales, zeros)`` (``quant.gptq.gptq``)."""
         b = None if bias is None else bias.detach().to(torch.float32).clone()
-        if hessian is None:
+        if quantizer is None:
             qweight, scales, zeros = quantize_packed(weight, bits, group_size)
             return cls(qweight, scales, zeros, bits=bits, group_size=group_size, bias=b)
-        codes, scales, zeros = gptq_quantize(weight, hessian, bits, group_size, damp=damp)
+        codes, scales, zeros = quantizer(weight, bits, group_size)
         return cls(
             pack_codes(codes, bits, group_size),
             scales,
@@ -98,18 +103,16 @@ class IntLinear(nn.Module):
         *,
         bits: int = 4,
         group_size: int = 32,
-        hessian: torch.Tensor | None = None,
-        damp: float = 0.01,
+        quantizer=None,
     ) -> "IntLinear":
-        """From an ``nn.Linear`` or GPT-2 ``Conv1D`` (GPTQ when ``hessian`` is given)."""
+        """From an ``nn.Linear`` or GPT-2 ``Conv1D`` (``quantizer`` as in ``from_weight``)."""
         linear_shape(module)  # raises for anything else
         return cls.from_weight(
             weight_out_in(module),
             getattr(module, "bias", None),
             bits=bits,
             group_size=group_size,
-            hessian=hessian,
-            damp=damp,
+            quantizer=quantizer,
         )
 
     @property
@@ -145,49 +148,6 @@ class IntLinear(nn.Module):
             correction=None if self.correction is None else self.correction[:, index],
         )
 
-    @staticmethod
-    def concat(layers: list["IntLinear"]) -> "IntLinear":
-        """One layer computing ``cat([layer(x) for layer in layers], -1)`` (e.g. fused q/k/v).
-
-        Output rows are independent in every buffer, so this concatenates along N: codes
-        ``[N, K/g, g*bits/8]``, scales ``[N, K/g]``, zero points (packed ``[N, ...]`` or float),
-        bias ``[N]`` (zeros for a layer without one) and the correction ``D^T`` ``[K/g, N]`` along
-        its N axis (zeros where absent). The layers must share K, bits, group size and zero form.
-        """
-        first = layers[0]
-        for layer in layers[1:]:
-            mismatch = [
-                (name, getattr(first, name), getattr(layer, name))
-                for name in ("in_features", "bits", "group_size", "float_zeros")
-                if getattr(first, name) != getattr(layer, name)
-            ]
-            if mismatch:
-                raise ValueError(
-                    "cannot concatenate IntLinear layers: "
-                    + ", ".join(f"{name} {a} vs {b}" for name, a, b in mismatch)
-                )
-
-        def joined(name: str, dim: int, shape):
-            parts = [getattr(m, name) for m in layers]
-            if all(p is None for p in parts):
-                return None
-            ref = next(p for p in parts if p is not None)
-            return torch.cat(
-                [p if p is not None else ref.new_zeros(shape(m)) for p, m in zip(parts, layers)],
-                dim,
-            )
-
-        groups = first.in_features // first.group_size
-        return IntLinear(
-            torch.cat([m.qweight for m in layers]),
-            torch.cat([m.scales for m in layers]),
-            torch.cat([m.zeros for m in layers]),
-            bits=first.bits,
-            group_size=first.group_size,
-            bias=joined("bias", 0, lambda m: (m.out_features,)),
-            correction=joined("correction", 1, lambda m: (groups, m.out_features)),
-        )
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
         y = torch.ops.lowrank_compiler.int_linear(
@@ -211,6 +171,22 @@ class IntLinear(nn.Module):
             "group_size": self.group_size,
             "zeros": zeros,
         }
+
+    def export_problem(self, fmt: str) -> str | None:
+        return export_bits_problem(self.bits, fmt)
+
+    def lowering(self, fmt: str) -> str:
+        zeros = self.describe()["zeros"]
+        if zeros == "float" and not takes_float_zeros(fmt, self.bits):
+            zeros = "split"
+        return f"{EXPORT_NODES[fmt]} int{self.bits} g{self.group_size} zeros={zeros}"
+
+    def table_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(qweight, scales, zeros)`` for a vocabulary table tied to this head to share
+        (``IntEmbedding.lent_by``): only 4-bit codes with integer zero points qualify."""
+        if self.bits != EMBEDDING_BITS or self.float_zeros:
+            return None
+        return self.qweight, self.scales, self.zeros
 
     def extra_repr(self) -> str:
         d = self.describe()

@@ -3,7 +3,7 @@
     y = x W^T + bias,   W = dequantize(qweight, scales, zeros)     x: (..., K) -> y: (..., N)
 
 Its arguments are exactly onnxruntime's ``com.microsoft::MatMulNBits`` inputs and
-attributes (``quant.py`` has the layouts), so the ONNX translation is one node. It is a
+attributes (``quant/group.py`` has the layouts), so the ONNX translation is one node. It is a
 ``torch.library`` custom op with
 
 - a fake (meta) implementation, so ``torch.export`` traces it without running it;

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .protocol import is_quantized_linear
+
 
 def is_conv1d(module: nn.Module) -> bool:
     weight = getattr(module, "weight", None)
@@ -23,13 +25,6 @@ def is_conv1d(module: nn.Module) -> bool:
         and hasattr(module, "nf")
         and isinstance(weight, torch.Tensor)
         and weight.dim() == 2
-    )
-
-
-def is_quantized_linear(module: nn.Module) -> bool:
-    """A frozen quantized linear layer of this package (``IntLinear``, ``NF4Linear``)."""
-    return isinstance(getattr(module, "in_features", None), int) and callable(
-        getattr(module, "dequantize", None)
     )
 
 

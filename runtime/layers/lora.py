@@ -1,6 +1,5 @@
-"""Adapter layers: modules that replace a linear layer and carry trainable weights.
-
-LoRA (Hu et al. 2021). For a frozen base layer ``W: [N, K]`` (out, in)::
+"""``LoRALinear``: LoRA (Hu et al. 2021) around a frozen linear layer, float or QLoRA's NF4.
+ For a frozen base layer ``W: [N, K]`` (out, in)::
 
     y = W x + b + s * B A dropout(x),     s = alpha / r
     A: [r, K]  random (Kaiming-uniform, as PEFT does)
@@ -8,9 +7,10 @@ LoRA (Hu et al. 2021). For a frozen base layer ``W: [N, K]`` (out, in)::
 
 Only ``A`` and ``B`` train: ``r (K + N)`` parameters instead of ``K N``.
 
-Every adapter layer keeps its base in ``.base`` (an ``nn.Linear`` or GPT-2 ``Conv1D``),
-exposes ``adapter_parameters()`` and ``describe()`` (one row of the summary), and is a
-leaf of no tracer: its forward traces into plain ops, so graph dumps show the adapter.
+The base is an ``nn.Linear``, GPT-2's ``Conv1D`` or a quantized linear layer (QLoRA's
+``NF4Linear``). The layer is a leaf of no tracer: its forward traces into plain ops, so graph
+dumps show the adapter. ``folded_layer`` merges ``s B A`` into the base (float), or into its
+dequantized weight and requantizes (the peers' QLoRA merge, the baseline).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear_kinds import is_quantized_linear, linear_shape, weight_out_in
+from .int_linear import IntLinear
+from .linear_kinds import linear_shape, weight_out_in
+from .protocol import AdapterLayer, FoldForm, is_quantized_linear, register_layer
 
 
 def _factory(base: nn.Module) -> dict:
@@ -35,22 +37,12 @@ def _factory(base: nn.Module) -> dict:
     return {"dtype": torch.float32, "device": device}
 
 
-class AdapterLayer(nn.Module):
-    """Base of every layer a rewrite pass puts in place of a linear layer."""
-
-    kind: str = "adapter"
-
-    def adapter_parameters(self) -> Iterator[nn.Parameter]:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-
+@register_layer
 class LoRALinear(AdapterLayer):
     """``base(x) + (alpha / r) * B(A(dropout(x)))`` around a frozen linear base."""
 
     kind = "lora"
+    peft_kind = "lora"
 
     def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
         super().__init__()
@@ -95,27 +87,22 @@ class LoRALinear(AdapterLayer):
         yield self.lora_A
         yield self.lora_B
 
-    def folded_layer(self, *, bits: int | None = None, group_size: int | None = None) -> nn.Module:
+    def folded_layer(self, form: FoldForm | str | None = None) -> nn.Module:
         """Merge ``s B A`` into the base weight; a new module.
 
         Float base: an ``nn.Linear`` with ``W + s B A`` (float arithmetic, no rounding
         beyond it). Quantized base (QLoRA's NF4): dequantize, add, requantize to an
-        ``IntLinear`` of ``bits``/``group_size`` -- the peers' merge, which re-rounds
-        every weight; it exists as the baseline.
+        ``IntLinear`` of ``form.bits`` / ``form.group_size`` -- the peers' merge, which
+        re-rounds every weight; it exists as the baseline.
         """
+        form = FoldForm.of(form)
         delta = (
             self.lora_B.detach().double() @ self.lora_A.detach().double()
         ) * self.scale  # (N, K)
         bias = getattr(self.base, "bias", None)
         if is_quantized_linear(self.base):
-            if bits is None or group_size is None:
-                raise ValueError(
-                    "folding an adapter over a quantized base requantizes: pass bits and group_size"
-                )
-            from .int_linear import IntLinear
-
             merged = (self.base.dequantize().double() + delta).to(torch.float32)
-            return IntLinear.from_weight(merged, bias, bits=bits, group_size=group_size)
+            return IntLinear.from_weight(merged, bias, bits=form.bits, group_size=form.group_size)
         weight = weight_out_in(self.base)
         out = nn.Linear(
             self.in_features,
@@ -146,6 +133,9 @@ class LoRALinear(AdapterLayer):
             "group_size": self.base.describe()["group_size"] if quantized else None,
             "adapter_params": self.lora_A.numel() + self.lora_B.numel(),
         }
+
+    def lowering(self, fmt: str) -> str:
+        return "float MatMul + float LoRA adapter"
 
     def extra_repr(self) -> str:
         return (

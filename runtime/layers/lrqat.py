@@ -1,6 +1,6 @@
 """LR-QAT (Bondarenko et al. 2024): a low-rank adapter inside the rounding; folds to integer codes.
 
-Base ``GridBase`` (``grid.py``): per output row ``j`` and group ``l`` of ``g`` inputs a scale
+Base ``GridBase`` (``grid_base.py``): per output row ``j`` and group ``l`` of ``g`` inputs a scale
 ``s[j, l]``, an integer zero point ``z[j, l]``, and each weight's frozen grid position
 ``Phi0 = W0 / s + z`` (fixed point, 1 byte a weight for bits <= 4). The adapter moves the
 grid positions, in grid units, before they are rounded::
@@ -32,14 +32,15 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from ..quant.formats import FOLD_ZEROS, check_choice
+from ..quant.formats import EXPORT_NODES
 from ..quant.group import pack_codes, trained_scales
 from . import lrqat_op
 from .grid_base import GridBase
 from .int_linear import IntLinear
-from .lora import AdapterLayer
+from .protocol import AdapterLayer, FoldForm, register_layer
 
 
+@register_layer
 class LRQATLinear(AdapterLayer):
     kind = "lrqat"
 
@@ -79,20 +80,17 @@ class LRQATLinear(AdapterLayer):
         alpha: float,
         bits: int = 4,
         group_size: int = 32,
-        hessian: torch.Tensor | None = None,
-        damp: float = 0.01,
+        quantizer=None,
         train_scales: bool = False,
     ) -> "LRQATLinear":
-        """Quantize an ``nn.Linear`` / ``Conv1D`` (RTN, or GPTQ given ``hessian``) and wrap it."""
-        base = GridBase.from_float(
-            module, bits=bits, group_size=group_size, hessian=hessian, damp=damp
-        )
+        """Quantize an ``nn.Linear`` / ``Conv1D`` (RTN, or ``quantizer`` as ``GridBase.from_weight``
+        takes it) and wrap it."""
+        base = GridBase.from_float(module, bits=bits, group_size=group_size, quantizer=quantizer)
         return cls(base, rank, alpha, train_scales)
 
     def current_scales(self) -> torch.Tensor:
         """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls
-        this
-        too, so the deployed scales are the ones the forward used, bit for bit."""
+        this too, so the deployed scales are the ones the forward used, bit for bit."""
         return trained_scales(self.base.scales, self.scale_gain)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
@@ -124,13 +122,11 @@ class LRQATLinear(AdapterLayer):
         if self.scale_gain is not None:
             yield self.scale_gain
 
-    def folded_layer(self, zeros: str = "split") -> IntLinear:
+    def folded_layer(self, form: FoldForm | str | None = None) -> IntLinear:
         """The ``IntLinear`` this layer computes: trained codes, scales, the base's integer zero
-        points.
-
-        The zero points are integers already, so every ``zeros`` form (``"split"``, ``"float"``,
-        ``"round"``) gives this same pure-integer layer, with no correction."""
-        check_choice(zeros, FOLD_ZEROS, "zeros")
+        points. They are integers already, so every form (``"split"``, ``"float"``, ``"round"``)
+        gives this same pure-integer layer, with no correction."""
+        FoldForm.of(form)  # checked; every form folds the same
         base = self.base
         scales = self.current_scales().detach().to(torch.float32).clone()
         return IntLinear(
@@ -155,6 +151,27 @@ class LRQATLinear(AdapterLayer):
             "train_scales": self.train_scales,
             "adapter_params": sum(p.numel() for p in self.adapter_parameters()),
         }
+
+    def export_layer(self, fmt: str) -> nn.Module | None:
+        """Exported as its fold: the same codes as its forward, in either format."""
+        return self.folded_layer()
+
+    def export_problem(self, fmt: str) -> str | None:
+        return self.base.export_problem(fmt)
+
+    def lowering(self, fmt: str) -> str:
+        return (
+            f"{EXPORT_NODES[fmt]} int{self.bits} g{self.group_size} zeros=int "
+            f"(LR-QAT codes, folded at export)"
+        )
+
+    def peft_problem(self, writing: bool) -> str | None:
+        return (
+            "is an LR-QAT layer: its adapter moves integer codes inside the rounding, which no "
+            "PEFT "
+            "adapter computes; keep it with lrc.save_adapters, or fold it and export the integer "
+            "model"
+        )
 
     def extra_repr(self) -> str:
         return (

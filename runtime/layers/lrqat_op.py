@@ -46,7 +46,8 @@ def codes(phi0, lora_A, lora_B, scale: float, bits: int) -> torch.Tensor:
 def weight(
     q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int
 ) -> torch.Tensor:
-    """W = scales (q - z), f32 [N, K], in ``quant.dequantize``'s order of operations (same bits)."""
+    """W = scales (q - z), f32 [N, K], in ``quant.group.dequantize``'s order of operations (same
+    bits)."""
     n, k = q.shape
     z = zero_points(zeros, bits, k // group_size)  # (N, L)
     w = q.reshape(n, k // group_size, group_size) - z[..., None]  # (N, L, g)

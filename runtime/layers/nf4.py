@@ -26,12 +26,15 @@ from torch import nn
 from ..quant.group import pack, unpack
 from ..quant.nf4 import DQ_BLOCK, NF4_LEVELS, nf4_quantize
 from .linear_kinds import linear_shape, weight_out_in
+from .protocol import QuantizedLinear, register_layer
 
 
-class NF4Linear(nn.Module):
+@register_layer
+class NF4Linear(QuantizedLinear):
     """A frozen linear layer stored in NF4 (``forward`` dequantizes, then ``F.linear``)."""
 
     kind = "nf4"
+    frozen_tensors = ("codes",)
 
     def __init__(
         self,
@@ -103,3 +106,6 @@ class NF4Linear(nn.Module):
             "bits": 4,
             "group_size": self.block_size,
         }
+
+    def export_problem(self, fmt: str) -> str | None:
+        return "NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first"

@@ -41,11 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..quant.formats import FOLD_ZEROS, ZERO_POINT_MODES, check_choice, qmax, split_correction
-from ..quant.group import pack_zeros, trained_scales
+from ..quant.formats import ZERO_POINT_MODES, check_choice, qmax, split_correction
+from ..quant.group import group_sum, pack_zeros, trained_scales
 from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .int_linear import IntLinear
-from .lora import AdapterLayer
+from .protocol import AdapterLayer, FoldForm, register_layer
 
 
 def _round_ste(t: torch.Tensor) -> torch.Tensor:
@@ -53,8 +53,10 @@ def _round_ste(t: torch.Tensor) -> torch.Tensor:
     return t + (torch.round(t) - t).detach()
 
 
+@register_layer
 class QALoRALinear(AdapterLayer):
     kind = "qalora"
+    peft_kind = "qalora"
 
     def __init__(
         self,
@@ -179,11 +181,12 @@ class QALoRALinear(AdapterLayer):
         with torch.no_grad():
             return zero - c / self.current_scales().double()
 
-    def folded_layer(self, zeros: str = "split") -> IntLinear:
+    def folded_layer(self, form: FoldForm | str | None = None) -> IntLinear:
         """A new ``IntLinear`` computing this layer: new zero points (and correction) over the
         same codes and scales, shared with the base, not copied (frozen buffers, never written
-        in place; ``lrc.fold`` works on a copy of the model anyway)."""
-        check_choice(zeros, FOLD_ZEROS, "zeros")
+        in place; ``lrc.fold`` works on a copy of the model anyway). ``form.zeros`` stores a
+        real-valued zero point (module docstring); ``zero_point="int"`` folds to integers."""
+        zeros = FoldForm.of(form).zeros
         base = self.base
         moved = self.folded_zero_points()  # (N, L) float64
         scales = (
@@ -206,6 +209,51 @@ class QALoRALinear(AdapterLayer):
             return IntLinear(base.qweight, scales, packed, correction=correction, **common)
         return IntLinear(base.qweight, scales, moved.to(torch.float32), **common)
 
+    def fold_error(self, folded: nn.Module, x: torch.Tensor, channels: int = 256) -> float:
+        """``max |folded(x) - self(x)| / max |self(x)|`` without dequantizing the layer twice,
+        when the fold kept the base's codes and scales (every fold without trained scales): then
+        ``folded(x) - self(x) = group_sum(x) @ E^T`` with ``E`` [N, L] the change of the
+        group-constant part (``IntLinear.group_offset``) minus the adapter's (``group_delta``),
+        in float64 for every output; ``max |y|`` is taken over ``channels`` evenly spaced outputs.
+        A fold that cost O(N K / g) stays that cheap to check."""
+        base = self.base
+        same = (
+            isinstance(folded, IntLinear)
+            and (folded.bits, folded.group_size) == (base.bits, base.group_size)
+            and _same(folded.qweight, base.qweight)
+            and _same(folded.scales, base.scales)
+        )
+        if not same:
+            return super().fold_error(folded, x)
+        delta = self.group_delta()  # (N, L)
+        e = folded.group_offset() - base.group_offset() - delta  # (N, L)
+        sums = group_sum(x.double(), base.group_size)  # (M, L)
+        diff = (sums @ e.T).abs().max()  # (M, N) -> ()
+        count = min(channels, base.out_features)
+        index = (
+            torch.linspace(0, base.out_features - 1, count).round().long().to(base.scales.device)
+        )
+        with torch.no_grad():
+            y = base.rows(index)(x).double() + sums @ delta[index].T  # (M, channels)
+        return (diff / y.abs().max().clamp(min=1e-30)).item()
+
+    def peft_problem(self, writing: bool) -> str | None:
+        if self.train_scales:
+            return (
+                "trains its quantization scales (train_scales=True), which a PEFT adapter does "
+                "not hold; keep it with lrc.save_adapters, or fold it and export the integer model"
+            )
+        if writing and self.zero_point != "float":
+            return (
+                "trains with zero_point='int' (rounded zero points), which PEFT's QA-LoRA cannot "
+                "compute; fold it instead"
+            )
+        return None
+
+    def peft_scale(self) -> float:
+        """PEFT pools by the group mean times the number of groups ``L``: its ``A`` is ours / L."""
+        return float(self.in_features // self.group_size)
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind if self.zero_point == "float" else "qalora-int",
@@ -219,9 +267,23 @@ class QALoRALinear(AdapterLayer):
             "adapter_params": sum(p.numel() for p in self.adapter_parameters()),
         }
 
+    def lowering(self, fmt: str) -> str:
+        return f"{self.base.lowering(fmt)} + float QA-LoRA adapter"
+
     def extra_repr(self) -> str:
         return (
             f"rank={self.rank}, alpha={self.alpha:g}, group={self.group_size}, "
             f"zero_point={self.zero_point}"
             f"{', train_scales=True' if self.train_scales else ''}"
         )
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same tensor (a fold shares it: O(1)), or an equal one."""
+    shared = (
+        a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+        and a.dtype == b.dtype
+    )
+    return shared or torch.equal(a, b)

@@ -1,4 +1,4 @@
-"""ONNX translations of the fused decoder ops (``attention_op.py``): one node each.
+"""ONNX translations of the fused decoder ops (``layers/attention_op.py``): one node each.
 
 - ``lowrank_compiler::gqa`` -> ``com.microsoft::GroupQueryAttention`` (onnxruntime's contrib op);
 - ``lowrank_compiler::rms_norm`` -> ``SimplifiedLayerNormalization``, which onnxruntime registers

@@ -1,12 +1,12 @@
 """Export a (quantized, folded) model to ONNX with ``torch.onnx`` (dynamo) and write it safely.
 
-Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the
-layer's own buffers (``onnx_ops.py``); a ``"split"``-folded layer's correction exports as
-the plain ops it is (group sums times ``D^T``). An unfolded LR-QAT layer exports as its
-fold (``LRQATLinear.folded_layer``, exact: the same codes as its forward), in both formats.
-``format="qdq"`` then lowers each
-MatMulNBits node to standard ``DequantizeLinear`` + ``MatMul`` (``qdq.py``), after
-float-zero layers were converted to the exact split form.
+Every ``IntLinear`` call becomes one ``com.microsoft::MatMulNBits`` node fed by the layer's own
+buffers (``matmulnbits.py``); a ``"split"``-folded layer's correction exports as the plain ops it
+is (group sums times ``D^T``). Each layer kind says how it exports (``layers.protocol``): whether
+it can (``export_problem``), what is exported in its place (``export_layer``: an unfolded LR-QAT
+layer as its exact fold) and how it appears (``lowering``). The graph torch gives then goes
+through the ONNX passes (``passes.py``): ``share-table-codes``, ``split-form`` where the format
+cannot take float zero points, ``lower-to-qdq`` for ``format="qdq"``, and any the caller adds.
 
 Metadata ``lowrank_compiler`` (JSON in ``metadata_props``) records the format, the
 accuracy level, the targeted layers and how each layer was lowered, for ``inspect``
@@ -37,122 +37,53 @@ from ..files import commit, staged_file
 
 # registers torch.ops.lowrank_compiler.int_embedding
 from ..layers import int_embedding_op  # noqa: F401
-from ..layers.int_embedding import IntEmbedding
-from ..layers.int_linear import IntLinear
-from ..layers.lora import AdapterLayer, LoRALinear
-from ..layers.lrqat import LRQATLinear
-from ..layers.nf4 import NF4Linear
-from ..layers.qalora import QALoRALinear
-from ..quant.formats import (
-    EXPORT_FORMATS,
-    METADATA_KEY,
-    check_accuracy_level,
-    qmax,
-    split_correction,
-)
-from ..quant.group import pack_zeros
+from ..layers.protocol import AdapterLayer, Layer, QuantizedLinear
+from ..quant.formats import EXPORT_FORMATS, METADATA_KEY, check_accuracy_level
 from .file import read_model
-from .gather_block_quantized import int_embedding_translation, share_table_codes
+from .gather_block_quantized import int_embedding_translation
 from .matmulnbits import int_linear_translation, register_matmulnbits_schema
-from .qdq import QDQ_BITS, lower_to_qdq
+from .passes import DumpFn, OnnxPassSpec, run_onnx_passes
 
 OPSET = 21  # DequantizeLinear with block_size
 _TWO_GB = 2**31 - 2**26  # protobuf's limit, with room for the graph itself
 
 
-def describe_lowering(module: nn.Module, fmt: str) -> str:
+def lowering_of(module: nn.Module, fmt: str) -> str:
     """How one layer appears in the exported graph, in words (the metadata's ``layers`` table)."""
-    if isinstance(module, QALoRALinear):
-        return f"{describe_lowering(module.base, fmt)} + float QA-LoRA adapter"
-    if isinstance(module, LRQATLinear):
-        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
-        return (
-            f"{node} int{module.bits} g{module.group_size} zeros=int (LR-QAT codes, folded at "
-            "export)"
-        )
-    if isinstance(module, LoRALinear):
-        return "float MatMul + float LoRA adapter"
-    if isinstance(module, IntLinear):
-        d = module.describe()
-        node = "MatMulNBits" if fmt == "matmulnbits" else "DequantizeLinear+MatMul"
-        zeros = "split" if d["zeros"] == "float" and _needs_split(module, fmt) else d["zeros"]
-        return f"{node} int{module.bits} g{module.group_size} zeros={zeros}"
-    return "float MatMul"
-
-
-QDQ_TABLE = (
-    "an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit "
-    "rows); "
-    "use format='matmulnbits', or leave tables float"
-)
+    return module.lowering(fmt) if isinstance(module, Layer) else "float MatMul"
 
 
 def check_exportable(model: nn.Module, fmt: str) -> None:
+    """Raise one ``ExportError`` listing every layer without an ONNX form in ``fmt``."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
-    problems = []
-    for name, m in model.named_modules():
-        if isinstance(m, NF4Linear):
-            problems.append(
-                f"{name}: NF4 (QLoRA) has no ONNX form; fold the model (merge + requantize) first"
-            )
-        elif isinstance(m, (IntLinear, LRQATLinear)) and m.bits == 3:
-            problems.append(
-                f"{name}: 3-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8"
-            )
-        elif fmt == "qdq" and isinstance(m, (IntLinear, LRQATLinear)) and m.bits not in QDQ_BITS:
-            problems.append(
-                f"{name}: {m.bits}-bit weights have no standard ONNX form; use format='matmulnbits'"
-            )
-        elif fmt == "qdq" and isinstance(m, IntEmbedding):
-            problems.append(f"{name}: {QDQ_TABLE}")
-        elif fmt == "qdq" and isinstance(m, AdapterLayer) and not isinstance(m, LRQATLinear):
-            problems.append(
-                f"{name}: unfolded {m.kind} adapter; format='qdq' is integer weights only: "
-                f"lowrank_compiler.fold(model) first, or use format='matmulnbits'"
-            )
+    problems = [
+        f"{name}: {problem}"
+        for name, m in model.named_modules()
+        if isinstance(m, Layer) and (problem := m.export_problem(fmt))
+    ]
     if problems:
         raise ExportError("cannot export:\n  " + "\n  ".join(problems))
 
 
-def _needs_split(layer: IntLinear, fmt: str) -> bool:
-    """Float zero points the target cannot take: standard ONNX has none, and onnxruntime's CPU
-    MatMulNBits refuses them for 8-bit weights. Such layers export in the exact split form."""
-    return layer.float_zeros and (fmt == "qdq" or layer.bits == 8)
-
-
-def split_form(layer: IntLinear) -> IntLinear:
-    """The exact integer-zero + correction equivalent of a float-zero layer."""
-    z = layer.zero_points().double()
-    zr = torch.clamp(torch.round(z), 0, qmax(layer.bits))
-    correction = split_correction(layer.scales, zr, z)  # (L, N)
-    if layer.correction is not None:
-        correction = correction + layer.correction
-    correction = correction if correction.any() else None  # integer zeros stored as floats: no node
-    return IntLinear(
-        layer.qweight,
-        layer.scales,
-        pack_zeros(zr.to(torch.uint8), layer.bits),
-        bits=layer.bits,
-        group_size=layer.group_size,
-        bias=layer.bias,
-        correction=correction,
-    )
+def onnx_stage(fmt: str, extra: tuple[OnnxPassSpec, ...] = ()) -> list[OnnxPassSpec]:
+    """The ONNX passes an export in ``fmt`` runs, then ``extra`` (the decoder's fusions)."""
+    stage = [OnnxPassSpec("share-table-codes"), OnnxPassSpec("split-form", {"format": fmt})]
+    if fmt == "qdq":
+        stage.append(OnnxPassSpec("lower-to-qdq"))
+    return [*stage, *extra]
 
 
 @contextlib.contextmanager
 def _prepared(model: nn.Module, fmt: str):
-    """Eval mode, the split form where float zeros cannot go (``_needs_split``) and LR-QAT layers
-    as their exact fold, for the export; all undone after."""
+    """Eval mode and each layer's ``export_layer`` in its place, for the export; undone after."""
     modes = {m: m.training for m in model.modules()}
     swaps = []
     for name, m in list(model.named_modules()):
-        if isinstance(m, IntLinear) and _needs_split(m, fmt):
+        replacement = m.export_layer(fmt) if isinstance(m, Layer) else None
+        if replacement is not None:
             swaps.append((name, m))
-            model.set_submodule(name, split_form(m))
-        elif isinstance(m, LRQATLinear):
-            swaps.append((name, m))
-            model.set_submodule(name, m.folded_layer())
+            model.set_submodule(name, replacement)
     model.eval()
     try:
         yield
@@ -252,9 +183,9 @@ def _root_cause(e: BaseException) -> str:
 def layer_table(model: nn.Module, fmt: str) -> dict[str, str]:
     """Each integer, adapter or float linear layer (outermost only) -> how it is lowered."""
     layers = {
-        n: describe_lowering(m, fmt)
+        n: lowering_of(m, fmt)
         for n, m in model.named_modules()
-        if isinstance(m, (AdapterLayer, IntLinear)) or isinstance(m, nn.Linear)
+        if isinstance(m, (AdapterLayer, QuantizedLinear, nn.Linear))
     }
     return {
         n: v for n, v in layers.items() if not any(n.startswith(f"{p}.") for p in layers if p != n)
@@ -274,11 +205,15 @@ def export_proto(
     meta: dict | None = None,
     what: str = "",
     translations: dict | None = None,
+    passes: tuple[OnnxPassSpec, ...] = (),
+    stage: list[OnnxPassSpec] | None = None,
+    dump: DumpFn | None = None,
 ) -> onnx.ModelProto:
-    """``model(*args, **kwargs)`` as an ONNX graph: checks, the split form where float zeros
-    cannot go, eval mode, every ``int_linear`` as MatMulNBits, QDQ lowering for ``fmt="qdq"``,
-    and the metadata (``meta`` plus the format, level and layer table). Nothing is written.
-    ``translations``: more custom ops -> onnxscript functions (``attention_onnx``)."""
+    """``model(*args, **kwargs)`` as an ONNX graph: checks, eval mode, each layer's export form,
+    every ``int_linear`` as MatMulNBits, the ONNX stage (``stage``, by default
+    ``onnx_stage(fmt, passes)``; ``dump`` hears each pass) and the metadata (``meta`` plus the
+    format, level and layer table). Nothing is written. ``translations``: more custom ops ->
+    onnxscript functions (``attention.py``)."""
     try:
         check_accuracy_level(accuracy_level)
     except ValueError as e:
@@ -312,10 +247,8 @@ def export_proto(
                 "dynamic=True, "
                 f"use batch and sequence sizes of at least 2"
             ) from e
-    proto = program.model_proto
-    share_table_codes(proto)
-    if fmt == "qdq":
-        lower_to_qdq(proto)
+    stage = onnx_stage(fmt, passes) if stage is None else stage
+    proto, _ = run_onnx_passes(program.model_proto, stage, dump=dump)
     record = {"format": fmt, "accuracy_level": accuracy_level, "layers": layers, **(meta or {})}
     record.setdefault("targets", sorted(layers))
     kept = [p for p in proto.metadata_props if p.key != METADATA_KEY]
@@ -335,7 +268,9 @@ def export_model(
     accuracy_level: int = 0,
     dynamic: bool = True,
     targets: list[str] | None = None,
+    dump: DumpFn | None = None,
 ) -> Path:
+    """Export ``model(*args, **kwargs)`` (``export_proto``) and write it to ``path`` whole."""
     path = check_destination(path)
     shapes = dynamic_shapes(model, args, kwargs) if dynamic else None
     meta = {"targets": sorted(targets)} if targets is not None else None
@@ -347,6 +282,7 @@ def export_model(
         accuracy_level=accuracy_level,
         dynamic_shapes=shapes,
         meta=meta,
+        dump=dump,
     )
     if dynamic:
         name_dynamic_dims(proto)

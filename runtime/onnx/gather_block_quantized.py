@@ -3,7 +3,7 @@
 
 The op takes its table as uint8 ``[V, D * bits / 8]`` (codes packed along the row, low
 nibble first), scales ``[V, D / g]`` and packed zero points ``[V, ceil(D / g * bits / 8)]``:
-``quant.py``'s MatMulNBits layout with the codes' two trailing axes merged. The
+``quant/group.py``'s MatMulNBits layout with the codes' two trailing axes merged. The
 translation reshapes the stored ``[V, D / g, g * bits / 8]`` codes inside the graph (as
 onnxruntime-genai's model builder does for ``shared_embeddings``), so a tied head's
 MatMulNBits and the lookup read one initializer. Schema registration follows
@@ -12,9 +12,7 @@ MatMulNBits and the lookup read one initializer. Schema registration follows
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 from onnx.defs import OpSchema
 
 from .matmulnbits import DOMAIN
@@ -87,59 +85,3 @@ def int_embedding_translation():
         )
 
     return int_embedding
-
-
-def share_table_codes(model: onnx.ModelProto) -> int:
-    """Point each ``GatherBlockQuantized`` whose table is a copy of a ``MatMulNBits`` head's codes
-    at those codes, through a ``Reshape``; returns how many tables were shared.
-
-    The exporter's constant folding turns the translation's ``Reshape(head codes)`` into an
-    initializer of its own, which would store a tied table twice; this undoes that copy
-    (byte-equal tables only, so nothing changes numerically)."""
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    tables = {
-        n.input[0]
-        for n in graph.node
-        if n.op_type == "GatherBlockQuantized" and n.input[0] in inits
-    }
-    sizes = {int(np.prod(inits[t].dims)) for t in tables}
-    heads: dict[
-        bytes, str
-    ] = {}  # only heads the size of a table: the other layers' bytes are never copied
-    for node in graph.node:
-        if (
-            node.op_type == "MatMulNBits"
-            and node.domain == DOMAIN
-            and node.input[1] in inits
-            and int(np.prod(inits[node.input[1]].dims)) in sizes
-        ):
-            heads.setdefault(numpy_helper.to_array(inits[node.input[1]]).tobytes(), node.input[1])
-    nodes, shared, dropped = [], 0, set()
-    for node in graph.node:
-        table = node.input[0] if node.op_type == "GatherBlockQuantized" else None
-        head = (
-            heads.get(numpy_helper.to_array(inits[table]).tobytes())
-            if table in tables and heads
-            else None
-        )
-        if head is not None and head != table:
-            shape = f"{table}.shape"
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(inits[table].dims, np.int64), shape)
-            )
-            nodes.append(
-                helper.make_node(
-                    "Reshape", [head, shape], [f"{table}.shared"], name=f"{table}.Reshape"
-                )
-            )
-            node.input[0] = f"{table}.shared"
-            dropped.add(table)
-            shared += 1
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    keep = [i for i in graph.initializer if i.name not in dropped]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    return shared

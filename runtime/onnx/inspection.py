@@ -157,19 +157,30 @@ def _type_str(value_info) -> str:
 
 
 def op_listing(path: str | os.PathLike) -> list[str]:
-    """One line per node: ``op(inputs: dtype[shape]) -> outputs``, shapes from ONNX shape
-    inference."""
-    model = read_model(path)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a listing without shapes still helps
-        pass
+    """One line per node of the file at ``path`` (``model_lines``)."""
+    return model_lines(read_model(path))
+
+
+def value_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Each graph input, output, value and initializer -> ``dtype[shape]`` as far as known."""
     g = model.graph
     types = {v.name: _type_str(v) for v in [*g.input, *g.value_info, *g.output]}
     for t in g.initializer:
         types[t.name] = (
             f"{onnx.TensorProto.DataType.Name(t.data_type).lower()}[{', '.join(map(str, t.dims))}]"
         )
+    return types
+
+
+def model_lines(model: onnx.ModelProto) -> list[str]:
+    """One line per node: ``op(inputs: dtype[shape]) -> outputs``, shapes from ONNX shape
+    inference (the graph's inputs first, its outputs last)."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a listing without shapes still helps
+        pass
+    g = model.graph
+    types = value_types(model)
     lines = [f"input {v.name}: {types[v.name]}" for v in g.input]
     for n in g.node:
         op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"

@@ -1,6 +1,6 @@
 """ONNX translation of ``lowrank_compiler::int_linear``: one ``com.microsoft::MatMulNBits`` node.
 
-The op's arguments are MatMulNBits' inputs as they are (``quant.py`` layouts), so the
+The op's arguments are MatMulNBits' inputs as they are (``quant/group.py`` layouts), so the
 translation passes the codes, scales and zero points (packed uint8, or float after a
 ``"float"`` fold) straight through: the export copies bytes and never re-quantizes.
 

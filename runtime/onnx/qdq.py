@@ -1,5 +1,5 @@
-"""Lower ``MatMulNBits`` nodes to standard ONNX: ``DequantizeLinear(axis=0, block_size=g)`` +
-``MatMul``.
+"""lower-to-qdq: ``MatMulNBits`` nodes as standard ONNX, ``DequantizeLinear(axis=0, block_size=g)``
++ ``MatMul``.
 
 The layout onnxruntime fuses back into its MatMulNBits kernel (opset >= 21)::
 
@@ -8,8 +8,8 @@ The layout onnxruntime fuses back into its MatMulNBits kernel (opset >= 21)::
     zero  UINT4/UINT8 [K/g, N]
     W = DequantizeLinear(W_q, scale, zero, axis=0, block_size=g);  Y = MatMul(A, W) [+ bias]
 
-Standard ONNX has no float zero points: layers folded with ``zeros="float"`` are turned
-into the split form before export (exact), so only integer zero points reach here.
+Standard ONNX has no float zero points: the ``split-form`` pass runs first, so only integer
+zero points reach here.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from ..quant.formats import QDQ_BITS
 from ..quant.group import unpack
 from .matmulnbits import DOMAIN
-
-QDQ_BITS = {4: TensorProto.UINT4, 8: TensorProto.UINT8}
+from .passes import OnnxPassResult, register_onnx_pass
 
 
 def _int_tensor(name: str, codes: np.ndarray, bits: int) -> onnx.TensorProto:
@@ -37,7 +37,16 @@ def _int_tensor(name: str, codes: np.ndarray, bits: int) -> onnx.TensorProto:
     return helper.make_tensor(name, TensorProto.UINT4, codes.shape, packed.tobytes(), raw=True)
 
 
-def lower_to_qdq(model: onnx.ModelProto) -> int:
+@register_onnx_pass(
+    "lower-to-qdq", "MatMulNBits -> standard DequantizeLinear(block_size=g) + MatMul"
+)
+def lower_to_qdq(model: onnx.ModelProto) -> OnnxPassResult:
+    lowered = _lower(model)
+    report = [f"{lowered} MatMulNBits node(s) -> DequantizeLinear + MatMul"] if lowered else []
+    return OnnxPassResult(model, lowered > 0, {"lowered": lowered}, report)
+
+
+def _lower(model: onnx.ModelProto) -> int:
     """Rewrite every MatMulNBits node in place; returns how many were lowered."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -109,9 +118,7 @@ def lower_to_qdq(model: onnx.ModelProto) -> int:
     keep = [i for i in graph.initializer if i.name not in dropped or i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    if lowered and not any(
-        o.domain == DOMAIN for n in graph.node for o in [n] if n.domain == DOMAIN
-    ):
+    if lowered and not any(n.domain == DOMAIN for n in graph.node):
         kept = [o for o in model.opset_import if o.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(kept)

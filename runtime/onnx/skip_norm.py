@@ -1,68 +1,60 @@
-"""Graph fusions over an exported ``onnx.ModelProto`` that onnxruntime's CPU optimiser does not
-make.
+"""fuse-skip-norm: a residual ``Add`` feeding an RMS norm becomes one fused node.
 
-``fuse_skip_norm``: a residual ``Add(a, b)`` feeding ``SimplifiedLayerNormalization(., gamma)``
-becomes one ``com.microsoft::SkipSimplifiedLayerNormalization(a, b, gamma)``::
+onnxruntime's CPU optimiser does not make this fusion on its own::
 
-    s = a + b;  y = gamma * s / sqrt(mean(s^2, -1) + eps)      outputs (y, "", "", s)
+    s = Add(a, b);  y = SimplifiedLayerNormalization(s, gamma)     # gamma s / sqrt(mean(s^2) + eps)
+        -> y, _, _, s = com.microsoft::SkipSimplifiedLayerNormalization(a, b, gamma, epsilon=eps)
 
-The fused node's 4th output (``input_skip_bias_sum``) takes the Add's output name, so the next
-residual still reads ``s``; the fused node sits where the Add was (its inputs are ready there,
-and the norm's ``gamma`` is an initializer). An Add with an initializer input (a bias, not a
-residual) is left alone.
+The fused node's fourth output (``input_skip_bias_sum``) is the sum, so the next residual still
+reads ``s``. An ``Add`` with an initializer input (a bias, not a residual) is left alone. An
+onnxscript rewrite rule (``pattern`` / ``check`` / ``rewrite``).
 """
 
 from __future__ import annotations
 
 import onnx
-from onnx import helper
+from onnxscript.rewriter import pattern, rewrite
 
 from .matmulnbits import DOMAIN
+from .passes import OnnxPassResult, register_onnx_pass
 
 
-def fuse_skip_norm(model: onnx.ModelProto) -> int:
-    """Rewrite ``model`` in place; returns how many pairs were fused."""
-    graph = model.graph
-    producer = {out: node for node in graph.node for out in node.output}
-    initializers = {i.name for i in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    replace, drop = {}, set()
-    for node in graph.node:
-        if node.op_type != "SimplifiedLayerNormalization" or node.domain not in ("", "ai.onnx"):
-            continue
-        add = producer.get(node.input[0])
-        if (
-            add is None
-            or add.op_type != "Add"
-            or add.domain not in ("", "ai.onnx")
-            or id(add) in replace
-            or any(i in initializers for i in add.input)
-            or len(node.input) < 2
-        ):
-            continue
-        eps = next(
-            (helper.get_attribute_value(a) for a in node.attribute if a.name == "epsilon"), 1e-5
+class SkipNorm(pattern.RewriteRuleClassBase):
+    def __init__(self):
+        super().__init__(name="fuse-skip-norm")
+
+    def pattern(self, op, a, b, gamma):
+        s = op.Add(a, b, _outputs=["s"])
+        y = op.SimplifiedLayerNormalization(s, gamma, _allow_other_attributes=True, _outputs=["y"])
+        return y, s
+
+    def check(self, context, a, b, gamma, y, s, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        for value in (a, b):
+            if value.const_value is not None or value.is_initializer():
+                return result.fail(f"{value.name} is a constant: a bias, not a residual", value)
+        if s.producer().domain not in ("", "ai.onnx") or y.producer().domain not in ("", "ai.onnx"):
+            return result.fail("not the default-domain Add and SimplifiedLayerNormalization")
+        return result
+
+    def rewrite(self, op, a, b, gamma, y, s, **_):
+        eps = y.producer().attributes.get_float("epsilon", 1e-5)
+        out, _, _, total = op.SkipSimplifiedLayerNormalization(
+            a, b, gamma, epsilon=eps, _domain=DOMAIN, _outputs=4
         )
-        keeps_sum = consumers.get(add.output[0], 0) > 1 or add.output[0] in {
-            o.name for o in graph.output
-        }
-        replace[id(add)] = helper.make_node(
-            "SkipSimplifiedLayerNormalization",
-            [add.input[0], add.input[1], node.input[1]],
-            [node.output[0], "", "", add.output[0] if keeps_sum else ""],
-            name=(node.name or "norm") + "/skip",
-            domain=DOMAIN,
-            epsilon=eps,
-        )
-        drop.add(id(node))
-    if not replace:
-        return 0
-    nodes = [replace.get(id(n), n) for n in graph.node if id(n) not in drop]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    return len(replace)
+        return out, total
+
+
+@register_onnx_pass(
+    "fuse-skip-norm", "residual Add + RMS norm -> one SkipSimplifiedLayerNormalization"
+)
+def fuse_skip_norm(model: onnx.ModelProto) -> OnnxPassResult:
+    norms = sum(1 for n in model.graph.node if n.op_type == "SimplifiedLayerNormalization")
+    if not norms:
+        return OnnxPassResult(model, False, {"fused": 0})
+    out = rewrite(model, pattern.RewriteRuleSet([SkipNorm.rule()]))
+    fused = sum(1 for n in out.graph.node if n.op_type == "SkipSimplifiedLayerNormalization")
+    report = [f"{fused} of {norms} RMS norm(s) fused with the residual Add before them"]
+    return OnnxPassResult(
+        out if fused else model, fused > 0, {"fused": fused, "norms": norms}, report
+    )

@@ -12,12 +12,14 @@ exact correction beside the integer kernel)::
         = int_kernel(x; zr) + sum_l scale[j, l] (zr - z')[j, l] * group_sum(x)[l]
     D[j, l] = scale[j, l] (zr[j, l] - z'[j, l]),   D: [N, L]   stored as D^T: [L, N]
 
-LR-QAT's frozen grid positions (``runtime.grid``) are unsigned fixed point: a ``bits``-wide
+LR-QAT's frozen grid positions (``quant.grid``) are unsigned fixed point: a ``bits``-wide
 integer part and ``grid_fraction_bits(bits)`` fraction bits in one uint8 (bits <= 4: 1 byte a
 weight) or, for 8-bit codes, an int16 (7 fraction bits).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -37,6 +39,12 @@ EMBEDDINGS = (
     "int4",
 )  # how an export stores vocabulary tables (int4: GatherBlockQuantized)
 EMBEDDING_BITS = 4  # GatherBlockQuantized's width everywhere onnxruntime runs it
+QDQ_BITS = (4, 8)  # widths standard ONNX's DequantizeLinear holds (UINT4, UINT8)
+EXPORT_NODES = {"matmulnbits": "MatMulNBits", "qdq": "DequantizeLinear+MatMul"}  # by export format
+QDQ_TABLE = (
+    "an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit "
+    "rows); use format='matmulnbits', or leave tables float"
+)
 
 
 def grid_storage(bits: int) -> tuple[torch.dtype, int]:
@@ -81,6 +89,45 @@ def check_choice(value, choices: tuple, field: str):
     return value
 
 
+def check_flag(value, field: str) -> bool:
+    """A true/false option (``train_scales``, ``double_quant``)."""
+    if not isinstance(value, bool):
+        raise PolicyError(f"{field} must be true or false, got {value!r}")
+    return value
+
+
+def check_dropout(value, field: str = "dropout") -> float:
+    """Dropout on an adapter's input: a number in [0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise PolicyError(f"{field} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def check_int(value, field: str, low: int, high: int | None = None) -> int:
+    """An integer in ``[low, high]`` (``rank``: ``low`` 1, no ``high``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise PolicyError(f"{field} must be an integer {span}, got {value!r}")
+    return value
+
+
+def check_positive(value, field: str) -> float:
+    """A positive finite number (``alpha``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise PolicyError(f"{field} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def check_accuracy_level(level) -> int:
     """MatMulNBits' compute precision: 0 (fp32) to 4 (int8 activations)."""
     if isinstance(level, bool) or not isinstance(level, int) or level not in ACCURACY_LEVELS:
@@ -89,6 +136,22 @@ def check_accuracy_level(level) -> int:
             f"{level!r}"
         )
     return level
+
+
+def export_bits_problem(bits: int, fmt: str) -> str | None:
+    """Why ``bits``-wide integer weights have no ONNX form in ``fmt``, or None."""
+    if bits not in KERNEL_BITS:
+        return f"{bits}-bit weights have no onnxruntime kernel; quantize with bits 2, 4 or 8"
+    if fmt == "qdq" and bits not in QDQ_BITS:
+        return f"{bits}-bit weights have no standard ONNX form; use format='matmulnbits'"
+    return None
+
+
+def takes_float_zeros(fmt: str, bits: int) -> bool:
+    """Whether an export format keeps real-valued zero points as they are: standard ONNX has
+    none, and onnxruntime's CPU MatMulNBits refuses them at 8 bits. Elsewhere a float-zero
+    layer is exported in the exact split form (the ONNX pass ``split-form``)."""
+    return fmt == "matmulnbits" and bits != 8
 
 
 def split_correction(

@@ -2,7 +2,7 @@
 
 Round-to-nearest minimises ``|W - Wq|`` weight by weight. What matters is the layer's
 output on real inputs: ``E[|x (W - Wq)^T|^2] = tr((W - Wq) H (W - Wq)^T)`` with the
-input second moment ``H = E[x x^T]`` (``[K, K]``, ``runtime.calibrate``). GPTQ
+input second moment ``H = E[x x^T]`` (``[K, K]``, ``passes.helpers.moments``). GPTQ
 (Frantar et al., 2022; the quantizer QA-LoRA's authors start from) quantizes the input
 columns ``i = 0 .. K-1`` in order and spreads each column's error over the columns not
 yet quantized, along ``H``'s inverse, the optimal least-squares update (OBS)::
@@ -12,7 +12,7 @@ yet quantized, along ``H``'s inverse, the optimal least-squares update (OBS)::
     e_i  = (w_i - s * (q_i - z)) / U[i, i]
     w_j -= e_i * U[i, j]                                 for every j > i
 
-The format is exactly ``runtime.quant``'s (asymmetric, per output row and group of
+The format is exactly ``quant.group``'s (asymmetric, per output row and group of
 ``g`` consecutive inputs), so the codes, scales and zeros drop into ``IntLinear``
 unchanged and QA-LoRA's fold stays exact. Two orders:
 
@@ -28,7 +28,7 @@ to fp32 goes RTN 0.940 -> 0.977 in storage order -> 0.981 with ``act_order``.
 ``grid=True`` also returns each weight's continuous grid position as GPTQ rounded it,
 ``w_i / s + z`` with ``w_i`` the column as error-corrected by then (float32 ``[N, K]``):
 ``clamp(round(grid), 0, 2^b - 1)`` is the code, and the fractional part is what LR-QAT
-(``runtime.lrqat``) starts from. The codes, scales and zeros are the same either way.
+(``layers.lrqat``) starts from. The codes, scales and zeros are the same either way.
 Columns whose input is always zero (``H[i, i] = 0``) carry no signal: their weights
 quantize as they are. Work is ``O(K^2 N)``; the column loop runs in blocks of ``block``
 with the update to later blocks applied once per block (the paper's lazy batching).
@@ -40,6 +40,17 @@ import torch
 
 from .formats import qmax
 from .group import quantize
+
+
+def gptq(hessian: torch.Tensor, damp: float = 0.01):
+    """The quantizer a pass hands to ``IntLinear.from_weight`` / ``GridBase.from_weight``:
+    ``fn(weight, bits, group_size, *, grid=False)`` running GPTQ along ``hessian`` [K, K]."""
+
+    def quantizer(weight: torch.Tensor, bits: int, group_size: int, *, grid: bool = False):
+        return gptq_quantize(weight, hessian, bits, group_size, damp=damp, grid=grid)
+
+    quantizer.name = "GPTQ"
+    return quantizer
 
 
 def inverse_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:

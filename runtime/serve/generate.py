@@ -49,6 +49,7 @@ import torch
 from ..errors import ModelFileError
 from ..onnx.file import read_model
 from ..quant.formats import check_accuracy_level
+from .decoding import check_sampling, eos_set, prompt_arrays, sample, streamer_put
 from .providers import default_providers
 
 CONFIG = "genai_config.json"
@@ -60,29 +61,25 @@ _NP = {
 }
 
 
-def _eos_set(eos) -> tuple[int, ...]:
-    if eos is None:
-        return ()
-    if isinstance(eos, (int, np.integer)) and not isinstance(eos, bool):
-        return (int(eos),)
-    if isinstance(eos, (list, tuple)) and all(
-        isinstance(e, (int, np.integer)) and not isinstance(e, bool) for e in eos
-    ):
-        return tuple(int(e) for e in eos)
-    raise ValueError(f"eos_token_id must be an int, a list of ints or None, got {eos!r}")
-
-
-def _as_array(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    a = np.asarray(x)
-    if a.ndim == 1:
-        a = a[None, :]
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be [batch, seq] (or [seq]), got shape {list(a.shape)}")
-    if not np.issubdtype(a.dtype, np.integer) and not np.issubdtype(a.dtype, np.bool_):
-        raise ValueError(f"{name} must hold integers, got {a.dtype.name}")
-    return a.astype(np.int64)
+def _session_options(
+    session_options: dict, threads: int | None, accuracy_level: int | None
+) -> ort.SessionOptions:
+    """The folder's ``decoder.session_options`` as onnxruntime-genai applies them, then ours."""
+    options = ort.SessionOptions()
+    # as onnxruntime-genai: dotted names are config entries
+    for key, value in session_options.items():
+        if isinstance(value, str) and "." in key:
+            options.add_session_config_entry(key, value)
+    # as Session: pins QDQ graphs' level (MatMulNBits nodes carry their own)
+    if accuracy_level is not None:
+        options.add_session_config_entry(
+            "session.qdq_matmulnbits_accuracy_level", str(accuracy_level)
+        )
+    if threads is None and isinstance(session_options.get("intra_op_num_threads"), int):
+        threads = session_options["intra_op_num_threads"]
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
 
 
 class DecoderSession:
@@ -96,7 +93,14 @@ class DecoderSession:
         self.path = Path(path)
         if accuracy_level is not None:
             check_accuracy_level(accuracy_level)
-        config_path = self.path / CONFIG
+        decoder, filename = self._read_config(self.path / CONFIG)
+        self._read_names(decoder, self.path / CONFIG)
+        options = _session_options(decoder.get("session_options", {}), threads, accuracy_level)
+        self._open(filename, options, providers)
+
+    def _read_config(self, config_path: Path) -> tuple[dict, str]:
+        """The cache's sizes, ``context_length`` and token ids from ``genai_config.json``;
+        returns its decoder section and the ONNX file's name."""
         if not config_path.is_file():
             raise ModelFileError(
                 f"{str(self.path)!r} has no {CONFIG}: not an onnxruntime-genai folder"
@@ -118,6 +122,11 @@ class DecoderSession:
         self.bos_token_id = model.get("bos_token_id")
         self.eos_token_id = model.get("eos_token_id")
         self.pad_token_id = model.get("pad_token_id")
+        return decoder, filename
+
+    def _read_names(self, decoder: dict, config_path: Path) -> None:
+        """The graph's input and output names: the config's, else onnxruntime-genai's defaults;
+        GPT-2's form (``past_names``) has one combined past tensor per layer."""
         names_in = decoder.get("inputs", {})
         names_out = decoder.get("outputs", {})
         self.combined = bool(names_in.get("past_names"))
@@ -142,27 +151,11 @@ class DecoderSession:
         self.mask_name = names_in.get("attention_mask", "attention_mask")
         self.pos_name = names_in.get("position_ids", "position_ids")
         self.logits_name = names_out.get("logits", "logits")
-        options = ort.SessionOptions()
-        session_options = decoder.get("session_options", {})
-        for (
-            key,
-            value,
-        ) in session_options.items():  # as onnxruntime-genai: dotted names are config entries
-            if isinstance(value, str) and "." in key:
-                options.add_session_config_entry(key, value)
-        if (
-            accuracy_level is not None
-        ):  # as Session: pins QDQ graphs' level (MatMulNBits nodes carry their own)
-            options.add_session_config_entry(
-                "session.qdq_matmulnbits_accuracy_level", str(accuracy_level)
-            )
-        if threads is None and isinstance(session_options.get("intra_op_num_threads"), int):
-            threads = session_options["intra_op_num_threads"]
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        read_model(
-            self.path / filename
-        )  # checked first: missing, truncated, or data outside the folder
+
+    def _open(self, filename: str, options: ort.SessionOptions, providers: list[str] | None):
+        """The onnxruntime session of the folder's graph, and the inputs it takes."""
+        # checked first: missing, truncated, or data outside the folder
+        read_model(self.path / filename)
         try:
             self.session = ort.InferenceSession(
                 str(self.path / filename), options, providers=providers or default_providers()
@@ -256,88 +249,34 @@ class DecoderSession:
         output_logits: also return each step's last-position logits, a list of ``[batch, vocab]``
         float32 arrays (as HF's ``output_logits=True``).
         """
-        ids = _as_array(input_ids, "input_ids")
+        ids, mask = prompt_arrays(input_ids, attention_mask)
         batch, prompt = ids.shape
-        if prompt == 0:
-            raise ValueError("input_ids is empty: give at least one prompt token per row")
-        mask = (
-            np.ones_like(ids)
-            if attention_mask is None
-            else _as_array(attention_mask, "attention_mask")
-        )
-        if mask.shape != ids.shape:
-            raise ValueError(
-                f"attention_mask has shape {list(mask.shape)}, input_ids {list(ids.shape)}"
-            )
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError("attention_mask must hold 0 (padding) and 1 (token) only")
-        if (np.diff(mask, axis=1) < 0).any():
-            raise ValueError(
-                "attention_mask is padded on the right; decoders need left padding (each row "
-                "zeros, "
-                "then ones): tokenizer.padding_side = 'left'"
-            )
-        if (mask.sum(axis=1) == 0).any():
-            raise ValueError("a row of attention_mask is all padding")
-        if (
-            isinstance(max_new_tokens, bool)
-            or not isinstance(max_new_tokens, int)
-            or max_new_tokens < 0
-        ):
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        if prompt + max_new_tokens > self.context_length:
-            raise ValueError(
-                f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} = "
-                f"{prompt + max_new_tokens} exceeds the model's context_length "
-                f"{self.context_length}"
-            )
+        self._check_length(prompt, max_new_tokens)
         if do_sample:
-            if not temperature > 0:
-                raise ValueError(f"temperature must be > 0 when sampling, got {temperature!r}")
-            if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-                raise ValueError(f"top_k must be an integer >= 0 (0: off), got {top_k!r}")
-            if not 0 < top_p <= 1:
-                raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-        eos = _eos_set(self.eos_token_id if eos_token_id is None else eos_token_id)
+            check_sampling(temperature, top_k, top_p)
+        eos = eos_set(self.eos_token_id if eos_token_id is None else eos_token_id)
         pad = pad_token_id if pad_token_id is not None else self.pad_token_id
         if pad is None:
             pad = eos[0] if eos else 0
         rng = np.random.default_rng(seed)
-        put = getattr(streamer, "put", None)
-        if streamer is not None and put is None and not callable(streamer):
-            raise ValueError(
-                "streamer must be a callable or have put() and end() (HF's streamer protocol)"
-            )
+        put = streamer_put(streamer)
         if put is not None:
             put(torch.from_numpy(ids.copy()))
 
         tokens = [ids]
-        if self.shared:  # each row's tokens moved to the front (module docstring)
-            lengths = mask.sum(axis=1)
-            width = int(lengths.max())
-            new_ids = np.full((batch, width), pad, np.int64)
-            for row in range(batch):
-                new_ids[row, : lengths[row]] = ids[row, mask[row] == 1]
-            step_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-            past = self.empty_past(batch, width + max_new_tokens)
-            step_pos, last_index = None, lengths - 1
-        else:
-            positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
-            past = self.empty_past(batch)
-            new_ids, step_mask, step_pos = ids, mask, positions
-            last_index = np.full(batch, ids.shape[1] - 1)
+        new_ids, step_mask, step_pos, last_index, past = self._first_step(
+            ids, mask, pad, max_new_tokens
+        )
         logits_out = []
         finished = np.zeros(batch, dtype=bool)
         for _ in range(max_new_tokens):
             logits, past = self.step(new_ids, step_mask, step_pos, past)
-            last = logits[np.arange(batch), last_index, :].astype(np.float32)
+            last = logits[np.arange(batch), last_index, :].astype(np.float32)  # (B, V)
             last_index = np.zeros(batch, np.int64)  # later steps: one token per row
             if output_logits:
                 logits_out.append(last.copy())
             chosen = (
-                self._sample(last, temperature, top_k, top_p, rng)
-                if do_sample
-                else last.argmax(axis=-1)
+                sample(last, temperature, top_k, top_p, rng) if do_sample else last.argmax(axis=-1)
             )
             chosen = np.where(finished, pad, chosen).astype(np.int64)
             tokens.append(chosen[:, None])
@@ -350,41 +289,53 @@ class DecoderSession:
                 if finished.all():
                     break
             new_ids = chosen[:, None]
-            if self.shared:  # each row one longer; the width is the longest total
-                lengths = lengths + 1
-                step_mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(
-                    np.int64
-                )
-            else:
-                step_pos = step_mask.sum(
-                    axis=1, keepdims=True
-                )  # the new token's position: tokens so far
-                step_mask = np.concatenate([step_mask, np.ones((batch, 1), np.int64)], axis=1)
+            step_mask, step_pos = self._next_step(step_mask)
         if streamer is not None and put is not None and hasattr(streamer, "end"):
             streamer.end()
         result = torch.from_numpy(np.concatenate(tokens, axis=1))
         return (result, logits_out) if output_logits else result
 
-    @staticmethod
-    def _sample(
-        logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator
-    ) -> np.ndarray:
-        x = logits.astype(np.float64) / temperature
-        if 0 < top_k < x.shape[-1]:
-            kth = np.partition(x, -top_k, axis=-1)[:, -top_k][:, None]
-            x = np.where(x < kth, -np.inf, x)
-        if top_p < 1:
-            order = np.argsort(-x, axis=-1, kind="stable")
-            sorted_x = np.take_along_axis(x, order, axis=-1)
-            p = np.exp(sorted_x - sorted_x[:, :1])
-            p /= p.sum(axis=-1, keepdims=True)
-            before = np.cumsum(p, axis=-1) - p  # probability mass of the tokens ranked above
-            drop = before >= top_p  # the first token always stays
-            np.put_along_axis(x, order, np.where(drop, -np.inf, sorted_x), axis=-1)
-        p = np.exp(x - x.max(axis=-1, keepdims=True))
-        p /= p.sum(axis=-1, keepdims=True)
-        u = rng.random((x.shape[0], 1))
-        return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), x.shape[-1] - 1)
+    def _check_length(self, prompt: int, max_new_tokens) -> None:
+        if (
+            isinstance(max_new_tokens, bool)
+            or not isinstance(max_new_tokens, int)
+            or max_new_tokens < 0
+        ):
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        if prompt + max_new_tokens > self.context_length:
+            raise ValueError(
+                f"prompt of {prompt} tokens + max_new_tokens {max_new_tokens} = "
+                f"{prompt + max_new_tokens} exceeds the model's context_length "
+                f"{self.context_length}"
+            )
+
+    def _first_step(self, ids: np.ndarray, mask: np.ndarray, pad: int, max_new_tokens: int):
+        """The prompt's run: ``(ids, mask, positions, last_index, past)``, ``last_index`` each
+        row's last token. Shared buffers: each row's tokens moved to the front (module
+        docstring), the buffers long enough for the longest row and every new token."""
+        batch = ids.shape[0]
+        if self.shared:
+            lengths = mask.sum(axis=1)  # (B,)
+            width = int(lengths.max())
+            new_ids = np.full((batch, width), pad, np.int64)
+            for row in range(batch):
+                new_ids[row, : lengths[row]] = ids[row, mask[row] == 1]
+            step_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
+            past = self.empty_past(batch, width + max_new_tokens)
+            return new_ids, step_mask, None, lengths - 1, past
+        positions = np.where(mask == 1, np.cumsum(mask, axis=1) - 1, 1)
+        last_index = np.full(batch, ids.shape[1] - 1)
+        return ids, mask, positions, last_index, self.empty_past(batch)
+
+    def _next_step(self, step_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The mask and positions of a step after ``step_mask``'s, one new token per row."""
+        if self.shared:  # each row one longer (its mask row sums to its length); width the longest
+            lengths = step_mask.sum(axis=1) + 1  # (B,)
+            width = int(lengths.max())
+            return (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64), None
+        step_pos = step_mask.sum(axis=1, keepdims=True)  # the new token's position: tokens so far
+        ones = np.ones((step_mask.shape[0], 1), np.int64)
+        return np.concatenate([step_mask, ones], axis=1), step_pos
 
 
 __all__ = ["DecoderSession"]

@@ -10,14 +10,14 @@ wins, and its run goes on to ``steps`` steps in all (in-batch-negatives contrast
 ``retrieval``): its first ``lr_steps`` steps are exactly those a fresh run at that rate would
 train, so resuming saves them and changes nothing. Rows (``code_search_methods``) are
 measured on every held-out query against every held-out document; a deployed row's embeddings come
-from onnxruntime running
-its exported file. ``code_search_report`` writes the table and the figure.
+from onnxruntime running its exported file. ``code_search_report`` writes the table and the figure.
+
+The settings and options are in ``code_search_config``, the pairs' split in ``code_search_data``
+(both re-exported here); this module builds, tunes and measures each row.
 """
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,110 +27,36 @@ import torch
 from ...api import compile
 from ...export import export_onnx
 from ...policy import Policy
-from ...runtime.errors import PolicyError
-from ...runtime.quant.formats import KERNEL_BITS
 from ...runtime.serve.load import load
 from ..pretrained import load_minilm, tokenize
-from . import code_pairs, stdlib_modules
 from . import code_search_report as report
-from .code_search_methods import BY_KEY, DEFAULT, Method
-from .encoder import (
-    SCALE_LR,
-    add_common_arguments,
-    check_out_dir,
-    latencies_ms,
-    onnx_embed,
-    torch_embed,
-)
+from .code_search_config import JobConfig, add_arguments, config_from_args
+from .code_search_data import Data, load_data
+from .code_search_methods import BY_KEY, Method
+from .encoder import check_out_dir, latencies_ms, onnx_embed, torch_embed
 from .memory import PeakRSS, frozen_bytes
-from .retrieval import Lengths, Trainer, get_params, rank_metrics, set_params
+from .retrieval import Trainer, get_params, rank_metrics, set_params
 
-MIN_EVAL_PAIRS = 10  # MRR@10 needs ten documents to rank
-
-
-@dataclass(frozen=True)
-class JobConfig:
-    bits: int = 4
-    group_size: int = 32
-    rank: int = 16
-    alpha: float = 32.0
-    steps: int = 50
-    batch: int = 32
-    lrs: tuple[float, ...] = (
-        3e-4,
-        1e-3,
-        3e-3,
-    )  # the learning-rate search, the same for every tuned row
-    lr_steps: int = (
-        10  # steps each rate trains before the choice (the winner's run goes on from there)
-    )
-    scale_lr: float | None = (
-        SCALE_LR  # ours' trained scales (a relative step), as in the distillation job
-    )
-    val_pairs: int = 128  # training pairs set aside to choose the rate
-    query_tokens: int = 32
-    doc_tokens: int = 64
-    train_modules: tuple[str, ...] = stdlib_modules.TRAIN
-    eval_modules: tuple[str, ...] = stdlib_modules.HELD_OUT
-    package: str | None = None  # all modules of an installed package instead, split by module
-    eval_pairs: int = 0  # 0: every held-out pair
-    calibration_docs: int = 256  # GPTQ's statistics: training documents
-    methods: tuple[str, ...] = DEFAULT
-    latency_runs: int = 30
-    seed: int = 0
-    out: str = "out/code-search"
-
-    def __post_init__(self):
-        """Bad settings fail here, before the model loads or any file is written."""
-        self.policy({"method": "qalora"})  # bits, group_size, rank, alpha: the policy's own checks
-        if self.bits not in KERNEL_BITS:
-            raise PolicyError(
-                f"bits must be one of {KERNEL_BITS} for the job: {self.bits}-bit weights have no "
-                f"onnxruntime kernel"
-            )
-        for name, low in (
-            ("steps", 0),
-            ("batch", 2),
-            ("lr_steps", 1),
-            ("val_pairs", 2),
-            ("query_tokens", 4),
-            ("doc_tokens", 8),
-            ("eval_pairs", 0),
-            ("calibration_docs", 1),
-            ("latency_runs", 1),
-            ("seed", 0),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise PolicyError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not self.lrs or any(
-            isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1
-            for r in self.lrs
-        ):
-            raise PolicyError(f"lrs must be one or more learning rates in (0, 1), got {self.lrs!r}")
-        self._check_methods()
-
-    def _check_methods(self) -> None:
-        for key in self.methods:
-            if key not in BY_KEY:
-                raise PolicyError(f"unknown method {key!r}; the methods are {', '.join(BY_KEY)}")
-
-    def policy(self, fields: dict) -> Policy:
-        return Policy(
-            bits=self.bits, group_size=self.group_size, rank=self.rank, alpha=self.alpha, **fields
-        )
-
-    @property
-    def lengths(self) -> Lengths:
-        return Lengths(self.query_tokens, self.doc_tokens)
-
-
-@dataclass
-class Data:
-    train: list
-    val: list  # set aside from the training modules' pairs to choose the learning rate
-    eval: list
-    summary: str
+# the settings and the data live in their own modules; callers import them from here
+__all__ = [
+    "Context",
+    "Data",
+    "JobConfig",
+    "add_arguments",
+    "build",
+    "choose_lr",
+    "config_from_args",
+    "context",
+    "embed_onnx",
+    "embed_torch",
+    "latencies",
+    "load_data",
+    "measure",
+    "metrics",
+    "run",
+    "trainer",
+    "tune",
+]
 
 
 @dataclass
@@ -151,125 +77,25 @@ class Context:
         return self.cfg.policy(fields)
 
 
-def load_data(cfg: JobConfig) -> Data:
-    """The pairs, split by module; the counts in words. Too few pairs is an error that says
-    which modules gave them and what would work."""
-    if cfg.package:
-        train_modules, eval_modules = code_pairs.package_split(cfg.package)
-    else:
-        train_modules, eval_modules = list(cfg.train_modules), list(cfg.eval_modules)
-    train_pairs, eval_pairs, skipped = code_pairs.build(
-        train_modules, eval_modules, strict=not cfg.package
-    )
-    source = f"package {cfg.package!r}" if cfg.package else "the training modules"
-    val_n = cfg.val_pairs if len(cfg.lrs) > 1 else 0
-    if len(train_pairs) < cfg.batch + val_n:
-        raise code_pairs.DataError(
-            f"{source} ({', '.join(train_modules[:6])}{', ...' if len(train_modules) > 6 else ''}) "
-            "give "
-            f"{len(train_pairs)} training pairs; the job needs at least {cfg.batch + val_n} (a "
-            f"batch of {cfg.batch}"
-            f"{f' and {val_n} to choose the learning rate' if val_n else ''}): name more or larger "
-            "modules"
-        )
-    if cfg.eval_pairs:
-        eval_pairs = eval_pairs[: cfg.eval_pairs]
-    if len(eval_pairs) < MIN_EVAL_PAIRS:
-        raise code_pairs.DataError(
-            f"the held-out modules ({', '.join(eval_modules)}) give {len(eval_pairs)} pairs; the "
-            "metrics need at "
-            f"least {MIN_EVAL_PAIRS}: name more or larger held-out modules"
-        )
-    order = torch.randperm(
-        len(train_pairs), generator=torch.Generator().manual_seed(cfg.seed)
-    ).tolist()
-    val = [train_pairs[i] for i in order[:val_n]]
-    train_pairs = [train_pairs[i] for i in sorted(order[val_n:])]
-    n_train, n_eval = (
-        len([m for m in mods if m not in skipped]) for mods in (train_modules, eval_modules)
-    )
-    summary = (
-        f"code pairs (Python {platform.python_version()}): {len(train_pairs) + len(val)} training "
-        "pairs "
-        f"from {n_train} modules ({len(val)} of them set aside to choose the learning rate), "
-        f"{len(eval_pairs)} held-out pairs from {n_eval} other modules"
-        + (f"; {len(skipped)} modules gave no pair or did not import" if skipped else "")
-    )
-    return Data(train_pairs, val, eval_pairs, summary)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's options, shared by the command line and the example script."""
-    cfg = JobConfig()
-    add_common_arguments(
-        parser,
-        steps=cfg.steps,
-        out=cfg.out,
-        steps_help=f"training steps of {cfg.batch} pairs, for every tuned row",
-    )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        metavar="METHOD",
-        default=list(cfg.methods),
-        help=f"rows to measure, of {', '.join(BY_KEY)} (default: {' '.join(cfg.methods)})",
-    )
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        type=float,
-        default=list(cfg.lrs),
-        metavar="LR",
-        help=f"learning rates each tuned row tries ({cfg.lr_steps} steps each) before training",
-    )
-    parser.add_argument(
-        "--doc-tokens", type=int, default=cfg.doc_tokens, help="tokens kept per document"
-    )
-    parser.add_argument(
-        "--query-tokens", type=int, default=cfg.query_tokens, help="tokens kept per query"
-    )
-    parser.add_argument(
-        "--eval-pairs", type=int, default=0, help="held-out pairs to measure (0: all)"
-    )
-    data = parser.add_argument_group(
-        "data (default: the standard library's modules, split by module)"
-    )
-    data.add_argument("--train-modules", nargs="+", metavar="MODULE", help="modules to train on")
-    data.add_argument(
-        "--eval-modules", nargs="+", metavar="MODULE", help="held-out modules to measure on"
-    )
-    data.add_argument(
-        "--package",
-        metavar="NAME",
-        help="every module of an installed package, split by module (every 8th held out)",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> JobConfig:
-    if args.package and (args.train_modules or args.eval_modules):
-        raise PolicyError(
-            "--package takes the modules from the package: drop --train-modules / --eval-modules, "
-            "or drop --package"
-        )
-    modules = {}
-    if args.train_modules:
-        modules["train_modules"] = tuple(args.train_modules)
-    if args.eval_modules:
-        modules["eval_modules"] = tuple(args.eval_modules)
-    return JobConfig(
-        bits=args.bits,
-        group_size=args.group_size,
-        rank=args.rank,
-        alpha=2.0 * args.rank,
-        steps=args.steps,
-        methods=tuple(dict.fromkeys(args.methods)),
-        lrs=tuple(args.lrs),
-        doc_tokens=args.doc_tokens,
-        query_tokens=args.query_tokens,
-        eval_pairs=args.eval_pairs,
-        package=args.package,
-        out=args.out,
-        **modules,
+def context(cfg: JobConfig, data: Data, log) -> Context:
+    """The tokenizer, two training documents as the example batch export traces with, and GPTQ's
+    calibration batches (the first ``calibration_docs`` training documents)."""
+    _, tokenizer = load_minilm()
+    t = tokenize(tokenizer, [data.train[0].doc, data.train[1].doc], max_length=cfg.doc_tokens)
+    docs = [p.doc for p in data.train[: cfg.calibration_docs]]
+    calibration = [
+        dict(tokenize(tokenizer, docs[i : i + 32], max_length=cfg.doc_tokens))
+        for i in range(0, len(docs), 32)
+    ]
+    return Context(
+        cfg,
+        tokenizer,
+        (t["input_ids"],),
+        {"attention_mask": t["attention_mask"]},
+        calibration,
+        Path(cfg.out),
+        data,
+        log,
     )
 
 
@@ -278,9 +104,8 @@ def build(method: Method, job: Context):
     model, _ = load_minilm()
     if method.policy is None:
         return model
-    torch.manual_seed(
-        job.cfg.seed
-    )  # the adapters' random init: the same command gives the same table
+    # the adapters' random init: the same command gives the same table
+    torch.manual_seed(job.cfg.seed)
     return compile(
         model,
         job.policy(method.policy),
@@ -425,27 +250,27 @@ def measure(method: Method, job: Context) -> list[dict]:
     return rows
 
 
-def context(cfg: JobConfig, data: Data, log) -> Context:
-    _, tokenizer = load_minilm()
-    t = tokenize(tokenizer, [data.train[0].doc, data.train[1].doc], max_length=cfg.doc_tokens)
-    docs = [p.doc for p in data.train[: cfg.calibration_docs]]
-    calibration = [
-        dict(tokenize(tokenizer, docs[i : i + 32], max_length=cfg.doc_tokens))
-        for i in range(0, len(docs), 32)
-    ]
-    return Context(
-        cfg,
-        tokenizer,
-        (t["input_ids"],),
-        {"attention_mask": t["attention_mask"]},
-        calibration,
-        Path(cfg.out),
-        data,
-        log,
-    )
+def latencies(job: Context, rows: list[dict]) -> dict[int, dict[str, float]]:
+    """Milliseconds by file at accuracy level 0 (every file) and 4 (the integer ones), one
+    held-out document at a time."""
+    cfg = job.cfg
+    integer = {r["file"] for r in rows if r.get("int")}
+    return {
+        level: latencies_ms(
+            {k: v for k, v in job.files.items() if not level or k in integer},
+            job.tokenizer,
+            job.data.eval[0].doc,
+            level,
+            rounds=cfg.latency_runs,
+            runs=1,
+            max_length=cfg.doc_tokens,
+        )
+        for level in (0, 4)
+    }
 
 
 def run(cfg: JobConfig, log=print) -> dict:
+    """The job end to end: every method's rows, their latency, results.md (and recall.png)."""
     check_out_dir(Path(cfg.out))
     started = (time.perf_counter(), time.process_time())
     data = load_data(cfg)
@@ -454,19 +279,7 @@ def run(cfg: JobConfig, log=print) -> dict:
     rows = []
     for key in cfg.methods:
         rows += measure(BY_KEY[key], job)
-    integer = {r["file"] for r in rows if r.get("int")}
-    latency = {
-        level: latencies_ms(
-            {k: v for k, v in job.files.items() if not level or k in integer},
-            job.tokenizer,
-            data.eval[0].doc,
-            level,
-            rounds=cfg.latency_runs,
-            runs=1,
-            max_length=cfg.doc_tokens,
-        )
-        for level in (0, 4)
-    }
+    latency = latencies(job, rows)
     text = report.write(
         job, rows, latency, (time.perf_counter() - started[0], time.process_time() - started[1])
     )

@@ -71,8 +71,8 @@ SCALE_LR_BITS = 4  # the width SCALE_LR is set for; other widths scale it (``sca
 
 def scale_rate(scale_lr: float, bits: int) -> float:
     """The rate of a ``bits``-wide layer's scale gains: ``scale_lr * ((2^4 - 1) / (2^bits -
-    1))^1.5``.
-    A relative step ``d`` of a group's scale moves a code ``q - z`` by ``d (q - z)`` grid steps,
+    1))^1.5``. A relative step ``d`` of a group's scale moves a code ``q - z`` by ``d (q - z)`` grid
+    steps,
     and codes span ``2^bits - 1`` steps, so narrower grids need larger relative steps. The
     power is fitted, not derived: on MiniLM (32 distillation steps, README) the best gain rates
     measured 1e-2 at 2 bits, 3e-3 at 3 and 1e-3 at 4 (this gives 1.1e-2, 3.1e-3, 1e-3); at 4 bits

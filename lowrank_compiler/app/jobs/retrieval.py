@@ -59,8 +59,8 @@ def set_params(model, params: dict[str, torch.Tensor]) -> None:
 
 class Trainer:
     """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the
-    in-batch-negatives
-    loss; batches drawn without repeats inside an epoch (a repeated pair would be its own
+    in-batch-negatives loss; batches drawn without repeats inside an epoch (a repeated pair would be
+    its own
     negative). ``run(n)`` trains ``n`` more steps; ``snapshot()`` / ``restore()`` keep and bring
     back everything that decides the next steps (the trainable tensors, AdamW's moments, the
     batch order), so a run stopped and resumed trains exactly as one that never stopped."""

@@ -26,12 +26,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .passes.helpers.graph import module_aliases
-from .runtime.errors import ExportError
-from .runtime.layers.int_embedding import IntEmbedding
-from .runtime.layers.int_linear import IntLinear
-from .runtime.onnx.export import QDQ_TABLE
-from .runtime.quant.formats import EMBEDDING_BITS, EMBEDDINGS, check_choice, check_group_size
+from ...runtime.errors import ExportError
+from ...runtime.layers.int_embedding import IntEmbedding
+from ...runtime.quant.formats import EMBEDDINGS, QDQ_TABLE, check_choice, check_group_size
+from .graph import module_aliases
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -78,10 +76,9 @@ def _tied_heads(model: nn.Module, table: nn.Embedding) -> list[str]:
     getter = getattr(model, "get_output_embeddings", None)
     if not heads and getattr(config, "tie_word_embeddings", False) and callable(getter):
         head = getter()
-        if isinstance(head, IntLinear) and (head.out_features, head.in_features) == tuple(
-            table.weight.shape
-        ):
-            heads = [n for n, m in model.named_modules() if m is head]
+        shape = (getattr(head, "out_features", None), getattr(head, "in_features", None))
+        if callable(getattr(head, "table_codes", None)) and shape == tuple(table.weight.shape):
+            heads = [n for n, m in model.named_modules() if m is head]  # a quantized head
     return heads
 
 
@@ -125,15 +122,9 @@ def quantize_embeddings(
         table = model.get_submodule(name)
         heads = _tied_heads(model, table)
         head = model.get_submodule(heads[0]) if heads else None
-        if isinstance(head, IntLinear) and head.bits == EMBEDDING_BITS and not head.float_zeros:
-            plan.append(
-                (
-                    name,
-                    IntEmbedding.from_int_linear(head, name=heads[0]),
-                    [],
-                    f"codes of {heads[0]}",
-                )
-            )
+        lent = IntEmbedding.lent_by(head) if head is not None else None
+        if lent is not None:
+            plan.append((name, lent, [], f"codes of {heads[0]}"))
             continue
         new = IntEmbedding.from_float(
             table, group_size=group_size, name=name
