@@ -17,6 +17,7 @@ from ..runtime.layers.lora import LoRALinear
 from ..runtime.layers.nf4 import NF4Linear
 from ..runtime.progress import progress
 from ..runtime.quant.formats import check_dropout
+from ..runtime.quant.group import count_nonfinite
 from .helpers import graph as G
 from .helpers.rewrite import check_rank, inline_selected
 from .helpers.select import TargetError, check_overrides, resolve_layer_options
@@ -48,10 +49,11 @@ def insert_qlora(
         opts = resolve_layer_options(name, {"rank": rank, "alpha": alpha}, overrides)
         check_rank(name, opts["rank"], opts["alpha"], op.in_features, op.out_features)
         weight = weight_out_in(gm.get_submodule(name))
-        if (op.in_features * op.out_features) % block_size or not weight.isfinite().all():
+        bad = count_nonfinite(weight)
+        if bad:
             raise PolicyError(
                 f"layer {name!r} ([{op.out_features}, {op.in_features}]) cannot be stored in NF4: "
-                f"it needs finite weights and in*out divisible by block_size={block_size}"
+                f"it needs finite weights, and its weight has {bad} NaN/inf value(s)"
             )
         plans[name] = opts
     report, params = [], 0

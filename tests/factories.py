@@ -15,3 +15,15 @@ def gpt():
 def gpt_without_inputs():
     """No example inputs: traced with torch.fx, and export has nothing to run it with."""
     return tiny_gpt(seed=0)
+
+
+def widths():
+    """Input widths 172 and 40: partial last groups at group 32."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 172), nn.ReLU(), nn.Linear(172, 40), nn.ReLU(), nn.Linear(40, 8)
+    )
+    return model, (torch.randn(2, 3, 64),)

@@ -362,7 +362,7 @@ def test_damaged_directories_and_bad_paths_are_one_line_errors(mlp, capsys):
         capsys, "compile", f"{FACTORIES}:nothing", "--policy", policy, "--out", tmp_path / "x"
     )
     assert (
-        "defines no function 'nothing' (its functions: gpt, gpt_without_inputs)"
+        "defines no function 'nothing' (its functions: gpt, gpt_without_inputs, widths)"
         in one_line_error(code, err)
     )
     code, _, err = run_main(

@@ -72,12 +72,16 @@ def test_group_sum():
     [
         (5, 32, (8, 64), "bits=5 is not one of"),
         (4, 24, (8, 64), "group_size=24 is not a power of two"),
-        (4, 128, (8, 64), "group_size=128 is larger than its input width 64"),
-        (4, 32, (8, 80), "input width 80 is not divisible by group_size=32"),
+        (4, 32, (8, 0), "an empty weight (shape [8, 0]) has nothing to quantize"),
     ],
 )
 def test_check_layer_messages(bits, group, shape, message):
     assert message in check_layer("blocks.0.fc", torch.zeros(shape), bits, group)
+
+
+@pytest.mark.parametrize("group, width", [(128, 64), (32, 80), (32, 172), (128, 576), (128, 960)])
+def test_any_width_is_held_with_a_partial_last_group(group, width):
+    assert check_layer("fc", torch.zeros(8, width), 4, group) is None
 
 
 def test_check_layer_non_finite():

@@ -35,25 +35,26 @@ def test_quantized_base_is_at_most_a_fifth_of_the_fp32_bytes():
         assert weight_bytes <= 0.2 * fp32[r.name], (r.name, weight_bytes / fp32[r.name])
 
 
-def test_every_indivisible_layer_is_listed_with_a_suggestion():
+def test_a_width_the_group_does_not_divide_gets_a_partial_last_group():
     model = tiny_gpt()  # in-widths 32 (attention, up) and 128 (down)
-    with pytest.raises(lrc.PolicyError) as e:
-        lrc.compile(model, lrc.Policy(method="rtn", group_size=64))
-    msg = str(e.value)
-    assert "10 layer(s) cannot be quantized as asked" in msg
-    assert "blocks.0.attn.q_proj: group_size=64 is larger than its input width 32" in msg
-    assert "blocks.1.mlp.up_proj" in msg and "blocks.0.mlp.down_proj" not in msg
-    assert "exclude them" in msg and "overrides" in msg
-    assert not any(isinstance(m, IntLinear) for m in model.modules())  # nothing half-done
-    ok = lrc.compile(
-        tiny_gpt(),
-        lrc.Policy(
-            method="rtn",
-            group_size=64,
-            overrides={"attn.*": {"group_size": 32}, "up_proj": {"group_size": 16}},
-        ),
-    )
-    assert ok.blocks[0].mlp.down_proj.group_size == 64 and ok.blocks[0].attn.q_proj.group_size == 32
+    x = torch.randint(0, 64, (2, 8))
+    with torch.no_grad():
+        ref = model(x)
+    lrc.compile(model, lrc.Policy(method="rtn", group_size=64))
+    q, down = model.blocks[0].attn.q_proj, model.blocks[0].mlp.down_proj
+    assert (q.in_features, q.qweight.shape[1], q.scales.shape) == (
+        32,
+        1,
+        (32, 1),
+    )  # one group of 32
+    assert (down.in_features, down.qweight.shape[1]) == (128, 2)
+    w = torch.nn.Linear(40, 8).weight.detach()  # 40 = 32 + 8
+    layer = IntLinear.from_weight(w, None, bits=4, group_size=32)
+    assert layer.scales.shape == (8, 2) and layer.in_features == 40
+    step = layer.scales.repeat_interleave(32, 1)[:, :40]  # each weight's own group's step
+    assert ((layer.dequantize() - w).abs() <= step / 2 + 1e-6).all()
+    with torch.no_grad():
+        assert (model(x) - ref).abs().max() < 0.5 * ref.abs().max()
 
 
 def test_nan_weight_names_the_layer():

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..quant.formats import export_bits_problem, grid_storage, qmax
 from ..quant.grid import decode_grid, encode_grid
-from ..quant.group import pack_zeros, quantize, unpack_codes, zero_points
+from ..quant.group import group_count, pack_zeros, pad_groups, quantize, unpack_codes, zero_points
 from .linear_kinds import linear_shape, weight_out_in
 from .protocol import QuantizedLinear, register_layer
 
@@ -59,11 +59,7 @@ class GridBase(QuantizedLinear):
     ):
         super().__init__()
         n, k = phi0.shape
-        if (
-            phi0.dtype != grid_storage(bits)[0]
-            or scales.shape != (n, k // group_size)
-            or k % group_size
-        ):
+        if phi0.dtype != grid_storage(bits)[0] or scales.shape != (n, group_count(k, group_size)):
             raise ValueError(
                 f"grid [{n}, {k}] {phi0.dtype}, scales {list(scales.shape)} do not make a "
                 f"{bits}-bit base in groups of {group_size}"
@@ -91,12 +87,9 @@ class GridBase(QuantizedLinear):
         if quantizer is None:
             codes, scales, zeros = quantize(weight, bits, group_size)
             n, k = weight.shape
-            w = (
-                weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)
-            )  # (N, L, g)
-            grid = (w / scales[..., None] + zeros[..., None].to(torch.float32)).reshape(
-                n, k
-            )  # quantize's order
+            w = pad_groups(weight.detach().to(torch.float32), group_size).reshape(n, -1, group_size)
+            grid = w / scales[..., None] + zeros[..., None].to(torch.float32)  # quantize's order
+            grid = grid.reshape(n, -1)[:, :k]  # (N, K)
         else:
             codes, scales, zeros, grid = quantizer(weight, bits, group_size, grid=True)
         b = None if bias is None else bias.detach().to(torch.float32).clone()
@@ -137,7 +130,9 @@ class GridBase(QuantizedLinear):
                 f"an LR-QAT base needs integer zero points; this {layer.bits}-bit layer "
                 f"[{layer.out_features}, {layer.in_features}] has {layer.describe()['zeros']} zeros"
             )
-        codes = unpack_codes(layer.qweight, layer.bits, layer.group_size)  # (N, K)
+        codes = unpack_codes(
+            layer.qweight, layer.bits, layer.group_size, layer.in_features
+        )  # (N, K)
         bias = None if layer.bias is None else layer.bias.clone()
         return cls(
             encode_grid(codes.to(torch.float32), codes, layer.bits),
@@ -157,14 +152,15 @@ class GridBase(QuantizedLinear):
         return torch.clamp(torch.round(self.grid()), 0, qmax(self.bits)).to(torch.uint8)
 
     def zero_points(self) -> torch.Tensor:
-        """f32 [N, K/g]."""
-        return zero_points(self.zeros, self.bits, self.in_features // self.group_size)
+        """f32 [N, L]."""
+        return zero_points(self.zeros, self.bits, self.scales.shape[1])
 
     def dequantize(self) -> torch.Tensor:
         """f32 [N, K]: the quantizer's deployed weight ``s (code - z)``."""
         n, k, g = self.out_features, self.in_features, self.group_size
-        q = self.codes().to(torch.float32).reshape(n, k // g, g)  # (N, L, g)
-        return ((q - self.zero_points()[..., None]) * self.scales[..., None]).reshape(n, k)
+        q = pad_groups(self.codes().to(torch.float32), g).reshape(n, -1, g)  # (N, L, g)
+        w = (q - self.zero_points()[..., None]) * self.scales[..., None]
+        return w.reshape(n, -1)[:, :k]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         return F.linear(input, self.dequantize().to(input.dtype), self.bias)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..quant.formats import EMBEDDING_BITS, QDQ_TABLE, check_group_size
-from ..quant.group import dequantize, quantize_packed
+from ..quant.group import dequantize, group_count, quantize_packed
 from . import int_embedding_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_embedding)
 from .int_linear import IntLinear
 from .protocol import Layer, register_layer
@@ -33,11 +33,10 @@ def table_problem(name: str, weight: torch.Tensor, group_size: int) -> str | Non
     if weight.dim() != 2:
         return f"{name}: a table must be 2-D [rows, width], got shape {list(weight.shape)}"
     v, d = weight.shape
-    if d % group_size:
-        fits = [g for g in (16, 32, 64, 128, 256) if d % g == 0]
+    if d % 2:  # a partial last group is fine; half a byte of a row is not
         return (
-            f"{name}: width {d} (shape [{v}, {d}]) is not divisible by group_size={group_size}; "
-            + (f"use group_size in {fits}" if fits else "no power-of-two group >= 16 divides it")
+            f"{name}: width {d} (shape [{v}, {d}]) is odd: GatherBlockQuantized reads a row of "
+            f"4-bit codes as whole bytes (the width is twice the bytes); leave this table float"
         )
     if not torch.isfinite(weight).all():
         return f"{name}: table has NaN/inf values (shape [{v}, {d}])"
@@ -50,7 +49,13 @@ class IntEmbedding(Layer):
     frozen_tensors = ("qweight",)
 
     def __init__(
-        self, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, *, group_size: int
+        self,
+        qweight: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        *,
+        group_size: int,
+        embedding_dim: int | None = None,
     ):
         super().__init__()
         rows, groups, blob = qweight.shape
@@ -64,7 +69,13 @@ class IntEmbedding(Layer):
                 f"a quantized table needs integer (uint8, packed) zero points, got {zeros.dtype}"
             )
         self.bits, self.group_size = EMBEDDING_BITS, int(group_size)
-        self.num_embeddings, self.embedding_dim = rows, groups * group_size
+        width = groups * group_size if embedding_dim is None else int(embedding_dim)
+        if group_count(width, group_size) != groups:
+            raise ValueError(
+                f"qweight holds {groups} groups of {group_size}; width {width} needs "
+                f"{group_count(width, group_size)}"
+            )
+        self.num_embeddings, self.embedding_dim = rows, width
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("zeros", zeros)
@@ -90,7 +101,7 @@ class IntEmbedding(Layer):
         if problem:
             raise ValueError(problem)
         qweight, scales, zeros = quantize_packed(weight, EMBEDDING_BITS, group_size)
-        return cls(qweight, scales, zeros, group_size=group_size)
+        return cls(qweight, scales, zeros, group_size=group_size, embedding_dim=weight.shape[1])
 
     @classmethod
     def lent_by(cls, head: nn.Module) -> "IntEmbedding | None":
@@ -102,7 +113,9 @@ class IntEmbedding(Layer):
         if codes is None:
             return None
         qweight, scales, zeros = codes
-        return cls(qweight, scales, zeros, group_size=head.group_size)
+        return cls(
+            qweight, scales, zeros, group_size=head.group_size, embedding_dim=head.in_features
+        )
 
     def tied_head(self, bias: torch.Tensor | None = None) -> IntLinear:
         """An ``IntLinear`` computing ``x @ table^T`` over this table's own buffers."""
@@ -113,11 +126,14 @@ class IntEmbedding(Layer):
             bits=self.bits,
             group_size=self.group_size,
             bias=bias,
+            in_features=self.embedding_dim,
         )
 
     def dequantize(self) -> torch.Tensor:
         """f32 [V, D]."""
-        return dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
+        return dequantize(
+            self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.embedding_dim
+        )
 
     def __getattr__(self, name: str):
         if (
@@ -135,7 +151,13 @@ class IntEmbedding(Layer):
         self, input: torch.Tensor
     ) -> torch.Tensor:  # ids (...) -> (..., D); nn.Embedding's argument name
         return torch.ops.lowrank_compiler.int_embedding(
-            input, self.qweight, self.scales, self.zeros, self.bits, self.group_size
+            input,
+            self.qweight,
+            self.scales,
+            self.zeros,
+            self.bits,
+            self.group_size,
+            self.embedding_dim,
         )
 
     def export_problem(self, fmt: str) -> str | None:

@@ -25,12 +25,14 @@ def int_embedding(
     zeros: torch.Tensor,
     bits: int,
     group_size: int,
+    embedding_dim: int = 0,
 ) -> torch.Tensor:
     flat = ids.reshape(-1)  # (T,)
-    rows = dequantize(qweight[flat], scales[flat], zeros[flat], bits, group_size)  # (T, D)
+    d = embedding_dim or None  # 0: every group whole, D = L g
+    rows = dequantize(qweight[flat], scales[flat], zeros[flat], bits, group_size, d)  # (T, D)
     return rows.reshape(*ids.shape, rows.shape[-1])
 
 
 @int_embedding.register_fake
-def _(ids, qweight, scales, zeros, bits, group_size):
-    return scales.new_empty((*ids.shape, qweight.shape[1] * group_size))
+def _(ids, qweight, scales, zeros, bits, group_size, embedding_dim=0):
+    return scales.new_empty((*ids.shape, embedding_dim or qweight.shape[1] * group_size))

@@ -1,15 +1,15 @@
 """``IntLinear``: a frozen linear layer with group-quantized integer weights.
 
     y = x W^T + bias [+ group_sum(x) @ correction]
-    W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]),   l = i // g
+    W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]),   l = i // g,   L = ceil(K / g) groups
 
 Buffers (``quant/group.py`` documents the byte layouts; all are MatMulNBits inputs as they are):
 
-    qweight     uint8 [N, K/g, g*bits/8]   packed codes
-    scales      f32   [N, K/g]
-    zeros       uint8 [N, ceil(K/g*bits/8)] packed integer zero points, or f32 [N, K/g]
+    qweight     uint8 [N, L, g*bits/8]   packed codes
+    scales      f32   [N, L]
+    zeros       uint8 [N, ceil(L*bits/8)] packed integer zero points, or f32 [N, L]
     bias        f32   [N] or absent
-    correction  f32   [K/g, N] or absent: the exact fractional part of folded zero
+    correction  f32   [L, N] or absent: the exact fractional part of folded zero
                 points (``zeros="split"``): ``correction = (scales * (round(z') - z'))^T``,
                 stored transposed so the export is one MatMul on a named initializer
 
@@ -29,6 +29,7 @@ from torch import nn
 from ..quant.formats import EMBEDDING_BITS, EXPORT_NODES, export_bits_problem, takes_float_zeros
 from ..quant.group import (
     dequantize,
+    group_count,
     group_sum,
     pack_codes,
     pack_zeros,
@@ -55,6 +56,7 @@ class IntLinear(QuantizedLinear):
         group_size: int,
         bias: torch.Tensor | None = None,
         correction: torch.Tensor | None = None,
+        in_features: int | None = None,
     ):
         super().__init__()
         n, groups, blob = qweight.shape
@@ -62,8 +64,14 @@ class IntLinear(QuantizedLinear):
             raise ValueError(
                 f"qweight blob of {blob} bytes does not hold {group_size} codes of {bits} bits"
             )
+        k = groups * group_size if in_features is None else int(in_features)
+        if group_count(k, group_size) != groups:
+            raise ValueError(
+                f"qweight [{n}, {groups}, {blob}] holds {groups} groups of {group_size}; "
+                f"in_features={k} needs {group_count(k, group_size)}"
+            )
         self.bits, self.group_size = int(bits), int(group_size)
-        self.in_features, self.out_features = groups * group_size, n
+        self.in_features, self.out_features = k, n
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
         self.register_buffer("zeros", zeros)
@@ -83,9 +91,12 @@ class IntLinear(QuantizedLinear):
         """Quantize a float weight ``[N, K]``: min-max per group and round to nearest, or with
         ``quantizer(weight, bits, group_size) -> (codes, scales, zeros)`` (``quant.gptq.gptq``)."""
         b = None if bias is None else bias.detach().to(torch.float32).clone()
+        k = weight.shape[1]
         if quantizer is None:
             qweight, scales, zeros = quantize_packed(weight, bits, group_size)
-            return cls(qweight, scales, zeros, bits=bits, group_size=group_size, bias=b)
+            return cls(
+                qweight, scales, zeros, bits=bits, group_size=group_size, bias=b, in_features=k
+            )
         codes, scales, zeros = quantizer(weight, bits, group_size)
         return cls(
             pack_codes(codes, bits, group_size),
@@ -94,6 +105,7 @@ class IntLinear(QuantizedLinear):
             bits=bits,
             group_size=group_size,
             bias=b,
+            in_features=k,
         )
 
     @classmethod
@@ -120,15 +132,17 @@ class IntLinear(QuantizedLinear):
         return self.zeros.dtype != torch.uint8
 
     def zero_points(self) -> torch.Tensor:
-        """f32 [N, K/g]."""
-        return zero_points(self.zeros, self.bits, self.in_features // self.group_size)
+        """f32 [N, L]."""
+        return zero_points(self.zeros, self.bits, self.qweight.shape[1])
 
     def dequantize(self) -> torch.Tensor:
         """f32 [N, K]."""
-        return dequantize(self.qweight, self.scales, self.zeros, self.bits, self.group_size)
+        return dequantize(
+            self.qweight, self.scales, self.zeros, self.bits, self.group_size, self.in_features
+        )
 
     def group_offset(self) -> torch.Tensor:
-        """f64 [N, K/g]: the part of ``W`` that is constant inside a group, so that
+        """f64 [N, L]: the part of ``W`` that is constant inside a group, so that
         ``y = x (scales * q)^T + group_sum(x) @ group_offset()^T + bias``: ``-scales * zeros``
         plus the correction's ``D``."""
         off = -self.scales.double() * self.zero_points().double()  # (N, L)
@@ -146,17 +160,24 @@ class IntLinear(QuantizedLinear):
             group_size=self.group_size,
             bias=None if self.bias is None else self.bias[index],
             correction=None if self.correction is None else self.correction[:, index],
+            in_features=self.in_features,
         )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
         y = torch.ops.lowrank_compiler.int_linear(
-            x, self.qweight, self.scales, self.zeros, self.bias, self.bits, self.group_size
+            x,
+            self.qweight,
+            self.scales,
+            self.zeros,
+            self.bias,
+            self.bits,
+            self.group_size,
+            self.in_features,
         )  # (..., N)
         if self.correction is not None:
-            y = y + group_sum(x, self.group_size) @ self.correction.to(
-                x.dtype
-            )  # (..., K/g) @ (K/g, N)
+            sums = group_sum(x, self.group_size, self.in_features)  # (..., L)
+            y = y + sums @ self.correction.to(x.dtype)  # (..., L) @ (L, N)
         return y
 
     def describe(self) -> dict[str, Any]:

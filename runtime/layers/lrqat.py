@@ -136,6 +136,7 @@ class LRQATLinear(AdapterLayer):
             bits=self.bits,
             group_size=self.group_size,
             bias=None if base.bias is None else base.bias.clone(),
+            in_features=self.in_features,
         )
 
     def describe(self) -> dict[str, Any]:

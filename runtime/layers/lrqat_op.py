@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..quant.formats import qmax
 from ..quant.grid import decode_grid
-from ..quant.group import zero_points
+from ..quant.group import pad_groups, zero_points
 
 
 def grid_position(phi0, lora_A, lora_B, scale: float, bits: int) -> torch.Tensor:
@@ -49,9 +49,9 @@ def weight(
     """W = scales (q - z), f32 [N, K], in ``quant.group.dequantize``'s order of operations (same
     bits)."""
     n, k = q.shape
-    z = zero_points(zeros, bits, k // group_size)  # (N, L)
-    w = q.reshape(n, k // group_size, group_size) - z[..., None]  # (N, L, g)
-    return w.mul_(scales.to(torch.float32)[..., None]).reshape(n, k)
+    z = zero_points(zeros, bits, scales.shape[1])  # (N, L)
+    w = pad_groups(q, group_size).reshape(n, -1, group_size) - z[..., None]  # (N, L, g)
+    return w.mul_(scales.to(torch.float32)[..., None]).reshape(n, -1)[:, :k]
 
 
 @torch.library.custom_op("lowrank_compiler::lrqat_linear", mutates_args=())
@@ -99,13 +99,14 @@ def _backward(ctx, grad):  # grad: (..., N)
     if not (need[2] or need[3] or need[4]):
         return tuple(grads)
     g_w = grad.reshape(-1, n).to(torch.float32).T @ x.reshape(-1, k).to(torch.float32)  # (N, K)
-    groups = (n, k // ctx.group_size, ctx.group_size)
+    g = ctx.group_size
+    groups = (n, scales.shape[1], g)  # a partial last group padded with zero columns
+    g_w = pad_groups(g_w, g)  # (N, L g)
     if need[4]:
-        zq = q.reshape(groups) - zero_points(zeros, ctx.bits, groups[1])[..., None]  # (N, L, g)
+        zq = pad_groups(q, g).reshape(groups) - zero_points(zeros, ctx.bits, groups[1])[..., None]
         grads[4] = (g_w.reshape(groups) * zq).sum(-1).to(scales.dtype)  # (N, L)
-    g_phi = (
-        g_w.reshape(groups).mul_(scales.to(torch.float32)[..., None]).reshape(n, k).mul_(inside)
-    )  # (N, K)
+    g_phi = g_w.reshape(groups).mul_(scales.to(torch.float32)[..., None]).reshape(n, -1)[:, :k]
+    g_phi = g_phi.mul_(inside)  # (N, K)
     if need[3]:
         grads[3] = ((g_phi @ lora_A.to(torch.float32).T) * ctx.scale).to(lora_B.dtype)  # (N, r)
     if need[2]:

@@ -10,9 +10,9 @@ Double quantization (optional) stores the absmax values themselves in 8 bits: mi
 their mean, in blocks of 256, each block as int8 codes times one float scale
 (bitsandbytes uses a dynamic 8-bit map here; the storage size is the same).
 
-Storage: ``codes`` uint8 [N*K/2] (two codes a byte, low nibble first), ``absmax`` f32
-[N*K/64], or ``absmax_q`` int8 [N*K/64] + ``absmax_scale`` f32 [ceil(N*K/64/256)] +
-``absmax_mean`` f32 [].
+Storage (``B = ceil(N*K/64)`` blocks, the last one padded with zeros when 64 does not divide
+``N*K``): ``codes`` uint8 [B*64/2] (two codes a byte, low nibble first), ``absmax`` f32 [B], or
+``absmax_q`` int8 [B] + ``absmax_scale`` f32 [ceil(B/256)] + ``absmax_mean`` f32 [].
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ class NF4Linear(QuantizedLinear):
     ):
         super().__init__()
         n, k = weight.shape
-        if (n * k) % block_size:
-            raise ValueError(f"NF4 needs N*K divisible by block_size={block_size}, got [{n}, {k}]")
         self.in_features, self.out_features = k, n
         self.block_size, self.double_quant = block_size, double_quant
         codes, absmax = nf4_quantize(weight, block_size)
@@ -87,10 +85,14 @@ class NF4Linear(QuantizedLinear):
 
     def dequantize(self) -> torch.Tensor:
         """f32 [N, K]."""
-        total = self.in_features * self.out_features
-        codes = unpack(self.codes.reshape(-1, 4), 4, 8).reshape(-1)[:total].long()
-        values = NF4_LEVELS.to(self.codes.device)[codes].reshape(-1, self.block_size)
-        return (values * self.block_absmax()[:, None]).reshape(self.out_features, self.in_features)
+        total = self.in_features * self.out_features  # the last block's padding left out
+        blocks = self.block_absmax()
+        codes = unpack(self.codes.reshape(-1, 4), 4, 8).reshape(-1)[
+            : blocks.numel() * self.block_size
+        ]
+        values = NF4_LEVELS.to(self.codes.device)[codes.long()].reshape(-1, self.block_size)
+        w = (values * blocks[:, None]).reshape(-1)[:total]
+        return w.reshape(self.out_features, self.in_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name
         x = input

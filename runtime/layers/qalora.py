@@ -1,14 +1,17 @@
 """QA-LoRA (Xu et al. 2023): group-pooled adapters over a group-quantized base, foldable exactly.
 
 Base ``IntLinear`` with ``W[j, i] = scale[j, l] (q[j, i] - zero[j, l])``, group size ``g``,
-``L = K / g`` groups. The adapter sees the input averaged over each group::
+``L = ceil(K / g)`` groups of widths ``w_l`` (``g``, but ``K - (L - 1) g`` for a partial last
+group). The adapter sees the input averaged over each group, a group over its own width::
 
-    pool(x)[l] = mean(x[l g : (l + 1) g])          (..., K) -> (..., L)
+    pool(x)[l] = sum(x[group l]) / w_l              (..., K) -> (..., L)
     y = W x + b + s B A dropout(pool(x)),   A: [r, L] random,  B: [N, r] zero,  s = alpha / r
 
-Its effective weight is constant inside a group, ``c[j, l] = s (B A)[j, l] / g``, so it
+Its effective weight is constant inside a group, ``c[j, l] = s (B A)[j, l] / w_l``, so it
 folds into the zero point:  ``zero'[j, l] = zero[j, l] - c[j, l] / scale[j, l]``; the
-codes never change. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
+codes never change. A partial group folds as exactly as a whole one: its ``w_l`` weights share
+one zero point and its pooling divides by ``w_l``, so ``c / scale`` moves every weight it
+pools. ``zero'`` is real-valued. Deployment forms (``fold_zeros``):
 
 - ``"float"``: real zero points (MatMulNBits accepts them; exact, but a slower kernel);
 - ``"split"``: ``zr = clamp(round(zero'), 0, 2^b - 1)`` packed as integers, plus the exact
@@ -20,7 +23,7 @@ Training mode ``zero_point="int"`` puts the rounding inside the forward pass
 (straight-through estimator, clamped to the code range)::
 
     zero'' = clamp(round_ste(zero - c / scale), 0, 2^b - 1)
-    y = W x + b + group_sum(dropout(pool(x)) g) @ (scale (zero - zero''))^T
+    y = W x + b + (dropout(pool(x)) w) @ (scale (zero - zero''))^T       (w: each group's width)
 
 so the fold is integer by construction: ``zeros = zero''`` and nothing else.
 
@@ -42,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..quant.formats import ZERO_POINT_MODES, check_choice, qmax, split_correction
-from ..quant.group import group_sum, pack_zeros, trained_scales
+from ..quant.group import group_count, group_sum, group_widths, pack_zeros, trained_scales
 from . import int_linear_op  # noqa: F401  (registers torch.ops.lowrank_compiler.int_linear)
 from .int_linear import IntLinear
 from .protocol import AdapterLayer, FoldForm, register_layer
@@ -77,8 +80,11 @@ class QALoRALinear(AdapterLayer):
         self.zero_point = zero_point
         self.group_size = base.group_size
         self.in_features, self.out_features = base.in_features, base.out_features
-        groups = self.in_features // self.group_size
+        groups = group_count(self.in_features, self.group_size)
+        self.partial = bool(self.in_features % self.group_size)  # a short last group
         dev = base.scales.device
+        widths = group_widths(self.in_features, self.group_size, dev) if self.partial else None
+        self.register_buffer("group_width", widths, persistent=False)  # (L,); none when all are g
         self.lora_A = nn.Parameter(torch.empty(self.rank, groups, device=dev))  # (r, L)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -124,10 +130,25 @@ class QALoRALinear(AdapterLayer):
             base.bias,
             base.bits,
             base.group_size,
+            base.in_features,
         )
 
+    def widths(self, dtype=torch.float32) -> torch.Tensor:
+        """``[L]``: each group's width (``g``; less for a partial last group)."""
+        if self.group_width is None:
+            return group_widths(self.in_features, self.group_size, self.lora_A.device).to(dtype)
+        return self.group_width.to(dtype)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., L)
+        if self.partial:  # each group over its own width
+            return group_sum(x, self.group_size, self.in_features) / self.widths(x.dtype)
         return x.unflatten(-1, (x.shape[-1] // self.group_size, self.group_size)).mean(-1)
+
+    def _per_group(self, t: torch.Tensor) -> torch.Tensor:
+        """``t s / w_l`` for ``t`` ``[N, L]``: an adapter product over each group's inputs."""
+        if self.partial:
+            return t * self.scale / self.widths(t.dtype)
+        return t * (self.scale / self.group_size)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
@@ -136,16 +157,15 @@ class QALoRALinear(AdapterLayer):
         if self.zero_point == "float":
             return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
         zero = self.base.zero_points()  # (N, L), integers
-        d = self.current_scales() * (
-            zero - self._int_zero_points()
-        )  # (N, L): whole quantization steps only
-        return y + F.linear(p * self.group_size, d.to(x.dtype))
+        d = self.current_scales() * (zero - self._int_zero_points())  # (N, L): whole steps only
+        sums = p * (self.widths(p.dtype) if self.partial else self.group_size)  # (..., L)
+        return y + F.linear(sums, d.to(x.dtype))
 
     def _int_zero_points(self) -> torch.Tensor:
         """zero'' of ``zero_point="int"``, f32 [N, L]. The fold calls this very function, so it
         rounds exactly as training did (float64 could round a value near .5 the other way)."""
         zero = self.base.zero_points()  # (N, L)
-        c = (self.lora_B @ self.lora_A) * (self.scale / self.group_size)  # (N, L)
+        c = self._per_group(self.lora_B @ self.lora_A)  # (N, L)
         return torch.clamp(_round_ste(zero - c / self.current_scales()), 0, qmax(self.base.bits))
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
@@ -157,7 +177,7 @@ class QALoRALinear(AdapterLayer):
     # --- folding -------------------------------------------------------------------
     def group_delta(self) -> torch.Tensor:
         """f64 [N, L]: what the adapter adds, ``y = base(x) + group_sum(x) @ group_delta()^T``
-        (no dropout): ``s B A / g``, or for ``zero_point="int"`` ``scale (zero - zero'')``. With
+        (no dropout): ``s B A / w_l``, or for ``zero_point="int"`` ``scale (zero - zero'')``. With
         ``train_scales`` ``base(x)`` means the base's codes at the trained scales."""
         with torch.no_grad():
             if self.zero_point == "int":
@@ -165,7 +185,7 @@ class QALoRALinear(AdapterLayer):
                 return scales * (
                     self.base.zero_points().double() - self._int_zero_points().double()
                 )
-            return (self.lora_B.double() @ self.lora_A.double()) * (self.scale / self.group_size)
+            return self._per_group(self.lora_B.double() @ self.lora_A.double())
 
     def folded_zero_points(self) -> torch.Tensor:
         """zero' = zero - c / scale, float64 [N, L] (for zero_point="int": the integers training
@@ -175,9 +195,7 @@ class QALoRALinear(AdapterLayer):
                 return self._int_zero_points().double()
         base = self.base
         zero = base.zero_points().double()
-        c = (self.lora_B.detach().double() @ self.lora_A.detach().double()) * (
-            self.scale / self.group_size
-        )
+        c = self._per_group(self.lora_B.detach().double() @ self.lora_A.detach().double())
         with torch.no_grad():
             return zero - c / self.current_scales().double()
 
@@ -196,6 +214,7 @@ class QALoRALinear(AdapterLayer):
             bits=base.bits,
             group_size=base.group_size,
             bias=None if base.bias is None else base.bias.clone(),
+            in_features=base.in_features,
         )
         if self.zero_point == "int" or zeros != "float":
             rounded = torch.clamp(torch.round(moved), 0, qmax(base.bits))
@@ -248,11 +267,17 @@ class QALoRALinear(AdapterLayer):
                 "trains with zero_point='int' (rounded zero points), which PEFT's QA-LoRA cannot "
                 "compute; fold it instead"
             )
+        if self.partial:
+            return (
+                f"has a partial last group (input width {self.in_features} at group "
+                f"{self.group_size}); PEFT's QA-LoRA needs the width divisible by its "
+                "qalora_group_size: keep it with lrc.save_adapters, or fold it"
+            )
         return None
 
     def peft_scale(self) -> float:
         """PEFT pools by the group mean times the number of groups ``L``: its ``A`` is ours / L."""
-        return float(self.in_features // self.group_size)
+        return float(group_count(self.in_features, self.group_size))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -68,11 +68,19 @@ def int_embedding_translation():
     register_gather_block_quantized_schema()
     msft = onnxscript.values.Opset(DOMAIN, 1)
 
-    def int_embedding(ids, qweight, scales, zeros, bits: int, group_size: int):
+    def int_embedding(
+        ids, qweight, scales, zeros, bits: int, group_size: int, embedding_dim: int = 0
+    ):
         rows, groups, blob = qweight.shape
-        table = op.Reshape(
-            qweight, op.Constant(value_ints=[rows, groups * blob])
-        )  # (V, D * bits / 8)
+        table = op.Reshape(qweight, op.Constant(value_ints=[rows, groups * blob]))  # (V, L blob)
+        width = embedding_dim * bits // 8
+        if embedding_dim and width < groups * blob:  # a partial last group: the row's own bytes
+            table = op.Slice(
+                table,
+                op.Constant(value_ints=[0]),
+                op.Constant(value_ints=[width]),
+                op.Constant(value_ints=[1]),
+            )  # (V, D * bits / 8)
         return msft.GatherBlockQuantized(
             table,
             ids,

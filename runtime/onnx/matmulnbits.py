@@ -86,8 +86,10 @@ def int_linear_translation(accuracy_level: int):
     register_matmulnbits_schema()
     msft = onnxscript.values.Opset(DOMAIN, 1)
 
-    def int_linear(x, qweight, scales, zeros, bias, bits: int, group_size: int):
-        n, groups = qweight.shape[0], qweight.shape[1]
+    def int_linear(
+        x, qweight, scales, zeros, bias, bits: int, group_size: int, in_features: int = 0
+    ):
+        n, groups = qweight.shape[0], qweight.shape[1]  # K below L g: a partial last block
         return msft.MatMulNBits(
             x,
             qweight,
@@ -95,7 +97,7 @@ def int_linear_translation(accuracy_level: int):
             zeros,
             None,
             bias,
-            K=groups * group_size,
+            K=in_features or groups * group_size,
             N=n,
             bits=bits,
             block_size=group_size,

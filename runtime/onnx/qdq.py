@@ -8,6 +8,10 @@ The layout onnxruntime fuses back into its MatMulNBits kernel (opset >= 21)::
     zero  UINT4/UINT8 [K/g, N]
     W = DequantizeLinear(W_q, scale, zero, axis=0, block_size=g);  Y = MatMul(A, W) [+ bias]
 
+When ``g`` does not divide ``K`` the last block is short: ``W_q`` keeps its ``K`` rows and the
+scales and zero points ``ceil(K/g)``; the ONNX spec's blocked ``DequantizeLinear`` takes that
+(its reference implementation, and onnxruntime, which still fuses it into MatMulNBits).
+
 Standard ONNX has no float zero points: the ``split-form`` pass runs first, so only integer
 zero points reach here.
 """
@@ -20,7 +24,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..quant.formats import QDQ_BITS
-from ..quant.group import unpack
+from ..quant.group import group_count, unpack
 from .matmulnbits import DOMAIN
 from .passes import OnnxPassResult, register_onnx_pass
 
@@ -65,12 +69,9 @@ def _lower(model: onnx.ModelProto) -> int:
         a, b, s = node.input[:3]
         z = node.input[3] if len(node.input) > 3 and node.input[3] else None
         bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
-        groups = k // g
-        codes = (
-            unpack(torch.from_numpy(numpy_helper.to_array(inits[b]).copy()), bits, g)
-            .reshape(n, k)
-            .numpy()
-        )
+        groups = group_count(k, g)  # a partial last block: DequantizeLinear's is short too
+        blob = torch.from_numpy(numpy_helper.to_array(inits[b]).copy())
+        codes = unpack(blob, bits, g).reshape(n, groups * g)[:, :k].numpy()
         scales = numpy_helper.to_array(inits[s])  # (N, L)
         if z is None:
             zeros = np.full(

@@ -26,52 +26,100 @@ def share_table_codes(model: onnx.ModelProto) -> OnnxPassResult:
     return OnnxPassResult(model, shared > 0, {"shared": shared}, report)
 
 
+def _source(name: str, producer: dict, inits: dict) -> str | None:
+    """The initializer a table comes from, through the ``Reshape`` and ``Slice`` the translation
+    puts before the lookup (the exporter folds some of them into initializers, not always all)."""
+    while name not in inits:
+        node = producer.get(name)
+        if node is None or node.op_type not in ("Reshape", "Slice"):
+            return None
+        name = node.input[0]
+    return name
+
+
+def _copies(model: onnx.ModelProto) -> dict[str, tuple[str, int | None]]:
+    """Each table initializer equal to a MatMulNBits head's codes -> (the head's codes, the
+    width in bytes to cut its rows to, or None where the table is the codes as they are). A
+    table either has the head's shape ``[V, L, blob]``, or is the rows ``[V, W]`` of the head's
+    blob cut to the table's width ``W <= L blob`` (a partial last group pads the blob)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    tables = {
+        _source(n.input[0], producer, inits)
+        for n in model.graph.node
+        if n.op_type == "GatherBlockQuantized"
+    } - {None}
+    arrays = {t: numpy_helper.to_array(inits[t]) for t in tables}
+    found: dict[str, tuple[str, int | None]] = {}
+    for node in model.graph.node:
+        codes = node.input[1] if node.op_type == "MatMulNBits" and node.domain == DOMAIN else None
+        if codes not in inits or len(inits[codes].dims) != 3 or codes in tables:
+            continue
+        rows, groups, blob = inits[codes].dims
+        candidates = [
+            t
+            for t, a in arrays.items()
+            if t not in found and a.shape[0] == rows and a.size <= rows * groups * blob
+        ]
+        if not candidates:  # only a head the size of a table is read: other layers' bytes never are
+            continue
+        head = numpy_helper.to_array(inits[codes])
+        for t in candidates:
+            if arrays[t].shape == head.shape and np.array_equal(arrays[t], head):
+                found[t] = (codes, None)
+            elif arrays[t].ndim == 2:
+                width = arrays[t].shape[1]
+                if np.array_equal(head.reshape(rows, -1)[:, :width], arrays[t]):
+                    found[t] = (codes, width)
+    return found
+
+
 def _share(model: onnx.ModelProto) -> int:
     """Rewrite ``model`` in place (module docstring); returns how many tables were shared."""
     graph = model.graph
+    found = _copies(model)
     inits = {i.name: i for i in graph.initializer}
-    tables = {
-        n.input[0]
-        for n in graph.node
-        if n.op_type == "GatherBlockQuantized" and n.input[0] in inits
-    }
-    sizes = {int(np.prod(inits[t].dims)) for t in tables}
-    heads: dict[
-        bytes, str
-    ] = {}  # only heads the size of a table: the other layers' bytes are never copied
+    nodes, views = [], {}
     for node in graph.node:
-        if (
-            node.op_type == "MatMulNBits"
-            and node.domain == DOMAIN
-            and node.input[1] in inits
-            and int(np.prod(inits[node.input[1]].dims)) in sizes
-        ):
-            heads.setdefault(numpy_helper.to_array(inits[node.input[1]]).tobytes(), node.input[1])
-    nodes, shared, dropped = [], 0, set()
-    for node in graph.node:
-        table = node.input[0] if node.op_type == "GatherBlockQuantized" else None
-        head = (
-            heads.get(numpy_helper.to_array(inits[table]).tobytes())
-            if table in tables and heads
-            else None
-        )
-        if head is not None and head != table:
-            shape = f"{table}.shape"
-            graph.initializer.append(
-                numpy_helper.from_array(np.array(inits[table].dims, np.int64), shape)
-            )
-            nodes.append(
-                helper.make_node(
-                    "Reshape", [head, shape], [f"{table}.shared"], name=f"{table}.Reshape"
-                )
-            )
-            node.input[0] = f"{table}.shared"
-            dropped.add(table)
-            shared += 1
+        for i, name in enumerate(node.input):
+            if name not in found:
+                continue
+            head, width = found[name]
+            if width is None:  # the same shape and bytes: read the head's codes themselves
+                node.input[i] = head
+                continue
+            if name not in views:
+                rows, groups, blob = inits[head].dims
+                nodes += _table_view(graph, name, head, rows, groups * blob, width)
+                views[name] = f"{name}.shared"
+            node.input[i] = views[name]
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    keep = [i for i in graph.initializer if i.name not in dropped]
+    keep = [i for i in graph.initializer if i.name not in found]
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    return shared
+    return len(found)
+
+
+def _table_view(graph, table: str, head: str, rows: int, full: int, width: int) -> list:
+    """Nodes reading a head's codes ``[V, L, blob]`` as the table ``[V, width]``: a ``Reshape``,
+    and a ``Slice`` when a partial last group padded the head's blob past the table's width."""
+    shape = f"{table}.shape"
+    graph.initializer.append(numpy_helper.from_array(np.array([rows, full], np.int64), shape))
+    out = f"{table}.shared" if width == full else f"{table}.rows"
+    nodes = [helper.make_node("Reshape", [head, shape], [out], name=f"{table}.Reshape")]
+    if width != full:
+        ends = f"{table}.width"
+        graph.initializer.append(numpy_helper.from_array(np.array([width], np.int64), ends))
+        graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), f"{table}.start"))
+        graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{table}.axis"))
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                [out, f"{table}.start", ends, f"{table}.axis"],
+                [f"{table}.shared"],
+                name=f"{table}.Slice",
+            )
+        )
+    return nodes

@@ -9,7 +9,8 @@ correction, ``D^T = (scales (zr - z))^T``, ``[L, N]``)::
         -> Add(MatMulNBits(A, B, scales, pack(zr), ...),
                MatMul(ReduceSum(Reshape(A, [..., L, g]), -1), D^T))
 
-computed from the node's own initializers; the codes and scales are untouched. A node whose
+computed from the node's own initializers (a partial last group's inputs padded with zeros before
+the group sums); the codes and scales are untouched. A node whose
 zero points are integers already (stored as floats) only gets packed zero points, no correction.
 Written as an onnxscript rewrite rule (``pattern`` / ``check`` / ``rewrite``).
 """
@@ -80,6 +81,12 @@ class SplitFloatZeros(pattern.RewriteRuleClassBase):
             lead = op.Slice(op.Shape(a), op.Constant(value_ints=[0]), op.Constant(value_ints=[-1]))
             shape = op.Concat(lead, op.Constant(value_ints=[groups, g]), axis=0)
         axis = op.initializer(ir.tensor(np.array([-1], np.int64)), name=f"{zeros.name}.axis")
+        extra = groups * g - node.attributes.get_int("K")  # a partial last group: zero inputs
+        if extra:
+            pads = op.initializer(
+                ir.tensor(np.array([0, extra], np.int64)), name=f"{zeros.name}.pads"
+            )
+            a = op.Pad(a, pads, None, axis)
         sums = op.ReduceSum(op.Reshape(a, shape), axis, keepdims=0)  # (..., L)
         correction = op.initializer(ir.tensor(d_t.numpy()), name=f"{zeros.name}.correction")
         return op.Add(out, op.MatMul(sums, correction))

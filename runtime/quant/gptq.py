@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 
 from .formats import qmax
-from .group import quantize
+from .group import group_count, quantize
 
 
 def gptq(hessian: torch.Tensor, damp: float = 0.01):
@@ -93,10 +93,9 @@ def gptq_quantize(
         _, scales, zeros = quantize(w, bits, g)  # static groups: fixed before any column moves
         order = torch.argsort(torch.diagonal(hessian), descending=True, stable=True)  # (K,)
     else:
-        block = (
-            max(block // g, 1) * g
-        )  # whole groups per block: a group's scale sees its updated columns
-        scales, zeros = torch.empty(n, k // g), torch.empty(n, k // g, dtype=torch.uint8)
+        block = max(block // g, 1) * g  # whole groups per block: a group's scale sees its updates
+        groups = group_count(k, g)  # a partial last group opens at its first column like the rest
+        scales, zeros = torch.empty(n, groups), torch.empty(n, groups, dtype=torch.uint8)
         order = torch.arange(k)
     group = (order // g).tolist()  # the group of the column visited at step i
     w, u = (

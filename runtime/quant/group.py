@@ -1,7 +1,8 @@
 """Group quantization: formats, packing, quantize / dequantize.
 
 Asymmetric min-max round-to-nearest, per output row ``j`` and group ``l`` of ``g``
-consecutive input columns (``K`` inputs, ``N`` outputs, ``L = K / g`` groups)::
+consecutive input columns (``K`` inputs, ``N`` outputs, ``L = ceil(K / g)`` groups; when ``g``
+does not divide ``K`` the last group is partial, ``K - (L - 1) g`` columns wide)::
 
     lo = min(0, min W[j, group l])      hi = max(0, max W[j, group l])
     scale[j, l] = (hi - lo) / (2^b - 1)            (1 where hi == lo)
@@ -10,12 +11,15 @@ consecutive input columns (``K`` inputs, ``N`` outputs, ``L = K / g`` groups)::
     W[j, i]    ~= scale[j, l] * (q[j, i] - zero[j, l]),   |error| <= scale / 2
 
 Including 0 in [lo, hi] keeps ``zero`` inside the code range, which is what makes the
-``scale / 2`` bound hold for every weight.
+``scale / 2`` bound hold for every weight. It also makes a partial group exact to compute as a
+whole one padded with zero weights (``pad_groups``): zeros change neither its ``lo`` nor ``hi``.
 
 Storage is onnxruntime's ``MatMulNBits`` layout, so export copies bytes:
 
     qweight  uint8 [N, L, g * b / 8]     codes, little-end first: for 4 bits the low
-                                         nibble holds the even k (a bit stream, LSB first)
+                                         nibble holds the even k (a bit stream, LSB first);
+                                         a partial last group's blob is padded with code 0
+                                         (as onnxruntime's quantizer pads; K says where it ends)
     scales   float [N, L]
     zeros    uint8 [N, ceil(L * b / 8)]  packed the same way along the groups, or
              float [N, L]                real-valued zero points (after a fold)
@@ -30,22 +34,35 @@ import torch
 from .formats import BITS, MIN_GROUP, group_size_problem, qmax
 
 
+def group_count(k: int, group_size: int) -> int:
+    """``L = ceil(K / g)``: the last group holds the ``K - (L - 1) g`` inputs left."""
+    return -(-k // group_size)
+
+
+def pad_groups(t: torch.Tensor, group_size: int, k: int | None = None) -> torch.Tensor:
+    """``t [..., K]`` with zero columns up to ``L g`` (``t`` itself when ``g`` divides ``K``).
+    ``k``: ``K`` as a plain int, where ``t``'s shape is symbolic (a traced layer's forward)."""
+    extra = (-(t.shape[-1] if k is None else k)) % group_size
+    return torch.nn.functional.pad(t, (0, extra)) if extra else t
+
+
+def group_widths(k: int, group_size: int, device=None) -> torch.Tensor:
+    """f32 ``[L]``: each group's width, ``g`` but for a partial last group."""
+    widths = torch.full((group_count(k, group_size),), float(group_size), device=device)
+    widths[-1] = k - (len(widths) - 1) * group_size
+    return widths
+
+
 def check_layer(name: str, weight: torch.Tensor, bits: int, group_size: int) -> str | None:
-    """Why ``weight`` ([N, K]) cannot be quantized with these settings, or None."""
+    """Why ``weight`` ([N, K]) cannot be quantized with these settings, or None. Any width is
+    held (a partial last group); only bits, the group rule and finite weights are checked."""
     if bits not in BITS:
         return f"{name}: bits={bits} is not one of {BITS}"
     if group_size_problem(group_size):
         return f"{name}: group_size={group_size} is not a power of two >= {MIN_GROUP}"
     n, k = weight.shape
-    if group_size > k:
-        return (
-            f"{name}: group_size={group_size} is larger than its input width {k} (shape [{n}, {k}])"
-        )
-    if k % group_size:
-        return (
-            f"{name}: input width {k} is not divisible by group_size={group_size} (shape [{n}, "
-            f"{k}])"
-        )
+    if k == 0 or n == 0:
+        return f"{name}: an empty weight (shape [{n}, {k}]) has nothing to quantize"
     bad = count_nonfinite(weight)
     if bad:
         return f"{name}: weight has {bad} NaN/inf value(s) (shape [{n}, {k}])"
@@ -120,7 +137,9 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, codes_as: str = "
     """weight [N, K] -> (codes uint8 [N, K], scales f32 [N, L], zeros uint8 [N, L]);
     ``codes_as="float"``: the codes as integer-valued float32 (what ``quantize_packed`` packs)."""
     n, k = weight.shape
-    w = weight.detach().to(torch.float32).reshape(n, k // group_size, group_size)  # (N, L, g)
+    w = pad_groups(weight.detach().to(torch.float32), group_size).reshape(
+        n, -1, group_size
+    )  # (N, L, g)
     lo = w.amin(-1).clamp(max=0.0)
     hi = w.amax(-1).clamp(min=0.0)
     scales = (hi - lo) / qmax(bits)
@@ -128,20 +147,22 @@ def quantize(weight: torch.Tensor, bits: int, group_size: int, codes_as: str = "
     zeros = torch.round(-lo / scales).clamp(0, qmax(bits))
     codes = w / scales[..., None]  # one float temporary of the layer's size, then in place
     codes.add_(zeros[..., None]).round_().clamp_(0, qmax(bits))
-    codes = codes.reshape(n, k)
+    codes = codes.reshape(n, -1)[:, :k]
     return codes if codes_as == "float" else codes.to(torch.uint8), scales, zeros.to(torch.uint8)
 
 
 def pack_codes(codes: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """codes uint8 [N, K] -> qweight uint8 [N, L, g * bits / 8]."""
-    n, k = codes.shape
-    return pack(codes.reshape(n, k // group_size, group_size), bits)
+    """codes uint8 [N, K] -> qweight uint8 [N, L, g * bits / 8] (a partial group padded with 0)."""
+    n = codes.shape[0]
+    return pack(pad_groups(codes, group_size).reshape(n, -1, group_size), bits)
 
 
-def unpack_codes(qweight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
-    """qweight uint8 [N, L, g * bits / 8] -> codes uint8 [N, K]."""
+def unpack_codes(
+    qweight: torch.Tensor, bits: int, group_size: int, k: int | None = None
+) -> torch.Tensor:
+    """qweight uint8 [N, L, g * bits / 8] -> codes uint8 [N, K] (``K``: ``L g`` unless given)."""
     n, groups, _ = qweight.shape
-    return unpack(qweight, bits, group_size).reshape(n, groups * group_size)
+    return unpack(qweight, bits, group_size).reshape(n, groups * group_size)[:, :k]
 
 
 def trained_scales(scales: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
@@ -170,7 +191,7 @@ def quantize_packed(weight: torch.Tensor, bits: int, group_size: int):
     """``quantize`` then ``pack_codes``/``pack_zeros``, a chunk of rows at a time (the same
     bytes): weight [N, K] -> (qweight uint8 [N, L, g*b/8], scales f32 [N, L], zeros packed)."""
     n, k = weight.shape
-    groups = k // group_size
+    groups = group_count(k, group_size)
     qweight = torch.empty(
         n, groups, group_size * bits // 8, dtype=torch.uint8, device=weight.device
     )
@@ -181,6 +202,7 @@ def quantize_packed(weight: torch.Tensor, bits: int, group_size: int):
         codes, scales[r : r + rows], zeros[r : r + rows] = quantize(
             weight[r : r + rows], bits, group_size, codes_as="float"
         )
+        codes = pad_groups(codes, group_size)  # a partial group's blob padded with code 0
         qweight[r : r + rows] = _pack_float_codes(codes.view(-1, groups, group_size), bits)
     return qweight, scales, pack_zeros(zeros, bits)
 
@@ -198,8 +220,11 @@ def _pack_float_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return byte.to(torch.uint8)
 
 
-def dequantize(qweight, scales, zeros, bits: int, group_size: int) -> torch.Tensor:
-    """-> W float32 [N, K] with W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]).
+def dequantize(
+    qweight, scales, zeros, bits: int, group_size: int, k: int | None = None
+) -> torch.Tensor:
+    """-> W float32 [N, K] with W[j, i] = scales[j, l] * (q[j, i] - zeros[j, l]) (``K``: ``L g``
+    unless given; a partial group's padding is left out).
 
     Computed a chunk of rows at a time into one output (``row_chunk``): same values."""
     n, groups, _ = qweight.shape
@@ -213,12 +238,13 @@ def dequantize(qweight, scales, zeros, bits: int, group_size: int) -> torch.Tens
         o = out[r : r + rows]
         o.copy_(unpack(qweight[r : r + rows], bits, group_size))  # codes as floats
         o.sub_(z[r : r + rows, :, None]).mul_(s[r : r + rows, :, None])
-    return out.reshape(n, groups * group_size)
+    return out.reshape(n, groups * group_size)[:, :k]
 
 
-def group_sum(x: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x [..., K] -> [..., K / g]: the sum of each group of g inputs."""
-    return x.unflatten(-1, (x.shape[-1] // group_size, group_size)).sum(-1)
+def group_sum(x: torch.Tensor, group_size: int, k: int | None = None) -> torch.Tensor:
+    """x [..., K] -> [..., L]: the sum of each group's inputs (a partial group's own); ``k`` as in
+    ``pad_groups``."""
+    return pad_groups(x, group_size, k).unflatten(-1, (-1, group_size)).sum(-1)
 
 
 def check_layers(problems: list[str], *, hint: str) -> None:
@@ -233,6 +259,6 @@ def check_layers(problems: list[str], *, hint: str) -> None:
 
 
 GROUP_HINT = (
-    "Use a group_size that divides every targeted layer's input width, an override for these "
-    "layers (overrides={'<pattern>': {'group_size': ...}}), or exclude them."
+    "Fix the weights, or use bits and a group_size the format holds, an override for these "
+    "layers (overrides={'<pattern>': {'bits': ..., 'group_size': ...}}), or exclude them."
 )

@@ -40,8 +40,10 @@ DQ_BLOCK = 256
 
 
 def nf4_quantize(weight: torch.Tensor, block_size: int = 64):
-    """weight [N, K] -> (codes uint8 [N*K], absmax f32 [N*K/block])."""
-    flat = weight.detach().to(torch.float32).reshape(-1, block_size)  # (blocks, bs)
+    """weight [N, K] -> (codes uint8 [B * block], absmax f32 [B]), ``B = ceil(N K / block)``: a
+    partial last block is padded with zeros, which change no block's absmax (code 7 is 0.0)."""
+    flat = weight.detach().to(torch.float32).reshape(-1)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % block_size)).reshape(-1, block_size)
     absmax = flat.abs().amax(-1)
     absmax = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
     normed = flat / absmax[:, None]
