@@ -51,11 +51,22 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "amx_bf16",
+    "sha_ni",  # what sha256 (file verification) runs at
+)
 
 
 def cpu_flags() -> str:
-    """The CPU's vector and int8 dot-product flags, the ones INT4 kernels pick their code by."""
+    """The CPU's vector and int8 dot-product flags, the ones INT4 kernels pick their code by, and
+    its SHA extension."""
     try:
         line = next(
             (x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), ""

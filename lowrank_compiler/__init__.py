@@ -10,6 +10,7 @@ from .api import CompileInfo, compile, compile_info, fold
 from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .genai import export_genai
+from .hf_trainer import adapter_checkpoints
 from .lint import lint
 from .manager import PassManager
 from .passes.helpers.embeddings import quantize_embeddings
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError",
+    "adapter_checkpoints",
     "CompileInfo",
     "ExportError",
     "LayerRow",

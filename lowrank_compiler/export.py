@@ -64,6 +64,7 @@ def export_onnx(
     dynamic: bool = True,
     embeddings: str = "float",
     embedding_group_size: int = 32,
+    dtype: str = "float32",
     dump_dir=None,
 ) -> Path:
     """Write ``model`` to ``path`` (temporary name, checked, renamed); returns the path.
@@ -76,6 +77,9 @@ def export_onnx(
     embeddings: ``"float"`` (tables as the model holds them) or ``"int4"``: the vocabulary
         table as ``GatherBlockQuantized`` in groups of ``embedding_group_size``, one set of
         codes with a tied head (``quantize_embeddings``; the model is unchanged afterwards).
+    dtype: the file's float type: ``"float32"`` (default; a bfloat16 or float16 model's file
+        then computes what the model computes in float32) or ``"float16"`` (half the float
+        bytes; where onnxruntime has the kernels, else an ``ExportError`` says which).
     dump_dir: write ``NN-<pass>.txt`` / ``.html`` for the ONNX stage there (module docstring).
     """
     if not isinstance(model, nn.Module):
@@ -97,6 +101,7 @@ def export_onnx(
         dynamic=dynamic,
         embeddings=embeddings,
         embedding_group_size=embedding_group_size,
+        dtype=dtype,
         dump=dump,
     )
 

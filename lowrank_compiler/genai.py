@@ -35,7 +35,8 @@ plain graph and the folder's type is ``decoder``.
 
 The folder is staged beside ``out_dir`` and renamed into place at the end
 (``runtime.files.staged_dir``); an existing folder is replaced only when this function
-wrote it (its ``lowrank_compiler.json`` says so).
+wrote it (its ``lowrank_compiler.json`` says so). That record also holds the sha256 of every
+file it lists: ``runtime.load(folder, verify=True)`` checks them.
 """
 
 from __future__ import annotations
@@ -73,13 +74,16 @@ from .genai_graph import (
 )
 from .passes.helpers.embeddings import int4_embeddings
 from .passes.helpers.graph import selected_targets
+from .runtime.digests import folder_digests
 from .runtime.errors import ExportError
 from .runtime.files import check_dir, staged_dir, write_atomic
 from .runtime.onnx.attention import attention_translations
+from .runtime.onnx.dtypes import export_dtype, floats_as
 from .runtime.onnx.export import export_proto, layer_table, write_model
 from .runtime.onnx.passes import OnnxPassSpec
+from .runtime.quant.formats import FOLDER_RECORD
 
-MARKER = "lowrank_compiler.json"
+MARKER = FOLDER_RECORD
 ATTENTION = ("auto", "gqa", "plain")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -163,6 +167,7 @@ def export_genai(
     attention: str = "auto",
     embeddings: str = "float",
     embedding_group_size: int = 32,
+    dtype: str = "float32",
     dump_dir=None,
     **unknown,
 ) -> Path:
@@ -182,6 +187,8 @@ def export_genai(
     embeddings: ``"float"`` or ``"int4"``: the vocabulary table as ``GatherBlockQuantized``
         (groups of ``embedding_group_size``); a tied head shares its codes, so the file holds
         the table once (``quantize_embeddings``; the model is unchanged afterwards).
+    dtype: the graph's float type, ``"float32"`` (a bfloat16 or float16 model's float32 file) or
+        ``"float16"`` (KV cache included); ``export_onnx`` says more.
     dump_dir: write the ONNX stage's numbered dumps there (the graph torch gave, then one per
         ONNX pass: the fused graph's ``fuse-qkv`` and ``fuse-skip-norm`` among them).
     Returns the folder's path.
@@ -191,22 +198,26 @@ def export_genai(
     check_model(model)
     out_dir = Path(out_dir)
     check_formats(model, format, accuracy_level, embeddings, embedding_group_size)
+    torch_dtype = export_dtype(dtype, format)
     context_length = context_length_of(model.config, context_length)
     sizes = traced_sizes(model, trace_sizes)
     dump = None
     if dump_dir is not None:
         check_dir(Path(dump_dir), "dump_dir")
         dump = DumpWriter(Path(dump_dir)).onnx
-    mode, why_plain = _attention(model, attention, genai_type(model.config), context_length)
-    gconfig = genai_config(
-        model,
-        context_length=context_length,
-        accuracy_level=accuracy_level,
-        shared_buffer=mode == "gqa",
-    )
-    with int4_embeddings(
-        model, group_size=embedding_group_size, enabled=embeddings == "int4"
-    ) as tables:
+    with (
+        int4_embeddings(
+            model, group_size=embedding_group_size, enabled=embeddings == "int4"
+        ) as tables,
+        floats_as(model, torch_dtype),  # the INT4 tables' scales too
+    ):
+        mode, why_plain = _attention(model, attention, genai_type(model.config), context_length)
+        gconfig = genai_config(
+            model,
+            context_length=context_length,
+            accuracy_level=accuracy_level,
+            shared_buffer=mode == "gqa",
+        )
         _write_folder(
             model,
             out_dir,
@@ -255,9 +266,12 @@ def _write_folder(
         write_model(proto, stage / MODEL_FILE)
         write_atomic(stage / "genai_config.json", json.dumps(gconfig, indent=2) + "\n")
         files = [MODEL_FILE, "genai_config.json"]
+        if (stage / f"{MODEL_FILE}.data").is_file():  # external weights past 2 GB
+            files.insert(1, f"{MODEL_FILE}.data")
         if tokenizer is not None:
             files += _write_tokenizer(tokenizer, stage)
         record = _marker(model, format, accuracy_level, files, mode, why_plain)
+        record["sha256"] = folder_digests(stage, files)
         write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
@@ -286,7 +300,7 @@ def _export_graph(
     layers, _, kv_heads, head_size = dims(config)
     combined = genai_type(config) == "gpt2"  # one past tensor per layer, key and value stacked
     gqa = mode == "gqa"
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    dtype = next(iter(_floats(model)), torch.float32)
     vocab = int(config.vocab_size)
     input_names, output_names = io_names(layers, combined, positions=not gqa)
     names = {"input_names": input_names, "output_names": output_names, "meta": meta}
@@ -320,6 +334,11 @@ def _export_graph(
     return proto
 
 
+def _floats(model: nn.Module) -> list[torch.dtype]:
+    """The dtypes of the model's float parameters."""
+    return [p.dtype for p in model.parameters() if p.is_floating_point()]
+
+
 def _marker(
     model: nn.Module,
     format: str,
@@ -338,6 +357,7 @@ def _marker(
         "architecture": type(model).__name__,
         "files": files,
         "attention": mode,
+        "dtype": str(next(iter(_floats(model)), torch.float32)).removeprefix("torch."),
     }
     if why_plain is not None:
         record["attention_reason"] = why_plain

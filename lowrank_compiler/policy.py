@@ -23,6 +23,7 @@ from .runtime.errors import PolicyError
 from .runtime.quant.formats import (
     QUANTIZERS,
     ZERO_POINT_MODES,
+    adapter_dtype,
     check_bits,
     check_choice,
     check_dropout,
@@ -95,6 +96,9 @@ class Policy:
     double_quant: QLoRA's 8-bit quantization of the NF4 block scales.
     train_scales: qalora and lrqat also train each group's scale, as a log factor on the
         quantizer's (float in MatMulNBits: still an exact fold).
+    adapter_dtype: what the adapters train in, ``"float32"`` (default, as PEFT), ``"bfloat16"``
+        or ``"float16"``, whatever the model's dtype: a bfloat16 model keeps bfloat16
+        activations in and out, its adapters float32.
     overrides: per-pattern rank/alpha/bits/group_size.
     """
 
@@ -110,6 +114,7 @@ class Policy:
     quantizer: str = "rtn"
     double_quant: bool = False
     train_scales: bool = False
+    adapter_dtype: str = "float32"
     overrides: tuple[Override, ...] = ()
 
     def __post_init__(self):
@@ -142,6 +147,12 @@ class Policy:
             raise PolicyError(
                 f"dropout={self.dropout!r}: method 'lrqat' puts its adapter inside the weight, "
                 f"where there is no input to drop; use dropout=0"
+            )
+        adapter_dtype(self.adapter_dtype)
+        if self.adapter_dtype != "float32" and self.method == "rtn":
+            raise PolicyError(
+                f"adapter_dtype={self.adapter_dtype!r}: method 'rtn' has no adapter; leave "
+                "adapter_dtype='float32'"
             )
         object.__setattr__(self, "overrides", _overrides(self.overrides))
 
@@ -201,11 +212,12 @@ class Policy:
         if self.exclude:
             select["exclude"] = list(self.exclude)
         adapter = {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout}
+        dtype = {} if self.adapter_dtype == "float32" else {"adapter_dtype": self.adapter_dtype}
         quant = {"bits": self.bits, "group_size": self.group_size}
         if self.quantizer != "rtn":
             quant["quantizer"] = self.quantizer
         name, options = {
-            "lora": ("insert-lora", adapter),
+            "lora": ("insert-lora", {**adapter, **dtype}),
             "qalora": (
                 "insert-qalora",
                 {
@@ -213,6 +225,7 @@ class Policy:
                     "zero_point": self.zero_point,
                     **quant,
                     **({"train_scales": True} if self.train_scales else {}),
+                    **dtype,
                 },
             ),
             "lrqat": (
@@ -222,9 +235,10 @@ class Policy:
                     "alpha": self.alpha,
                     **quant,
                     **({"train_scales": True} if self.train_scales else {}),
+                    **dtype,
                 },
             ),
-            "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant}),
+            "qlora": ("insert-qlora", {**adapter, "double_quant": self.double_quant, **dtype}),
             "rtn": ("quantize", quant),
         }[self.method]
         if self.overrides:

@@ -31,6 +31,7 @@ def export_onnx(
     dynamic=True,
     embeddings="float",
     embedding_group_size=32,
+    dtype="float32",
 ) -> PassResult:
     if not path:
         raise PolicyError("export-onnx needs path=<file.onnx>")
@@ -52,6 +53,7 @@ def export_onnx(
         dynamic=dynamic,
         embeddings=embeddings,
         embedding_group_size=embedding_group_size,
+        dtype=dtype,
         dump=gm.meta.get(G.DUMPS),
     )
     report = inspect_onnx(written)

@@ -37,10 +37,10 @@ from .registry import PassResult, register_pass
 
 
 def _probe(layer: AdapterLayer, rows: int, seed: int) -> torch.Tensor:
-    """A seeded random batch ``(rows, K)`` on the adapter's device, in its dtype."""
+    """A seeded random batch ``(rows, K)`` on the adapter's device, in the activations' dtype."""
     like = next(layer.adapter_parameters())
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(rows, layer.in_features, generator=g).to(like.device, like.dtype)
+    return torch.randn(rows, layer.in_features, generator=g).to(like.device, layer.io_dtype)
 
 
 def _check_adapters_finite(gm: fx.GraphModule, names: list[str]) -> None:

@@ -22,9 +22,16 @@ from ..runtime.layers.grid_base import GridBase
 from ..runtime.layers.int_linear import IntLinear
 from ..runtime.layers.lrqat import LRQATLinear
 from ..runtime.progress import progress
+from ..runtime.quant.formats import adapter_dtype as adapter_dtype_of
 from ..runtime.quant.formats import check_flag
 from .helpers import graph as G
-from .helpers.rewrite import adapter_options, inline_selected, plan_quantization, rounding
+from .helpers.rewrite import (
+    adapter_options,
+    inline_selected,
+    io_dtypes,
+    plan_quantization,
+    rounding,
+)
 from .helpers.select import TargetError
 from .registry import PassResult, register_pass
 
@@ -55,9 +62,11 @@ def insert_lrqat(
     quantizer="rtn",
     damp=0.01,
     train_scales=False,
+    adapter_dtype="float32",
     overrides=None,
 ) -> PassResult:
     check_flag(train_scales, "train_scales")
+    dtype = adapter_dtype_of(adapter_dtype)
     selected = G.selected_layers(gm)
     if not selected:
         raise TargetError("no layer is selected: run find-linears before insert-lrqat")
@@ -65,10 +74,13 @@ def insert_lrqat(
         gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp
     )
     adapters = adapter_options(selected, rank, alpha, overrides)
+    io = io_dtypes(gm, adapters)
     report, params = [], 0
     for name, opts in progress(adapters.items(), "lrqat", total=len(adapters)):
         base = _grid_base(gm, name, settings.get(name))
-        layer = LRQATLinear.from_base(base, train_scales=train_scales, **opts)
+        layer = LRQATLinear.from_base(
+            base, train_scales=train_scales, adapter_dtype=dtype, io_dtype=io[name], **opts
+        )
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
         how = rounding(settings[name]) if name in settings else "IntLinear codes"

@@ -8,7 +8,8 @@ are. The adapter pools each quantization group of the input (``A: [r, K/g]``,
 ``B: [N, r]`` zero), so after training ``fold`` moves it into the zero points exactly.
 ``zero_point="int"`` trains with integer zero points (straight-through rounding);
 ``train_scales`` also trains each group's scale (float in MatMulNBits: the fold stays exact).
-The adapter's ops are inlined so dumps show them.
+The adapter's ops are inlined so dumps show them. The adapters train in ``adapter_dtype``
+(float32 by default) while the base computes in the model's dtype.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from __future__ import annotations
 import torch.fx as fx
 
 from ..runtime.layers.qalora import QALoRALinear
-from ..runtime.quant.formats import ZERO_POINT_MODES, check_choice, check_dropout, check_flag
+from ..runtime.quant.formats import (
+    ZERO_POINT_MODES,
+    check_choice,
+    check_dropout,
+    check_flag,
+)
+from ..runtime.quant.formats import adapter_dtype as adapter_dtype_of
 from .helpers import graph as G
 from .helpers.rewrite import (
     adapter_options,
     inline_selected,
+    io_dtypes,
     plan_quantization,
     quantize_layers,
 )
@@ -43,9 +51,11 @@ def insert_qalora(
     quantizer="rtn",
     damp=0.01,
     train_scales=False,
+    adapter_dtype="float32",
     overrides=None,
 ) -> PassResult:
     check_choice(zero_point, ZERO_POINT_MODES, "zero_point")
+    dtype = adapter_dtype_of(adapter_dtype)
     check_flag(train_scales, "train_scales")
     check_dropout(dropout)
     selected = G.selected_layers(gm)
@@ -55,6 +65,7 @@ def insert_qalora(
         gm, selected, bits, group_size, overrides, quantizer=quantizer, damp=damp
     )
     adapters = adapter_options(selected, rank, alpha, overrides)
+    io = io_dtypes(gm, adapters)
     report = quantize_layers(gm, settings)
     params = 0
     for name, opts in adapters.items():
@@ -63,6 +74,8 @@ def insert_qalora(
             dropout=dropout,
             zero_point=zero_point,
             train_scales=train_scales,
+            adapter_dtype=dtype,
+            io_dtype=io[name],
             **opts,
         )
         G.swap_module(gm, name, layer)

@@ -16,10 +16,11 @@ from ..runtime.layers.linear_kinds import weight_out_in
 from ..runtime.layers.lora import LoRALinear
 from ..runtime.layers.nf4 import NF4Linear
 from ..runtime.progress import progress
+from ..runtime.quant.formats import adapter_dtype as adapter_dtype_of
 from ..runtime.quant.formats import check_dropout
 from ..runtime.quant.group import count_nonfinite
 from .helpers import graph as G
-from .helpers.rewrite import check_rank, inline_selected
+from .helpers.rewrite import check_rank, inline_selected, io_dtypes
 from .helpers.select import TargetError, check_overrides, resolve_layer_options
 from .registry import PassResult, register_pass
 
@@ -35,9 +36,11 @@ def insert_qlora(
     dropout=0.0,
     block_size=64,
     double_quant=False,
+    adapter_dtype="float32",
     overrides=None,
 ) -> PassResult:
     check_dropout(dropout)
+    dtype = adapter_dtype_of(adapter_dtype)
     if block_size not in (32, 64, 128, 256):
         raise PolicyError(f"block_size must be one of (32, 64, 128, 256), got {block_size!r}")
     selected = G.selected_layers(gm)
@@ -56,12 +59,15 @@ def insert_qlora(
                 f"it needs finite weights, and its weight has {bad} NaN/inf value(s)"
             )
         plans[name] = opts
+    io = io_dtypes(gm, plans)
     report, params = [], 0
     for name, opts in progress(plans.items(), "nf4", total=len(plans)):
         base = NF4Linear.from_float(
             gm.get_submodule(name), block_size=block_size, double_quant=double_quant
         )
-        layer = LoRALinear.from_linear(base, dropout=dropout, **opts)
+        layer = LoRALinear.from_linear(
+            base, dropout=dropout, adapter_dtype=dtype, io_dtype=io[name], **opts
+        )
         G.swap_module(gm, name, layer)
         params += sum(p.numel() for p in layer.adapter_parameters())
         report.append(

@@ -8,7 +8,8 @@
   GroupQueryAttention), the ONNX passes, file reading and inspection;
 - ``serve/``: ``Session``, ``DecoderSession`` and ``load``: what a deployed model needs.
 
-Beside them the errors (``errors``), the one atomic file writer (``files``) and progress bars.
+Beside them the errors (``errors``), the one atomic file writer (``files``), file digests
+(``digests``) and progress bars.
 Imports torch, numpy, onnx, onnxscript and onnxruntime only: never ``torch.fx``, the passes or
 the API (compile-time helpers live in ``passes/helpers/``). ``load`` and ``Session`` import
 onnxruntime when first used, so that the formats and layers do not.
@@ -20,7 +21,7 @@ from .layers.linear_kinds import is_conv1d, is_linear_module, linear_shape
 
 
 def __getattr__(name: str):
-    if name in ("Session", "load"):
+    if name in ("Session", "load", "check_integrity"):
         from . import serve
 
         return getattr(serve, name)

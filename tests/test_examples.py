@@ -66,3 +66,10 @@ def test_decoder_genai_example_generates_the_folded_models_tokens(tmp_path, caps
     if result["onnxruntime_genai"] is not None:
         assert result["onnxruntime_genai"] == result["torch"][: len(result["onnxruntime_genai"])]
     assert (tmp_path / "genai" / "genai_config.json").is_file()
+
+
+def test_stories260k_example_fine_tunes_the_real_model_in_bfloat16(tmp_path, capsys):
+    result = load("stories260k").main(["--steps", "6", "--out", str(tmp_path)])
+    assert result["last_loss"] < result["first_loss"]
+    assert result["fold_error"] <= 1e-5 and result["same_tokens"]
+    assert result["text"].startswith("Once upon a time")

@@ -122,7 +122,7 @@ def test_runtime_is_run_time_code_only():
 
 R = "lowrank_compiler.runtime"
 # what each room of runtime/ may import of the project (itself always); the shared basics
-# (errors, files, progress) import only the errors
+# (errors, files, digests, progress) import only the errors
 ROOMS = {
     "quant": (f"{R}.quant", f"{R}.errors"),
     "layers": (f"{R}.layers", f"{R}.quant", f"{R}.errors", f"{R}.progress"),
@@ -134,16 +134,25 @@ ROOMS = {
         f"{R}.files",
         f"{R}.progress",
     ),
-    "serve": (f"{R}.serve", f"{R}.onnx.file", f"{R}.quant.formats", f"{R}.errors"),
+    "serve": (
+        f"{R}.serve",
+        f"{R}.onnx.file",
+        f"{R}.onnx.integrity",
+        f"{R}.digests",
+        f"{R}.quant.formats",
+        f"{R}.errors",
+    ),
     "errors.py": (f"{R}.errors",),
     "files.py": (f"{R}.errors",),
+    "digests.py": (f"{R}.errors",),
     "progress.py": (f"{R}.errors",),
 }
 
 
 def test_each_room_of_runtime_imports_only_the_rooms_below_it():
     """quant/ (numbers) imports no layer; layers/ no exporter or session; onnx/ no session;
-    serve/ nothing but ONNX file reading, the format vocabulary and the errors."""
+    serve/ nothing but ONNX file reading and checking, file digests, the format vocabulary and the
+    errors."""
     rooms = {
         p.name for p in (ROOT / "runtime").iterdir() if p.name not in ("__init__.py", "__pycache__")
     }

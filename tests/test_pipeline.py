@@ -129,6 +129,7 @@ def test_registry_has_kebab_names_and_summaries():
         "rank": 16,
         "alpha": 32.0,
         "dropout": 0.0,
+        "adapter_dtype": "float32",
         "overrides": None,
     }
     for info in passes.values():

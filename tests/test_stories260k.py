@@ -44,6 +44,8 @@ def policy(method, quantizer="rtn"):
 
 def fine_tune(model, tok, steps=6, lr=1e-2):
     """A few AdamW steps on fixed sentences: the adapters move off their zero start."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # llama2.c's tokenizer has none; padding is masked anyway
     batch = tok(TEXT, return_tensors="pt", padding=True)
     labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -193,6 +193,12 @@ def _add_onnx_options(e) -> None:
         "default 32)",
     )
     e.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="the file's float type: float32 (default) or float16 (half the float bytes)",
+    )
+    e.add_argument(
         "--dump",
         default=None,
         metavar="DIR",
@@ -236,9 +242,16 @@ def _add_inspect(sub) -> None:
         "inspect",
         help="describe an ONNX file or a compiled directory",
         description="For an .onnx file: ops, bytes by dtype, each layer's lowering, pure int4 or "
-        "not. For a compiled directory: its model, policy and layer table.",
+        "not; for a folder 'export --genai' wrote, the same of its model.onnx. For a compiled "
+        "directory: its model, policy and layer table.",
     )
     i.add_argument("path", metavar="model.onnx|DIR")
+    i.add_argument(
+        "--verify",
+        action="store_true",
+        help="first recompute the sha256 recorded when the file (its weights) or the genai folder "
+        "(every file) was written, and fail naming a file whose bytes changed",
+    )
     i.set_defaults(fn=commands.run_inspect)
 
 

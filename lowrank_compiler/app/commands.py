@@ -145,6 +145,7 @@ def run_export(args) -> int:
             accuracy_level=args.accuracy_level or 0,
             embeddings=args.embeddings,
             embedding_group_size=args.embedding_group_size,
+            dtype=args.dtype,
             dump_dir=args.dump,
         )
     say(args, inspect_onnx(path))
@@ -153,21 +154,37 @@ def run_export(args) -> int:
 
 def run_inspect(args) -> int:
     from ..export import inspect_onnx
+    from ..genai_config import MODEL_FILE
+    from ..runtime.quant.formats import FOLDER_RECORD
+    from ..runtime.serve.load import check_integrity
 
     path = Path(args.path)
-    if path.is_dir():
+    genai = path.is_dir() and (path / FOLDER_RECORD).is_file()
+    if path.is_dir() and not genai:
+        if args.verify:
+            raise LowRankError(
+                f"--verify checks an .onnx file or a folder 'export --genai' wrote; {args.path!r} "
+                "is neither"
+            )
         return _inspect_dir(path)
-    if not path.is_file():
+    if not path.exists():
         raise LowRankError(
-            f"no file or directory {args.path!r}: inspect takes an .onnx file or a compiled "
-            "directory"
+            f"no file or directory {args.path!r}: inspect takes an .onnx file, a genai folder or "
+            "a compiled directory"
         )
+    if args.verify:
+        checked = check_integrity(path)
+        print(
+            f"verified: {len(checked)} file(s) match their recorded sha256 ({', '.join(checked)})"
+        )
+    onnx_path = path / MODEL_FILE if genai else path
     try:
-        report = inspect_onnx(path)
+        report = inspect_onnx(onnx_path)
     except Exception as e:
         raise LowRankError(
-            f"{args.path!r} is not a readable ONNX file ({type(e).__name__}); inspect takes an "
-            f".onnx file or a compiled directory"
+            f"{str(onnx_path)!r} is not a readable ONNX file ({type(e).__name__}); inspect takes "
+            "an "
+            f".onnx file, a genai folder or a compiled directory"
         ) from None
     print(report)
     return 0

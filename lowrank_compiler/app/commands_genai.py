@@ -34,6 +34,7 @@ def export_genai_folder(args, compiled: bool) -> int:
             attention=args.attention,
             embeddings=args.embeddings,
             embedding_group_size=args.embedding_group_size,
+            dtype=args.dtype,
             dump_dir=args.dump,
         )
     say(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
+import torch
 import torch.fx as fx
 
 from ...runtime.errors import PolicyError
@@ -21,6 +23,22 @@ def inline_selected(gm: fx.GraphModule, selected: dict) -> int:
     """Inline every call of every selected layer (now an adapter layer); returns the nodes
     inserted."""
     return sum(len(G.inline_call(gm, node)) for _, nodes in selected.values() for node in nodes)
+
+
+def io_dtypes(gm: fx.GraphModule, names) -> dict[str, torch.dtype]:
+    """Each layer's activation dtype, read before it is rewritten: its float weight's dtype, or
+    for a base already quantized the dtype most of the model's float parameters have."""
+    counts = Counter()
+    for p in gm.parameters():
+        if p.is_floating_point():
+            counts[p.dtype] += p.numel()
+    model = counts.most_common(1)[0][0] if counts else torch.float32
+    out = {}
+    for name in names:
+        weight = getattr(gm.get_submodule(name), "weight", None)
+        floating = isinstance(weight, torch.Tensor) and weight.is_floating_point()
+        out[name] = weight.dtype if floating else model
+    return out
 
 
 def check_rank(name: str, rank, alpha, k: int, n: int) -> None:

@@ -11,6 +11,10 @@ The base is an ``nn.Linear``, GPT-2's ``Conv1D`` or a quantized linear layer (QL
 ``NF4Linear``). The layer is a leaf of no tracer: its forward traces into plain ops, so graph
 dumps show the adapter. ``folded_layer`` merges ``s B A`` into the base (float), or into its
 dequantized weight and requantizes (the peers' QLoRA merge, the baseline).
+
+Adapters train in ``adapter_dtype`` (float32 by default, as PEFT does) whatever the model's
+dtype: in a bfloat16 or float16 model the forward casts the input into it and the adapter's
+output back (``casts``), while the base computes in the model's dtype.
 """
 
 from __future__ import annotations
@@ -27,14 +31,13 @@ from .linear_kinds import linear_shape, weight_out_in
 from .protocol import AdapterLayer, FoldForm, is_quantized_linear, register_layer
 
 
-def _factory(base: nn.Module) -> dict:
-    """dtype/device for adapter weights: the base's float weight, else float32 beside its
-    buffers."""
+def _base_dtype(base: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The activations' dtype (the base's float weight's; float32 for a quantized base) and
+    device."""
     weight = getattr(base, "weight", None)
     if isinstance(weight, torch.Tensor) and weight.is_floating_point():
-        return {"dtype": weight.dtype, "device": weight.device}
-    device = next(iter(base.buffers()), torch.empty(0)).device
-    return {"dtype": torch.float32, "device": device}
+        return weight.dtype, weight.device
+    return torch.float32, next(iter(base.buffers()), torch.empty(0)).device
 
 
 @register_layer
@@ -44,7 +47,16 @@ class LoRALinear(AdapterLayer):
     kind = "lora"
     peft_kind = "lora"
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        *,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         shape = linear_shape(base)
         self.base = base
@@ -53,7 +65,9 @@ class LoRALinear(AdapterLayer):
         self.scale = self.alpha / self.rank
         self.in_features = shape.in_features
         self.out_features = shape.out_features
-        factory = _factory(base)
+        dtype, device = _base_dtype(base)
+        self.set_io_dtype(io_dtype or dtype)
+        factory = {"dtype": adapter_dtype, "device": device}
         self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))  # (r, K)
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **factory))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -73,15 +87,25 @@ class LoRALinear(AdapterLayer):
 
     @classmethod
     def from_linear(
-        cls, base: nn.Module, *, rank: int, alpha: float, dropout: float = 0.0
+        cls,
+        base: nn.Module,
+        *,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype | None = None,
     ) -> "LoRALinear":
-        return cls(base, rank, alpha, dropout)
+        return cls(base, rank, alpha, dropout, adapter_dtype=adapter_dtype, io_dtype=io_dtype)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
         y = self.base(x)  # (..., N)
+        if self.casts:  # adapters in their own dtype (float32 in a bfloat16 model)
+            x = x.to(self.lora_A.dtype)
         h = F.linear(self.dropout(x), self.lora_A)  # (..., r)
-        return y + F.linear(h, self.lora_B) * self.scale  # (..., N)
+        delta = F.linear(h, self.lora_B) * self.scale  # (..., N)
+        return y + (delta.to(y.dtype) if self.casts else delta)
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         yield self.lora_A

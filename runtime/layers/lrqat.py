@@ -44,7 +44,16 @@ from .protocol import AdapterLayer, FoldForm, register_layer
 class LRQATLinear(AdapterLayer):
     kind = "lrqat"
 
-    def __init__(self, base: GridBase, rank: int, alpha: float, train_scales: bool = False):
+    def __init__(
+        self,
+        base: GridBase,
+        rank: int,
+        alpha: float,
+        train_scales: bool = False,
+        *,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         if not isinstance(base, GridBase):
             raise TypeError(f"LR-QAT needs a GridBase base, got {type(base).__name__}")
@@ -54,8 +63,10 @@ class LRQATLinear(AdapterLayer):
         self.group_size, self.bits = base.group_size, base.bits
         self.in_features, self.out_features = base.in_features, base.out_features
         dev = base.scales.device
-        self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, device=dev))  # (r, K)
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
+        self.set_io_dtype(io_dtype)  # the op computes B A in float32 whatever the adapters' dtype
+        factory = {"dtype": adapter_dtype, "device": dev}
+        self.lora_A = nn.Parameter(torch.empty(self.rank, self.in_features, **factory))  # (r, K)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **factory))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.train_scales = bool(train_scales)
         gain = (
@@ -67,9 +78,16 @@ class LRQATLinear(AdapterLayer):
 
     @classmethod
     def from_base(
-        cls, base: GridBase, *, rank: int, alpha: float, train_scales: bool = False
+        cls,
+        base: GridBase,
+        *,
+        rank: int,
+        alpha: float,
+        train_scales: bool = False,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype = torch.float32,
     ) -> "LRQATLinear":
-        return cls(base, rank, alpha, train_scales)
+        return cls(base, rank, alpha, train_scales, adapter_dtype=adapter_dtype, io_dtype=io_dtype)
 
     @classmethod
     def from_float(
@@ -82,11 +100,13 @@ class LRQATLinear(AdapterLayer):
         group_size: int = 32,
         quantizer=None,
         train_scales: bool = False,
+        adapter_dtype: torch.dtype = torch.float32,
     ) -> "LRQATLinear":
         """Quantize an ``nn.Linear`` / ``Conv1D`` (RTN, or ``quantizer`` as ``GridBase.from_weight``
-        takes it) and wrap it."""
+        takes it) and wrap it; activations stay in the module's dtype."""
+        io_dtype = next(module.parameters()).dtype
         base = GridBase.from_float(module, bits=bits, group_size=group_size, quantizer=quantizer)
-        return cls(base, rank, alpha, train_scales)
+        return cls(base, rank, alpha, train_scales, adapter_dtype=adapter_dtype, io_dtype=io_dtype)
 
     def current_scales(self) -> torch.Tensor:
         """f32 [N, K/g]: the trained scales ``s0 exp(scale_gain)``, or the base's. The fold calls

@@ -20,6 +20,8 @@ a frozen linear base (``QuantizedLinear``) also
 an adapter layer (``AdapterLayer``) also
     ``base``                 the frozen layer it adapts; its tensors identify saved adapters
     ``adapter_parameters()`` what trains
+    ``io_dtype``             the activations' dtype (in and out), which may differ from the
+                             adapters' (float32 adapters in a bfloat16 model, as PEFT trains)
     ``folded_layer(form)``   the plain layer that computes the same (``FoldForm``)
     ``fold_error(folded, x)``  ``max |folded(x) - self(x)| / max |self(x)|``, no dropout
     ``peft_kind``, ``peft_problem(writing)``, ``peft_scale()``   its PEFT adapter form
@@ -106,6 +108,26 @@ class AdapterLayer(Layer):
 
     def adapter_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
+
+    def set_io_dtype(self, dtype: torch.dtype) -> None:
+        """Record the activations' dtype as an empty buffer, so that ``model.to(dtype)`` (which
+        casts adapters too) keeps it true."""
+        self.register_buffer("io", torch.empty(0, dtype=dtype), persistent=False)
+
+    def _adapter_dtype(self) -> torch.dtype | None:
+        """The dtype of the layer's own first parameter: the tensor, not a tracer's proxy."""
+        own = next((p for p in self._parameters.values() if p is not None), None)
+        return None if own is None else own.dtype
+
+    @property
+    def io_dtype(self) -> torch.dtype:
+        io = self._buffers.get("io")
+        return io.dtype if io is not None else (self._adapter_dtype() or torch.float32)
+
+    @property
+    def casts(self) -> bool:
+        """Whether the forward casts into the adapters' dtype and back (read when traced)."""
+        return self._adapter_dtype() not in (None, self.io_dtype)
 
     def folded_layer(self, form: FoldForm | str | None = None) -> nn.Module:
         raise NotImplementedError

@@ -33,6 +33,10 @@ step and weight decay pulls toward the quantizer's scale). Everything above then
 trained ``scale`` (the base keeps ``scale0``, so saved adapters still name their base), the
 base's product runs the ``int_linear`` op with it, and the fold writes it: scales are float
 in ``MatMulNBits``, so the fold stays exact in every form.
+
+In a bfloat16 or float16 model the base computes in the model's dtype while ``A`` and ``B``
+train in ``adapter_dtype`` (float32 by default): the pooled input is cast into it and the
+adapter's output back (``casts``). The fold reads ``A`` and ``B`` in float64 either way.
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ class QALoRALinear(AdapterLayer):
         dropout: float = 0.0,
         zero_point: str = "float",
         train_scales: bool = False,
+        *,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         if not isinstance(base, IntLinear):
@@ -85,8 +92,10 @@ class QALoRALinear(AdapterLayer):
         dev = base.scales.device
         widths = group_widths(self.in_features, self.group_size, dev) if self.partial else None
         self.register_buffer("group_width", widths, persistent=False)  # (L,); none when all are g
-        self.lora_A = nn.Parameter(torch.empty(self.rank, groups, device=dev))  # (r, L)
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, device=dev))  # (N, r)
+        self.set_io_dtype(io_dtype)
+        factory = {"dtype": adapter_dtype, "device": dev}
+        self.lora_A = nn.Parameter(torch.empty(self.rank, groups, **factory))  # (r, L)
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.rank, **factory))  # (N, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if train_scales and base.correction is not None:
@@ -111,8 +120,19 @@ class QALoRALinear(AdapterLayer):
         dropout: float = 0.0,
         zero_point: str = "float",
         train_scales: bool = False,
+        adapter_dtype: torch.dtype = torch.float32,
+        io_dtype: torch.dtype = torch.float32,
     ) -> "QALoRALinear":
-        return cls(base, rank, alpha, dropout, zero_point, train_scales)
+        return cls(
+            base,
+            rank,
+            alpha,
+            dropout,
+            zero_point,
+            train_scales,
+            adapter_dtype=adapter_dtype,
+            io_dtype=io_dtype,
+        )
 
     def current_scales(self) -> torch.Tensor:
         """f32 [N, L]: ``scale0 exp(scale_gain)``, or the base's scales. The fold reads this too."""
@@ -153,13 +173,17 @@ class QALoRALinear(AdapterLayer):
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # (..., K); nn.Linear's argument name
         x = input
         y = self._base_forward(x)  # (..., N)
+        if self.casts:  # adapters in their own dtype (float32 in a bfloat16 model)
+            x = x.to(self.lora_A.dtype)
         p = self.dropout(self.pool(x))  # (..., L)
         if self.zero_point == "float":
-            return y + F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale
-        zero = self.base.zero_points()  # (N, L), integers
-        d = self.current_scales() * (zero - self._int_zero_points())  # (N, L): whole steps only
-        sums = p * (self.widths(p.dtype) if self.partial else self.group_size)  # (..., L)
-        return y + F.linear(sums, d.to(x.dtype))
+            delta = F.linear(F.linear(p, self.lora_A), self.lora_B) * self.scale  # (..., N)
+        else:
+            zero = self.base.zero_points()  # (N, L), integers
+            d = self.current_scales() * (zero - self._int_zero_points())  # (N, L): whole steps
+            sums = p * (self.widths(p.dtype) if self.partial else self.group_size)  # (..., L)
+            delta = F.linear(sums, d.to(x.dtype))  # (..., N)
+        return y + (delta.to(y.dtype) if self.casts else delta)
 
     def _int_zero_points(self) -> torch.Tensor:
         """zero'' of ``zero_point="int"``, f32 [N, L]. The fold calls this very function, so it

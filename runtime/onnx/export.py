@@ -9,8 +9,9 @@ through the ONNX passes (``passes.py``): ``share-table-codes``, ``split-form`` w
 cannot take float zero points, ``lower-to-qdq`` for ``format="qdq"``, and any the caller adds.
 
 Metadata ``lowrank_compiler`` (JSON in ``metadata_props``) records the format, the
-accuracy level, the targeted layers and how each layer was lowered, for ``inspect``
-and ``session.load``. The file is written into a fresh temporary directory beside the
+accuracy level, the targeted layers, how each layer was lowered and the sha256 of the weights
+(``integrity.py``), for ``inspect`` and ``session.load``. The file is written into a fresh temporary
+directory beside the
 destination, checked there with ``onnx.checker`` (full check), then renamed into place;
 past 2 GB the weights go to ``<name>.data`` beside it (external data), moved in before
 the graph. A failed write (disk full, no permission) removes what it wrote and raises
@@ -41,6 +42,7 @@ from ..layers.protocol import AdapterLayer, Layer, QuantizedLinear
 from ..quant.formats import EXPORT_FORMATS, METADATA_KEY, check_accuracy_level
 from .file import read_model
 from .gather_block_quantized import int_embedding_translation
+from .integrity import stamp
 from .matmulnbits import int_linear_translation, register_matmulnbits_schema
 from .passes import DumpFn, OnnxPassSpec, run_onnx_passes
 
@@ -310,7 +312,9 @@ def rename_dims(proto: onnx.ModelProto, rename: dict[str, str]) -> None:
 
 
 def write_model(proto: onnx.ModelProto, path: Path) -> None:
-    """Stage beside ``path``, full check, commit the data file then the graph (module docstring)."""
+    """Stamp the weights' digest (``integrity.stamp``), stage beside ``path``, full check, commit
+    the data file then the graph (module docstring)."""
+    stamp(proto)
     external = proto.ByteSize() > _TWO_GB
     data = path.name + ".data"  # the location recorded in the graph: relative, beside the file
     with staged_file(path) as staged:

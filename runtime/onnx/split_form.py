@@ -88,7 +88,10 @@ class SplitFloatZeros(pattern.RewriteRuleClassBase):
             )
             a = op.Pad(a, pads, None, axis)
         sums = op.ReduceSum(op.Reshape(a, shape), axis, keepdims=0)  # (..., L)
-        correction = op.initializer(ir.tensor(d_t.numpy()), name=f"{zeros.name}.correction")
+        dtype = _const(scales).dtype  # the activations' type: float32, or float16
+        correction = op.initializer(
+            ir.tensor(d_t.numpy().astype(dtype)), name=f"{zeros.name}.correction"
+        )
         return op.Add(out, op.MatMul(sums, correction))
 
 

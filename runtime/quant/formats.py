@@ -34,6 +34,7 @@ FOLD_ZEROS = ("split", "float", "round")  # how a folded real-valued zero point 
 EXPORT_FORMATS = ("matmulnbits", "qdq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute precision: 0 fp32 ... 4 int8 activations
 METADATA_KEY = "lowrank_compiler"  # the exported file's metadata_props entry (JSON)
+FOLDER_RECORD = "lowrank_compiler.json"  # a decoder folder's record: who wrote it, file digests
 EMBEDDINGS = (
     "float",
     "int4",
@@ -41,6 +42,7 @@ EMBEDDINGS = (
 EMBEDDING_BITS = 4  # GatherBlockQuantized's width everywhere onnxruntime runs it
 QDQ_BITS = (4, 8)  # widths standard ONNX's DequantizeLinear holds (UINT4, UINT8)
 EXPORT_NODES = {"matmulnbits": "MatMulNBits", "qdq": "DequantizeLinear+MatMul"}  # by export format
+ADAPTER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 QDQ_TABLE = (
     "an INT4 table needs com.microsoft::GatherBlockQuantized (standard ONNX cannot gather 4-bit "
     "rows); use format='matmulnbits', or leave tables float"
@@ -87,6 +89,13 @@ def check_choice(value, choices: tuple, field: str):
     if not isinstance(value, str) or value not in choices:
         raise PolicyError(f"{field} must be one of {choices}, got {value!r}")
     return value
+
+
+def adapter_dtype(value, field: str = "adapter_dtype") -> torch.dtype:
+    """The dtype adapters train in, by name (``"float32"``, ``"bfloat16"``, ``"float16"``)."""
+    if not isinstance(value, str) or value not in ADAPTER_DTYPES:
+        raise PolicyError(f"{field} must be one of {tuple(ADAPTER_DTYPES)}, got {value!r}")
+    return ADAPTER_DTYPES[value]
 
 
 def check_flag(value, field: str) -> bool:
