@@ -168,6 +168,7 @@ def export_genai(
     embeddings: str = "float",
     embedding_group_size: int = 32,
     dtype: str = "float32",
+    unmerged: bool = False,
     dump_dir=None,
     **unknown,
 ) -> Path:
@@ -189,22 +190,28 @@ def export_genai(
         the table once (``quantize_embeddings``; the model is unchanged afterwards).
     dtype: the graph's float type, ``"float32"`` (a bfloat16 or float16 model's float32 file) or
         ``"float16"`` (KV cache included); ``export_onnx`` says more.
+    unmerged: write adapter layers as they compute instead of refusing them (LoRA: the base's
+        node plus the adapter's float ``A`` and ``B`` MatMuls): the unmerged-adapter route peers
+        take, slower than a fold; for comparisons.
     dump_dir: write the ONNX stage's numbered dumps there (the graph torch gave, then one per
         ONNX pass: the fused graph's ``fuse-qkv`` and ``fuse-skip-norm`` among them).
     Returns the folder's path.
     """
     if unknown:
         unknown_options(unknown)
-    check_model(model)
+    check_model(model, unmerged=unmerged)
     out_dir = Path(out_dir)
     check_formats(model, format, accuracy_level, embeddings, embedding_group_size)
     torch_dtype = export_dtype(dtype, format)
     context_length = context_length_of(model.config, context_length)
-    sizes = traced_sizes(model, trace_sizes)
-    dump = None
-    if dump_dir is not None:
-        check_dir(Path(dump_dir), "dump_dir")
-        dump = DumpWriter(Path(dump_dir)).onnx
+    options = dict(
+        format=format,
+        accuracy_level=accuracy_level,
+        tokenizer=tokenizer,
+        context_length=context_length,
+        sizes=traced_sizes(model, trace_sizes),
+        dump=_onnx_dumps(dump_dir),
+    )
     with (
         int4_embeddings(
             model, group_size=embedding_group_size, enabled=embeddings == "int4"
@@ -221,18 +228,21 @@ def export_genai(
         _write_folder(
             model,
             out_dir,
-            format=format,
-            accuracy_level=accuracy_level,
-            tokenizer=tokenizer,
-            context_length=context_length,
-            sizes=sizes,
             mode=mode,
             why_plain=why_plain,
             gconfig=gconfig,
             tables=tables,
-            dump=dump,
+            **options,
         )
     return out_dir
+
+
+def _onnx_dumps(dump_dir):
+    """The ONNX stage's dump callback for ``dump_dir``, or None."""
+    if dump_dir is None:
+        return None
+    check_dir(Path(dump_dir), "dump_dir")
+    return DumpWriter(Path(dump_dir)).onnx
 
 
 def _write_folder(
@@ -291,7 +301,12 @@ def _graph_meta(model: nn.Module, format: str, mode: str, tables: dict) -> dict:
 
 
 def _export_graph(
-    model: nn.Module, sizes: tuple, mode: str, context_length: int, meta: dict, **options
+    model: nn.Module,
+    sizes: tuple,
+    mode: str,
+    context_length: int,
+    meta: dict,
+    **options,
 ) -> onnx.ModelProto:
     """The decoder traced at ``sizes`` (batch, seq, past) with its cache, fused
     (``mode="gqa"``: GroupQueryAttention over a shared ``max_length`` buffer) or plain, its free

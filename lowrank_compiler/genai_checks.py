@@ -35,8 +35,9 @@ def _protocol_gaps(model: nn.Module) -> list[str]:
     return gaps + ([] if follows_protocol(model) else [f"{PROTOCOL}()"])
 
 
-def check_model(model) -> None:
-    """``model`` is a decoder ``export_genai`` can write with a KV cache, its adapters folded."""
+def check_model(model, unmerged: bool = False) -> None:
+    """``model`` is a decoder ``export_genai`` can write with a KV cache, its adapters folded
+    (or ``unmerged``: kept as they compute)."""
     if not isinstance(model, nn.Module):
         raise ExportError(
             f"export_genai takes an HF causal LM or a decoder module, got {type(model).__name__}"
@@ -49,10 +50,10 @@ def check_model(model) -> None:
                 f"export with a KV cache: {PROTOCOL_TEXT}"
             )
     adapters = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
-    if adapters:
+    if adapters and not unmerged:
         raise ExportError(
             f"{len(adapters)} layer(s) still hold adapters ({', '.join(adapters[:3])}): "
-            f"lowrank_compiler.fold(model) first"
+            f"lowrank_compiler.fold(model) first (or unmerged=True to write them as they compute)"
         )
     if follows_protocol(model):
         return

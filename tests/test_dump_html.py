@@ -182,4 +182,4 @@ def test_pages_render_in_headless_chromium_and_are_not_blank(dumps, tmp_path):
     for name in ("index", "02-insert-lora"):
         _screenshot(dumps / f"{name}.html", tmp_path / f"{name}.png")
         colours, ink = _ink(tmp_path / f"{name}.png")
-        assert colours >= 50 and ink >= 0.15, (name, colours, ink)
+        assert colours >= 50 and ink >= 0.05, (name, colours, ink)  # a blank page: < 0.01

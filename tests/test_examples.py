@@ -73,3 +73,13 @@ def test_stories260k_example_fine_tunes_the_real_model_in_bfloat16(tmp_path, cap
     assert result["last_loss"] < result["first_loss"]
     assert result["fold_error"] <= 1e-5 and result["same_tokens"]
     assert result["text"].startswith("Once upon a time")
+
+
+def test_llm_finetune_example_short_setting(tmp_path):
+    result = load("llm_finetune").main(
+        ["--steps", "2", "--methods", "lrqat", "--lrs", "0.03", "--eval-windows", "4"]
+        + ["--train-modules", "textwrap", "--eval-modules", "smtplib", "--out", str(tmp_path)]
+    )
+    (row,) = result["rows"]
+    assert row["tokens_ours_eq_torch"] is True and (tmp_path / "results.md").is_file()
+    assert (tmp_path / "best" / "genai_config.json").is_file()

@@ -6,6 +6,7 @@ GPTQ bases without adapters. 32 greedy tokens from onnxruntime-genai and from ou
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from models import nudged
@@ -13,6 +14,7 @@ from test_genai import GREEDY_STEPS, REL, VOCAB, _quiet, llama, og, og_greedy, p
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import export_genai
+from lowrank_compiler.runtime.layers.protocol import AdapterLayer
 
 FORMS = {
     "qalora-float-zeros": (dict(method="qalora", rank=8), "float"),
@@ -58,3 +60,28 @@ def test_each_deployed_form_generates_the_pytorch_tokens(form, tmp_path):
     if og is None:  # onnxruntime-genai not installed: our loop alone
         return
     assert og_greedy(folder, ids, GREEDY_STEPS)[0].tolist() == ref[0, ids.shape[1] :].tolist()
+
+
+def test_unmerged_lora_is_written_as_it_computes_and_generates_the_pytorch_tokens(tmp_path):
+    _quiet()
+    torch.manual_seed(0)
+    model = llama().eval()
+    ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
+    lrc.compile(model, lrc.Policy(method="lora", rank=8), example_inputs=(ids,))
+    nudged(model, scale=0.02, parts=("lora_B",))
+    with pytest.raises(lrc.ExportError, match="unmerged=True"):
+        export_genai(model, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    folder = export_genai(model, tmp_path / "genai", accuracy_level=0, unmerged=True)
+    adapted = sum(isinstance(m, AdapterLayer) for m in model.modules())
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    matmuls = sum(n.op_type == "MatMul" for n in graph.node)
+    assert matmuls == 3 * adapted + 1  # each layer's base, A and B unfused; and the head
+    prompt_ids, mask, ref, logits = prompt(model, [10], GREEDY_STEPS)
+    session = lrc.runtime.load(folder)
+    ours, our_logits = session.generate(
+        prompt_ids, mask, max_new_tokens=GREEDY_STEPS, output_logits=True
+    )
+    assert torch.equal(ours, ref)
+    for step, (a, b) in enumerate(zip(our_logits, logits)):
+        assert np.abs(a - b).max() <= REL * np.abs(b).max(), f"step {step}"

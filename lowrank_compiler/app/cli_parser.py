@@ -256,14 +256,15 @@ def _add_inspect(sub) -> None:
 
 
 def _add_demo(sub) -> None:
-    """``demo`` runs the distillation job; ``demo code-search`` the code-search job, with its own
-    options."""
-    from .jobs import code_search, distill
+    """``demo`` runs the distillation job; ``demo code-search`` the code-search job and ``demo llm``
+    the LLM job, each with its own options."""
+    from .jobs import code_search, distill, llm
 
     job = sub.add_parser(
         "demo",
         help="the distillation job on MiniLM (a few minutes on 2 cores); "
-        "'demo code-search': MiniLM fine-tuned for code search (about 15 minutes)",
+        "'demo code-search': MiniLM fine-tuned for code search (about 15 minutes); "
+        "'demo llm': a pretrained decoder fine-tuned and deployed to onnxruntime-genai",
         description="The distillation job on MiniLM (options below), or, with 'code-search', "
         "MiniLM fine-tuned to find Python functions from a sentence, every way to INT4 "
         "measured ('demo code-search --help').",
@@ -276,6 +277,12 @@ def _add_demo(sub) -> None:
         description=code_search.__doc__.split("\n\n")[0].replace("\n", " "),
     )
     code_search.add_arguments(search)
+    decoder = jobs.add_parser(
+        "llm",
+        help="fine-tune a pretrained decoder on a new domain and measure each route to INT4",
+        description=llm.__doc__.split("\n\n")[0].replace("\n", " "),
+    )
+    llm.add_arguments(decoder)
     job.set_defaults(fn=commands.run_demo, job=None)
 
 

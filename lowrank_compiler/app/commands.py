@@ -207,6 +207,15 @@ def _inspect_dir(path: Path) -> int:
 
 
 def run_demo(args) -> int:
+    if args.job == "llm":
+        from .jobs import llm
+
+        llm.run(llm.config_from_args(args))
+        print(
+            f"written to {args.out}: results.md, results.json, perplexity.png (with matplotlib), "
+            "best/ (the best INT4 row's onnxruntime-genai folder), folders/, adapters/"
+        )
+        return 0
     if args.job == "code-search":
         from .jobs import code_search
 

@@ -127,31 +127,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--eval-pairs", type=int, default=0, help="held-out pairs to measure (0: all)"
     )
-    data = parser.add_argument_group(
-        "data (default: the standard library's modules, split by module)"
-    )
-    data.add_argument("--train-modules", nargs="+", metavar="MODULE", help="modules to train on")
-    data.add_argument(
-        "--eval-modules", nargs="+", metavar="MODULE", help="held-out modules to measure on"
-    )
-    data.add_argument(
-        "--package",
-        metavar="NAME",
-        help="every module of an installed package, split by module (every 8th held out)",
-    )
+    stdlib_modules.add_module_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:
-    if args.package and (args.train_modules or args.eval_modules):
-        raise PolicyError(
-            "--package takes the modules from the package: drop --train-modules / --eval-modules, "
-            "or drop --package"
-        )
-    modules = {}
-    if args.train_modules:
-        modules["train_modules"] = tuple(args.train_modules)
-    if args.eval_modules:
-        modules["eval_modules"] = tuple(args.eval_modules)
     return JobConfig(
         bits=args.bits,
         group_size=args.group_size,
@@ -163,7 +142,6 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         doc_tokens=args.doc_tokens,
         query_tokens=args.query_tokens,
         eval_pairs=args.eval_pairs,
-        package=args.package,
         out=args.out,
-        **modules,
+        **stdlib_modules.module_fields(args),
     )

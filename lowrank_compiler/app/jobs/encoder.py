@@ -214,12 +214,18 @@ def check_out_dir(out: Path) -> None:
 
 
 def add_common_arguments(
-    parser: argparse.ArgumentParser, *, steps: int, steps_help: str, out: str
+    parser: argparse.ArgumentParser,
+    *,
+    steps: int,
+    steps_help: str,
+    out: str,
+    group_size: int = 32,
+    rank: int = 16,
 ) -> None:
-    """The options every job on the encoder takes: the integer format, the adapter rank, the
-    training steps, the output directory."""
+    """The options every job takes: the integer format, the adapter rank, the training steps,
+    the output directory."""
     parser.add_argument("--bits", type=int, choices=KERNEL_BITS, default=4)
-    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=32)
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--group-size", type=int, choices=(16, 32, 64, 128), default=group_size)
+    parser.add_argument("--rank", type=int, default=rank)
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--out", default=out, help="output directory")

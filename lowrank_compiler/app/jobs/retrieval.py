@@ -57,7 +57,27 @@ def set_params(model, params: dict[str, torch.Tensor]) -> None:
                 p.copy_(params[n])
 
 
-class Trainer:
+class Resumable:
+    """``snapshot`` / ``restore`` of a trainer's ``model``, ``opt`` (AdamW), ``gen`` (the batch
+    order's generator), ``order`` and ``done``: everything that decides the next steps."""
+
+    def snapshot(self) -> dict:
+        return {
+            "params": get_params(self.model),
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "gen": self.gen.get_state(),
+            "order": list(self.order),
+            "done": self.done,
+        }
+
+    def restore(self, snap: dict) -> None:
+        set_params(self.model, snap["params"])
+        self.opt.load_state_dict(copy.deepcopy(snap["opt"]))
+        self.gen.set_state(snap["gen"])
+        self.order, self.done = list(snap["order"]), snap["done"]
+
+
+class Trainer(Resumable):
     """AdamW on the trainable parameters (trained scales at ``scale_lr``) with the
     in-batch-negatives loss; batches drawn without repeats inside an epoch (a repeated pair would be
     its own
@@ -123,21 +143,6 @@ class Trainer:
             if on_step is not None:
                 on_step()
         return losses
-
-    def snapshot(self) -> dict:
-        return {
-            "params": get_params(self.model),
-            "opt": copy.deepcopy(self.opt.state_dict()),
-            "gen": self.gen.get_state(),
-            "order": list(self.order),
-            "done": self.done,
-        }
-
-    def restore(self, snap: dict) -> None:
-        set_params(self.model, snap["params"])
-        self.opt.load_state_dict(copy.deepcopy(snap["opt"]))
-        self.gen.set_state(snap["gen"])
-        self.order, self.done = list(snap["order"]), snap["done"]
 
 
 def rank_metrics(q: torch.Tensor, d: torch.Tensor, k: int = 10) -> dict[str, float]:
