@@ -4,6 +4,7 @@ the table's rows, the token check of our rows, the seeding, and bad input.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 
@@ -123,6 +124,24 @@ def test_any_causal_lm_directory_runs_and_our_tokens_agree(tmp_path, kind):
     (row,) = llm.run(cfg, log=lambda *_: None)["rows"]
     assert row["perplexity"] > 1 and row["tokens_ours_eq_torch"] is True
     assert row["tokens_og_eq_ours"] in (True, None)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime_genai") is None, reason="needs onnxruntime-genai"
+)
+def test_the_model_builder_itself_deploys_a_model_it_can_run(tmp_path):
+    # head size 16: onnxruntime-genai's GroupQueryAttention takes it, so no stand-in
+    cfg = llm.JobConfig(
+        model=str(tiny_model_dir(tmp_path, "qwen2")),
+        out=str(tmp_path / "out"),
+        methods=("base",),
+        **SHORT,
+    )
+    torch_row, builder_row = llm.run(cfg, log=lambda *_: None)["rows"]
+    assert builder_row["how"] == "onnxruntime-genai model builder"
+    assert (tmp_path / "out" / "folders" / "base-builder" / "model.onnx").is_file()
+    # the builder's INT4 file of random weights: within a few percent of the float model
+    assert abs(builder_row["perplexity"] / torch_row["perplexity"] - 1) < 0.05
 
 
 @pytest.mark.parametrize(

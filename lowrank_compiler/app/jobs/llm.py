@@ -23,7 +23,6 @@ import torch
 
 from ...adapters import save_adapters
 from ...api import compile, fold
-from ...runtime.onnx.export import set_accuracy_level
 from . import llm_eval as E
 from . import llm_report as report
 from .encoder import check_out_dir
@@ -31,6 +30,7 @@ from .llm_config import JobConfig, add_arguments, config_from_args, load_model, 
 from .llm_data import Data, load_data
 from .llm_deploy import (
     adapter_route,
+    at_level,
     builder_folder,
     export,
     folder_bytes,
@@ -218,7 +218,7 @@ def speeds(job: Context) -> dict[str, float]:
         if copy_dir.exists():
             shutil.rmtree(copy_dir)
         shutil.copytree(folder, copy_dir)
-        set_accuracy_level(folder / "model.onnx", copy_dir / "model.onnx", 4)
+        at_level(folder / "model.onnx", copy_dir / "model.onnx", 4)
         level4[key] = copy_dir
     return E.decode_ms(level4, job.data.prompt, job.cfg.decode_tokens, job.cfg.latency_rounds)
 

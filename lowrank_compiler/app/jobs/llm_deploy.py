@@ -35,6 +35,7 @@ from ...runtime.digests import folder_digests
 from ...runtime.files import write_atomic
 from ...runtime.layers.int_linear import IntLinear
 from ...runtime.layers.lora import LoRALinear
+from ...runtime.onnx.export import set_accuracy_level
 from ...runtime.quant.formats import FOLDER_RECORD
 from .llm_config import hf_quiet
 
@@ -46,6 +47,22 @@ def export(model, folder: Path, tokenizer, unmerged: bool = False) -> Path:
     if folder.exists():
         shutil.rmtree(folder)
     return export_genai(model, folder, tokenizer=tokenizer, accuracy_level=0, unmerged=unmerged)
+
+
+def at_level(src: Path, dst: Path, level: int) -> None:
+    """``src`` with every MatMulNBits at accuracy ``level``: ours through ``set_accuracy_level``
+    (its metadata says so too), the model builder's file by its attributes alone (its graph has
+    contrib ops onnx.checker does not know, and its weights stay in their data file)."""
+    if (src.parent / FOLDER_RECORD).is_file():
+        set_accuracy_level(src, dst, level)
+        return
+    model = onnx.load(str(src), load_external_data=False)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            del node.attribute[:]
+            node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
+    onnx.save(model, str(dst))
 
 
 def folder_bytes(folder: Path) -> int:
