@@ -19,14 +19,17 @@ import lowrank_compiler as lrc
 ROOT = Path(__file__).resolve().parent.parent  # where ``python -m benchmarks.genai_large`` resolves
 
 
-def one_run(model, prompt: list[int], new: int) -> tuple[float, float]:
+def one_run(model, prompt: list[int], new: int, adapter=None, tokens=None) -> tuple[float, float]:
     """(prefill seconds, median decode seconds per token over steps 2..new) of one fresh
-    generator."""
+    generator; ``adapter``: ``(og.Adapters, name)`` to activate; ``tokens``: a list the sequence
+    is put into."""
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(prompt) + new, do_sample=False)
     generator = og.Generator(model, params)
+    if adapter is not None:
+        generator.set_active_adapter(*adapter)
     start = time.perf_counter()
     generator.append_tokens(np.array([prompt], dtype=np.int32))
     prefill = time.perf_counter() - start
@@ -35,6 +38,8 @@ def one_run(model, prompt: list[int], new: int) -> tuple[float, float]:
         t = time.perf_counter()
         generator.generate_next_token()
         steps.append(time.perf_counter() - t)
+    if tokens is not None:
+        tokens[:] = list(generator.get_sequence(0))
     return prefill, statistics.median(steps[1:])
 
 

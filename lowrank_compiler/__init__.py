@@ -10,6 +10,7 @@ from .api import CompileInfo, compile, compile_info, fold
 from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .genai import export_genai
+from .genai_adapters import export_adapter
 from .hf_trainer import adapter_checkpoints
 from .lint import lint
 from .manager import PassManager
@@ -56,6 +57,7 @@ __all__ = [
     "TraceError",
     "compile",
     "compile_info",
+    "export_adapter",
     "export_genai",
     "export_onnx",
     "inspect_onnx",

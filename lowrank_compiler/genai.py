@@ -77,6 +77,7 @@ from .passes.helpers.graph import selected_targets
 from .runtime.digests import folder_digests
 from .runtime.errors import ExportError
 from .runtime.files import check_dir, staged_dir, write_atomic
+from .runtime.onnx.adapter_inputs import adapter_pass, check_adapter_inputs
 from .runtime.onnx.attention import attention_translations
 from .runtime.onnx.dtypes import export_dtype, floats_as
 from .runtime.onnx.export import export_proto, layer_table, write_model
@@ -169,6 +170,7 @@ def export_genai(
     embedding_group_size: int = 32,
     dtype: str = "float32",
     unmerged: bool = False,
+    adapter_inputs: str = "none",
     dump_dir=None,
     **unknown,
 ) -> Path:
@@ -193,6 +195,9 @@ def export_genai(
     unmerged: write adapter layers as they compute instead of refusing them (LoRA: the base's
         node plus the adapter's float ``A`` and ``B`` MatMuls): the unmerged-adapter route peers
         take, slower than a fold; for comparisons.
+    adapter_inputs: ``"zeros"`` or ``"zeros+scales"``: a base that integer-zero adapters swap
+        (``export_adapter``): each MatMulNBits' zero points (and scales) also a graph input, the
+        values as defaults (the ONNX pass ``expose-adapter-inputs``); accuracy level 0 only.
     dump_dir: write the ONNX stage's numbered dumps there (the graph torch gave, then one per
         ONNX pass: the fused graph's ``fuse-qkv`` and ``fuse-skip-norm`` among them).
     Returns the folder's path.
@@ -202,6 +207,7 @@ def export_genai(
     check_model(model, unmerged=unmerged)
     out_dir = Path(out_dir)
     check_formats(model, format, accuracy_level, embeddings, embedding_group_size)
+    check_adapter_inputs(adapter_inputs, accuracy_level, format)
     torch_dtype = export_dtype(dtype, format)
     context_length = context_length_of(model.config, context_length)
     options = dict(
@@ -211,6 +217,7 @@ def export_genai(
         context_length=context_length,
         sizes=traced_sizes(model, trace_sizes),
         dump=_onnx_dumps(dump_dir),
+        adapter_inputs=adapter_inputs,
     )
     with (
         int4_embeddings(
@@ -219,21 +226,7 @@ def export_genai(
         floats_as(model, torch_dtype),  # the INT4 tables' scales too
     ):
         mode, why_plain = _attention(model, attention, genai_type(model.config), context_length)
-        gconfig = genai_config(
-            model,
-            context_length=context_length,
-            accuracy_level=accuracy_level,
-            shared_buffer=mode == "gqa",
-        )
-        _write_folder(
-            model,
-            out_dir,
-            mode=mode,
-            why_plain=why_plain,
-            gconfig=gconfig,
-            tables=tables,
-            **options,
-        )
+        _write_folder(model, out_dir, mode=mode, why_plain=why_plain, tables=tables, **options)
     return out_dir
 
 
@@ -256,12 +249,18 @@ def _write_folder(
     sizes: tuple,
     mode: str,
     why_plain: str | None,
-    gconfig: dict,
     tables: dict,
     dump=None,
+    adapter_inputs: str = "none",
 ) -> None:
     """Stage the folder: the graph (fused or plain), genai_config.json, tokenizer files, marker."""
     meta = _graph_meta(model, format, mode, tables)
+    gconfig = genai_config(
+        model,
+        context_length=context_length,
+        accuracy_level=accuracy_level,
+        shared_buffer=mode == "gqa",
+    )
     with staged_dir(out_dir, MARKER) as stage:
         proto = _export_graph(
             model,
@@ -272,6 +271,7 @@ def _write_folder(
             fmt=format,
             accuracy_level=accuracy_level,
             dump=dump,
+            adapter_inputs=adapter_inputs,
         )
         write_model(proto, stage / MODEL_FILE)
         write_atomic(stage / "genai_config.json", json.dumps(gconfig, indent=2) + "\n")
@@ -281,6 +281,8 @@ def _write_folder(
         if tokenizer is not None:
             files += _write_tokenizer(tokenizer, stage)
         record = _marker(model, format, accuracy_level, files, mode, why_plain)
+        if adapter_inputs != "none":
+            record["adapter_inputs"] = adapter_inputs
         record["sha256"] = folder_digests(stage, files)
         write_atomic(stage / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
@@ -306,6 +308,7 @@ def _export_graph(
     mode: str,
     context_length: int,
     meta: dict,
+    adapter_inputs: str = "none",
     **options,
 ) -> onnx.ModelProto:
     """The decoder traced at ``sizes`` (batch, seq, past) with its cache, fused
@@ -319,6 +322,7 @@ def _export_graph(
     vocab = int(config.vocab_size)
     input_names, output_names = io_names(layers, combined, positions=not gqa)
     names = {"input_names": input_names, "output_names": output_names, "meta": meta}
+    swap = () if adapter_inputs == "none" else (adapter_pass(adapter_inputs),)
     if gqa:
         with fused_attention(model, context_length) as decoder:
             proto = export_proto(
@@ -327,7 +331,7 @@ def _export_graph(
                 dynamic_shapes=gqa_dynamic_shapes(layers),
                 what=" with GroupQueryAttention",
                 translations=attention_translations(),
-                passes=(OnnxPassSpec("fuse-qkv"), OnnxPassSpec("fuse-skip-norm")),
+                passes=(OnnxPassSpec("fuse-qkv"), OnnxPassSpec("fuse-skip-norm"), *swap),
                 **names,
                 **options,
             )
@@ -342,6 +346,7 @@ def _export_graph(
             example_call(*sizes, layers, kv_heads, head_size, vocab, combined, dtype),
             dynamic_shapes=dynamic_shapes(layers, combined),
             what=" with a KV cache",
+            passes=swap,
             **names,
             **options,
         )

@@ -168,3 +168,53 @@ def test_generate_refuses_what_it_cannot_run(tmp_path, capsys):
     assert "--ids must be token ids separated by commas" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--prompt", "abc"]) == 2
     assert "holds no tokenizer.json" in capsys.readouterr().err
+
+
+def test_a_swappable_base_and_an_adapter_from_the_command_line(hf_dir, tmp_path, capsys):
+    for name, policy in {
+        "base": {"method": "rtn", "bits": 4, "group_size": 32},
+        "tuned": {"method": "qalora", "bits": 4, "group_size": 32, "rank": 4, "zero_point": "int"},
+    }.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(policy))
+        cmd = ["compile", str(hf_dir), "--policy", str(tmp_path / f"{name}.json")]
+        assert main([*cmd, "--out", str(tmp_path / name), "-q"]) == 0
+    c = compiled_dir.load(tmp_path / "tuned")
+    with torch.no_grad():
+        for name, p in c.model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    lrc.save_adapters(c.model, tmp_path / "trained")
+    base = tmp_path / "base-genai"
+    export = ["export", str(tmp_path / "base"), "--genai", "--out", str(base)]
+    assert main([*export, "--adapter-inputs", "zeros", "-q"]) == 0
+    assert json.loads((base / "lowrank_compiler.json").read_text())["accuracy_level"] == 0
+    adapter = tmp_path / "tuned.onnx_adapter"
+    tuned = ["export", str(tmp_path / "tuned"), "--adapters", str(tmp_path / "trained")]
+    capsys.readouterr()
+    assert main([*tuned, "--adapter", str(base), "--out", str(adapter)]) == 0
+    assert "adapter of" in capsys.readouterr().out and adapter.is_file()
+    folded = tmp_path / "folded"
+    assert (
+        main(
+            [
+                *tuned,
+                "--genai",
+                "--zeros",
+                "round",
+                "--accuracy-level",
+                "0",
+                "--out",
+                str(folded),
+                "-q",
+            ]
+        )
+        == 0
+    )
+    session = lrc.runtime.load(base)
+    session.load_adapter(adapter, "t")
+    prompt = torch.tensor([PROMPT])
+    want = lrc.runtime.load(folded).generate(prompt, max_new_tokens=NEW)
+    assert torch.equal(session.generate(prompt, max_new_tokens=NEW, adapter="t"), want)
+    assert not torch.equal(session.generate(prompt, max_new_tokens=NEW), want)
+    code = main([*export, "--adapter-inputs", "zeros", "--accuracy-level", "4", "-q"])
+    assert code == 2 and "accuracy_level 4" in capsys.readouterr().err

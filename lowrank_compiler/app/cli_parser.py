@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..runtime.quant.formats import ACCURACY_LEVELS, EMBEDDINGS, EXPORT_FORMATS, FOLD_ZEROS
+from ..runtime.quant.formats import (
+    ACCURACY_LEVELS,
+    ADAPTER_INPUTS,
+    EMBEDDINGS,
+    EXPORT_FORMATS,
+    FOLD_ZEROS,
+)
 from . import commands, commands_genai
 
 QUIET_HELP = "no progress bars, notes or warnings"
@@ -132,8 +138,16 @@ def _add_export(sub, quiet) -> None:
     )
     _add_genai_options(e)
     _add_onnx_options(e)
-    e.add_argument("--zeros", **ZEROS)
+    e.add_argument("--zeros", **{**ZEROS, "default": None})  # split; round with --adapter
     e.add_argument("--adapters", **ADAPTERS)
+    e.add_argument(
+        "--adapter",
+        metavar="BASE",
+        default=None,
+        help="write DIR's fine-tune (QA-LoRA, integer zero points) as an adapter of the "
+        "onnxruntime-genai folder BASE (written with --adapter-inputs): only its zero points "
+        "(and scales), an .onnx_adapter file at --out (folds with --zeros round)",
+    )
     e.set_defaults(fn=commands.run_export)
 
 
@@ -158,6 +172,14 @@ def _add_genai_options(e) -> None:
         default=None,
         metavar="N",
         help="--genai: longest prompt + new tokens (default: the model's max_position_embeddings)",
+    )
+    e.add_argument(
+        "--adapter-inputs",
+        choices=ADAPTER_INPUTS,
+        default="none",
+        help="--genai: a base that adapters swap (export --adapter): each MatMulNBits' zero "
+        "points (zeros+scales: and scales) an overridable input; accuracy level 0 (the default "
+        "then)",
     )
 
 

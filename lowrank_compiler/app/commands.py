@@ -115,6 +115,11 @@ def run_export(args) -> int:
     from ..runtime.progress import Steps
     from .compiled_dir import RECORD, fold_compiled, load
 
+    args.zeros = args.zeros or ("round" if args.adapter else "split")
+    if args.adapter:
+        from .commands_genai import export_adapter_file
+
+        return export_adapter_file(args)
     if args.genai:
         from .commands_genai import export_genai_folder
 

@@ -19,7 +19,9 @@ def export_genai_folder(args, compiled: bool) -> int:
     from ..genai import export_genai
     from ..runtime.progress import Steps
 
-    level = 4 if args.accuracy_level is None else args.accuracy_level
+    level = args.accuracy_level
+    if level is None:  # int8 activations, unless adapters swap the base (level 4 would ignore them)
+        level = 4 if args.adapter_inputs == "none" else 0
     with Steps("export") as steps:
         model, source = _decoder(args, compiled, steps)
         tokenizer = source if source and (Path(source) / "tokenizer.json").is_file() else None
@@ -35,6 +37,7 @@ def export_genai_folder(args, compiled: bool) -> int:
             embeddings=args.embeddings,
             embedding_group_size=args.embedding_group_size,
             dtype=args.dtype,
+            adapter_inputs=args.adapter_inputs,
             dump_dir=args.dump,
         )
     say(
@@ -42,6 +45,20 @@ def export_genai_folder(args, compiled: bool) -> int:
         f"onnxruntime-genai folder written to {out}"
         + ("" if tokenizer else " (no tokenizer files: generate with --ids)"),
     )
+    return 0
+
+
+def export_adapter_file(args) -> int:
+    """DIR (a compiled directory, fine-tuned over BASE's weights) as an adapter of BASE."""
+    from ..genai_adapters import export_adapter
+    from ..runtime.progress import Steps
+
+    with Steps("export") as steps:
+        model, _ = _decoder(args, True, steps)
+        steps.start("compare with the base")
+        out = export_adapter(model, args.adapter, args.out)
+    size = out.stat().st_size
+    say(args, f"adapter of {args.adapter} written to {out} ({size / 2**10:.1f} KiB)")
     return 0
 
 

@@ -30,7 +30,7 @@ import onnx
 from ..errors import LowRankError
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-BUILTIN = ("share_tables", "split_form", "qdq", "skip_norm", "fuse_qkv")
+BUILTIN = ("share_tables", "split_form", "qdq", "skip_norm", "fuse_qkv", "adapter_inputs")
 AS_EXPORTED = "onnx-as-exported"  # the name of the first ONNX dump: the graph before any pass
 _TWO_GB = 2**31  # protobuf's limit: the checker and shape inference take a model below it
 

@@ -20,6 +20,7 @@ weight) or, for 8-bit codes, an int16 (7 fraction bits).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -35,6 +36,16 @@ EXPORT_FORMATS = ("matmulnbits", "qdq")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute precision: 0 fp32 ... 4 int8 activations
 METADATA_KEY = "lowrank_compiler"  # the exported file's metadata_props entry (JSON)
 FOLDER_RECORD = "lowrank_compiler.json"  # a decoder folder's record: who wrote it, file digests
+ADAPTER_INPUTS = ("none", "zeros", "zeros+scales")  # export_genai: what adapters may override
+ADAPTER_RECORD = ".json"  # an adapter file's record (base digest, policy): <file>.json beside it
+
+
+def adapter_record_path(path) -> Path:
+    """The record beside the adapter file ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + ADAPTER_RECORD)
+
+
 EMBEDDINGS = (
     "float",
     "int4",

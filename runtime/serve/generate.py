@@ -49,6 +49,7 @@ import torch
 from ..errors import ModelFileError
 from ..onnx.file import read_model
 from ..quant.formats import check_accuracy_level
+from .adapters import AdapterSlots, swappable
 from .decoding import check_sampling, eos_set, prompt_arrays, sample, streamer_put
 from .providers import default_providers
 
@@ -82,7 +83,7 @@ def _session_options(
     return options
 
 
-class DecoderSession:
+class DecoderSession(AdapterSlots):
     def __init__(
         self,
         path: str | os.PathLike,
@@ -96,6 +97,8 @@ class DecoderSession:
         decoder, filename = self._read_config(self.path / CONFIG)
         self._read_names(decoder, self.path / CONFIG)
         options = _session_options(decoder.get("session_options", {}), threads, accuracy_level)
+        if swappable(self.path):  # onnxruntime warns once per overridable zero point: expected
+            options.log_severity_level = 3
         self._open(filename, options, providers)
 
     def _read_config(self, config_path: Path) -> tuple[dict, str]:
@@ -194,9 +197,11 @@ class DecoderSession:
         attention_mask: np.ndarray,
         position_ids: np.ndarray | None,
         past: list,
+        adapter: str | None = None,
     ) -> tuple[np.ndarray, list]:
         """One run of the graph: ``(logits [batch, seq, vocab], presents)``. Shared buffers are
-        updated in place and returned as they are (``position_ids`` is then unused)."""
+        updated in place and returned as they are (``position_ids`` is then unused). ``adapter``:
+        the name of a loaded adapter to apply (``load_adapter``)."""
         feeds = {
             self.ids_name: np.ascontiguousarray(
                 input_ids, self.input_types[self.ids_name] or np.int64
@@ -210,10 +215,17 @@ class DecoderSession:
             feeds[self.pos_name] = np.ascontiguousarray(
                 position_ids, self.input_types[self.pos_name]
             )
+        feeds.update(self.adapter_feeds(adapter))
         if not self.shared:
             feeds.update(zip(self.past_names, past))
             out = self.session.run(self.output_names, feeds)
             return out[0], out[1:]
+        if adapter is not None:  # IO binding takes no overridden initializer: the cache is copied
+            values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in feeds.items()}
+            out = self.session.run_with_ort_values(
+                self.output_names, {**values, **dict(zip(self.past_names, past))}
+            )
+            return out[0].numpy(), list(out[1:])
         binding = self.session.io_binding()
         for name, array in feeds.items():  # feeds stays referenced until the run is over
             binding.bind_cpu_input(name, array)
@@ -239,6 +251,7 @@ class DecoderSession:
         pad_token_id: int | None = None,
         streamer=None,
         output_logits: bool = False,
+        adapter: str | None = None,
     ):
         """Prompt plus up to ``max_new_tokens`` new tokens per row, ``[batch, prompt + steps]``
         int64.
@@ -248,7 +261,9 @@ class DecoderSession:
         eos_token_id / pad_token_id: default the folder's (``genai_config.json``).
         output_logits: also return each step's last-position logits, a list of ``[batch, vocab]``
         float32 arrays (as HF's ``output_logits=True``).
+        adapter: a loaded adapter's name (``load_adapter``), applied to every step; None: the base.
         """
+        self.adapter_feeds(adapter)  # an unknown name fails before any work
         ids, mask = prompt_arrays(input_ids, attention_mask)
         batch, prompt = ids.shape
         self._check_length(prompt, max_new_tokens)
@@ -270,7 +285,7 @@ class DecoderSession:
         logits_out = []
         finished = np.zeros(batch, dtype=bool)
         for _ in range(max_new_tokens):
-            logits, past = self.step(new_ids, step_mask, step_pos, past)
+            logits, past = self.step(new_ids, step_mask, step_pos, past, adapter)
             last = logits[np.arange(batch), last_index, :].astype(np.float32)  # (B, V)
             last_index = np.zeros(batch, np.int64)  # later steps: one token per row
             if output_logits:

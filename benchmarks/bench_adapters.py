@@ -1,0 +1,220 @@
+"""Many fine-tunes over one INT4 base in onnxruntime-genai: decode speed with an adapter active,
+adapter file sizes, memory per loaded adapter.
+
+    python -m benchmarks.bench_adapters [--hidden 2048] [--layers 4] [--adapters 4] [--rounds 5]
+
+One Llama-shaped model as section 7 (``genai_models``: hidden 2048, 4 layers, 16 / 4 heads, MLP
+5632, vocabulary 512), five folders, two threads each:
+
+- swappable: our RTN INT4 g32 with ``adapter_inputs="zeros"`` (accuracy level 0), run alone and
+  with each of ``--adapters`` fine-tunes active (QA-LoRA rank 16, integer zero points, B drawn as
+  after training, folded with ``zeros="round"``, ``export_adapter``; one ``og.Adapters``);
+- constant: the same base without the inputs (what the inputs cost at level 0);
+- folded: the first fine-tune in its own file, level 0 (the tokens the adapter must give);
+- constant-acc4: the base at accuracy level 4, where onnxruntime ignores overridden zero points;
+- builder-lora: onnxruntime-genai's model builder, INT4 block 32 asymmetric, with a rank-16
+  LoRA (``adapter_path``: the adapter as unmerged MatMuls over its INT4 base), level 4, and
+  ``builder-lora-acc0`` (the same at level 0).
+
+Each round every configuration once, interleaved (a fresh generator, a random prompt of
+``--context`` tokens, ``--new`` tokens; decode ms/token = the median of steps 2..new); medians
+of the rounds; ratios are the medians of the rounds' ratios. Memory: the process RSS after
+loading each adapter into one ``og.Adapters``. CPU flags printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import lowrank_compiler as lrc
+
+from . import genai_models as gm
+from .common import cpu_flags
+from .genai_run import one_run
+
+
+def fine_tune(model, seed: int):
+    """A fine-tune's stand-in: QA-LoRA (integer zeros) rank 16 with B drawn, folded round."""
+    m = copy.deepcopy(model)
+    policy = lrc.Policy(method="qalora", bits=4, group_size=32, rank=16, zero_point="int")
+    lrc.compile(m, policy, example_inputs=(gm._ids(m.config.vocab_size),))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.3, generator=g)  # moves zero points by whole steps, as training
+    return lrc.fold(m, zeros="round")
+
+
+def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
+    model = gm.make_model(args.hidden, args.layers, 16, 4, 512, 4 * args.context)
+    hf = work / "hf"
+    gm.save_with_tokenizer(model, hf)
+    base = gm.ours_int4(model, "rtn")
+    folders = {n: work / n for n in ("swappable", "constant", "folded", "constant-acc4")}
+    log("  our base, three ways")
+    lrc.export_genai(
+        base, folders["swappable"], tokenizer=str(hf), accuracy_level=0, adapter_inputs="zeros"
+    )
+    lrc.export_genai(base, folders["constant"], tokenizer=str(hf), accuracy_level=0)
+    lrc.export_genai(base, folders["constant-acc4"], tokenizer=str(hf), accuracy_level=4)
+    adapters = []
+    for i in range(args.adapters):
+        log(f"  fine-tune {i + 1} of {args.adapters}: export_adapter")
+        tuned = fine_tune(model, seed=10 + i)
+        adapters.append(
+            lrc.export_adapter(tuned, folders["swappable"], work / f"t{i}.onnx_adapter")
+        )
+        if i == 0:
+            lrc.export_genai(tuned, folders["folded"], tokenizer=str(hf), accuracy_level=0)
+    log("  the model builder with a rank-16 LoRA (adapter_path)")
+    lora = gm.plain_lora_adapter(gm.with_adapter(model, 16), work / "lora")
+    folders["builder-lora"] = work / "builder-lora"
+    gm.build_builder(hf, folders["builder-lora"], lora)
+    folders["builder-lora-acc0"] = work / "builder-lora-acc0"
+    shutil.copytree(folders["builder-lora"], folders["builder-lora-acc0"])
+    level_0(folders["builder-lora-acc0"] / "model.onnx")
+    for folder in folders.values():
+        gm.set_threads(folder, args.threads)
+    sizes = {
+        "adapter": adapters[0].stat().st_size,
+        "adapter_tensors": len(json.loads(Path(f"{adapters[0]}.json").read_text())["parameters"]),
+        "lora_safetensors": (lora / "adapter_model.safetensors").stat().st_size,
+        "base_onnx": sum(p.stat().st_size for p in folders["swappable"].glob("model.onnx*")),
+    }
+    return folders, adapters, sizes
+
+
+def level_0(path: Path) -> None:
+    """Every MatMulNBits of the builder's file at accuracy level 0, its weights left where they
+    are (its external data file)."""
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        for a in node.attribute:
+            if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
+                a.i = 0
+    onnx.save(model, str(path))
+
+
+def measure(args, folders: dict, adapters: list[Path], log) -> dict:
+    """Interleaved rounds: decode and prefill ms of every configuration; the RSS per adapter."""
+    import onnxruntime_genai as og
+
+    models = {name: og.Model(str(folder)) for name, folder in folders.items()}
+    before = rss_bytes()
+    loaded = og.Adapters(models["swappable"])
+    rss = []
+    for i, path in enumerate(adapters):
+        loaded.load(str(path), f"t{i}")
+        rss.append(rss_bytes() - before)
+    runs = {name: (m, None) for name, m in models.items()}
+    runs.update({f"swappable+t{i}": (models["swappable"], f"t{i}") for i in range(len(adapters))})
+    rng = np.random.default_rng(0)
+    decode, prefill = {k: [] for k in runs}, {k: [] for k in runs}
+    tokens = {}
+    for r in range(-1, args.rounds):  # round -1 warms up
+        log(f"  round {r + 1} of {args.rounds}" if r >= 0 else "  warm-up round")
+        prompt = rng.integers(4, 512, args.context).tolist()
+        for name, (model, adapter) in runs.items():
+            toks: list[int] = []
+            pre, dec = one_run(
+                model, prompt, args.new, None if adapter is None else (loaded, adapter), toks
+            )
+            if r >= 0:
+                decode[name].append(1e3 * dec)
+                prefill[name].append(1e3 * pre)
+            tokens[name] = toks
+    return {
+        "decode_ms": {k: statistics.median(v) for k, v in decode.items()},
+        "prefill_ms": {k: statistics.median(v) for k, v in prefill.items()},
+        "decode_rounds": decode,
+        "adapter_rss_bytes": rss,
+        "same_tokens_as_folded": tokens["swappable+t0"] == tokens["folded"],
+    }
+
+
+def rss_bytes() -> int:
+    """The process's resident memory now (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def ratio(rounds: dict, a: str, b: str) -> float:
+    return statistics.median(x / y for x, y in zip(rounds[a], rounds[b], strict=True))
+
+
+def report(result: dict, args) -> str:
+    d, rounds, sizes = result["decode_ms"], result["decode_rounds"], result["sizes"]
+    active = [k for k in d if k.startswith("swappable+")]
+    worst = max(ratio(rounds, k, "swappable") for k in active)
+    lines = [
+        f"hidden {args.hidden}, {args.layers} layers, INT4 g32, context {args.context}, "
+        f"{args.new} new tokens, {args.rounds} interleaved rounds, {args.threads} threads; "
+        f"CPU flags: {cpu_flags()}",
+        "",
+        "| configuration | decode ms/token | prefill ms |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {k} | {d[k]:.3f} | {result['prefill_ms'][k]:.1f} |" for k in d]
+    mib = 2**20
+    lines += [
+        "",
+        f"- an adapter active vs the base alone (level 0): worst of {len(active)} adapters "
+        f"{worst:.3f}x (goal <= 1.02x); the inputs themselves: "
+        f"{ratio(rounds, 'swappable', 'constant'):.3f}x the constant base",
+        f"- the builder's LoRA route vs its own base speed class: builder-lora (level 4) "
+        f"{ratio(rounds, 'builder-lora', 'constant-acc4'):.3f}x our constant level-4 base; "
+        f"level 0: {ratio(rounds, 'builder-lora-acc0', 'constant'):.3f}x our constant level-0 base",
+        f"- level 0 against level 4 (the price of a swappable base): "
+        f"{ratio(rounds, 'swappable', 'constant-acc4'):.3f}x",
+        f"- tokens with adapter t0 active = its folded file's: {result['same_tokens_as_folded']}",
+        f"- adapter file {sizes['adapter'] / 2**10:.1f} KiB ({sizes['adapter_tensors']} tensors); "
+        f"the base's model.onnx "
+        f"{sizes['base_onnx'] / mib:.1f} MiB (1/{sizes['base_onnx'] / sizes['adapter']:.0f}); "
+        f"the rank-16 LoRA's safetensors {sizes['lora_safetensors'] / mib:.1f} MiB",
+        "- RSS after loading each adapter: "
+        + ", ".join(f"{b / mib:.1f} MiB" for b in result["adapter_rss_bytes"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=2048)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--adapters", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--context", type=int, default=128)
+    ap.add_argument("--new", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write results.json and report.md here")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folders, adapters, sizes = build(args, Path(tmp), print)
+        result = {**measure(args, folders, adapters, print), "sizes": sizes}
+    text = report(result, args)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "report.md").write_text(text + "\n")
+    return {**result, "text": text}
+
+
+if __name__ == "__main__":
+    main()

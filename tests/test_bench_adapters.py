@@ -1,0 +1,31 @@
+"""The adapters benchmark (``python -m benchmarks.bench_adapters``) end to end on a tiny model:
+its configurations run, an active adapter gives its folded file's tokens, the report is written."""
+
+import importlib.util
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime_genai") is None, reason="needs onnxruntime-genai"
+)
+
+
+def test_the_adapters_benchmark_runs_small(tmp_path):
+    from benchmarks import bench_adapters
+
+    args = ["--hidden", "256", "--layers", "1", "--adapters", "2", "--rounds", "1"]
+    result = bench_adapters.main([*args, "--context", "16", "--new", "4", "--out", str(tmp_path)])
+    assert result["same_tokens_as_folded"] is True
+    assert set(result["decode_ms"]) == {
+        "swappable",
+        "constant",
+        "folded",
+        "constant-acc4",
+        "builder-lora",
+        "builder-lora-acc0",
+        "swappable+t0",
+        "swappable+t1",
+    }
+    sizes = result["sizes"]
+    assert 0 < sizes["adapter"] < sizes["base_onnx"] / 16 and sizes["adapter_tensors"] > 0
+    assert "worst of 2 adapters" in (tmp_path / "report.md").read_text()

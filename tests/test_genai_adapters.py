@@ -1,0 +1,173 @@
+"""Many fine-tunes over one INT4 base: ``export_genai(..., adapter_inputs=...)`` writes the base,
+``export_adapter`` each fine-tune as its zero points (and scales), and onnxruntime-genai
+(``og.Adapters``) and our loop (``DecoderSession.load_adapter``) swap them per generation.
+
+Two QA-LoRA fine-tunes with integer zero points, trained on different token ranges over one RTN
+base: with each active, the greedy tokens equal those of its own folded file (accuracy level 0);
+none active gives the base's; adapters of another base, group size or fold are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_genai import VOCAB, _quiet, llama, og
+
+import lowrank_compiler as lrc
+from lowrank_compiler.genai import export_genai
+
+STEPS = 24
+G = 32
+
+
+def tuned(float_model, low, high, *, seed, group=G, train_scales=False):
+    """QA-LoRA (integer zeros) over RTN, 12 AdamW steps on tokens in [low, high), folded."""
+    ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
+    model = lrc.compile(
+        copy.deepcopy(float_model),
+        lrc.Policy(
+            method="qalora",
+            bits=4,
+            group_size=group,
+            rank=8,
+            zero_point="int",
+            train_scales=train_scales,
+        ),
+        example_inputs=(ids,),
+    )
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    model.train()
+    for _ in range(12):
+        batch = torch.randint(low, high, (4, 16), generator=g)
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return lrc.fold(model.eval(), zeros="round")
+
+
+def og_tokens(folder, ids, adapter=None):
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + STEPS, do_sample=False)
+    generator = og.Generator(model, params)
+    if adapter is not None:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), "tuned")
+        generator.set_active_adapter(adapters, "tuned")
+    generator.append_tokens(ids.numpy().astype(np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return list(generator.get_sequence(0))[ids.shape[1] :]
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    _quiet()
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    float_model = llama().eval()
+    ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
+    base = lrc.compile(
+        copy.deepcopy(float_model),
+        lrc.Policy(method="rtn", bits=4, group_size=G),
+        example_inputs=(ids,),
+    )
+    base_dir = export_genai(base, root / "base", accuracy_level=0, adapter_inputs="zeros")
+    plain_dir = export_genai(base, root / "plain", accuracy_level=0)
+    tunes, folded, files = {}, {}, {}
+    for name, (low, high, seed) in {"a": (2, 64, 1), "b": (64, VOCAB, 2)}.items():
+        tunes[name] = tuned(float_model, low, high, seed=seed)
+        files[name] = lrc.export_adapter(tunes[name], base_dir, root / f"{name}.onnx_adapter")
+        folded[name] = export_genai(tunes[name], root / f"folded-{name}", accuracy_level=0)
+    prompt = torch.randint(2, VOCAB, (1, 10), generator=torch.Generator().manual_seed(5))
+    return dict(
+        root=root,
+        float_model=float_model,
+        base=base,
+        base_dir=base_dir,
+        plain_dir=plain_dir,
+        tunes=tunes,
+        files=files,
+        folded=folded,
+        prompt=prompt,
+    )
+
+
+def tokens(session, prompt, adapter=None):
+    out = session.generate(prompt, max_new_tokens=STEPS, adapter=adapter)
+    return out[0, prompt.shape[1] :].tolist()
+
+
+def test_each_adapter_gives_its_folded_files_tokens_in_our_loop(case):
+    session = lrc.runtime.load(case["base_dir"])
+    for name in ("a", "b"):
+        session.load_adapter(case["files"][name], name)
+    want = {n: tokens(lrc.runtime.load(case["folded"][n]), case["prompt"]) for n in ("a", "b")}
+    base = tokens(lrc.runtime.load(case["plain_dir"]), case["prompt"])
+    assert want["a"] != want["b"] != base  # the fine-tunes did move the model
+    # back and forth in one session, the base between
+    for name in ("a", "b", None, "a", None, "b"):
+        assert tokens(session, case["prompt"], name) == (base if name is None else want[name])
+    assert session.adapters == ["a", "b"]
+    session.unload_adapter("a")
+    with pytest.raises(lrc.AdapterError, match="no adapter named 'a'"):
+        session.generate(case["prompt"], adapter="a")
+
+
+@pytest.mark.skipif(og is None, reason="onnxruntime-genai is not installed")
+def test_onnxruntime_genai_applies_each_adapter_as_its_folded_file(case):
+    for name in ("a", "b"):
+        want = og_tokens(case["folded"][name], case["prompt"])
+        assert og_tokens(case["base_dir"], case["prompt"], case["files"][name]) == want
+    assert og_tokens(case["base_dir"], case["prompt"]) == og_tokens(
+        case["plain_dir"], case["prompt"]
+    )
+
+
+def test_an_adapter_is_the_zero_points_alone(case):
+    weights = (case["base_dir"] / "model.onnx").stat().st_size
+    for name in ("a", "b"):
+        size = case["files"][name].stat().st_size
+        assert size <= weights / 16, (size, weights)
+        record = case["files"][name].with_name(case["files"][name].name + ".json")
+        assert "base_weights_sha256" in record.read_text()
+
+
+def test_a_foreign_adapter_or_fine_tune_is_refused(case, tmp_path):
+    other = lrc.compile(
+        llama().eval(),  # other weights, the same shapes
+        lrc.Policy(method="rtn", bits=4, group_size=G),
+        example_inputs=(case["prompt"],),
+    )
+    other_dir = export_genai(other, tmp_path / "other", accuracy_level=0, adapter_inputs="zeros")
+    session = lrc.runtime.load(other_dir)
+    with pytest.raises(lrc.AdapterError, match="belongs to another base"):
+        session.load_adapter(case["files"]["a"])
+    with pytest.raises(lrc.ExportError, match="the 4-bit codes must be the base's"):
+        lrc.export_adapter(case["tunes"]["a"], other_dir, tmp_path / "x.onnx_adapter")
+    g16 = tuned(case["float_model"], 2, 64, seed=1, group=16)
+    with pytest.raises(lrc.ExportError, match="is not the base's|must be the base's"):
+        lrc.export_adapter(g16, case["base_dir"], tmp_path / "g16.onnx_adapter")
+    with pytest.raises(lrc.ExportError, match="no overridable zero points"):
+        lrc.export_adapter(case["tunes"]["a"], case["plain_dir"], tmp_path / "y.onnx_adapter")
+    assert not list(tmp_path.glob("*.onnx_adapter*"))
+
+
+def test_trained_scales_need_a_base_that_exposes_them(case, tmp_path):
+    scaled = tuned(case["float_model"], 2, 64, seed=3, train_scales=True)
+    with pytest.raises(lrc.ExportError, match="adapter_inputs='zeros\\+scales'"):
+        lrc.export_adapter(scaled, case["base_dir"], tmp_path / "s.onnx_adapter")
+    both = export_genai(
+        case["base"], tmp_path / "both", accuracy_level=0, adapter_inputs="zeros+scales"
+    )
+    adapter = lrc.export_adapter(scaled, both, tmp_path / "s.onnx_adapter")
+    session = lrc.runtime.load(both)
+    session.load_adapter(adapter, "s")
+    want = tokens(
+        lrc.runtime.load(export_genai(scaled, tmp_path / "f", accuracy_level=0)), case["prompt"]
+    )
+    assert tokens(session, case["prompt"], "s") == want
