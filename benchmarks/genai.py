@@ -22,9 +22,11 @@ costs a forward over the whole prefix (one onnxruntime call over ``context + 1``
 
 Each round, per context: every folder once (a fresh generator, a random prompt of ``context``
 tokens appended, the prefill, timed; then ``new`` tokens, decode ms/token = the median of steps
-2..new, as onnxruntime-genai runs the model lazily), the no-cache file at its context, and one
-pass of the memory-bandwidth measurement (``common.Bandwidth``, the floor section's, with the
-decoder's thread count); medians of ``reps`` rounds. Bytes per decoded token = the
+2..new, as onnxruntime-genai runs the model lazily), the order rotated by one each round and
+0.1 s of rest before each (onnxruntime's workers spin a while after a session's last call, and a
+prefill started at once after another folder's would share the cores with them), the no-cache
+file at its context, and one pass of the memory-bandwidth measurement (``common.Bandwidth``, the
+floor section's, with the decoder's thread count); medians of ``reps`` rounds. Bytes per decoded token = the
 initializers a step reads (``onnx_bytes.per_token_bytes``: an embedding table counts one row)
 + the KV cache at that context; floor tokens/s = bandwidth / those bytes.
 
@@ -53,6 +55,10 @@ from .common import Bandwidth, check_settings, cpu_flags
 from .genai_run import large_export, no_cache_session, one_run
 from .onnx_bytes import per_token_bytes
 
+# onnxruntime's workers spin for tens of milliseconds after a session's last call: a prefill
+# started at once after another folder's decode shares the cores with them (about +10% at
+# context 128, measured), so each run waits this long and the order rotates by round
+PAUSE_S = 0.1
 FOLDERS = (
     "builder",
     "builder-sym",
@@ -212,8 +218,11 @@ def measure(s: Settings, folders: dict[str, Path], no_cache, log) -> dict:
         prompt = rng.integers(4, s.vocab, ctx).tolist()
         feed = rng.integers(4, s.vocab, (1, ctx + 1)).astype(np.int64)
         for r in range(-1, s.reps):  # round -1: warm-up, not recorded
-            for name, m in models.items():
-                prefill, decode = one_run(m, prompt, s.new if r >= 0 else 3)
+            names = list(models)
+            shift = (r + 1) % len(names)  # each round starts at another folder
+            for name in names[shift:] + names[:shift]:
+                time.sleep(PAUSE_S)
+                prefill, decode = one_run(models[name], prompt, s.new if r >= 0 else 3)
                 if r >= 0:
                     samples[("decode", name, ctx)].append(decode)
                     samples[("prefill", name, ctx)].append(prefill)
