@@ -26,9 +26,9 @@ tokens appended, the prefill, timed; then ``new`` tokens, decode ms/token = the 
 0.1 s of rest before each (onnxruntime's workers spin a while after a session's last call, and a
 prefill started at once after another folder's would share the cores with them), the no-cache
 file at its context, and one pass of the memory-bandwidth measurement (``common.Bandwidth``, the
-floor section's, with the decoder's thread count); medians of ``reps`` rounds. Bytes per decoded token = the
-initializers a step reads (``onnx_bytes.per_token_bytes``: an embedding table counts one row)
-+ the KV cache at that context; floor tokens/s = bandwidth / those bytes.
+floor section's, with the decoder's thread count); medians of ``reps`` rounds. Bytes per
+decoded token = the initializers a step reads (``onnx_bytes.per_token_bytes``: an embedding table
+counts one row) + the KV cache at that context; floor tokens/s = bandwidth / those bytes.
 
 Last, the export cost of a ~1B-parameter decoder, in a child process (``genai_large``).
 """
