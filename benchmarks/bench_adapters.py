@@ -34,10 +34,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
 import lowrank_compiler as lrc
+from lowrank_compiler.app.jobs.llm_deploy import at_level
 
 from . import genai_models as gm
 from .common import cpu_flags
@@ -84,7 +84,8 @@ def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
     gm.build_builder(hf, folders["builder-lora"], lora)
     folders["builder-lora-acc0"] = work / "builder-lora-acc0"
     shutil.copytree(folders["builder-lora"], folders["builder-lora-acc0"])
-    level_0(folders["builder-lora-acc0"] / "model.onnx")
+    model_file = folders["builder-lora-acc0"] / "model.onnx"
+    at_level(model_file, model_file, 0)
     for folder in folders.values():
         gm.set_threads(folder, args.threads)
     sizes = {
@@ -94,17 +95,6 @@ def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
         "base_onnx": sum(p.stat().st_size for p in folders["swappable"].glob("model.onnx*")),
     }
     return folders, adapters, sizes
-
-
-def level_0(path: Path) -> None:
-    """Every MatMulNBits of the builder's file at accuracy level 0, its weights left where they
-    are (its external data file)."""
-    model = onnx.load(str(path), load_external_data=False)
-    for node in model.graph.node:
-        for a in node.attribute:
-            if node.op_type == "MatMulNBits" and a.name == "accuracy_level":
-                a.i = 0
-    onnx.save(model, str(path))
 
 
 def measure(args, folders: dict, adapters: list[Path], log) -> dict:

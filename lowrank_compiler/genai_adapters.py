@@ -49,7 +49,7 @@ def export_adapter(model: nn.Module, base: str | os.PathLike, out: str | os.Path
     base, out = Path(base), Path(out)
     record, base_model = _read_base(base)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = _export_like(model, base, record, Path(tmp) / "adapter")
+        folder = _export_like(model, base, record, base_model, Path(tmp) / "adapter")
         mine = read_model(folder / "model.onnx", external_data=True)
         params = _differences(base_model, mine, base)
     base_digest = _digest(base_model)
@@ -82,12 +82,13 @@ def _read_base(base: Path) -> tuple[dict, onnx.ModelProto]:
     return record, read_model(base / "model.onnx", external_data=True)
 
 
-def _export_like(model: nn.Module, base: Path, record: dict, folder: Path) -> Path:
+def _export_like(
+    model: nn.Module, base: Path, record: dict, base_model: onnx.ModelProto, folder: Path
+) -> Path:
     from .genai import export_genai
 
     config = json.loads((base / "genai_config.json").read_text(encoding="utf-8"))
-    base_graph = onnx.load(str(base / "model.onnx"), load_external_data=False).graph
-    tables = [n for n in base_graph.node if n.op_type == "GatherBlockQuantized"]
+    tables = [n for n in base_model.graph.node if n.op_type == "GatherBlockQuantized"]
     group = next(
         (a.i for n in tables for a in n.attribute if a.name == "block_size"),
         32,

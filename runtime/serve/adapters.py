@@ -83,9 +83,10 @@ def _check_record(path: Path, session: ort.InferenceSession) -> None:
 
 
 class AdapterSlots:
-    """Adapters loaded by name into a session (``self.session``); ``adapter_feeds(name)`` gives
-    the tensors that apply one, as extra feeds (onnxruntime's ``RunOptions`` adapters do the same,
-    but not on the IO-binding path a shared KV buffer takes), or {} for the base alone."""
+    """Adapters loaded by name into a session (``self.session``; subclasses set ``self._loaded =
+    {}``, name -> tensors); ``adapter_feeds(name)`` gives the tensors that apply one, as extra
+    feeds (onnxruntime's ``RunOptions`` adapters do the same, but not on the IO-binding path a
+    shared KV buffer takes), or {} for the base alone."""
 
     def load_adapter(self, path: str | os.PathLike, name: str | None = None) -> str:
         """Check and load the adapter file ``path`` under ``name`` (default: the file's stem);
@@ -94,7 +95,7 @@ class AdapterSlots:
         params = check_adapter(path, self.session)
         name = path.stem if name is None else name
         arrays = {n: v.numpy().copy() for n, v in params.items()}  # owned: the file reader goes
-        self.__dict__.setdefault("_loaded", {})[name] = arrays
+        self._loaded[name] = arrays
         return name
 
     def unload_adapter(self, name: str) -> None:
@@ -103,15 +104,14 @@ class AdapterSlots:
 
     @property
     def adapters(self) -> list[str]:
-        return sorted(self.__dict__.get("_loaded", {}))
+        return sorted(self._loaded)
 
     def adapter_feeds(self, name: str | None) -> dict:
         if name is None:
             return {}
-        loaded = self.__dict__.get("_loaded", {})
-        if name not in loaded:
+        if name not in self._loaded:
             raise AdapterError(
-                f"no adapter named {name!r} is loaded; loaded: {sorted(loaded) or 'none'} "
+                f"no adapter named {name!r} is loaded; loaded: {sorted(self._loaded) or 'none'} "
                 "(load_adapter(path, name) first)"
             )
-        return loaded[name]
+        return self._loaded[name]

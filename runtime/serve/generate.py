@@ -92,6 +92,7 @@ class DecoderSession(AdapterSlots):
         accuracy_level: int | None = None,
     ):
         self.path = Path(path)
+        self._loaded: dict[str, dict] = {}  # adapters by name (load_adapter)
         if accuracy_level is not None:
             check_accuracy_level(accuracy_level)
         decoder, filename = self._read_config(self.path / CONFIG)
