@@ -2,15 +2,19 @@
 its configurations run, an active adapter gives its folded file's tokens, the report is written."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime_genai") is None, reason="needs onnxruntime-genai"
 )
 
 
-def test_the_adapters_benchmark_runs_small(tmp_path):
+def test_the_adapters_benchmark_runs_small(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import bench_adapters
 
     args = ["--hidden", "256", "--layers", "1", "--adapters", "2", "--rounds", "1"]
