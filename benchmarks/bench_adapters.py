@@ -14,12 +14,18 @@ One Llama-shaped model as section 7 (``genai_models``: hidden 2048, 4 layers, 16
 - constant-acc4: the base at accuracy level 4, where onnxruntime ignores overridden zero points;
 - builder-lora: onnxruntime-genai's model builder, INT4 block 32 asymmetric, with a rank-16
   LoRA (``adapter_path``: the adapter as unmerged MatMuls over its INT4 base), level 4, and
-  ``builder-lora-acc0`` (the same at level 0).
+  ``builder-lora-acc0`` (the same at level 0);
+- folded-acc4: the first fine-tune in its own level-4 file.
+
+Then our runtime (``DecoderSession``) at level 4, the route that keeps the base's speed: the
+constant-acc4 base alone (``ours-acc4``) against each adapter loaded into it, each in its own
+session (``ours-acc4+tN``, ``load_adapter``'s session route), with the RSS each one adds.
 
 Each round every configuration once, interleaved (a fresh generator, a random prompt of
 ``--context`` tokens, ``--new`` tokens; decode ms/token = the median of steps 2..new); medians
 of the rounds; ratios are the medians of the rounds' ratios. Memory: the process RSS after
-loading each adapter into one ``og.Adapters``. CPU flags printed.
+loading each adapter into one ``og.Adapters`` (and into one ``DecoderSession``). CPU flags
+printed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +69,8 @@ def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
     hf = work / "hf"
     gm.save_with_tokenizer(model, hf)
     base = gm.ours_int4(model, "rtn")
-    folders = {n: work / n for n in ("swappable", "constant", "folded", "constant-acc4")}
+    names = ("swappable", "constant", "folded", "constant-acc4", "folded-acc4")
+    folders = {n: work / n for n in names}
     log("  our base, three ways")
     lrc.export_genai(
         base, folders["swappable"], tokenizer=str(hf), accuracy_level=0, adapter_inputs="zeros"
@@ -78,6 +86,7 @@ def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
         )
         if i == 0:
             lrc.export_genai(tuned, folders["folded"], tokenizer=str(hf), accuracy_level=0)
+            lrc.export_genai(tuned, folders["folded-acc4"], tokenizer=str(hf), accuracy_level=4)
     log("  the model builder with a rank-16 LoRA (adapter_path)")
     lora = gm.plain_lora_adapter(gm.with_adapter(model, 16), work / "lora")
     folders["builder-lora"] = work / "builder-lora"
@@ -101,7 +110,7 @@ def measure(args, folders: dict, adapters: list[Path], log) -> dict:
     """Interleaved rounds: decode and prefill ms of every configuration; the RSS per adapter."""
     import onnxruntime_genai as og
 
-    models = {name: og.Model(str(folder)) for name, folder in folders.items()}
+    models = {n: og.Model(str(f)) for n, f in folders.items() if n != "folded-acc4"}  # ours only
     before = rss_bytes()
     loaded = og.Adapters(models["swappable"])
     rss = []
@@ -134,6 +143,52 @@ def measure(args, folders: dict, adapters: list[Path], log) -> dict:
     }
 
 
+def our_run(session, prompt: list[int], new: int, adapter=None) -> tuple[float, list[int]]:
+    """(median decode seconds per token over steps 2..new, the new tokens) of one
+    ``DecoderSession.generate``; a step's time is the gap between the streamer's calls."""
+    stamps: list[float] = []
+    ids = torch.tensor([prompt])
+    out = session.generate(
+        ids,
+        max_new_tokens=new,
+        adapter=adapter,
+        eos_token_id=[],
+        streamer=lambda _: stamps.append(time.perf_counter()),
+    )
+    return statistics.median(np.diff(stamps)[1:].tolist()), out[0, len(prompt) :].tolist()
+
+
+def measure_ours(args, folders: dict, adapters: list[Path], log) -> dict:
+    """Our loop at level 4: the base alone and each adapter in its own session, interleaved."""
+    base = lrc.runtime.load(folders["constant-acc4"])
+    before, rss = rss_bytes(), []
+    for i, path in enumerate(adapters):
+        base.load_adapter(path, f"t{i}", route="session")
+        rss.append(rss_bytes() - before)
+    runs = {
+        "ours-acc4": (base, None),
+        "ours-folded-acc4": (lrc.runtime.load(folders["folded-acc4"]), None),
+    }
+    runs.update({f"ours-acc4+t{i}": (base, f"t{i}") for i in range(len(adapters))})
+    rng = np.random.default_rng(1)
+    decode: dict[str, list[float]] = {k: [] for k in runs}
+    tokens = {}
+    for r in range(-1, args.rounds):
+        log(f"  our loop: round {r + 1} of {args.rounds}" if r >= 0 else "  our loop: warm-up")
+        prompt = rng.integers(4, 512, args.context).tolist()
+        for name, (session, adapter) in runs.items():
+            time.sleep(0.1)  # the previous run's threads stop spinning
+            dec, tokens[name] = our_run(session, prompt, args.new, adapter)
+            if r >= 0:
+                decode[name].append(1e3 * dec)
+    return {
+        "decode_ms": {k: statistics.median(v) for k, v in decode.items()},
+        "decode_rounds": decode,
+        "session_rss_bytes": rss,
+        "same_tokens_as_folded": tokens["ours-acc4+t0"] == tokens["ours-folded-acc4"],
+    }
+
+
 def rss_bytes() -> int:
     """The process's resident memory now (Linux ``/proc``; 0 elsewhere)."""
     try:
@@ -149,6 +204,7 @@ def ratio(rounds: dict, a: str, b: str) -> float:
 
 def report(result: dict, args) -> str:
     d, rounds, sizes = result["decode_ms"], result["decode_rounds"], result["sizes"]
+    ours = result["ours"]
     active = [k for k in d if k.startswith("swappable+")]
     worst = max(ratio(rounds, k, "swappable") for k in active)
     lines = [
@@ -160,7 +216,10 @@ def report(result: dict, args) -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| {k} | {d[k]:.3f} | {result['prefill_ms'][k]:.1f} |" for k in d]
+    lines += [f"| {k} (our loop) | {v:.3f} | |" for k, v in ours["decode_ms"].items()]
     mib = 2**20
+    in_session = [k for k in ours["decode_ms"] if "+t" in k]
+    worst_ours = max(ratio(ours["decode_rounds"], k, "ours-acc4") for k in in_session)
     lines += [
         "",
         f"- an adapter active vs the base alone (level 0): worst of {len(active)} adapters "
@@ -178,6 +237,10 @@ def report(result: dict, args) -> str:
         f"the rank-16 LoRA's safetensors {sizes['lora_safetensors'] / mib:.1f} MiB",
         "- RSS after loading each adapter: "
         + ", ".join(f"{b / mib:.1f} MiB" for b in result["adapter_rss_bytes"]),
+        f"- our loop at level 4, each adapter in its own session: worst of {len(in_session)} "
+        f"adapters {worst_ours:.3f}x the base alone (goal <= 1.02x); tokens = its folded level-4 "
+        f"file's: {ours['same_tokens_as_folded']}; RSS after loading each: "
+        + ", ".join(f"{b / mib:.1f} MiB" for b in ours["session_rss_bytes"]),
     ]
     return "\n".join(lines)
 
@@ -196,6 +259,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folders, adapters, sizes = build(args, Path(tmp), print)
         result = {**measure(args, folders, adapters, print), "sizes": sizes}
+        result["ours"] = measure_ours(args, folders, adapters, print)
     text = report(result, args)
     print(text)
     if args.out:

@@ -2,22 +2,31 @@
 
 QA-LoRA folded with integer zero points (``zero_point="int"``, ``fold(zeros="round")``) changes
 nothing but each group's zero point, and with ``train_scales`` its scale: the 4-bit codes are the
-base's, bit for bit. A base folder written with ``export_genai(..., adapter_inputs="zeros")`` (or
-``"zeros+scales"``, accuracy level 0) keeps those tensors as overridable inputs, so N fine-tunes
-share one set of codes and each adapter is its zero points (plus scales):
+base's, bit for bit. So N fine-tunes share one set of codes and each adapter is its zero points
+(plus scales):
 
     W_t = s_t * (q - z_t)      q: the base's codes; z_t, s_t: fine-tune t's (N, K / g) values
 
-The adapter is written in onnxruntime's adapter format (``.onnx_adapter``), which
-onnxruntime-genai's ``og.Adapters`` loads and ``generator.set_active_adapter`` applies, and which
-``DecoderSession.load_adapter`` / ``generate(adapter=...)`` applies on plain onnxruntime. Beside
-it, ``<file>.json`` ties it to its base: the base's weights digest, the policy, each tensor.
+The adapter is written in onnxruntime's adapter format (``.onnx_adapter``); beside it,
+``<file>.json`` ties it to its base: the base's weights digest, the policy, each tensor. Two
+kinds of base folder (``export_genai``) take it:
+
+- written with ``adapter_inputs="zeros"`` (or ``"zeros+scales"``; accuracy level 0): the zero
+  points are overridable inputs, so onnxruntime-genai's ``og.Adapters`` /
+  ``generator.set_active_adapter`` and ``DecoderSession.load_adapter`` swap adapters in one
+  session;
+- any other MatMulNBits folder (level 4 included): ``DecoderSession.load_adapter`` gives each
+  adapter its own session with the adapter's tensors as constants (``runtime.serve.adapters``),
+  decoding at the base's speed for the memory of one more prepacked copy.
+
+The weights digest of the two kinds is the same, so one adapter file fits both.
 
 How: the folded model is exported as its base was (format, accuracy level, attention, context,
 float type, embeddings: read from the base folder), so every tensor has the base's name and
 layout (fused q/k/v included); then the two files are compared tensor by tensor. A tensor that
-is not an overridable input and differs (the codes of another base, another group size, a
-``split`` or ``float`` fold) is refused, naming the first such layer.
+is not a MatMulNBits zero point (or scale, where the base allows it) and differs (the codes of
+another base, another group size, a ``split`` or ``float`` fold) is refused, naming the first
+such layer.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from torch import nn
 from .api import compile_info
 from .runtime.errors import ExportError
 from .runtime.files import commit, staged_file, write_atomic
+from .runtime.onnx.adapter_inputs import adapter_tensors
 from .runtime.onnx.file import read_model
 from .runtime.onnx.integrity import DIGEST
 from .runtime.quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
@@ -58,7 +68,7 @@ def export_adapter(model: nn.Module, base: str | os.PathLike, out: str | os.Path
     meta = {
         "writer": WRITER,
         "base_weights_sha256": base_digest,
-        "base_adapter_inputs": record["adapter_inputs"],
+        "base_adapter_inputs": record.get("adapter_inputs", "none"),
         "policy": None if info is None or info.policy is None else info.policy.to_dict(),
         "parameters": {n: [str(a.dtype), list(a.shape)] for n, a in params.items()},
     }
@@ -73,11 +83,10 @@ def _read_base(base: Path) -> tuple[dict, onnx.ModelProto]:
         raise ExportError(
             f"base {str(base)!r} is not a folder export_genai wrote ({FOLDER_RECORD}: {e})"
         ) from None
-    if record.get("adapter_inputs", "none") == "none":
+    if record.get("format") != "matmulnbits":
         raise ExportError(
-            f"base {str(base)!r} has no overridable zero points: write it with "
-            "export_genai(base_model, folder, accuracy_level=0, adapter_inputs='zeros') (or "
-            "'zeros+scales' for adapters trained with train_scales)"
+            f"base {str(base)!r} is written with format={record.get('format')!r}: adapters "
+            "replace MatMulNBits' zero points, so the base needs format='matmulnbits'"
         )
     return record, read_model(base / "model.onnx", external_data=True)
 
@@ -103,13 +112,17 @@ def _export_like(
         dtype=record["dtype"],
         embeddings="int4" if tables else "float",
         embedding_group_size=group,
-        adapter_inputs=record["adapter_inputs"],
+        adapter_inputs=record.get("adapter_inputs", "none"),
     )
 
 
 def _differences(base: onnx.ModelProto, mine: onnx.ModelProto, where: Path) -> dict:
-    """The overridable tensors whose values differ, as arrays; refuses any other difference."""
-    overridable = {i.name for i in base.graph.input}
+    """The swappable tensors whose values differ, as arrays; refuses any other difference. A base
+    with overridable inputs allows those; any other base each MatMulNBits' zero points and
+    scales (an adapter's own session: ``DecoderSession.load_adapter``)."""
+    overridable = {i.name for i in base.graph.input} & {t.name for t in base.graph.initializer}
+    if not overridable:
+        overridable = set(adapter_tensors(base, scales=True))
     theirs = {t.name: t for t in base.graph.initializer}
     ours = {t.name: t for t in mine.graph.initializer}
     if set(theirs) != set(ours):
@@ -135,7 +148,8 @@ def _refusal(name: str, where: Path, overridable: set) -> str:
         return (
             f"layer {layer!r}: its scales differ from the base's (trained scales), and the base "
             f"{str(where)!r} exposes zero points only: write the base with "
-            "adapter_inputs='zeros+scales'"
+            "adapter_inputs='zeros+scales', or without adapter_inputs (each adapter then runs in "
+            "its own session of DecoderSession)"
         )
     return (
         f"layer {layer!r}: {name!r} differs from the base's ({str(where)!r}): an adapter may "

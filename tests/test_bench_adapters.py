@@ -30,6 +30,15 @@ def test_the_adapters_benchmark_runs_small(tmp_path, monkeypatch):
         "swappable+t0",
         "swappable+t1",
     }
+    ours = result["ours"]
+    assert ours["same_tokens_as_folded"] is True
+    assert set(ours["decode_ms"]) == {
+        "ours-acc4",
+        "ours-folded-acc4",
+        "ours-acc4+t0",
+        "ours-acc4+t1",
+    }
+    assert len(ours["session_rss_bytes"]) == 2
     sizes = result["sizes"]
     assert 0 < sizes["adapter"] < sizes["base_onnx"] / 16 and sizes["adapter_tensors"] > 0
     assert "worst of 2 adapters" in (tmp_path / "report.md").read_text()

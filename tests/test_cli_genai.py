@@ -216,5 +216,18 @@ def test_a_swappable_base_and_an_adapter_from_the_command_line(hf_dir, tmp_path,
     want = lrc.runtime.load(folded).generate(prompt, max_new_tokens=NEW)
     assert torch.equal(session.generate(prompt, max_new_tokens=NEW, adapter="t"), want)
     assert not torch.equal(session.generate(prompt, max_new_tokens=NEW), want)
+    # a level-4 base (the default) takes the same adapter: its own session in our loop
+    fast = tmp_path / "fast"
+    assert main(["export", str(tmp_path / "base"), "--genai", "--out", str(fast), "-q"]) == 0
+    fast_want = ["generate", str(tmp_path / "fast-folded"), "--ids", ",".join(map(str, PROMPT))]
+    assert main([*tuned, "--genai", "--zeros", "round", "--out", fast_want[1], "-q"]) == 0
+    capsys.readouterr()
+    assert main([*fast_want, "--max-new-tokens", str(NEW)]) == 0
+    expected = capsys.readouterr().out
+    cmd = ["generate", str(fast), "--ids", ",".join(map(str, PROMPT)), "--adapter", str(adapter)]
+    assert main([*cmd, "--max-new-tokens", str(NEW)]) == 0
+    assert capsys.readouterr().out == expected
+    assert main(cmd[:-2] + ["--max-new-tokens", str(NEW)]) == 0
+    assert capsys.readouterr().out != expected  # the base alone
     code = main([*export, "--adapter-inputs", "zeros", "--accuracy-level", "4", "-q"])
     assert code == 2 and "accuracy_level 4" in capsys.readouterr().err

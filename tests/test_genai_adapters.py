@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from test_genai import VOCAB, _quiet, llama, og
@@ -152,9 +153,40 @@ def test_a_foreign_adapter_or_fine_tune_is_refused(case, tmp_path):
     g16 = tuned(case["float_model"], 2, 64, seed=1, group=16)
     with pytest.raises(lrc.ExportError, match="is not the base's|must be the base's"):
         lrc.export_adapter(g16, case["base_dir"], tmp_path / "g16.onnx_adapter")
-    with pytest.raises(lrc.ExportError, match="no overridable zero points"):
-        lrc.export_adapter(case["tunes"]["a"], case["plain_dir"], tmp_path / "y.onnx_adapter")
+    with pytest.raises(lrc.AdapterError, match="not an overridable input"):
+        lrc.runtime.load(case["plain_dir"]).load_adapter(case["files"]["a"], route="feeds")
     assert not list(tmp_path.glob("*.onnx_adapter*"))
+
+
+def read(path):
+    params = ort.AdapterFormat.read_adapter(str(path)).get_parameters()
+    return {n: v.numpy() for n, v in params.items()}
+
+
+def test_a_level_4_base_runs_each_adapter_in_its_own_session(case, tmp_path):
+    """The session route: onnxruntime's level-4 kernel takes zero points only as constants, so
+    each adapter gets a session with its tensors as constants; its tokens are its folded level-4
+    file's, and switching leaves the base as it was."""
+    fast = export_genai(case["base"], tmp_path / "fast", accuracy_level=4)
+    session = lrc.runtime.load(fast)
+    for name in ("a", "b"):  # written over the swappable base: the same weights digest
+        session.load_adapter(case["files"][name], name)
+    want = {
+        n: tokens(
+            lrc.runtime.load(export_genai(case["tunes"][n], tmp_path / n, accuracy_level=4)),
+            case["prompt"],
+        )
+        for n in ("a", "b")
+    }
+    want[None] = tokens(lrc.runtime.load(fast), case["prompt"])
+    assert want["a"] != want["b"] != want[None]
+    for name in ("a", None, "b", "a", None):
+        assert tokens(session, case["prompt"], name) == want[name]
+    # an adapter written over the level-4 base holds the same tensors
+    again = read(lrc.export_adapter(case["tunes"]["a"], fast, tmp_path / "a4.onnx_adapter"))
+    first = read(case["files"]["a"])
+    assert sorted(again) == sorted(first)
+    assert all(np.array_equal(again[n], first[n]) for n in first)
 
 
 def test_trained_scales_need_a_base_that_exposes_them(case, tmp_path):

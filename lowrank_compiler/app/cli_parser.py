@@ -256,6 +256,12 @@ def _add_generate(sub, quiet) -> None:
     g.add_argument(
         "--seed", type=int, default=None, help="the sampler's seed: the same seed, the same tokens"
     )
+    g.add_argument(
+        "--adapter",
+        metavar="FILE",
+        default=None,
+        help="apply this adapter of the folder (an .onnx_adapter 'export --adapter' wrote)",
+    )
     g.set_defaults(fn=commands_genai.run_generate)
 
 

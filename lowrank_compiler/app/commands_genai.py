@@ -86,6 +86,7 @@ def run_generate(args) -> int:
     prompt, tokenizer = _prompt(args)
     stream = _streamer(tokenizer)
     session = load(args.dir)
+    adapter = None if args.adapter is None else session.load_adapter(args.adapter)
     if tokenizer is not None:
         print(args.prompt, end="", flush=True)
     session.generate(
@@ -97,6 +98,7 @@ def run_generate(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         streamer=stream,
+        adapter=adapter,
     )
     print()
     return 0

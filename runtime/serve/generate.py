@@ -49,7 +49,7 @@ import torch
 from ..errors import ModelFileError
 from ..onnx.file import read_model
 from ..quant.formats import check_accuracy_level
-from .adapters import AdapterSlots, swappable
+from .adapters import AdapterSlots, constant_tensors, swappable
 from .decoding import check_sampling, eos_set, prompt_arrays, sample, streamer_put
 from .providers import default_providers
 
@@ -92,15 +92,21 @@ class DecoderSession(AdapterSlots):
         accuracy_level: int | None = None,
     ):
         self.path = Path(path)
-        self._loaded: dict[str, dict] = {}  # adapters by name (load_adapter)
+        self._loaded = {}  # adapters by name (load_adapter)
         if accuracy_level is not None:
             check_accuracy_level(accuracy_level)
         decoder, filename = self._read_config(self.path / CONFIG)
         self._read_names(decoder, self.path / CONFIG)
-        options = _session_options(decoder.get("session_options", {}), threads, accuracy_level)
-        if swappable(self.path):  # onnxruntime warns once per overridable zero point: expected
-            options.log_severity_level = 3
-        self._open(filename, options, providers)
+        quiet = swappable(self.path)  # onnxruntime warns once per overridable zero point
+
+        def options() -> ort.SessionOptions:
+            made = _session_options(decoder.get("session_options", {}), threads, accuracy_level)
+            if quiet:
+                made.log_severity_level = 3
+            return made
+
+        self._options = options
+        self._open(filename, options(), providers)
 
     def _read_config(self, config_path: Path) -> tuple[dict, str]:
         """The cache's sizes, ``context_length`` and token ids from ``genai_config.json``;
@@ -159,15 +165,12 @@ class DecoderSession(AdapterSlots):
     def _open(self, filename: str, options: ort.SessionOptions, providers: list[str] | None):
         """The onnxruntime session of the folder's graph, and the inputs it takes."""
         # checked first: missing, truncated, or data outside the folder
-        read_model(self.path / filename)
+        self._constants = constant_tensors(read_model(self.path / filename))
+        self._file, self._providers = self.path / filename, providers or default_providers()
         try:
-            self.session = ort.InferenceSession(
-                str(self.path / filename), options, providers=providers or default_providers()
-            )
+            self.session = ort.InferenceSession(str(self._file), options, providers=self._providers)
         except Exception as e:
-            raise ModelFileError(
-                f"onnxruntime cannot load {str(self.path / filename)!r}: {e}"
-            ) from e
+            raise ModelFileError(f"onnxruntime cannot load {str(self._file)!r}: {e}") from e
         self.input_types = {i.name: _NP.get(i.type) for i in self.session.get_inputs()}
         missing = [n for n in [self.ids_name, *self.past_names] if n not in self.input_types]
         if missing:
@@ -176,6 +179,13 @@ class DecoderSession(AdapterSlots):
             )
         self.kv_dtype = self.input_types[self.past_names[0]] or np.float32
         self.output_names = [self.logits_name, *self.present_names]
+
+    def _new_session(self, hook) -> ort.InferenceSession:
+        """Another session of the folder's graph with the same options, after ``hook(options)``
+        (an adapter's own session: ``AdapterSlots``)."""
+        options = self._options()
+        hook(options)
+        return ort.InferenceSession(str(self._file), options, providers=self._providers)
 
     def empty_past(self, batch: int, length: int | None = None) -> list:
         """An empty cache: zero-length numpy arrays, or for shared buffers zeroed ``OrtValue``s
@@ -216,25 +226,26 @@ class DecoderSession(AdapterSlots):
             feeds[self.pos_name] = np.ascontiguousarray(
                 position_ids, self.input_types[self.pos_name]
             )
-        feeds.update(self.adapter_feeds(adapter))
+        session, overrides = self.adapter_run(adapter)
+        feeds.update(overrides)
         if not self.shared:
             feeds.update(zip(self.past_names, past))
-            out = self.session.run(self.output_names, feeds)
+            out = session.run(self.output_names, feeds)
             return out[0], out[1:]
-        if adapter is not None:  # IO binding takes no overridden initializer: the cache is copied
+        if overrides:  # IO binding takes no overridden initializer: the cache is copied
             values = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in feeds.items()}
-            out = self.session.run_with_ort_values(
+            out = session.run_with_ort_values(
                 self.output_names, {**values, **dict(zip(self.past_names, past))}
             )
             return out[0].numpy(), list(out[1:])
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         for name, array in feeds.items():  # feeds stays referenced until the run is over
             binding.bind_cpu_input(name, array)
         binding.bind_output(self.logits_name)  # first: get_outputs() follows the binding order
         for past_name, present_name, buffer in zip(self.past_names, self.present_names, past):
             binding.bind_ortvalue_input(past_name, buffer)
             binding.bind_ortvalue_output(present_name, buffer)  # the same buffer: updated in place
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy(), past
 
     def generate(
@@ -264,7 +275,7 @@ class DecoderSession(AdapterSlots):
         float32 arrays (as HF's ``output_logits=True``).
         adapter: a loaded adapter's name (``load_adapter``), applied to every step; None: the base.
         """
-        self.adapter_feeds(adapter)  # an unknown name fails before any work
+        self.adapter_run(adapter)  # an unknown name fails before any work
         ids, mask = prompt_arrays(input_ids, attention_mask)
         batch, prompt = ids.shape
         self._check_length(prompt, max_new_tokens)
