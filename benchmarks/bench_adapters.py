@@ -24,8 +24,8 @@ session (``ours-acc4+tN``, ``load_adapter``'s session route), with the RSS each 
 Each round every configuration once, interleaved (a fresh generator, a random prompt of
 ``--context`` tokens, ``--new`` tokens; decode ms/token = the median of steps 2..new); medians
 of the rounds; ratios are the medians of the rounds' ratios. Memory: the process RSS after
-loading each adapter into one ``og.Adapters`` (and into one ``DecoderSession``). CPU flags
-printed.
+loading each adapter into one ``og.Adapters``, and (our loop, run in a fresh process so that
+freed memory is not reused) into one ``DecoderSession``. CPU flags printed.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def measure_ours(args, folders: dict, adapters: list[Path], log) -> dict:
     rng = np.random.default_rng(1)
     decode: dict[str, list[float]] = {k: [] for k in runs}
     tokens = {}
-    for r in range(-1, args.rounds):
-        log(f"  our loop: round {r + 1} of {args.rounds}" if r >= 0 else "  our loop: warm-up")
+    for r in range(-1, args.our_rounds):
+        log(f"  our loop: round {r + 1} of {args.our_rounds}" if r >= 0 else "  our loop: warm-up")
         prompt = rng.integers(4, 512, args.context).tolist()
         for name, (session, adapter) in runs.items():
             time.sleep(0.1)  # the previous run's threads stop spinning
@@ -187,6 +187,14 @@ def measure_ours(args, folders: dict, adapters: list[Path], log) -> dict:
         "session_rss_bytes": rss,
         "same_tokens_as_folded": tokens["ours-acc4+t0"] == tokens["ours-folded-acc4"],
     }
+
+
+def in_child(fn, *args):
+    """``fn(*args, print)`` in a fresh process: its RSS counts only what it loads."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, (*args, print))
 
 
 def rss_bytes() -> int:
@@ -251,6 +259,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--adapters", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--our-rounds", type=int, default=15, help="rounds of our loop (a run is ~0.2 s: more)"
+    )
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -259,7 +270,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folders, adapters, sizes = build(args, Path(tmp), print)
         result = {**measure(args, folders, adapters, print), "sizes": sizes}
-        result["ours"] = measure_ours(args, folders, adapters, print)
+        result["ours"] = in_child(measure_ours, args, folders, adapters)
     text = report(result, args)
     print(text)
     if args.out:

@@ -44,8 +44,7 @@ from torch import nn
 from .api import compile_info
 from .runtime.errors import ExportError
 from .runtime.files import commit, staged_file, write_atomic
-from .runtime.onnx.adapter_inputs import adapter_tensors
-from .runtime.onnx.file import read_model
+from .runtime.onnx.file import adapter_tensors, read_model
 from .runtime.onnx.integrity import DIGEST
 from .runtime.quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
 

@@ -17,7 +17,18 @@ def test_the_adapters_benchmark_runs_small(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import bench_adapters
 
-    args = ["--hidden", "256", "--layers", "1", "--adapters", "2", "--rounds", "1"]
+    args = [
+        "--hidden",
+        "256",
+        "--layers",
+        "1",
+        "--adapters",
+        "2",
+        "--rounds",
+        "1",
+        "--our-rounds",
+        "1",
+    ]
     result = bench_adapters.main([*args, "--context", "16", "--new", "4", "--out", str(tmp_path)])
     assert result["same_tokens_as_folded"] is True
     assert set(result["decode_ms"]) == {

@@ -17,14 +17,12 @@ constants, so at that level an overridden value is ignored without an error.
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from ..errors import ExportError
 from ..quant.formats import ADAPTER_INPUTS
-from .matmulnbits import DOMAIN
+from .file import adapter_tensors
 from .passes import OnnxPassResult, OnnxPassSpec, register_onnx_pass
-
-ZEROS, SCALES = 3, 2  # MatMulNBits' input positions
 
 
 def check_adapter_inputs(value: str, accuracy_level: int, format: str) -> None:
@@ -50,22 +48,6 @@ def check_adapter_inputs(value: str, accuracy_level: int, format: str) -> None:
 def adapter_pass(value: str) -> OnnxPassSpec:
     """The pass that writes ``adapter_inputs=value``."""
     return OnnxPassSpec("expose-adapter-inputs", {"scales": value == "zeros+scales"})
-
-
-def adapter_tensors(model: onnx.ModelProto, scales: bool = False) -> list[str]:
-    """The initializers an integer-zero adapter may change: each MatMulNBits' uint8 zero points
-    (and float scales with ``scales``), in node order."""
-    inits = {i.name: i for i in model.graph.initializer}
-    names: list[str] = []
-    for node in model.graph.node:
-        if node.op_type != "MatMulNBits" or node.domain != DOMAIN or len(node.input) <= ZEROS:
-            continue
-        zeros = inits.get(node.input[ZEROS])
-        if zeros is None or zeros.data_type != TensorProto.UINT8:
-            continue  # float zero points or none: no integer-zero adapter applies
-        wanted = [node.input[ZEROS]] + ([node.input[SCALES]] if scales else [])
-        names += [n for n in wanted if n in inits and n not in names]
-    return names
 
 
 @register_onnx_pass(

@@ -9,6 +9,9 @@
   elsewhere must not make us, or onnxruntime after us, read arbitrary files.
 
 Only then, with ``external_data=True``, are the weights read from beside the file.
+
+``adapter_tensors(model)`` names what an integer-zero adapter may replace in a file: each
+MatMulNBits' uint8 zero points (and scales), read from the graph alone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import onnx
 
 from ..errors import ModelFileError
 from ..quant.formats import METADATA_KEY
+from .matmulnbits import DOMAIN
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -93,3 +97,22 @@ def read_metadata(path: str | os.PathLike) -> dict:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
     return {}
+
+
+ZEROS, SCALES = 3, 2  # MatMulNBits' input positions
+
+
+def adapter_tensors(model: onnx.ModelProto, scales: bool = False) -> list[str]:
+    """The initializers an integer-zero adapter may change: each MatMulNBits' uint8 zero points
+    (and float scales with ``scales``), in node order."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names: list[str] = []
+    for node in model.graph.node:
+        if node.op_type != "MatMulNBits" or node.domain != DOMAIN or len(node.input) <= ZEROS:
+            continue
+        zeros = inits.get(node.input[ZEROS])
+        if zeros is None or zeros.data_type != onnx.TensorProto.UINT8:
+            continue  # float zero points or none: no integer-zero adapter applies
+        wanted = [node.input[ZEROS]] + ([node.input[SCALES]] if scales else [])
+        names += [n for n in wanted if n in inits and n not in names]
+    return names

@@ -32,7 +32,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..errors import AdapterError
-from ..onnx.adapter_inputs import adapter_tensors
+from ..onnx.file import adapter_tensors
 from ..quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
 
 ROUTES = ("auto", "feeds", "session")
