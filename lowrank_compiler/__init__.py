@@ -7,6 +7,7 @@ print(lrc.summary(model))
 
 from .adapters import load_adapters, save_adapters
 from .api import CompileInfo, compile, compile_info, fold
+from .dump_draw import layer_svg
 from .errors import LintError, ModelSpecError, PassError, PassInputError, PipelineError, TraceError
 from .export import OnnxReport, export_onnx, inspect_onnx
 from .genai import export_genai
@@ -33,6 +34,7 @@ from .trace import trace
 __version__ = "0.1.0"
 
 __all__ = [
+    "layer_svg",
     "AdapterError",
     "adapter_checkpoints",
     "CompileInfo",

@@ -22,6 +22,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+from .dump_figures import index_figures, page_drawings
+from .dump_ops import Op
 from .dump_views import Row, fx_rows, onnx_rows
 
 INDEX = "index.html"
@@ -29,44 +31,49 @@ _NEXT = "<!--next-->"  # where a page's link to the following one goes once that
 _ENTRY = re.compile(r'<script type="application/json" id="lrc-pass">(.*?)</script>', re.S)
 
 _CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe
-UI",sans-serif;margin:0;background:#f6f7fb;color:#1d2433}
+body{font:14px/1.45 system-ui,-apple-system,sans-serif;margin:0;background:#f6f7fb;color:#1d2433}
 header{background:#1f2a44;color:#fff;padding:14px 24px}
-header h1{font-size:20px;margin:0 0 4px}header
-.sub{color:#b9c3dc;font-family:ui-monospace,monospace;font-size:12px}
+header h1{font-size:20px;margin:0 0 4px}
+header .sub{color:#b9c3dc;font-family:ui-monospace,monospace;font-size:12px}
 nav{padding:8px 24px;background:#e7ebf5;font-size:13px}nav a{margin-right:18px;color:#2747a8}
 main{padding:16px 24px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin-bottom:14px}
-.card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 3px
-#0002;min-width:110px}
-.card b{display:block;font-size:22px}.card span{color:#5a6478;font-size:12px}
+.card{background:#fff;border-radius:8px;padding:10px 14px;box-shadow:0 1px 3px #0002}
+.card{min-width:110px}.card b{display:block;font-size:22px}.card span{color:#5a6478;font-size:12px}
 .card.added b{color:#1f8a4c}.card.rewritten b{color:#b07800}.card.removed b{color:#c0392b}
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 3px #0002;width:100%}
-th{background:#33415f;color:#fff;text-align:left;padding:6px
-8px;font-weight:600;position:sticky;top:0}
-td{padding:3px 8px;border-bottom:1px solid
-#e6e9f0;vertical-align:top;font-family:ui-monospace,monospace;font-size:12px}
+th{background:#33415f;color:#fff;text-align:left;padding:6px 8px;font-weight:600}
+th{position:sticky;top:0}
+td{padding:3px 8px;border-bottom:1px solid #e6e9f0;vertical-align:top}
+td{font-family:ui-monospace,monospace;font-size:12px}
 td.num,td.kind{white-space:nowrap}td.in{overflow-wrap:anywhere;min-width:200px}
 tr.added td{background:#dff5e7}tr.added td:first-child{border-left:4px solid #1f8a4c}
 tr.rewritten td{background:#fff1cc}tr.rewritten td:first-child{border-left:4px solid #d99a00}
 tr.removed td{background:#fde4e1;text-decoration:line-through}
 .op{border-radius:4px;padding:0 5px;color:#fff;font-size:11px}
 .op-placeholder,.op-output{background:#5b6b8c}.op-call_module{background:#7b4fb8}
-.op-call_function{background:#16867f}.op-standard{background:#16867f}.op-custom{background:#7b4fb8}.op-call_method{background:#3d5bd1}.op-get_attr{background:#9a6b2f}
-.strip{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:8px;margin-bottom:14px}
-.legend span{display:inline-block;margin-right:14px}.legend
-i{display:inline-block;width:12px;height:12px;
-border-radius:2px;margin-right:4px;vertical-align:-1px}
-ul.report{font-family:ui-monospace,monospace;font-size:12px;background:#fff;padding:10px 10px 10px
-28px;
-border-radius:8px;box-shadow:0 1px 3px #0002;max-height:320px;overflow:auto}
-table.stats{width:auto;min-width:320px;box-shadow:none}.stats
-td:first-child{font-weight:600;white-space:nowrap}
-.index td:nth-child(2){max-width:360px;overflow-wrap:anywhere}details
-summary{cursor:pointer;color:#2747a8}
+.op-call_function,.op-standard{background:#16867f}.op-custom{background:#7b4fb8}
+.op-call_method{background:#3d5bd1}.op-get_attr{background:#9a6b2f}
+.strip{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;padding:8px}
+.strip{margin-bottom:14px}
+.legend span{display:inline-block;margin-right:14px}
+.legend i{display:inline-block;width:12px;height:12px;border-radius:2px;margin-right:4px}
+.legend i{vertical-align:-1px}
+ul.report{font-family:ui-monospace,monospace;font-size:12px;background:#fff;border-radius:8px}
+ul.report{padding:10px 10px 10px 28px;box-shadow:0 1px 3px #0002;max-height:320px;overflow:auto}
+table.stats{width:auto;min-width:320px;box-shadow:none}
+.stats td:first-child{font-weight:600;white-space:nowrap}
+.index td:nth-child(2){max-width:360px;overflow-wrap:anywhere}
+details summary{cursor:pointer;color:#2747a8}
 #only:checked ~ table.graph tr.same{display:none}label{font-size:13px}table.graph{margin-top:8px}
 h2{font-size:16px;margin:18px 0 8px}a{color:#2747a8}
+figure.layer{background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002;margin:0 0 14px}
+figure.layer{padding:10px 14px;overflow-x:auto}
+figure.layer figcaption{font-size:13px;margin-bottom:6px}
+.ba{display:flex;align-items:flex-start;gap:18px}.ba .arrow{font-size:28px;color:#5a6478}
+.ba .arrow{align-self:center}.ba svg,.ba img{flex:none}
 """
+
 
 _STRIP_COLOURS = {"added": "#1f8a4c", "rewritten": "#e0a100", "same": "#c5cbd8"}
 
@@ -223,8 +230,16 @@ class HtmlDump:
         changes: dict | None = None,
         before: dict[str, str] | None = None,
         modified: bool | None = None,
+        ops: tuple[list[Op] | None, list[Op]] | None = None,
+        draw: dict | None = None,
+        by: str = "layers",
     ) -> Path:
+        """One pass's page; ``ops``: the graph before and after as drawable ops, of which the
+        parts ``draw`` (default: ``changes``) touches are drawn, ``by`` layers or regions."""
         file = f"{index:02d}-{name}.html"
+        drawings, figure = page_drawings(
+            self.write, self.dir, index, name, changes if draw is None else draw, ops, by
+        )
         entry = {
             "index": index,
             "name": name,
@@ -235,6 +250,7 @@ class HtmlDump:
             "nodes": len(rows),
             "stats": stats or {},
             "changes": {k: len(v) for k, v in (changes or {}).items()},
+            "figure": figure,
         }
         previous = self.entries[-1] if self.entries else None
         nav = f'<a href="{INDEX}">index</a>'
@@ -242,7 +258,9 @@ class HtmlDump:
             nav = (
                 f'<a href="{_esc(previous["file"])}">&larr; {_esc(previous["file"][:-5])}</a>' + nav
             )
-        body = _cards(entry) + _body(rows, stats or {}, list(report), changes, before or {})
+        body = _cards(entry) + _body(
+            rows, stats or {}, list(report), changes, before or {}, drawings
+        )
         self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body, entry))
         if previous is not None:
             self._link_next(self.dir / previous["file"], file)
@@ -262,9 +280,15 @@ class HtmlDump:
 
 
 def _body(
-    rows: list[Row], stats: dict, report: list[str], changes: dict | None, before: dict[str, str]
+    rows: list[Row],
+    stats: dict,
+    report: list[str],
+    changes: dict | None,
+    before: dict[str, str],
+    drawings: str = "",
 ) -> str:
-    parts = ["<h2>Stats</h2>", stats_table(stats)]
+    parts = [drawings] if drawings else []
+    parts += ["<h2>Stats</h2>", stats_table(stats)]
     if report:
         parts += [
             "<h2>Report</h2>",
@@ -319,7 +343,8 @@ def _index_row(e: dict) -> str:
         f'href="{_esc(e["file"])}">{_esc(e["name"])}</a> '
         "<small>(<a "
         f'href="{_esc(e["text"])}">text</a>)</small><br><small>{_esc(e["title"])}</small></td>'
-        f"<td>{_esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td><td>{stats_table(e['stats'])}</td></tr>"
+        f"<td>{_esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td>"
+        f"<td>{stats_table(e['stats'])}</td></tr>"
     )
 
 
@@ -332,7 +357,8 @@ def render_index(entries: list[dict]) -> str:
         f'<table class="index">{head}\n' + "\n".join(_index_row(e) for e in entries) + "</table>"
     )
     subtitle = " → ".join(e["name"] for e in entries)
-    return _page("lowrank-compiler passes", subtitle, f'<a href="{INDEX}">index</a>', table)
+    body = index_figures(entries) + table
+    return _page("lowrank-compiler passes", subtitle, f'<a href="{INDEX}">index</a>', body)
 
 
 __all__ = ["HtmlDump", "render_index", "stats_table", "status_of"]

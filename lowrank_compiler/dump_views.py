@@ -15,7 +15,7 @@ from typing import Any
 import onnx
 import torch.fx as fx
 
-from .passes.helpers import graph as G
+from .dump_ops import fx_layer, onnx_layer
 from .runtime.onnx.inspection import value_types
 from .runtime.onnx.passes import node_key
 
@@ -83,18 +83,9 @@ def _shape(node: fx.Node) -> str:
     return f"{dt}[{', '.join(str(d) for d in shape)}]"
 
 
-def _layer(node: fx.Node) -> str:
-    if node.meta.get(G.ADAPTER):
-        return str(node.meta[G.ADAPTER])
-    if node.op == "call_module":
-        return str(node.target)
-    stack = node.meta.get("nn_module_stack")
-    return str(list(stack.values())[-1][0]) if stack else ""
-
-
 def fx_rows(gm: fx.GraphModule) -> list[Row]:
     return [
-        Row(n.name, n.name, n.op, n.op, _target(n), _inputs(n), _shape(n), _layer(n))
+        Row(n.name, n.name, n.op, n.op, _target(n), _inputs(n), _shape(n), fx_layer(n))
         for n in gm.graph.nodes
     ]
 
@@ -103,6 +94,7 @@ def onnx_rows(model: onnx.ModelProto) -> list[Row]:
     """One row per node; inputs made by a node link to its row, initializers show their type."""
     types = value_types(model)
     producer = {o: node_key(n) for n in model.graph.node for o in n.output if o}
+    inits = {t.name for t in model.graph.initializer}
     rows = []
     for n in model.graph.node:
         ins = []
@@ -116,7 +108,7 @@ def onnx_rows(model: onnx.ModelProto) -> list[Row]:
         domain = n.domain if n.domain not in ("", "ai.onnx") else ""
         op = f"{domain}::{n.op_type}" if domain else n.op_type
         shape = ", ".join(types.get(o, "?") for o in n.output if o)
-        layer = n.name.rsplit("/", 1)[0].strip("/") if "/" in n.name else ""
+        layer = onnx_layer(n, inits)
         rows.append(
             Row(
                 node_key(n),

@@ -19,10 +19,12 @@ from pathlib import Path
 import torch.fx as fx
 
 from .dump_html import HtmlDump
+from .dump_ops import Op, fx_ops, onnx_ops
 from .passes import PassResult
 from .runtime.files import make_dir, write_atomic
 from .runtime.onnx.passes import OnnxPassResult, OnnxPassSpec
 
+LOWERED = ("MatMulNBits", "GatherBlockQuantized", "DequantizeLinear")
 _NUMBERED = re.compile(r"^(\d\d)-.+\.txt$")
 
 
@@ -45,6 +47,12 @@ class DumpWriter:
         make_dir(self.dir, "dump_dir")
         self.next = next_index(self.dir) if first is None else first
         self.html = HtmlDump(self.dir, max(self.next, 1), write_atomic)
+        self._before: dict[str, list[Op] | None] = {"fx": None, "onnx": None}
+
+    def snapshot(self, gm: fx.GraphModule) -> None:
+        """Keep ``gm`` as drawable ops before a pass that may rewrite it in place: the next
+        FX page draws its rewritten layers before and after."""
+        self._before["fx"] = fx_ops(gm)
 
     def reserve(self) -> int:
         """The next number, taken (a pass whose dump is written after the ONNX stage it ran)."""
@@ -53,12 +61,19 @@ class DumpWriter:
 
     def fx(self, index: int, name: str, text: str, gm: fx.GraphModule, **page) -> None:
         write_atomic(self.dir / f"{index:02d}-{name}.txt", text)
-        self.html.page(index, name, self.html.fx_view(gm), **page)
+        after = fx_ops(gm)
+        self.html.page(index, name, self.html.fx_view(gm), ops=(self._before["fx"], after), **page)
+        self._before["fx"] = after
 
     def onnx(self, spec: OnnxPassSpec, result: OnnxPassResult, changes: dict, text: str) -> None:
         """The ONNX stage's ``dump`` (``runtime.onnx.passes.DumpFn``)."""
         index = self.reserve()
         write_atomic(self.dir / f"{index:02d}-{spec.name}.txt", text)
+        after = onnx_ops(result.model)
+        before = self._before["onnx"] if changes else None  # the first page: as exported
+        self._before["onnx"] = after
+        # the first page draws each quantized layer as torch's export lowered it
+        draw = changes or {"added": [o.name for o in after if o.label in LOWERED]}
         self.html.page(
             index,
             spec.name,
@@ -68,6 +83,9 @@ class DumpWriter:
             report=result.report,
             changes=changes,
             modified=result.modified,
+            ops=(before, after),
+            draw=draw,
+            by="regions" if changes else "layers",
         )
 
 

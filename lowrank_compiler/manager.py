@@ -89,6 +89,8 @@ class PassManager:
         for step, spec in enumerate(self.pipeline.passes, start=1):
             index = dumps.reserve() if dumps is not None else None
             before = signature(gm)
+            if dumps is not None:
+                dumps.snapshot(gm)
             try:
                 result = get_pass(spec.name).fn(gm, **spec.options)
                 if not isinstance(result, PassResult):

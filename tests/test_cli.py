@@ -189,6 +189,8 @@ def test_python_factory_dump_and_quiet_compile(tmp_path, capsys):
         "00-trace.txt",
         "01-find-linears.html",
         "01-find-linears.txt",
+        "02-insert-lora.after.svg",  # the first rewritten layer, drawn for the index
+        "02-insert-lora.before.svg",
         "02-insert-lora.html",
         "02-insert-lora.txt",
         "index.html",

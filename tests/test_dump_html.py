@@ -64,7 +64,8 @@ def test_index_links_every_pass_in_order_with_its_stats(dumps):
     expected = ["00-trace", "01-find-linears", "02-insert-lora", "03-fold"]
     index = _read(dumps / "index.html")
     pages = [h[:-5] for h in index.links if re.fullmatch(r"\d\d-[a-z-]+\.html", h)]
-    assert pages == expected
+    drawn = ["02-insert-lora", "03-fold"]  # the passes that rewrote a layer, drawings first
+    assert pages == drawn + expected
     assert [h[:-4] for h in index.links if h.endswith(".txt")] == expected
     for name in expected:
         assert (dumps / f"{name}.html").is_file() and (dumps / f"{name}.txt").is_file()
@@ -183,3 +184,50 @@ def test_pages_render_in_headless_chromium_and_are_not_blank(dumps, tmp_path):
         _screenshot(dumps / f"{name}.html", tmp_path / f"{name}.png")
         colours, ink = _ink(tmp_path / f"{name}.png")
         assert colours >= 50 and ink >= 0.05, (name, colours, ink)  # a blank page: < 0.01
+
+
+def _svg_counts(page: Path, tmp: Path) -> list[tuple[int, int, int]]:
+    """Per layer drawing on ``page`` as headless Chromium lays it out: (nodes, nodes drawn with
+    a non-empty box, ports)."""
+    probe = tmp / f"probe-{page.name}"
+    script = (
+        "<script>document.body.dataset.counts = JSON.stringify([...document.querySelectorAll("
+        "'figure.layer svg')].map(s => [s.querySelectorAll('g.node').length, "
+        "[...s.querySelectorAll('g.node')].filter(g => g.getBBox().width > 10).length, "
+        "s.querySelectorAll('g.port').length]));</script></body>"
+    )
+    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", script))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"]
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(
+            [*cmd, f"--user-data-dir={profile}", probe.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    found = re.search(r'data-counts="([^"]*)"', done.stdout)
+    assert found, done.stderr[-2000:]
+    import html
+    import json
+
+    return [tuple(x) for x in json.loads(html.unescape(found.group(1)))]
+
+
+@pytest.mark.skipif(
+    _chromium() is None, reason="no chromium binary (Debian: apt-get install chromium)"
+)
+def test_a_rewritten_layer_is_drawn_with_a_box_per_node_in_chromium(dumps, tmp_path):
+    """insert-lora's page draws q_proj before (one Linear) and after (the nodes the pass
+    inlined for it), every node a box Chromium lays out; the subgraph is counted on a fresh
+    compile's graph, not read back from the drawing."""
+    from lowrank_compiler.passes.helpers import graph as G
+
+    model = lrc.compile(tiny_gpt(), lrc.Policy(method="lora", rank=4, alpha=8))
+    graph = lrc.compile_info(model).graph
+    layer = "blocks.0.attn.q_proj"
+    inlined = [n for n in graph.graph.nodes if n.meta.get(G.ADAPTER) == layer]
+    assert len(inlined) == 8  # base, dropout, A, A x, B, B x, scale, add
+    counts = _svg_counts(dumps / "02-insert-lora.html", tmp_path)
+    assert counts[:2] == [(1, 1, 2), (len(inlined), len(inlined), 2)]  # in and out ports
+    fold = _svg_counts(dumps / "03-fold.html", tmp_path)
+    assert fold[:2] == [(len(inlined), len(inlined), 2), (1, 1, 2)]

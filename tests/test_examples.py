@@ -83,3 +83,14 @@ def test_llm_finetune_example_short_setting(tmp_path):
     (row,) = result["rows"]
     assert row["tokens_ours_eq_torch"] is True and (tmp_path / "results.md").is_file()
     assert (tmp_path / "best" / "genai_config.json").is_file()
+
+
+def test_layer_drawing_example_draws_the_layer_and_keeps_pages_small(tmp_path):
+    """MiniLM under LR-QAT then fold: the layer before (lrqat_linear) and after (IntLinear), and
+    no dump page over 2 MB."""
+    result = load("layer_drawing").main(["--out", str(tmp_path)])
+    page = result["page"].read_text()
+    assert page.count('<g class="node') >= 8  # lrqat_linear and its 7 tensors, then IntLinear
+    assert "lrqat_linear" in page and "IntLinear (bits 4, group_size 32)" in page
+    sizes = {p.name: p.stat().st_size for p in result["dumps"].glob("*.html")}
+    assert len(sizes) >= 5 and max(sizes.values()) < 2 * 2**20, sizes

@@ -168,6 +168,8 @@ def test_dumps_one_file_per_pass_with_header_and_graph(tmp_path):
         "00-trace.txt",
         "01-find-linears.html",
         "01-find-linears.txt",
+        "02-insert-lora.after.svg",  # the first rewritten layer, drawn for the index
+        "02-insert-lora.before.svg",
         "02-insert-lora.html",
         "02-insert-lora.txt",
         "index.html",

@@ -8,6 +8,7 @@ Commands:
   generate FOLDER --prompt TEXT         generate from such a folder, streaming the tokens
   inspect  model.onnx | DIR             an ONNX file's report, a directory's layer table
   dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
+  dump     ... --view                   then the compiled model in Model Explorer, by pass
   demo     the distillation job: MiniLM, LR-QAT INT4, train, fold, ONNX, onnxruntime, one table
   demo code-search   MiniLM fine-tuned for code search; every way to INT4 measured
   toy      compile the built-in small GPT with LoRA and print the summary

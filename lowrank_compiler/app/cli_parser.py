@@ -77,7 +77,8 @@ def _add_model_commands(sub, quiet) -> None:
                 "(adapters and quantized weights; the base model's own weights are not copied), "
                 "and dumps/ with --dump."
                 if name == "compile"
-                else ": NN-<pass>.txt and pipeline.txt, nothing else."
+                else ": NN-<pass>.txt and pipeline.txt, nothing else; --view then opens the "
+                "compiled model in Model Explorer, each node coloured by the pass that made it."
             ),
             epilog=f"example: lowrank-compiler {name} ./llama --policy qalora.toml --out out/llama",
         )
@@ -97,7 +98,37 @@ def _add_model_commands(sub, quiet) -> None:
                 action="store_true",
                 help="also write the graph after every pass to DIR/dumps",
             )
+        else:
+            _add_view_options(p)
         p.set_defaults(fn=fn)
+
+
+def _add_view_options(p) -> None:
+    """``dump --view``: the dumps as Model Explorer node data over the compiled model."""
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--view",
+        action="store_true",
+        help="then open the compiled model in Model Explorer (pip install "
+        "'lowrank-compiler[view]') with DIR/explorer-passes.json and explorer-report.json laid "
+        "over it; serves until Ctrl+C",
+    )
+    how.add_argument(
+        "--overlay-only",
+        action="store_true",
+        help="write those two files (Model Explorer node data) into DIR, open nothing",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="--view: the viewer's port (8080, the default, moves to the next free one)",
+    )
+    p.add_argument(
+        "--no-browser",
+        action="store_true",
+        help="--view: only print the address (a machine without a browser)",
+    )
 
 
 def _add_fold(sub, quiet) -> None:

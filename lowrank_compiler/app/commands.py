@@ -61,15 +61,24 @@ def run_compile(args) -> int:
 
 
 def run_dump(args) -> int:
+    from ..dump_explorer import program, require_viewer, view, write_overlays
     from ..runtime.files import staged_dir
     from ..runtime.progress import Steps
     from .compiled_dir import build
 
     policy, spec = _inputs(args)
+    if args.view:
+        require_viewer()  # before the model is built: a missing package fails at once
     with staged_dir(args.out, marker="pipeline.txt") as tmp, Steps("dump") as steps:
-        build(spec, policy, dump_dir=tmp, on_step=steps.start)
+        c = build(spec, policy, dump_dir=tmp, on_step=steps.start)
+        if args.view or args.overlay_only:
+            steps.start("overlay")
+            shown = program(c.model, c.example_inputs, c.example_kwargs)
+            write_overlays(tmp, shown)
         names = sorted(p.name for p in tmp.iterdir())
     say(args, f"graph dumps written to {args.out}: {', '.join(names)}")
+    if args.view:
+        view(shown, args.out, port=args.port, open_browser=not args.no_browser)
     return 0
 
 
