@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from . import report_genai
+from . import bench_adapters, report_genai
 from .common import fmt_bytes, fmt_ms, machine_line
 
 LEVELS = ("acc0", "acc4")
@@ -57,6 +57,9 @@ def targets(result: dict) -> list[tuple[str, str, str]]:
     gen = _ok(result, "genai")
     if gen:
         rows += report_genai.targets(gen, _verdict)
+    adapters = _ok(result, "adapters")
+    if adapters:
+        rows += bench_adapters.targets(adapters, _verdict)
     return rows
 
 
@@ -526,6 +529,7 @@ PLOTS = {
     "training": "training.png",
     "compile": "compile.png",
     "genai": "genai.png",
+    "adapters": None,
 }
 SECTIONS = [
     ("quality", "1. Quality", quality_md),
@@ -536,6 +540,7 @@ SECTIONS = [
     ("training", "5. Training cost", training_md),
     ("compile", "6. Compile cost", compile_md),
     ("genai", "7. Decoders in onnxruntime-genai", report_genai.genai_md),
+    ("adapters", "8. Many fine-tunes over one INT4 base", lambda r: r["text"].splitlines()),
 ]
 
 

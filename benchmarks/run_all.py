@@ -9,7 +9,8 @@
 Sections: 1 quality (MiniLM, bits x group, every method), 2 fold exactness, 3 size,
 4 inference speed and the memory-bandwidth floor, 5 training cost, 6 compile cost,
 7 decoders in onnxruntime-genai (ours vs its model builder, with a LoRA adapter, the KV
-cache, the bandwidth floor, the export cost of a 1.1B decoder).
+cache, the bandwidth floor, the export cost of a 1.1B decoder), 8 many fine-tunes over one
+INT4 base (``bench_adapters``: decode with an adapter active, file sizes, memory per adapter).
 A section that fails is reported as failed and the others still run; the report is
 rewritten after every section, so an interrupted run leaves what it measured.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from lowrank_compiler.runtime.files import write_atomic
 
-from . import bench_fold, compile_cost, floor, genai, quality, speed, training
+from . import bench_adapters, bench_fold, compile_cost, floor, genai, quality, speed, training
 from .common import START, Log, machine
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -46,6 +47,7 @@ class Scale:
     training: training.Settings
     compile: compile_cost.Settings
     genai: genai.Settings
+    adapters: bench_adapters.Settings
 
 
 FULL = Scale(
@@ -56,6 +58,7 @@ FULL = Scale(
     training.Settings(),
     compile_cost.Settings(),
     genai.Settings(),
+    bench_adapters.Settings(),
 )
 QUICK = Scale(
     quality.Settings(
@@ -78,6 +81,7 @@ QUICK = Scale(
         bandwidth_bytes=1 << 28,
         large=(2, 512, 1280, 4000),
     ),
+    bench_adapters.Settings(hidden=512, layers=2, adapters=2, rounds=3, our_rounds=5, context=64),
 )
 # the test's setting: every code path, smallest sizes
 SMOKE = Scale(
@@ -111,9 +115,12 @@ SMOKE = Scale(
         bandwidth_bytes=1 << 24,
         large=(1, 256, 512, 1000),
     ),
+    bench_adapters.Settings(
+        hidden=256, layers=1, adapters=2, rounds=1, our_rounds=1, context=16, new=4, threads=1
+    ),
 )
 SCALES = {"full": FULL, "quick": QUICK, "smoke": SMOKE}
-SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile", "genai")
+SECTIONS = ("quality", "fold", "speed", "floor", "training", "compile", "genai", "adapters")
 
 
 def run_section(name: str, scale: Scale, work: Path, log):
@@ -130,6 +137,8 @@ def run_section(name: str, scale: Scale, work: Path, log):
         return training.run(scale.training, work, log)
     if name == "genai":
         return genai.run(scale.genai, work, log)
+    if name == "adapters":
+        return bench_adapters.run(scale.adapters, work, log)
     return compile_cost.run(scale.compile, work, log)
 
 
@@ -147,6 +156,7 @@ def write(result: dict, out: Path, name: str) -> None:
         "training": plots.training,
         "compile": plots.compile_cost,
         "genai": plots.genai,
+        "adapters": lambda r, o: None,  # a table, no plot
     }
     sec = result["sections"][name]
     if "result" in sec:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from .dump_ops import Op
 
-CHAR_W, LINE_H, PAD, GAP_X, GAP_Y = 7.0, 15, 8, 56, 14
+CHAR_W, LINE_H, PAD, GAP_X, GAP_Y = 7.4, 15, 8, 56, 14
 _FILL = {"op": "#e8f0fe", "adapter": "#efe3fb", "base": "#e4e9f1", "io": "#f4f4f4"}
 _STROKE = {"op": "#2747a8", "adapter": "#7b4fb8", "base": "#5b6b8c", "io": "#888"}
 

@@ -142,10 +142,19 @@ def fx_ops(gm: fx.GraphModule) -> list[Op]:
     return ops
 
 
-def _literals(node: fx.Node, limit: int = 40) -> str:
-    """The arguments that are not nodes (``8.0, 4, 16``; a view's shape), cut to ``limit``."""
-    plain = [repr(a) for a in node.args if not isinstance(a, (fx.Node, list, tuple))]
-    plain += [repr(a) for a in node.args if isinstance(a, (list, tuple)) and not _has_node(a)]
+def _literals(node: fx.Node, limit: int = 48) -> str:
+    """The arguments that are not nodes (``scale=2.0, bits=4, group_size=32``; a view's shape),
+    named by the operator's schema where it has one, cut to ``limit`` characters."""
+    target = node.target
+    schema = getattr(target, "_schema", None) or getattr(
+        getattr(target, "default", None), "_schema", None
+    )
+    names = [a.name for a in schema.arguments] if schema is not None else []
+    plain = []
+    for i, a in enumerate(node.args):
+        if isinstance(a, fx.Node) or (isinstance(a, (list, tuple)) and _has_node(a)):
+            continue
+        plain.append(f"{names[i]}={a!r}" if i < len(names) and schema is not None else repr(a))
     plain += [f"{k}={v!r}" for k, v in node.kwargs.items() if not isinstance(v, fx.Node)]
     text = ", ".join(plain)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -23,6 +23,7 @@ TITLES = (
     "## 5. Training cost",
     "## 6. Compile cost",
     "## 7. Decoders in onnxruntime-genai",
+    "## 8. Many fine-tunes over one INT4 base",
 )
 
 
