@@ -65,7 +65,8 @@ def rewritten_layers(before: list[Op], after: list[Op], changes: dict | None) ->
 
 
 def rewritten_regions(before: list[Op], after: list[Op], changes: dict | None) -> list[Drawing]:
-    """Each connected group of changed nodes (module docstring), one per kind, in graph order."""
+    """Each connected group of changed nodes (module docstring), one per kind, in graph order;
+    changed nodes of one layer (or of layers inside it) are one group."""
     if not changes:
         return []
     was, now = {o.name: o for o in before}, {o.name: o for o in after}
@@ -84,13 +85,26 @@ def rewritten_regions(before: list[Op], after: list[Op], changes: dict | None) -
             for i in ops[n].inputs if n in ops else ():
                 if i in names:
                     parent[root(i)] = root(n)
+    # a rewrite that replaces nodes by new ones shares no node with them: join by layer, the
+    # outermost one changed (a new "q_proj.zeros.int" constant's node joins q_proj's)
+    layer = {n: o.layer for n in parent for o in (now.get(n), was.get(n)) if o and o.layer}
+    known, outer_of, first = set(layer.values()), {}, {}
+    for n, name in layer.items():
+        parts = name.split(".")
+        outer_of[n] = next(
+            p for k in range(1, len(parts) + 1) if (p := ".".join(parts[:k])) in known
+        )
+        if outer_of[n] in first:
+            parent[root(n)] = root(first[outer_of[n]])
+        else:
+            first[outer_of[n]] = n
     groups: dict[str, set[str]] = {}
     for n in parent:
         groups.setdefault(root(n), set()).add(n)
     order = {o.name: i for i, o in enumerate(after)}
     found = []
     for members in sorted(groups.values(), key=lambda g: min(order.get(n, 1 << 30) for n in g)):
-        layers = [o.layer for n in members for o in (now.get(n), was.get(n)) if o and o.layer]
+        layers = [outer_of[n] for n in members if n in outer_of]
         name = Counter(layers).most_common(1)[0][0] if layers else sorted(members)[0]
         found.append(Drawing(name, members & old, members & new))
     return _grouped(found, was, now)

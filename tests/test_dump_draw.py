@@ -122,3 +122,30 @@ def test_text_from_the_graph_is_escaped_in_drawings():
 def test_unchanged_passes_draw_nothing():
     ops = fx_ops(lrc.trace(tiny_gpt()))
     assert rewritten_layers(ops, ops, {"added": [], "removed": [], "rewritten": []}) == []
+
+
+def test_the_split_form_page_draws_the_float_zero_layer_and_its_correction(tmp_path):
+    """split-form replaces each float-zero MatMulNBits by new nodes (an integer-zero one and
+    the correction): drawn as one layer, before and after, though no node keeps its name."""
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    model = lrc.compile(
+        tiny_gpt(),
+        lrc.Policy(method="qalora", bits=4, group_size=16, rank=4),
+        example_inputs=(ids,),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(generator=torch.Generator().manual_seed(1))
+    folded = lrc.fold(model, zeros="float")
+    lrc.export_onnx(
+        folded, tmp_path / "m.onnx", example_inputs=(ids,), format="qdq", dump_dir=tmp_path
+    )
+    (page,) = tmp_path.glob("*-split-form.html")
+    found = figures(page)
+    assert len(found) == 1 and "<b>blocks.<wbr>0.<wbr>attn.<wbr>q_<wbr>proj</b>" in found[0]
+    before, after = svgs(found[0])
+    assert texts(before).count("MatMulNBits") == 1 and "zeros f32[32, 2]" in texts(before)
+    shown = texts(after)
+    assert shown.count("MatMulNBits") == 1 and "correction f32[2, 32]" in shown
+    assert "ReduceSum" in shown and "Add" in shown  # the groups' sums, then onto the output
