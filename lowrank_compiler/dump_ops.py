@@ -54,8 +54,7 @@ def tensor_text(name: str, value: Any) -> str:
     return f"{name} {_SHORT.get(dtype, dtype)}[{shape}]".strip()
 
 
-def _out(node: fx.Node) -> str:
-    val = node.meta.get("val", node.meta.get("tensor_meta"))
+def _out(val: Any) -> str:
     return tensor_text("->", val) if getattr(val, "shape", None) is not None else ""
 
 
@@ -115,9 +114,44 @@ def _fx_shape_only(node: fx.Node, shapes: set[str]) -> bool:
     )
 
 
+def _fill_shapes(gm: fx.GraphModule) -> dict[str, Any]:
+    """Each node's output value: its traced ``meta["val"]``, else (a node a pass inserted) the
+    fake tensor its operator gives on its inputs' values, or None where that fails."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    vals: dict[str, Any] = {}
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    for n in gm.graph.nodes:
+        val = n.meta.get("val", n.meta.get("tensor_meta"))
+        if val is None and n.op in ("call_function", "call_module", "call_method"):
+            val = _fake_run(gm, n, vals, mode)
+        elif val is None and n.op == "get_attr":
+            val = _attr(gm, str(n.target))
+        vals[n.name] = val
+    return vals
+
+
+def _fake_run(gm: fx.GraphModule, node: fx.Node, vals: dict, mode) -> Any:
+    def value(a):
+        return vals.get(a.name) if isinstance(a, fx.Node) else a
+
+    args = fx.node.map_aggregate(node.args, value)
+    kwargs = fx.node.map_aggregate(node.kwargs, value)
+    try:
+        with mode, torch.no_grad():
+            if node.op == "call_module":
+                return gm.get_submodule(str(node.target))(*args, **kwargs)
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            return node.target(*args, **kwargs)
+    except Exception:  # a drawing goes without the shape, never without the page
+        return None
+
+
 def fx_ops(gm: fx.GraphModule) -> list[Op]:
     ops = []
     shapes: set[str] = set()
+    vals = _fill_shapes(gm)
     for n in gm.graph.nodes:
         inputs = tuple(a.name for a in n.all_input_nodes)
         layer = fx_layer(n)
@@ -127,7 +161,7 @@ def fx_ops(gm: fx.GraphModule) -> list[Op]:
             continue
         if n.op == "call_module":
             label, lines = _module_op(n, gm.get_submodule(str(n.target)))
-            ops.append(Op(n.name, label, (*lines, _out(n)), "op", inputs, layer))
+            ops.append(Op(n.name, label, (*lines, _out(vals[n.name])), "op", inputs, layer))
         elif n.op == "get_attr":
             value = _attr(gm, str(n.target))
             trains = isinstance(value, nn.Parameter) and value.requires_grad
@@ -135,9 +169,9 @@ def fx_ops(gm: fx.GraphModule) -> list[Op]:
             short = str(n.target).rsplit(".", 1)[-1]
             ops.append(Op(n.name, short, (tensor_text("", value),), role, inputs, layer))
         elif n.op in ("placeholder", "output"):
-            ops.append(Op(n.name, n.op, (_out(n),), "io", inputs, layer))
+            ops.append(Op(n.name, n.op, (_out(vals[n.name]),), "io", inputs, layer))
         else:
-            lines = (_literals(n), _out(n))
+            lines = (_literals(n), _out(vals[n.name]))
             ops.append(Op(n.name, _function_label(n), lines, "op", inputs, layer))
     return ops
 

@@ -149,3 +149,15 @@ def test_the_split_form_page_draws_the_float_zero_layer_and_its_correction(tmp_p
     shown = texts(after)
     assert shown.count("MatMulNBits") == 1 and "correction f32[2, 32]" in shown
     assert "ReduceSum" in shown and "Add" in shown  # the groups' sums, then onto the output
+
+
+def test_nodes_a_pass_inserted_show_their_output_shapes():
+    """The traced nodes carry their shapes; the ones a pass inserted get theirs from fake
+    tensors: QA-LoRA pools K = 32 inputs into 32 / 16 = 2 groups, A maps them to rank 4."""
+    ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    policy = lrc.Policy(method="qalora", bits=4, group_size=16, rank=4)
+    model = lrc.compile(tiny_gpt(), policy, example_inputs=(ids,))
+    shown = texts(lrc.layer_svg(model, "blocks.0.attn.q_proj"))
+    mean = shown.index("mean")
+    assert shown[mean + 1 : mean + 3] == ["-1", "-> f32[2, 8, 2]"]  # per group: (B, T, K / g)
+    assert "-> f32[2, 8, 4]" in shown and shown[-2:] == ["-> f32[2, 8, 32]", "view"]
