@@ -144,6 +144,32 @@ def test_accuracy_level_is_recorded_and_kept_by_the_session(gpt_float, tmp_path)
     assert not any(n.op_type == "MatMulNBits" for n in nodes)
 
 
+def test_a_foreign_files_level_changes_in_its_graph_alone(gpt_float, tmp_path):
+    """set_accuracy_level(foreign=True), for the model builder's files: the MatMulNBits
+    attributes change, the weights stay in their data file, byte for byte; a folder without
+    that file is refused before anything is written."""
+    from lowrank_compiler.runtime.onnx.export import set_accuracy_level
+
+    path = lrc.export_onnx(lrc.fold(gpt_float), tmp_path / "m.onnx", example_inputs=(ids(),))
+    model = onnx.load(str(path))
+    onnx.save(model, str(tmp_path / "f.onnx"), save_as_external_data=True, location="f.data")
+    data = (tmp_path / "f.data").read_bytes()
+    set_accuracy_level(tmp_path / "f.onnx", tmp_path / "f.onnx", 4, foreign=True)
+    graph = onnx.load(str(tmp_path / "f.onnx"), load_external_data=False).graph
+    levels = {
+        a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute
+        if a.name == "accuracy_level"
+    }  # fmt: skip
+    assert levels == {4} and (tmp_path / "f.data").read_bytes() == data
+    assert np.allclose(
+        load(tmp_path / "f.onnx")(ids()), load(path)(ids()), atol=5e-2
+    )  # int8 activations: close, not equal
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ExportError, match="lacks the data file"):
+        set_accuracy_level(tmp_path / "f.onnx", tmp_path / "elsewhere" / "f.onnx", 0, foreign=True)
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
 @pytest.mark.parametrize(
     "case, message",
     [

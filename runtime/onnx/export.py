@@ -337,17 +337,23 @@ def write_model(proto: onnx.ModelProto, path: Path) -> None:
         commit(staged, path)
 
 
-def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: int) -> Path:
+def set_accuracy_level(
+    src: str | os.PathLike, dst: str | os.PathLike, level: int, *, foreign: bool = False
+) -> Path:
     """Copy an exported file with every MatMulNBits node's ``accuracy_level`` set to ``level``.
 
     The weights are untouched; only the kernel's compute precision changes (0: fp32,
     4: int8 activations). For standard QDQ files the session option does this instead.
+    foreign: a file another tool wrote (onnxruntime-genai's model builder): only its graph is
+    rewritten, its weights stay in their data file (``dst``'s folder must hold it: beside
+    ``src``, or a copy of its folder), and onnx.checker, which does not know every contrib op
+    such files hold, is not run.
     """
     try:
         check_accuracy_level(level)
     except ValueError as e:
         raise ExportError(str(e)) from None
-    model = read_model(src, external_data=True)
+    model = read_model(src, external_data=not foreign)
     for node in model.graph.node:
         if node.op_type == "MatMulNBits":
             attrs = [a for a in node.attribute if a.name != "accuracy_level"]
@@ -359,5 +365,24 @@ def set_accuracy_level(src: str | os.PathLike, dst: str | os.PathLike, level: in
             meta["accuracy_level"] = level
             prop.value = json.dumps(meta, sort_keys=True)
     dst = check_destination(dst)
-    write_model(model, dst)
+    if not foreign:
+        write_model(model, dst)
+        return dst
+    missing = sorted(
+        {
+            e.value
+            for t in model.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+            for e in t.external_data
+            if e.key == "location" and not (dst.parent / e.value).is_file()
+        }
+    )
+    if missing:
+        raise ExportError(
+            f"foreign=True leaves the weights where they are, but {str(dst.parent)!r} lacks the "
+            f"data file(s) {missing} the graph reads: write {str(dst)!r} beside them"
+        )
+    with staged_file(dst) as tmp:
+        tmp.write_bytes(model.SerializeToString())
+        commit(tmp, dst)
     return dst

@@ -50,19 +50,9 @@ def export(model, folder: Path, tokenizer, unmerged: bool = False) -> Path:
 
 
 def at_level(src: Path, dst: Path, level: int) -> None:
-    """``src`` with every MatMulNBits at accuracy ``level``: ours through ``set_accuracy_level``
-    (its metadata says so too), the model builder's file by its attributes alone (its graph has
-    contrib ops onnx.checker does not know, and its weights stay in their data file)."""
-    if (src.parent / FOLDER_RECORD).is_file():
-        set_accuracy_level(src, dst, level)
-        return
-    model = onnx.load(str(src), load_external_data=False)
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            kept = [a for a in node.attribute if a.name != "accuracy_level"]
-            del node.attribute[:]
-            node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
-    onnx.save(model, str(dst))
+    """``src`` with every MatMulNBits at accuracy ``level``: ours with its metadata saying so too,
+    the model builder's by its graph alone (``set_accuracy_level(foreign=True)``)."""
+    set_accuracy_level(src, dst, level, foreign=not (src.parent / FOLDER_RECORD).is_file())
 
 
 def folder_bytes(folder: Path) -> int:
