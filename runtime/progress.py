@@ -1,7 +1,8 @@
 """Progress bars for long work: tqdm on a terminal, silent elsewhere, and off after ``set_quiet()``.
 
-``progress`` wraps a loop over layers or batches (quantizing, folding, calibrating); ``Steps`` is
-one bar over a command's named steps (load the model, compile, save), naming the step now running.
+``progress`` wraps a loop over layers or batches (quantizing, folding, calibrating);
+``training_bar`` a training loop's steps; ``Steps`` is one bar over a command's named steps (load
+the model, compile, save), naming the step now running.
 """
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ def progress(
     except ImportError:  # tqdm is a dependency; stay usable without it
         return items
     return tqdm(items, desc=desc, total=total, disable=_disable(), leave=False, unit=unit)
+
+
+def training_bar(steps: int, label: str):
+    """A bar over ``range(steps)`` for a training loop (``train <label>``, on stderr, at most once
+    a second; ``bar.set_postfix(loss=...)`` shows the loss)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        range(steps),
+        desc=f"train {label}",
+        unit="step",
+        file=sys.stderr,
+        mininterval=1.0,
+        disable=_disable(),
+    )
 
 
 class Steps:

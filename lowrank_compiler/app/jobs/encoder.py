@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from ...runtime.errors import LowRankError
 from ...runtime.files import commit, staged_file
 from ...runtime.onnx.export import set_accuracy_level
+from ...runtime.progress import training_bar
 from ...runtime.quant.formats import KERNEL_BITS, qmax
 from ...runtime.serve.load import load
 from ..pretrained import MAX_TOKENS, tokenize
@@ -111,13 +111,11 @@ def distil(
     """Masked MSE between student and teacher last hidden states, AdamW on the adapters; the
     loss of every step. ``scale_lr``: the learning rate of trained scales (``scale_gain``, a
     log factor: a relative step), when it differs from the adapters' ``lr``."""
-    from tqdm.auto import tqdm
-
     gen = torch.Generator().manual_seed(seed)
     opt = adamw(student, lr, scale_lr)
     student.eval()  # dropout off: the target is deterministic, and so is what the adapters learn
     losses = []
-    bar = tqdm(range(steps), desc=f"train {label}", unit="step", file=sys.stderr, mininterval=1.0)
+    bar = training_bar(steps, label)
     for _ in bar:
         idx = torch.randint(len(sentences), (batch,), generator=gen).tolist()
         t = tokenize(tokenizer, [sentences[i] for i in idx])

@@ -10,13 +10,12 @@ row. A folder's logits come from onnxruntime running its ``model.onnx`` through 
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 import torch
 
-from ...runtime.progress import is_quiet
+from ...runtime.progress import training_bar
 from ...runtime.serve.generate import DecoderSession
 from .encoder import adamw
 from .retrieval import Resumable
@@ -47,18 +46,9 @@ class LMTrainer(Resumable):
         return self.windows[idx]
 
     def run(self, steps: int) -> list[float]:
-        from tqdm.auto import tqdm
-
         self.model.train()
         losses = []
-        bar = tqdm(
-            range(steps),
-            desc=f"train {self.label}",
-            unit="step",
-            file=sys.stderr,
-            mininterval=1.0,
-            disable=True if is_quiet() else None,
-        )
+        bar = training_bar(steps, self.label)
         for _ in bar:
             ids = self._next_batch()  # (B, T)
             start = time.perf_counter()

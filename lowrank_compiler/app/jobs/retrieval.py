@@ -10,12 +10,11 @@ and MRR@10 (1 / rank of its own document, 0 past rank 10).
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 
 import torch
 
-from ...runtime.progress import is_quiet
+from ...runtime.progress import training_bar
 from ..pretrained import tokenize
 from .encoder import adamw, mean_pool
 
@@ -113,18 +112,9 @@ class Trainer(Resumable):
 
     def run(self, steps: int, on_step=None) -> list[float]:
         """Train ``steps`` more steps; the loss of each. ``on_step()`` after each."""
-        from tqdm.auto import tqdm
-
         self.model.eval()  # no dropout: every row trains the same deterministic function
         losses = []
-        bar = tqdm(
-            range(steps),
-            desc=f"train {self.label}",
-            unit="step",
-            file=sys.stderr,
-            mininterval=1.0,
-            disable=True if is_quiet() else None,
-        )
+        bar = training_bar(steps, self.label)
         for _ in bar:
             idx = self._next_batch()
             q = encode(
