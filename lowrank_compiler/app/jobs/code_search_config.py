@@ -15,7 +15,7 @@ from ...runtime.errors import PolicyError
 from ...runtime.quant.formats import KERNEL_BITS
 from . import stdlib_modules
 from .code_search_methods import BY_KEY, DEFAULT
-from .encoder import SCALE_LR, add_common_arguments
+from .encoder import SCALE_LR, add_common_arguments, add_row_arguments
 from .retrieval import Lengths
 
 
@@ -103,21 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         out=cfg.out,
         steps_help=f"training steps of {cfg.batch} pairs, for every tuned row",
     )
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        metavar="METHOD",
-        default=list(cfg.methods),
-        help=f"rows to measure, of {', '.join(BY_KEY)} (default: {' '.join(cfg.methods)})",
-    )
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        type=float,
-        default=list(cfg.lrs),
-        metavar="LR",
-        help=f"learning rates each tuned row tries ({cfg.lr_steps} steps each) before training",
-    )
+    add_row_arguments(parser, cfg.methods, cfg.lrs, BY_KEY, cfg.lr_steps, " ".join(cfg.methods))
     parser.add_argument(
         "--doc-tokens", type=int, default=cfg.doc_tokens, help="tokens kept per document"
     )

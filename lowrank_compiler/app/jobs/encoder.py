@@ -227,3 +227,25 @@ def add_common_arguments(
     parser.add_argument("--rank", type=int, default=rank)
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--out", default=out, help="output directory")
+
+
+def add_row_arguments(
+    parser: argparse.ArgumentParser, methods, lrs, keys, lr_steps: int, default_help: str
+) -> None:
+    """The options of a job that measures rows: which rows (``--methods``) and the learning
+    rates each trained row tries first (``--lrs``)."""
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        default=list(methods),
+        help=f"rows to measure, of {', '.join(keys)} (default: {default_help})",
+    )
+    parser.add_argument(
+        "--lrs",
+        nargs="+",
+        type=float,
+        default=list(lrs),
+        metavar="LR",
+        help=f"learning rates each trained row tries ({lr_steps} steps each) before training",
+    )

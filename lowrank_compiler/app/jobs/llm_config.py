@@ -21,7 +21,7 @@ from ...runtime.quant.formats import KERNEL_BITS
 from ..pretrained import stories260k_path
 from . import stdlib_modules
 from .code_pairs import DataError
-from .encoder import add_common_arguments
+from .encoder import add_common_arguments, add_row_arguments
 from .llm_methods import BY_KEY, DEFAULT
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -180,21 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         rank=cfg.rank,
     )
     parser.add_argument("--seed", type=int, default=cfg.seed)
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        metavar="METHOD",
-        default=list(cfg.methods),
-        help=f"rows to measure, of {', '.join(BY_KEY)} (default: all)",
-    )
-    parser.add_argument(
-        "--lrs",
-        nargs="+",
-        type=float,
-        default=list(cfg.lrs),
-        metavar="LR",
-        help=f"learning rates each trained row tries ({cfg.lr_steps} steps each) first",
-    )
+    add_row_arguments(parser, cfg.methods, cfg.lrs, BY_KEY, cfg.lr_steps, "all")
     parser.add_argument(
         "--eval-windows",
         type=int,
