@@ -139,6 +139,17 @@ def test_compile_fold_export_inspect_chain_on_an_hf_model(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "format matmulnbits, accuracy_level 0, pure int4: yes" in r.stdout
     assert "* model.layers.1.mlp.down_proj     MatMulNBits int4 g16 zeros=split" in r.stdout
+    layer = "model.layers.1.mlp.down_proj"
+    r = cli("inspect", "model.onnx", "--draw", layer, "--svg", "onnx.svg", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"{layer} drawn to onnx.svg" in r.stdout
+    assert ">MatMulNBits</text>" in (tmp_path / "onnx.svg").read_text()
+    r = cli("inspect", "compiled", "--draw", layer, cwd=tmp_path)  # the QA-LoRA layer
+    drawn = (tmp_path / f"{layer}.svg").read_text()
+    assert r.returncode == 0 and ">lora_A</text>" in drawn and "IntLinear" in drawn
+    r = cli("inspect", "compiled", "--draw", "model.layers.9", cwd=tmp_path)
+    last = r.stderr.strip().splitlines()[-1]  # after transformers' loading bar
+    assert r.returncode == 2 and "no layer 'model.layers.9' in the graph" in last
 
     x, mask = ids(3, 13), torch.ones(3, 13, dtype=torch.long)  # a shape the export did not see
     with torch.no_grad():

@@ -7,6 +7,7 @@ Commands:
   export   DIR --genai --out FOLDER     a KV-cache decoder for onnxruntime-genai and `generate`
   generate FOLDER --prompt TEXT         generate from such a folder, streaming the tokens
   inspect  model.onnx | DIR             an ONNX file's report, a directory's layer table
+  inspect  ... --draw LAYER             and that layer's nodes drawn as an SVG
   dump     MODEL --policy P --out DIR   the graph after every pass, nothing else
   dump     ... --view                   then the compiled model in Model Explorer, by pass
   demo     the distillation job: MiniLM, LR-QAT INT4, train, fold, ONNX, onnxruntime, one table

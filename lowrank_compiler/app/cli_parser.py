@@ -311,6 +311,16 @@ def _add_inspect(sub) -> None:
         help="first recompute the sha256 recorded when the file (its weights) or the genai folder "
         "(every file) was written, and fail naming a file whose bytes changed",
     )
+    i.add_argument(
+        "--draw",
+        metavar="LAYER",
+        default=None,
+        help="also draw LAYER (a module path, e.g. model.layers.0.self_attn.q_proj) as an SVG of "
+        "its nodes, their tensors' dtypes and shapes",
+    )
+    i.add_argument(
+        "--svg", metavar="FILE", default=None, help="where --draw writes (default: LAYER.svg)"
+    )
     i.set_defaults(fn=commands.run_inspect)
 
 

@@ -180,7 +180,7 @@ def run_inspect(args) -> int:
                 f"--verify checks an .onnx file or a folder 'export --genai' wrote; {args.path!r} "
                 "is neither"
             )
-        return _inspect_dir(path)
+        return _inspect_dir(path, args)
     if not path.exists():
         raise LowRankError(
             f"no file or directory {args.path!r}: inspect takes an .onnx file, a genai folder or "
@@ -201,10 +201,23 @@ def run_inspect(args) -> int:
             f".onnx file, a genai folder or a compiled directory"
         ) from None
     print(report)
+    _draw(onnx_path, args)
     return 0
 
 
-def _inspect_dir(path: Path) -> int:
+def _draw(source, args) -> None:
+    """``inspect --draw LAYER``: the layer's SVG (``layer_svg``), written to ``--svg``."""
+    if args.draw is None:
+        return
+    from ..dump_draw import layer_svg
+    from ..runtime.files import write_atomic
+
+    out = Path(args.svg or f"{args.draw}.svg")
+    write_atomic(out, layer_svg(source, args.draw) + "\n")
+    print(f"{args.draw} drawn to {out}")
+
+
+def _inspect_dir(path: Path, args) -> int:
     """A compiled or folded directory: its stage, model, policy and layer table."""
     import json
 
@@ -217,6 +230,7 @@ def _inspect_dir(path: Path) -> int:
     print(f"model: {c.spec.spec} ({c.spec.kind}{', ' + c.spec.path if c.spec.path else ''})")
     print(f"policy: {json.dumps(c.policy.to_dict())}")
     print(summary(c.model))
+    _draw(c.model, args)
     return 0
 
 
