@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from dataclasses import dataclass, replace
 
 from .dump_ops import Op
 
 CHAR_W, LINE_H, PAD, GAP_X, GAP_Y = 7.4, 15, 8, 56, 14
+MAX_NODES = 150  # a drawing of more is no longer readable (and slow to lay out)
 _FILL = {"op": "#e8f0fe", "adapter": "#efe3fb", "base": "#e4e9f1", "io": "#f4f4f4"}
 _STROKE = {"op": "#2747a8", "adapter": "#7b4fb8", "base": "#5b6b8c", "io": "#888"}
 
@@ -58,12 +60,22 @@ def subgraph(ops: list[Op], names: set[str]) -> tuple[list[Op], list[str], list[
     names = {o.name for o in inside}
     ins = list(dict.fromkeys(i for o in inside for i in o.inputs if i not in names))
     outs = list(
-        dict.fromkeys(o.name for o in ops if o.name not in names for i in o.inputs if i in names)
+        dict.fromkeys(
+            o.name
+            for o in ops
+            if o.name not in names and not o.shape_only
+            for i in o.inputs
+            if i in names
+        )
     )
     return inside, ins, outs
 
 
-def _layout(ops: list[Op], ins: list[str], outs: list[str], everything: dict[str, Op]) -> tuple:
+def _layout(
+    ops: list[Op], ins: list[str], outs: list[str], everything: dict[str, Op]
+) -> tuple[dict[str, _Box], list[tuple[str, str]]]:
+    """The boxes (ports, then nodes in graph order, then ports) with their columns, and the
+    edges between them."""
     boxes: dict[str, _Box] = {}
     for i in ins:
         src = everything.get(i)
@@ -79,10 +91,12 @@ def _layout(ops: list[Op], ins: list[str], outs: list[str], everything: dict[str
             if i in names:
                 edges.append((i, f"out:{out}"))
     edges = [(a, b) for a, b in dict.fromkeys(edges) if a in boxes and b in boxes]
+    into: dict[str, list[str]] = {}
+    for a, b in edges:
+        into.setdefault(b, []).append(a)
     for key in boxes:  # ops come in graph order, so one sweep finds the longest paths
-        for a, b in edges:
-            if b == key:
-                boxes[key].col = max(boxes[key].col, boxes[a].col + 1)
+        for a in into.get(key, ()):
+            boxes[key].col = max(boxes[key].col, boxes[a].col + 1)
     last = max((b.col for b in boxes.values() if not b.port), default=0) + 1
     for key in boxes:
         if key.startswith("out:"):
@@ -100,6 +114,8 @@ def draw_nodes(ops: list[Op], names: set[str], title: str = "") -> str:
     inside, ins, outs = subgraph(ops, names)
     if not inside:
         return ""
+    if len(inside) > MAX_NODES:
+        return _too_many(len(inside), title)
     boxes, edges = _layout(inside, ins, outs, {o.name: o for o in ops})
     slots: dict[str, list[str]] = {}
     for a, b in edges:
@@ -138,6 +154,17 @@ def draw_nodes(ops: list[Op], names: set[str], title: str = "") -> str:
     return "\n".join(parts)
 
 
+def _too_many(count: int, title: str) -> str:
+    """A small SVG saying the drawing was left out (a rewrite too large to read as one)."""
+    text = f"{title}: {count} nodes, more than {MAX_NODES} to draw; see the table"
+    width = len(text) * CHAR_W + 2 * PAD
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="layer" width="{width:.0f}" height="30" '
+        f'font-family="ui-monospace,monospace" font-size="12"><text x="{PAD}" y="20">'
+        f"{_esc(text)}</text></svg>"
+    )
+
+
 def _edge(a: _Box, b: _Box, at: float, mark: str) -> str:
     """A curve from ``a``'s right side to ``b``'s left, ``at`` (0..1) of the way down it."""
     x1, y1 = a.x + a.w, a.y + a.h / 2
@@ -168,8 +195,11 @@ def _box(b: _Box) -> str:
     )
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # not allowed in XML, even escaped
+
+
 def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(_CONTROL.sub("?", str(value)), quote=True)
 
 
 def layer_svg(source, layer: str) -> str:

@@ -41,6 +41,25 @@ def page_drawings(
     if ops is None or not changes:
         return "", None
     before, after = ops
+    if after is None:
+        return "<p>(The graph could not be read for drawing: see the table.)</p>", None
+    try:
+        return _drawings(write, folder, index, name, changes, before, after, by)
+    except Exception as e:  # a drawing is left out, never the page
+        return f"<p>(Drawing the rewrites failed: {_esc(type(e).__name__)}: {_esc(e)})</p>", None
+
+
+def _drawings(
+    write: Callable[[Path, str], None],
+    folder: Path,
+    index: int,
+    name: str,
+    changes: dict,
+    before: list | None,
+    after: list,
+    by: str,
+) -> tuple[str, dict | None]:
+    """``page_drawings`` once the graph is read: a figure per kind, at most ``MAX_KINDS``."""
     pick = rewritten_layers if by == "layers" else rewritten_regions
     found = pick(before or [], after, changes)
     figures, first = [], None
@@ -53,7 +72,8 @@ def page_drawings(
                 if svg:
                     first[part] = f"{index:02d}-{name}.{part}.svg"
                     write(folder / first[part], svg + "\n")
-        figures.append(_figure(d.name, d.like, was, now))
+        if was or now:
+            figures.append(_figure(d.name, d.like, was, now, removed=not d.after))
     if not figures:
         return "", None
     more = len(found) - MAX_KINDS
@@ -77,7 +97,7 @@ _LEGEND = (
 )
 
 
-def _figure(layer: str, kind: list[str], was: str, now: str) -> str:
+def _figure(layer: str, kind: list[str], was: str, now: str, removed: bool) -> str:
     others = len(kind) - 1
     like = f" and {others} more layers of its kind" if others else ""
     names = f"<details><summary>all {len(kind)}</summary>{_esc(', '.join(kind))}</details>"
@@ -85,7 +105,7 @@ def _figure(layer: str, kind: list[str], was: str, now: str) -> str:
     return (
         f'<figure class="layer" id="layer-{_esc(layer)}"><figcaption><b>{_name(layer)}</b>{like}'
         f'{names if others else ""}{_LEGEND}</figcaption><div class="ba">{was}{arrow}'
-        f"{now or '<p>removed</p>'}</div></figure>"
+        f"{'<p>removed</p>' if removed else now}</div></figure>"
     )
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from .passes.helpers import graph as G
 from .runtime.layers.protocol import AdapterLayer, Layer
 from .runtime.onnx.inspection import value_types
+from .runtime.onnx.passes import node_key
 
 _SHORT = {
     "float32": "f32",
@@ -115,32 +116,46 @@ def _fx_shape_only(node: fx.Node, shapes: set[str]) -> bool:
 
 
 def _fill_shapes(gm: fx.GraphModule) -> dict[str, Any]:
-    """Each node's output value: its traced ``meta["val"]``, else (a node a pass inserted) the
-    fake tensor its operator gives on its inputs' values, or None where that fails."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    """Each node's output value, for its shape: the traced ``meta["val"]``, else (a node a pass
+    inserted) what its operator gives on meta tensors (no data: nothing of the model is read or
+    written), or None where that fails."""
     vals: dict[str, Any] = {}
-    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    metas: dict[str, Any] = {}
     for n in gm.graph.nodes:
         val = n.meta.get("val", n.meta.get("tensor_meta"))
         if val is None and n.op in ("call_function", "call_module", "call_method"):
-            val = _fake_run(gm, n, vals, mode)
+            val = _meta_run(gm, n, metas)
         elif val is None and n.op == "get_attr":
             val = _attr(gm, str(n.target))
-        vals[n.name] = val
+        vals[n.name], metas[n.name] = val, _meta(val)
     return vals
 
 
-def _fake_run(gm: fx.GraphModule, node: fx.Node, vals: dict, mode) -> Any:
+def _meta(value: Any) -> Any:
+    """A data-less stand-in of a tensor (its shape and dtype on the meta device)."""
+    if not isinstance(value, torch.Tensor) and not hasattr(value, "shape"):
+        return value
+    try:
+        return torch.empty(tuple(int(d) for d in value.shape), dtype=value.dtype, device="meta")
+    except (TypeError, ValueError, RuntimeError):  # symbolic sizes, or no dtype
+        return None
+
+
+def _meta_run(gm: fx.GraphModule, node: fx.Node, metas: dict) -> Any:
     def value(a):
-        return vals.get(a.name) if isinstance(a, fx.Node) else a
+        return metas.get(a.name) if isinstance(a, fx.Node) else a
 
     args = fx.node.map_aggregate(node.args, value)
     kwargs = fx.node.map_aggregate(node.kwargs, value)
     try:
-        with mode, torch.no_grad():
+        with torch.no_grad():
             if node.op == "call_module":
-                return gm.get_submodule(str(node.target))(*args, **kwargs)
+                module = gm.get_submodule(str(node.target))
+                state = {
+                    k: t.to("meta")
+                    for k, t in [*module.named_parameters(), *module.named_buffers()]
+                }
+                return torch.func.functional_call(module, state, tuple(args), kwargs)
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
             return node.target(*args, **kwargs)
@@ -149,6 +164,9 @@ def _fake_run(gm: fx.GraphModule, node: fx.Node, vals: dict, mode) -> Any:
 
 
 def fx_ops(gm: fx.GraphModule) -> list[Op]:
+    """An FX graph's nodes as ``Op``s: called modules with their tensors, ``get_attr`` tensors
+    as adapter or base parts, functions with their literal arguments; each with its output's
+    dtype and shape where known (``_fill_shapes``) and its layer (``fx_layer``)."""
     ops = []
     shapes: set[str] = set()
     vals = _fill_shapes(gm)
@@ -227,12 +245,15 @@ def onnx_layer(node: onnx.NodeProto, initializers: set[str]) -> str:
 
 
 def onnx_ops(model: onnx.ModelProto) -> list[Op]:
+    """An ONNX graph's nodes as ``Op``s, keyed as the dumps key them (``node_key``): the
+    operator, its initializers and outputs with their types, the node each input comes from
+    (``input:<name>`` for a graph input) and its layer (``onnx_layer``)."""
     types = value_types(model)
     inits = {t.name for t in model.graph.initializer}
-    producer = {o: n.name or f"{n.op_type}->{o}" for n in model.graph.node for o in n.output if o}
+    producer = {o: node_key(n) for n in model.graph.node for o in n.output if o}
     ops = []
     for n in model.graph.node:
-        key = n.name or f"{n.op_type}->{','.join(n.output)}"
+        key = node_key(n)
         lines = [
             f"{i.rsplit('.', 1)[-1]} {_onnx_type(types.get(i, '?'))}"
             for i in n.input

@@ -40,33 +40,42 @@ def _grouped(found: list[Drawing], before: dict[str, Op], after: dict[str, Op]) 
 
 
 def rewritten_layers(before: list[Op], after: list[Op], changes: dict | None) -> list[Drawing]:
-    """The layers a pass changed (module docstring), one per kind, in graph order."""
+    """The layers a pass changed (module docstring), one per kind, in graph order; shape
+    arithmetic does not count as a change."""
     if not changes:
         return []
     was, now = {o.name: o for o in before}, {o.name: o for o in after}
-    touched = [now[n].layer for n in changes.get("added", ()) if n in now]
-    touched += [was[n].layer for n in changes.get("removed", ()) if n in was]
+
+    def real(ops: dict[str, Op], names) -> list[Op]:
+        return [ops[n] for n in names if n in ops and not ops[n].shape_only]
+
+    touched = [o.layer for o in real(now, changes.get("added", ()))]
+    touched += [o.layer for o in real(was, changes.get("removed", ()))]
     touched += [
-        now[n].layer
-        for n in changes.get("rewritten", ())
-        if n in was and n in now and (now[n].label, now[n].lines) != (was[n].label, was[n].lines)
+        o.layer
+        for o in real(now, changes.get("rewritten", ()))
+        if o.name in was and (o.label, o.lines) != (was[o.name].label, was[o.name].lines)
     ]
     order = {o.layer: i for i, o in reversed(list(enumerate(after)))}
     layers = sorted({t for t in touched if t}, key=lambda t: order.get(t, len(order)))
+    members_before, members_after = _by_layer(before), _by_layer(after)
     found = [
-        Drawing(
-            layer,
-            {o.name for o in before if o.layer == layer},
-            {o.name for o in after if o.layer == layer},
-        )
+        Drawing(layer, members_before.get(layer, set()), members_after.get(layer, set()))
         for layer in layers
     ]
     return _grouped(found, was, now)
 
 
+def _by_layer(ops: list[Op]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for o in ops:
+        out.setdefault(o.layer, set()).add(o.name)
+    return out
+
+
 def rewritten_regions(before: list[Op], after: list[Op], changes: dict | None) -> list[Drawing]:
     """Each connected group of changed nodes (module docstring), one per kind, in graph order;
-    changed nodes of one layer (or of layers inside it) are one group."""
+    changed nodes of one layer (or of its direct children) are one group."""
     if not changes:
         return []
     was, now = {o.name: o for o in before}, {o.name: o for o in after}
@@ -85,15 +94,13 @@ def rewritten_regions(before: list[Op], after: list[Op], changes: dict | None) -
             for i in ops[n].inputs if n in ops else ():
                 if i in names:
                     parent[root(i)] = root(n)
-    # a rewrite that replaces nodes by new ones shares no node with them: join by layer, the
-    # outermost one changed (a new "q_proj.zeros.int" constant's node joins q_proj's)
+    # a rewrite that replaces nodes by new ones shares no node with them: join by layer (a
+    # new "q_proj.zeros" node joins q_proj's)
     layer = {n: o.layer for n in parent for o in (now.get(n), was.get(n)) if o and o.layer}
     known, outer_of, first = set(layer.values()), {}, {}
-    for n, name in layer.items():
-        parts = name.split(".")
-        outer_of[n] = next(
-            p for k in range(1, len(parts) + 1) if (p := ".".join(parts[:k])) in known
-        )
+    for n, name in layer.items():  # a layer joins its parent only, never a distant ancestor
+        up = name.rsplit(".", 1)[0]
+        outer_of[n] = up if up != name and up in known else name
         if outer_of[n] in first:
             parent[root(n)] = root(first[outer_of[n]])
         else:

@@ -50,9 +50,11 @@ class DumpWriter:
         self._before: dict[str, list[Op] | None] = {"fx": None, "onnx": None}
 
     def snapshot(self, gm: fx.GraphModule) -> None:
-        """Keep ``gm`` as drawable ops before a pass that may rewrite it in place: the next
-        FX page draws its rewritten layers before and after."""
-        self._before["fx"] = fx_ops(gm)
+        """Keep ``gm`` as drawable ops before a pass that may rewrite it in place (unless the
+        last page's graph is kept already): the next FX page draws its rewrites before and
+        after."""
+        if self._before["fx"] is None:
+            self._before["fx"] = _drawable(fx_ops, gm)
 
     def reserve(self) -> int:
         """The next number, taken (a pass whose dump is written after the ONNX stage it ran)."""
@@ -61,7 +63,7 @@ class DumpWriter:
 
     def fx(self, index: int, name: str, text: str, gm: fx.GraphModule, **page) -> None:
         write_atomic(self.dir / f"{index:02d}-{name}.txt", text)
-        after = fx_ops(gm)
+        after = _drawable(fx_ops, gm)
         self.html.page(index, name, self.html.fx_view(gm), ops=(self._before["fx"], after), **page)
         self._before["fx"] = after
 
@@ -69,11 +71,11 @@ class DumpWriter:
         """The ONNX stage's ``dump`` (``runtime.onnx.passes.DumpFn``)."""
         index = self.reserve()
         write_atomic(self.dir / f"{index:02d}-{spec.name}.txt", text)
-        after = onnx_ops(result.model)
+        after = _drawable(onnx_ops, result.model)
         before = self._before["onnx"] if changes else None  # the first page: as exported
         self._before["onnx"] = after
         # the first page draws each quantized layer as torch's export lowered it
-        draw = changes or {"added": [o.name for o in after if o.label in LOWERED]}
+        draw = changes or {"added": [o.name for o in after or () if o.label in LOWERED]}
         self.html.page(
             index,
             spec.name,
@@ -87,6 +89,15 @@ class DumpWriter:
             draw=draw,
             by="regions" if changes else "layers",
         )
+
+
+def _drawable(fn, graph) -> list[Op] | None:
+    """``fn(graph)``, the graph as drawable ops, or None when that fails: the page then goes
+    without its drawings (and says so), never the dump without its page."""
+    try:
+        return fn(graph)
+    except Exception:
+        return None
 
 
 def signature(gm: fx.GraphModule) -> dict[str, str]:

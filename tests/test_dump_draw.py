@@ -117,6 +117,8 @@ def test_text_from_the_graph_is_escaped_in_drawings():
     ]
     svg = draw_nodes(ops, {"a<b"})
     assert "<script>" not in svg and "&lt;script&gt;" in svg and 'data-node="a&lt;b"' in svg
+    bell = draw_nodes([Op("n\x07", "Op\x00", (), "op", (), "L")], {"n\x07"})
+    assert "\x07" not in bell and "\x00" not in bell  # not even escaped: the file stays XML
 
 
 def test_unchanged_passes_draw_nothing():
@@ -157,7 +159,21 @@ def test_nodes_a_pass_inserted_show_their_output_shapes():
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
     policy = lrc.Policy(method="qalora", bits=4, group_size=16, rank=4)
     model = lrc.compile(tiny_gpt(), policy, example_inputs=(ids,))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     shown = texts(lrc.layer_svg(model, "blocks.0.attn.q_proj"))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # meta only
     mean = shown.index("mean")
     assert shown[mean + 1 : mean + 3] == ["-1", "-> f32[2, 8, 2]"]  # per group: (B, T, K / g)
     assert "-> f32[2, 8, 4]" in shown and shown[-2:] == ["-> f32[2, 8, 32]", "view"]
+
+
+def test_a_graph_that_cannot_be_drawn_still_gets_its_dump(tmp_path, monkeypatch):
+    import lowrank_compiler.dumps as dumps
+
+    def broken(gm):
+        raise RuntimeError("unreadable")
+
+    monkeypatch.setattr(dumps, "fx_ops", broken)
+    lrc.compile(tiny_gpt(), lrc.Policy(method="lora", rank=4), dump_dir=tmp_path)
+    page = (tmp_path / "02-insert-lora.html").read_text()
+    assert "could not be read for drawing" in page and 'id="n-blocks_0_attn_q_proj_add"' in page
