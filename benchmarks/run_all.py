@@ -1,7 +1,7 @@
 """Run every benchmark and write ``benchmarks/results/``: ``report.md``, PNG plots,
 ``results.json``.
 
-    python -m benchmarks                 # everything (about 35 minutes on 2 cores)
+    python -m benchmarks                 # everything (about 40 minutes on 2 cores)
     python -m benchmarks --quick         # the same code on small settings (a few minutes)
     python -m benchmarks --only speed,floor --out DIR
     python -m benchmarks --only genai --keep   # rerun one section, keep the others' numbers

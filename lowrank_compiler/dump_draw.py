@@ -14,11 +14,10 @@ arithmetic (``x.shape[-1] // 16``, ONNX ``Shape``/``Gather``/``Concat`` on int64
 from __future__ import annotations
 
 import hashlib
-import html
-import re
 from dataclasses import dataclass, replace
 
 from .dump_ops import Op
+from .dump_views import esc
 
 CHAR_W, LINE_H, PAD, GAP_X, GAP_Y = 7.4, 15, 8, 56, 14
 MAX_NODES = 150  # a drawing of more is no longer readable (and slow to lay out)
@@ -139,13 +138,13 @@ def draw_nodes(ops: list[Op], names: set[str], title: str = "") -> str:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="layer" width="{width:.0f}" '
         f'height="{height:.0f}" viewBox="0 0 {width:.0f} {height:.0f}" role="img" '
-        f'aria-label="{_esc(title or "subgraph")}" font-family="ui-monospace,monospace" '
+        f'aria-label="{esc(title or "subgraph")}" font-family="ui-monospace,monospace" '
         'font-size="12">',
         f'<defs><marker id="{mark}" viewBox="0 0 8 8" refX="8" refY="4" markerWidth="7" '
         'markerHeight="7" orient="auto"><path d="M0,0L8,4L0,8z" fill="#6b7385"/></marker></defs>',
     ]
     if title:
-        parts.append(f'<text x="{PAD}" y="16" font-weight="bold">{_esc(title)}</text>')
+        parts.append(f'<text x="{PAD}" y="16" font-weight="bold">{esc(title)}</text>')
     for a, b in edges:
         k = slots[b].index(a)
         parts.append(_edge(boxes[a], boxes[b], (k + 1) / (len(slots[b]) + 1), mark))
@@ -161,7 +160,7 @@ def _too_many(count: int, title: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" class="layer" width="{width:.0f}" height="30" '
         f'font-family="ui-monospace,monospace" font-size="12"><text x="{PAD}" y="20">'
-        f"{_esc(text)}</text></svg>"
+        f"{esc(text)}</text></svg>"
     )
 
 
@@ -181,25 +180,18 @@ def _box(b: _Box) -> str:
     dash = ' stroke-dasharray="4 3"' if b.port else ""
     text = [
         f'<text x="{b.x + PAD:.1f}" y="{b.y + PAD + 10:.1f}" font-weight="bold" '
-        f'fill="{_STROKE[b.role]}">{_esc(b.label)}</text>'
+        f'fill="{_STROKE[b.role]}">{esc(b.label)}</text>'
     ]
     text += [
         f'<text x="{b.x + PAD:.1f}" y="{b.y + PAD + 10 + LINE_H * (i + 1):.1f}" '
-        f'fill="#333">{_esc(line)}</text>'
+        f'fill="#333">{esc(line)}</text>'
         for i, line in enumerate(b.lines)
     ]
     return (
-        f'<g class="{kind} {b.role}" data-node="{_esc(b.key)}"><title>{_esc(b.key)}</title>'
+        f'<g class="{kind} {b.role}" data-node="{esc(b.key)}"><title>{esc(b.key)}</title>'
         f'<rect x="{b.x:.1f}" y="{b.y:.1f}" width="{b.w:.1f}" height="{b.h:.1f}" rx="5" '
         f'fill="{_FILL[b.role]}" stroke="{_STROKE[b.role]}"{dash}/>' + "".join(text) + "</g>"
     )
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # not allowed in XML, even escaped
-
-
-def _esc(value: object) -> str:
-    return html.escape(_CONTROL.sub("?", str(value)), quote=True)
 
 
 def layer_svg(source, layer: str) -> str:

@@ -7,24 +7,14 @@ A page's first drawing is also written beside it as ``NN-<pass>.before.svg`` and
 
 from __future__ import annotations
 
-import html
-import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .dump_draw import draw_nodes
 from .dump_select import rewritten_layers, rewritten_regions
+from .dump_views import esc, wrap_name
 
 MAX_KINDS = 8  # drawings per page: one per rewritten layer kind, at most this many
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _name(value: Any) -> str:
-    """An escaped dotted or snake_case name that may wrap after each '.', '_' and ','."""
-    return re.sub(r"([._,])", r"\1<wbr>", _esc(value))
 
 
 def page_drawings(
@@ -46,7 +36,7 @@ def page_drawings(
     try:
         return _drawings(write, folder, index, name, changes, before, after, by)
     except Exception as e:  # a drawing is left out, never the page
-        return f"<p>(Drawing the rewrites failed: {_esc(type(e).__name__)}: {_esc(e)})</p>", None
+        return f"<p>(Drawing the rewrites failed: {esc(type(e).__name__)}: {esc(e)})</p>", None
 
 
 def _drawings(
@@ -100,10 +90,10 @@ _LEGEND = (
 def _figure(layer: str, kind: list[str], was: str, now: str, removed: bool) -> str:
     others = len(kind) - 1
     like = f" and {others} more layers of its kind" if others else ""
-    names = f"<details><summary>all {len(kind)}</summary>{_esc(', '.join(kind))}</details>"
+    names = f"<details><summary>all {len(kind)}</summary>{esc(', '.join(kind))}</details>"
     arrow = '<span class="arrow">&rarr;</span>' if was and now else ""
     return (
-        f'<figure class="layer" id="layer-{_esc(layer)}"><figcaption><b>{_name(layer)}</b>{like}'
+        f'<figure class="layer" id="layer-{esc(layer)}"><figcaption><b>{wrap_name(layer)}</b>{like}'
         f'{names if others else ""}{_LEGEND}</figcaption><div class="ba">{was}{arrow}'
         f"{'<p>removed</p>' if removed else now}</div></figure>"
     )
@@ -116,12 +106,12 @@ def index_figures(entries: list[dict]) -> str:
         f = e.get("figure")
         if not f:
             continue
-        was = f'<img src="{_esc(f["before"])}" alt="before">' if f.get("before") else ""
-        now = f'<img src="{_esc(f["after"])}" alt="after">' if f.get("after") else ""
+        was = f'<img src="{esc(f["before"])}" alt="before">' if f.get("before") else ""
+        now = f'<img src="{esc(f["after"])}" alt="after">' if f.get("after") else ""
         arrow = '<span class="arrow">&rarr;</span>' if was and now else ""
         figures.append(
-            f'<figure class="layer"><figcaption><a href="{_esc(e["file"])}">{e["index"]:02d} '
-            f"{_esc(e['name'])}</a>: <b>{_name(f['layer'])}</b></figcaption>"
+            f'<figure class="layer"><figcaption><a href="{esc(e["file"])}">{e["index"]:02d} '
+            f"{esc(e['name'])}</a>: <b>{wrap_name(f['layer'])}</b></figcaption>"
             f'<div class="ba">{was}{arrow}{now}</div></figure>'
         )
     if not figures:

@@ -16,7 +16,6 @@ the earlier passes and links the previous page to its own.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Callable
 
 from .dump_figures import index_figures, page_drawings
 from .dump_ops import Op
-from .dump_views import Row, fx_rows, onnx_rows
+from .dump_views import Row, esc, fx_rows, onnx_rows, wrap_name
 
 INDEX = "index.html"
 _NEXT = "<!--next-->"  # where a page's link to the following one goes once that page exists
@@ -78,15 +77,6 @@ figure.layer figcaption{font-size:13px;margin-bottom:6px}
 _STRIP_COLOURS = {"added": "#1f8a4c", "rewritten": "#e0a100", "same": "#c5cbd8"}
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _name(value: Any) -> str:
-    """An escaped dotted or snake_case name that may wrap after each '.', '_' and ','."""
-    return re.sub(r"([._,])", r"\1<wbr>", _esc(value))
-
-
 def _page(title: str, subtitle: str, nav: str, body: str, entry: dict | None = None) -> str:
     data = ""
     if entry is not None:  # JSON inside <script>: '<' escaped so no text can close the element
@@ -99,9 +89,9 @@ def _page(title: str, subtitle: str, nav: str, body: str, entry: dict | None = N
         data = f'<script type="application/json" id="lrc-pass">{blob}</script>\n'
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta '
-        f'charset="utf-8"><title>{_esc(title)}</title>\n'
+        f'charset="utf-8"><title>{esc(title)}</title>\n'
         f"<style>{_CSS}</style>\n{data}</head><body>\n"
-        f'<header><h1>{_esc(title)}</h1><div class="sub">{_esc(subtitle)}</div></header>\n'
+        f'<header><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)}</div></header>\n'
         f"<nav>{nav}</nav>\n<main>\n{body}\n</main></body></html>\n"
     )
 
@@ -119,11 +109,11 @@ def _rows(rows: list[Row], changes: dict | None) -> str:
     for i, r in enumerate(rows):
         status = status_of(r.key, changes)
         out.append(
-            f'<tr id="n-{_esc(r.key)}" class="{status}"><td '
-            f'class="num">{i}</td><td>{_name(r.name)}</td>'
-            f'<td class="kind"><span class="op op-{_esc(r.op_class)}">{_esc(r.op)}</span></td>'
-            f'<td>{_name(r.target)}</td><td class="in">{r.inputs}</td>'
-            f'<td class="kind">{_esc(r.shape)}</td><td>{_name(r.layer)}</td></tr>'
+            f'<tr id="n-{esc(r.key)}" class="{status}"><td '
+            f'class="num">{i}</td><td>{wrap_name(r.name)}</td>'
+            f'<td class="kind"><span class="op op-{esc(r.op_class)}">{esc(r.op)}</span></td>'
+            f'<td>{wrap_name(r.target)}</td><td class="in">{r.inputs}</td>'
+            f'<td class="kind">{esc(r.shape)}</td><td>{wrap_name(r.layer)}</td></tr>'
         )
     head = "".join(
         f"<th>{h}</th>" for h in ("#", "node", "op", "target", "inputs", "shape", "layer")
@@ -139,8 +129,8 @@ def _strip(rows: list[Row], changes: dict | None) -> str:
         x, y = (i % per_row) * w, (i // per_row) * h
         colour = _STRIP_COLOURS[status_of(r.key, changes)]
         marks.append(
-            f'<a href="#n-{_esc(r.key)}"><rect x="{x}" y="{y}" width="{w - 2}" height="{h - 3}" '
-            f'rx="2" fill="{colour}"><title>{_esc(r.name)}</title></rect></a>'
+            f'<a href="#n-{esc(r.key)}"><rect x="{x}" y="{y}" width="{w - 2}" height="{h - 3}" '
+            f'rx="2" fill="{colour}"><title>{esc(r.name)}</title></rect></a>'
         )
     height = ((len(rows) - 1) // per_row + 1) * h if rows else h
     legend = "".join(
@@ -159,28 +149,28 @@ def _strip(rows: list[Row], changes: dict | None) -> str:
 
 def _value(value: Any) -> str:
     if isinstance(value, float):
-        return _esc(f"{value:.4g}")
+        return esc(f"{value:.4g}")
     if (
         isinstance(value, dict)
         and 0 < len(value) <= 3
         and not any(isinstance(v, (dict, list)) for v in value.values())
     ):
-        return ", ".join(f"{_esc(k)}: {_value(v)}" for k, v in value.items())
+        return ", ".join(f"{esc(k)}: {_value(v)}" for k, v in value.items())
     if isinstance(value, dict) and value:
-        rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_value(v)}</td></tr>" for k, v in value.items())
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{_value(v)}</td></tr>" for k, v in value.items())
         return f"<details><summary>{len(value)} entries</summary><table>{rows}</table></details>"
     if isinstance(value, (list, tuple)) and len(value) > 8:
         return (
             f"<details><summary>{len(value)} "
-            f"items</summary>{_esc(', '.join(map(str, value)))}</details>"
+            f"items</summary>{esc(', '.join(map(str, value)))}</details>"
         )
-    return _esc(value)
+    return esc(value)
 
 
 def stats_table(stats: dict) -> str:
     if not stats:
         return "<p>no stats</p>"
-    rows = "".join(f"<tr><td>{_esc(k)}</td><td>{_value(v)}</td></tr>" for k, v in stats.items())
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{_value(v)}</td></tr>" for k, v in stats.items())
     return f'<table class="stats">{rows}</table>'
 
 
@@ -197,7 +187,7 @@ def _cards(entry: dict) -> str:
     return (
         '<div class="cards">'
         + "".join(
-            f'<div class="card {cls}"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
+            f'<div class="card {cls}"><b>{esc(v)}</b><span>{esc(k)}</span></div>'
             for k, v, cls in cards
         )
         + "</div>"
@@ -255,9 +245,7 @@ class HtmlDump:
         previous = self.entries[-1] if self.entries else None
         nav = f'<a href="{INDEX}">index</a>'
         if previous is not None:
-            nav = (
-                f'<a href="{_esc(previous["file"])}">&larr; {_esc(previous["file"][:-5])}</a>' + nav
-            )
+            nav = f'<a href="{esc(previous["file"])}">&larr; {esc(previous["file"][:-5])}</a>' + nav
         body = _cards(entry) + _body(
             rows, stats or {}, list(report), changes, before or {}, drawings
         )
@@ -275,7 +263,7 @@ class HtmlDump:
             return
         if _NEXT in text:
             self.write(
-                path, text.replace(_NEXT, f'<a href="{_esc(file)}">{_esc(file[:-5])} &rarr;</a>', 1)
+                path, text.replace(_NEXT, f'<a href="{esc(file)}">{esc(file[:-5])} &rarr;</a>', 1)
             )
 
 
@@ -292,7 +280,7 @@ def _body(
     if report:
         parts += [
             "<h2>Report</h2>",
-            '<ul class="report">' + "".join(f"<li>{_esc(r)}</li>" for r in report) + "</ul>",
+            '<ul class="report">' + "".join(f"<li>{esc(r)}</li>" for r in report) + "</ul>",
         ]
     parts += [
         "<h2>Graph</h2>",
@@ -304,7 +292,7 @@ def _body(
     removed = (changes or {}).get("removed", [])
     if removed:
         rows = "".join(
-            f'<tr class="removed"><td>{_esc(n)}</td><td>{_esc(before.get(n, ""))}</td></tr>'
+            f'<tr class="removed"><td>{esc(n)}</td><td>{esc(before.get(n, ""))}</td></tr>'
             for n in removed
         )
         parts += [
@@ -340,10 +328,10 @@ def _index_row(e: dict) -> str:
     modified = "" if e.get("modified") is None else ("yes" if e["modified"] else "no")
     return (
         f'<tr><td class="num">{e["index"]:02d}</td><td><a '
-        f'href="{_esc(e["file"])}">{_esc(e["name"])}</a> '
+        f'href="{esc(e["file"])}">{esc(e["name"])}</a> '
         "<small>(<a "
-        f'href="{_esc(e["text"])}">text</a>)</small><br><small>{_esc(e["title"])}</small></td>'
-        f"<td>{_esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td>"
+        f'href="{esc(e["text"])}">text</a>)</small><br><small>{esc(e["title"])}</small></td>'
+        f"<td>{esc(modified)}</td><td>{e['nodes']}</td><td>{counts}</td>"
         f"<td>{stats_table(e['stats'])}</td></tr>"
     )
 

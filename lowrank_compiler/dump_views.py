@@ -32,13 +32,17 @@ class Row:
     layer: str
 
 
-def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # not allowed in XML, even escaped
 
 
-def _name(value: Any) -> str:
+def esc(value: Any) -> str:
+    """Text from a graph as HTML or SVG text: escaped, control characters replaced."""
+    return html.escape(_CONTROL.sub("?", str(value)), quote=True)
+
+
+def wrap_name(value: Any) -> str:
     """An escaped dotted or snake_case name that may wrap after each '.', '_' and ','."""
-    return re.sub(r"([._,])", r"\1<wbr>", _esc(value))
+    return re.sub(r"([._,])", r"\1<wbr>", esc(value))
 
 
 def _target(node: fx.Node) -> str:
@@ -55,7 +59,7 @@ def _target(node: fx.Node) -> str:
 def _arg(value: Any, limit: int = 160) -> str:
     """An argument as escaped HTML: nodes link to their rows, long literals are cut."""
     if isinstance(value, fx.Node):
-        return f'<a href="#n-{_esc(value.name)}">%{_name(value.name)}</a>'
+        return f'<a href="#n-{esc(value.name)}">%{wrap_name(value.name)}</a>'
     if isinstance(value, (list, tuple)):
         inner = ", ".join(_arg(v, limit) for v in value)
         return (
@@ -64,13 +68,13 @@ def _arg(value: Any, limit: int = 160) -> str:
             else f"({inner}{',' if len(value) == 1 else ''})"
         )
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_esc(k)}: {_arg(v, limit)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{esc(k)}: {_arg(v, limit)}" for k, v in value.items()) + "}"
     text = repr(value)
-    return _esc(text if len(text) <= limit else text[: limit - 3] + "...")
+    return esc(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
 def _inputs(node: fx.Node) -> str:
-    parts = [_arg(a) for a in node.args] + [f"{_esc(k)}={_arg(v)}" for k, v in node.kwargs.items()]
+    parts = [_arg(a) for a in node.args] + [f"{esc(k)}={_arg(v)}" for k, v in node.kwargs.items()]
     return ", ".join(parts)
 
 
@@ -102,9 +106,9 @@ def onnx_rows(model: onnx.ModelProto) -> list[Row]:
             if not i:
                 ins.append("-")
             elif i in producer:
-                ins.append(f'<a href="#n-{_esc(producer[i])}">%{_name(i)}</a>')
+                ins.append(f'<a href="#n-{esc(producer[i])}">%{wrap_name(i)}</a>')
             else:
-                ins.append(f"{_name(i)}: {_esc(types.get(i, '?'))}")
+                ins.append(f"{wrap_name(i)}: {esc(types.get(i, '?'))}")
         domain = n.domain if n.domain not in ("", "ai.onnx") else ""
         op = f"{domain}::{n.op_type}" if domain else n.op_type
         shape = ", ".join(types.get(o, "?") for o in n.output if o)

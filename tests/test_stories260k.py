@@ -16,6 +16,7 @@ import torch
 from models import made_once
 
 import lowrank_compiler as lrc
+from lowrank_compiler.app.jobs.llm_eval import torch_greedy
 from lowrank_compiler.app.pretrained import load_stories260k
 from lowrank_compiler.genai import export_genai
 from lowrank_compiler.runtime.serve.generate import DecoderSession
@@ -102,26 +103,6 @@ def case(request, cases):
     return cases(request.param)
 
 
-def hf_greedy(model, ids):
-    """The folded torch model's greedy tokens and each step's top-2 margin (relative)."""
-    with torch.no_grad():
-        out = model.generate(
-            ids,
-            do_sample=False,
-            max_new_tokens=STEPS,
-            min_new_tokens=STEPS,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-        )
-    margins = []
-    for step in out.logits:
-        row = step[0].numpy()
-        top2 = np.sort(row)[-2:]
-        margins.append(float(top2[1] - top2[0]) / float(np.abs(row).max()))
-    return out.sequences[0, ids.shape[1] :].tolist(), margins
-
-
 def assert_same_up_to_ties(got, want, margins):
     """Equal tokens; where they part, the folded model's own top-2 were within ``MARGIN``."""
     assert len(got) == len(want) == STEPS
@@ -166,7 +147,7 @@ def test_fine_tune_lowers_the_loss_and_folds_exactly(case):
 @pytest.mark.parametrize("text", PROMPTS)
 def test_tokens_from_onnxruntime_genai_and_ours_equal_the_folded_model(case, text):
     ids = case.tok(text, return_tensors="pt").input_ids
-    want, margins = hf_greedy(case.model, ids)
+    want, margins = torch_greedy(case.model, ids, STEPS)
     assert_same_up_to_ties(og_greedy(case.dir, ids), want, margins)
     ours = DecoderSession(case.dir).generate(ids, torch.ones_like(ids), max_new_tokens=STEPS)
     assert_same_up_to_ties(ours[0, ids.shape[1] :].tolist(), want, margins)
