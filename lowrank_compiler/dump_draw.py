@@ -14,10 +14,15 @@ arithmetic (``x.shape[-1] // 16``, ONNX ``Shape``/``Gather``/``Concat`` on int64
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, replace
 
-from .dump_ops import Op
+import onnx
+import torch.fx as fx
+
+from .dump_ops import Op, fx_ops, onnx_ops
 from .dump_views import esc
+from .runtime.onnx.file import read_model
 
 CHAR_W, LINE_H, PAD, GAP_X, GAP_Y = 7.4, 15, 8, 56, 14
 MAX_NODES = 150  # a drawing of more is no longer readable (and slow to lay out)
@@ -197,17 +202,9 @@ def _box(b: _Box) -> str:
 def layer_svg(source, layer: str) -> str:
     """The SVG of one layer, on demand: ``source`` a model ``compile`` returned (its traced
     graph), an ``fx.GraphModule``, an ``onnx.ModelProto`` or an ONNX file's path."""
-    import os
-
-    import onnx
-    import torch.fx as fx
-
-    from .api import compile_info
-    from .dump_ops import fx_ops, onnx_ops
+    from .api import compile_info  # here: api's pass manager draws its dumps with this module
 
     if isinstance(source, (str, os.PathLike)):
-        from .runtime.onnx.file import read_model
-
         source = read_model(source)
     if isinstance(source, onnx.ModelProto):
         ops = onnx_ops(source)

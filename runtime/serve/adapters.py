@@ -36,6 +36,7 @@ from ..onnx.file import adapter_tensors
 from ..quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
 
 ROUTES = ("auto", "feeds", "session")
+_NP = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def swappable(folder: Path) -> bool:
@@ -111,9 +112,6 @@ def adapter_route(
             )
     _check_record(path, session)
     return route
-
-
-_NP = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def _check_record(path: Path, session: ort.InferenceSession) -> None:
