@@ -23,12 +23,12 @@ from test_stories260k import (
     STEPS,
     assert_same_up_to_ties,
     fine_tune,
-    hf_greedy,
     og,
     og_greedy,
 )
 
 import lowrank_compiler as lrc
+from lowrank_compiler.app.jobs.llm_eval import torch_greedy
 from lowrank_compiler.app.pretrained import load_stories260k
 from lowrank_compiler.genai import export_genai
 from lowrank_compiler.passes.helpers import export as export_helper
@@ -204,7 +204,7 @@ def test_genai_folder_tokens_equal_the_folded_model_in_float32(
     reference = copy.deepcopy(case.folded).float()
     for text in PROMPTS[:3]:
         ids = case.tok(text, return_tensors="pt").input_ids
-        want, margins = hf_greedy(reference, ids)
+        want, margins = torch_greedy(reference, ids, STEPS)
         if file_dtype == "float16":
             margins = [m / 10 for m in margins]
         assert_same_up_to_ties(og_greedy(folder, ids), want, margins)
