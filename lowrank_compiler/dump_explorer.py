@@ -3,13 +3,13 @@
 Google's Model Explorer (``pip install 'lowrank-compiler[view]'``) lays *node data* over a
 graph: ``{"<graph id>": {"name": ..., "results": {"<node id>": {"value": "02 insert-lora:
 added", "bgColor": "#4e79a7"}}}}``. ``overlay`` builds it from a dump directory's pages
-(``NN-<pass>.html``), keyed as Model Explorer's adapters key the graph shown: a PyTorch model
+(their ``NN-<pass>.json``), keyed as Model Explorer's adapters key the graph shown: a PyTorch model
 as a ``torch.export.ExportedProgram`` (``program``) is graph ``"graph"`` with the exported
 graph's node names; an ONNX file is its graph's name (``"<main>"`` without one) with the ONNX
 node names (``"<node_i>"`` for an unnamed i-th node; the ``model-explorer-onnx`` adapter).
 
 A fresh export renames our FX graph's nodes (its ``add_1`` is another node), so FX passes mark
-layers (module paths; a page row names its node's layer and the rows it reads): a layer a pass
+layers (module paths; a dumped node names its layer and the nodes it reads): a layer a pass
 added nodes in, rewrote a module call of, or reported on (``"<layer>: ..."``) is that pass's,
 with every shown node in that module (by ``nn_module_stack``, parameters by their module, ONNX
 nodes by the tensors they read or torch.onnx's name scopes). A node it rewrote because it reads
@@ -29,7 +29,6 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ FILES = {"pass": "explorer-passes.json", "report": "explorer-report.json"}
 _NAMES = {"pass": "passes", "report": "pass report"}  # as Model Explorer lists them
 INSTALL = "pip install 'lowrank-compiler[view]'"
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
-_PAGE = re.compile(r"^(\d{2,})-.+\.html$")
+_PAGE = re.compile(r"^(\d{2,})-.+\.json$")
 
 
 class ViewerMissingError(LowRankError, ImportError):
@@ -71,69 +70,59 @@ class Mark:
         return f"{self.index:02d} {self.name}: {self.status}"
 
 
-@dataclass
-class _Row:
-    status: str
-    cells: list[str] = field(default_factory=list)  # #, node, op, target, inputs, shape, layer
-    reads: list[str] = field(default_factory=list)  # the rows its inputs link to
-
-    def cell(self, i: int) -> str:
-        return self.cells[i].strip() if i < len(self.cells) else ""
+@dataclass(frozen=True)
+class _Node:
+    status: str  # added, rewritten or same
+    op: str
+    layer: str
+    reads: tuple[str, ...]  # keys of the nodes whose outputs it takes
 
 
-class _Page(HTMLParser):
-    """A ``dump_html`` page: its number, pass, graph rows, report lines and index entry."""
+@dataclass(frozen=True)
+class _Page:
+    """One pass's ``NN-<pass>.json`` (``dump_html``): its number, pass, graph, report, nodes."""
 
-    def __init__(self, path: Path, index: int):
-        super().__init__()
-        self.rows: dict[str, _Row] = {}
-        self.report, self.entry, self._row, self._in = [], "", None, None
-        self.feed(path.read_text(encoding="utf-8"))
-        entry = json.loads(self.entry) if self.entry.strip() else {}
-        self.index, self.name = index, entry.get("name") or path.stem.split("-", 1)[1]
-        self.onnx = str(entry.get("title", "")).startswith("ONNX")  # rows are ONNX nodes
-        self.modified = bool(entry.get("modified"))
+    index: int
+    name: str
+    onnx: bool  # nodes are ONNX nodes (keyed by ``node_key``), else FX nodes
+    modified: bool
+    report: tuple[str, ...]
+    nodes: dict[str, _Node]
 
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "tr":
-            key = a.get("id") or ""
-            self._row = None
-            if key.startswith("n-"):
-                self._row = self.rows.setdefault(key[2:], _Row(a.get("class") or ""))
-        elif tag == "td" and self._row is not None:
-            self._row.cells.append("")
-        elif tag == "a" and self._row is not None and (a.get("href") or "").startswith("#n-"):
-            self._row.reads.append(a["href"][3:])
-        elif tag == "li" or (tag == "script" and a.get("id") == "lrc-pass"):
-            self._in = tag
-            self.report += [""] if tag == "li" else []
-
-    def handle_endtag(self, tag):
-        if tag == "tr":
-            self._row = None
-        elif tag == self._in:
-            self._in = None
-
-    def handle_data(self, data):
-        if self._in == "script":
-            self.entry += data
-        elif self._in == "li":
-            self.report[-1] += data
-        elif self._row is not None and self._row.cells:
-            self._row.cells[-1] += data
+    @classmethod
+    def read(cls, path: Path, index: int) -> _Page:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            nodes = {
+                n["key"]: _Node(n["status"], n["op"], n["layer"], tuple(n["reads"]))
+                for n in data["nodes"]
+            }
+            entry = data["pass"]
+            return cls(
+                index,
+                entry["name"],
+                data["graph"] == "onnx",
+                bool(entry.get("modified")),
+                tuple(data["report"]),
+                nodes,
+            )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(
+                f"{str(path)!r} is not a pass dump's JSON ({type(e).__name__}: {e}): dump the "
+                "pipeline again with this version (compile/fold/export_onnx dump_dir=)"
+            ) from e
 
 
 def _pages(dump_dir: Path) -> list[_Page]:
-    """Every ``NN-<pass>.html`` in ``dump_dir`` (the newest for each number), in order."""
-    found = sorted((p.stat().st_mtime, p) for p in dump_dir.glob("*.html") if _PAGE.match(p.name))
+    """Every ``NN-<pass>.json`` in ``dump_dir`` (the newest for each number), in order."""
+    found = sorted((p.stat().st_mtime, p) for p in dump_dir.glob("*.json") if _PAGE.match(p.name))
     newest = {int(_PAGE.match(p.name)[1]): p for _, p in found}  # the newest last, so it stays
     if not newest:
         raise ValueError(
-            f"no pass dumps (NN-<pass>.html) in {str(dump_dir)!r}: give the dump_dir that "
+            f"no pass dumps (NN-<pass>.json) in {str(dump_dir)!r}: give the dump_dir that "
             "compile(..., dump_dir=), fold or export_onnx wrote, or `lowrank-compiler dump`'s --out"
         )
-    return [_Page(newest[number], number) for number in sorted(newest)]
+    return [_Page.read(newest[number], number) for number in sorted(newest)]
 
 
 @dataclass
@@ -147,21 +136,20 @@ class PassMarks:
 
 def _fx_marks(page: _Page) -> tuple[dict[str, Mark], dict[str, Mark]]:
     """The layers one FX pass changed, and the layers whose readers it rewired."""
-    rows = page.rows
+    nodes = page.nodes
     status: dict[str, str] = {}
-    for r in rows.values():
-        layer, op = r.cell(6), r.cell(2)
-        if layer and (r.status == "added" or (r.status == "rewritten" and op == "call_module")):
-            status[layer] = "added" if r.status == "added" else status.get(layer, "rewritten")
+    for n in nodes.values():
+        if n.layer and (n.status == "added" or (n.status == "rewritten" and n.op == "call_module")):
+            status[n.layer] = "added" if n.status == "added" else status.get(n.layer, "rewritten")
     if page.modified:  # a module swapped under an unchanged node: the report names its layer
-        known = {r.cell(6) for r in rows.values()} - {""}
+        known = {n.layer for n in nodes.values()} - {""}
         for head in (line.split(":", 1)[0] for line in page.report if ":" in line):
             if head in known:
                 status.setdefault(head, "rewritten")
     read = set()
-    for r in rows.values():
-        if r.status == "rewritten" and r.cell(6) not in status:
-            read |= {rows[p].cell(6) for p in r.reads if p in rows and rows[p].cell(6) in status}
+    for n in nodes.values():
+        if n.status == "rewritten" and n.layer not in status:
+            read |= {nodes[p].layer for p in n.reads if p in nodes and nodes[p].layer in status}
 
     def mark(layer: str, what: str) -> Mark:
         lines = tuple(line for line in page.report if line.startswith(f"{layer}:"))
@@ -179,10 +167,10 @@ def pass_marks(dump_dir: str | os.PathLike) -> PassMarks:
     marks = PassMarks()
     for page in _pages(Path(dump_dir)):
         if page.onnx:
-            for key, r in page.rows.items():
-                if r.status in ("added", "rewritten"):
+            for key, n in page.nodes.items():
+                if n.status in ("added", "rewritten"):
                     lines = tuple(line for line in page.report if key in line)
-                    marks.onnx[key] = Mark(page.index, page.name, r.status, lines)
+                    marks.onnx[key] = Mark(page.index, page.name, n.status, lines)
         else:
             layers, readers = _fx_marks(page)
             marks.layers.update(layers)

@@ -12,6 +12,11 @@ Every page is self-contained (inline CSS, no script, nothing fetched) and every 
 of text from the graph is escaped. A page carries its index entry as JSON, so a later
 pipeline that continues the numbering (``fold(..., dump_dir=)``) rebuilds the index with
 the earlier passes and links the previous page to its own.
+
+Beside each page, ``NN-<pass>.json`` holds what the page shows for programs to read (the Model
+Explorer overlays do): ``{"pass": <index entry>, "graph": "fx" | "onnx", "report": [...],
+"nodes": [{"key", "status", "op", "layer", "reads"}, ...]}``, ``status`` one of ``added``,
+``rewritten``, ``same``, ``reads`` the keys of the nodes whose outputs it takes.
 """
 
 from __future__ import annotations
@@ -223,9 +228,11 @@ class HtmlDump:
         ops: tuple[list[Op] | None, list[Op]] | None = None,
         draw: dict | None = None,
         by: str = "layers",
+        graph: str = "fx",
     ) -> Path:
-        """One pass's page; ``ops``: the graph before and after as drawable ops, of which the
-        parts ``draw`` (default: ``changes``) touches are drawn, ``by`` layers or regions."""
+        """One pass's page and its JSON; ``rows`` of an ``fx`` or ``onnx`` ``graph``; ``ops``:
+        the graph before and after as drawable ops, of which the parts ``draw`` (default:
+        ``changes``) touches are drawn, ``by`` layers or regions."""
         file = f"{index:02d}-{name}.html"
         drawings, figure = page_drawings(
             self.write, self.dir, index, name, changes if draw is None else draw, ops, by
@@ -250,6 +257,8 @@ class HtmlDump:
             rows, stats or {}, list(report), changes, before or {}, drawings
         )
         self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body, entry))
+        data = _data(entry, graph, rows, report, changes)
+        self.write(self.dir / f"{index:02d}-{name}.json", data)
         if previous is not None:
             self._link_next(self.dir / previous["file"], file)
         self.entries.append(entry)
@@ -265,6 +274,15 @@ class HtmlDump:
             self.write(
                 path, text.replace(_NEXT, f'<a href="{esc(file)}">{esc(file[:-5])} &rarr;</a>', 1)
             )
+
+
+def _data(entry: dict, graph: str, rows: list[Row], report, changes: dict | None) -> str:
+    nodes = [
+        dict(key=r.key, status=status_of(r.key, changes), op=r.op, layer=r.layer, reads=r.reads)
+        for r in rows
+    ]
+    data = {"pass": entry, "graph": graph, "report": list(report), "nodes": nodes}
+    return json.dumps(data, default=str) + "\n"
 
 
 def _body(

@@ -2,7 +2,7 @@
 
 Each ``Row`` is one node: its anchor key (the name a pass's changes list it under), name, op
 badge and class, target, inputs as escaped HTML (producer nodes linked to their rows), output
-shape and the layer it belongs to.
+shape, the layer it belongs to and the keys of the rows it reads.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Row:
     inputs: str  # escaped HTML
     shape: str
     layer: str
+    reads: tuple[str, ...] = ()  # keys of the rows whose outputs it takes
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # not allowed in XML, even escaped
@@ -89,7 +90,17 @@ def _shape(node: fx.Node) -> str:
 
 def fx_rows(gm: fx.GraphModule) -> list[Row]:
     return [
-        Row(n.name, n.name, n.op, n.op, _target(n), _inputs(n), _shape(n), fx_layer(n))
+        Row(
+            n.name,
+            n.name,
+            n.op,
+            n.op,
+            _target(n),
+            _inputs(n),
+            _shape(n),
+            fx_layer(n),
+            tuple(i.name for i in n.all_input_nodes),
+        )
         for n in gm.graph.nodes
     ]
 
@@ -123,6 +134,7 @@ def onnx_rows(model: onnx.ModelProto) -> list[Row]:
                 ", ".join(ins),
                 shape,
                 layer,
+                tuple(dict.fromkeys(producer[i] for i in n.input if i in producer)),
             )
         )
     return rows

@@ -88,6 +88,7 @@ class DumpWriter:
             ops=(before, after),
             draw=draw,
             by="regions" if changes else "layers",
+            graph="onnx",
         )
 
 

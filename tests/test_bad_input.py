@@ -592,6 +592,8 @@ CASES = [
             "d/01-find-linears.txt",
             "d/00-trace.html",
             "d/01-find-linears.html",
+            "d/00-trace.json",
+            "d/01-find-linears.json",
             "d/index.html",
         ),
     ),

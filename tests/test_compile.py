@@ -33,12 +33,15 @@ def test_compiled_model_equals_original_and_keeps_its_class(name, tmp_path):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "00-trace.html",
+        "00-trace.json",
         "00-trace.txt",
         "01-find-linears.html",
+        "01-find-linears.json",
         "01-find-linears.txt",
         "02-insert-lora.after.svg",  # the first rewritten layer, drawn for the index
         "02-insert-lora.before.svg",
         "02-insert-lora.html",
+        "02-insert-lora.json",
         "02-insert-lora.txt",
         "index.html",
         "pipeline.txt",

@@ -1,6 +1,7 @@
 """HTML dumps: the index links every pass in order, pages highlight what each pass added,
 text is escaped, and the pages render in a real browser (headless Chromium) as more than a blank."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -96,6 +97,27 @@ def test_highlighted_nodes_are_the_nodes_each_pass_added(dumps):
     assert not {r["class"] for r in before.values()} - {"same"}  # find-linears changes no node
     folded = _read(dumps / "03-fold.html").rows
     assert {n for n, r in folded.items() if r["class"] == "added"} == set(folded) - set(after)
+
+
+def test_each_page_json_says_what_its_text_dump_and_graph_say(dumps):
+    """``NN-<pass>.json`` (what programs read) against ``NN-<pass>.txt`` and the graph itself."""
+    for name in ["00-trace", "01-find-linears", "02-insert-lora", "03-fold"]:
+        data = json.loads((dumps / f"{name}.json").read_text())
+        text = (dumps / f"{name}.txt").read_text()
+        status = {n["key"]: n["status"] for n in data["nodes"]}
+        for mark, what in (("+", "added"), ("~", "rewritten")):
+            listed = set(re.findall(rf"^//   \{mark} (\S+) =", text, re.M))
+            assert {k for k, s in status.items() if s == what} == listed, (name, what)
+        assert data["pass"]["name"] == name[3:] and data["graph"] == "fx"
+        assert (
+            len(data["nodes"]) == data["pass"]["nodes"] == len(_read(dumps / f"{name}.html").rows)
+        )
+    # reads are the graph's edges: rebuild the folded graph's and compare
+    model = lrc.compile(tiny_gpt(), lrc.Policy(method="lora", rank=4, alpha=8))
+    gm = lrc.compile_info(lrc.fold(model)).graph
+    edges = {n.name: [i.name for i in n.all_input_nodes] for n in gm.graph.nodes}
+    data = json.loads((dumps / "03-fold.json").read_text())
+    assert {n["key"]: n["reads"] for n in data["nodes"]} == edges
 
 
 @torch.fx.wrap

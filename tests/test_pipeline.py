@@ -165,12 +165,15 @@ def test_dumps_one_file_per_pass_with_header_and_graph(tmp_path):
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [
         "00-trace.html",
+        "00-trace.json",  # what the page shows, for programs (the Model Explorer overlays)
         "00-trace.txt",
         "01-find-linears.html",
+        "01-find-linears.json",
         "01-find-linears.txt",
         "02-insert-lora.after.svg",  # the first rewritten layer, drawn for the index
         "02-insert-lora.before.svg",
         "02-insert-lora.html",
+        "02-insert-lora.json",
         "02-insert-lora.txt",
         "index.html",
     ]
