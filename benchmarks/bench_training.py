@@ -1,7 +1,7 @@
 """Training-step cost and frozen-base bytes: QA-LoRA and LR-QAT over INT4 vs LoRA over fp32, side by
 side.
 
-    python benchmarks/bench_training.py [--steps 12] [--batch 8] [--seq 128]
+    python -m benchmarks.bench_training [--steps 12] [--batch 8] [--seq 128]
 
 Builds a ~21M-parameter GPT (6 layers, width 512, vocab 4096, random weights), compiles
 one copy with LoRA over the fp32 base, one with QA-LoRA over INT4 (group 32) and one with
@@ -22,8 +22,8 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.app.toy import GPTConfig, TinyGPT
-from lowrank_compiler.runtime.layers.grid_base import GridBase
-from lowrank_compiler.runtime.layers.int_linear import IntLinear
+
+from .common import base_linear_bytes
 
 CONFIG = GPTConfig(vocab_size=4096, block_size=256, n_layer=6, n_head=8, n_embd=512)
 
@@ -32,24 +32,6 @@ def build(method: str) -> torch.nn.Module:
     torch.manual_seed(0)
     model = TinyGPT(CONFIG)
     return lrc.compile(model, lrc.Policy(method=method, rank=16, alpha=32, bits=4, group_size=32))
-
-
-def base_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the frozen linear weights (codes or grid, scales, zeros, or fp32 weights; biases
-    left out)."""
-    total = 0
-    for m in model.modules():
-        base = getattr(m, "base", None)
-        if isinstance(base, (IntLinear, GridBase)):
-            frozen = (
-                base.qweight if isinstance(base, IntLinear) else base.phi0,
-                base.scales,
-                base.zeros,
-            )
-            total += sum(t.untyped_storage().nbytes() for t in frozen)
-        elif isinstance(base, torch.nn.Linear):
-            total += base.weight.untyped_storage().nbytes()
-    return total
 
 
 def main(argv=None) -> dict:
@@ -90,7 +72,7 @@ def main(argv=None) -> dict:
         for name in models:
             times[name].append(step(name))
     med = {k: statistics.median(v) for k, v in times.items()}
-    nbytes = {k: base_bytes(m) for k, m in models.items()}
+    nbytes = {k: base_linear_bytes(m)[0] for k, m in models.items()}
     ours = [k for k in models if k != "lora-fp32"]
     result = {
         "params": n_params,

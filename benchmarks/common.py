@@ -21,10 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lowrank_compiler.runtime.layers.grid_base import GridBase
-from lowrank_compiler.runtime.layers.int_linear import IntLinear
-from lowrank_compiler.runtime.layers.nf4 import NF4Linear
-from lowrank_compiler.runtime.layers.protocol import AdapterLayer
+from lowrank_compiler.runtime.layers.protocol import AdapterLayer, is_quantized_linear
 
 START = time.perf_counter()
 
@@ -181,11 +178,11 @@ def base_linear_bytes(model: nn.Module) -> tuple[int, int]:
     for m in model.modules():
         if isinstance(m, AdapterLayer):
             bases[id(m.base)] = m.base
-        elif isinstance(m, (IntLinear, NF4Linear)):
+        elif is_quantized_linear(m):
             bases[id(m)] = m
     nbytes = weights = 0
     for base in bases.values():
-        if isinstance(base, (IntLinear, NF4Linear, GridBase)):
+        if is_quantized_linear(base):
             nbytes += sum(
                 b.untyped_storage().nbytes() for n, b in base.named_buffers() if n != "bias"
             )
