@@ -25,8 +25,8 @@ How: the folded model is exported as its base was (format, accuracy level, atten
 float type, embeddings: read from the base folder), so every tensor has the base's name and
 layout (fused q/k/v included); then the two files are compared tensor by tensor. A tensor that
 is not a MatMulNBits zero point (or scale, where the base allows it) and differs (the codes of
-another base, another group size, a ``split`` or ``float`` fold) is refused, naming the first
-such layer.
+another base, another group size, a ``split`` fold's corrections), or is one of another element
+type or shape (a ``float`` fold's float zero points), is refused, naming the first such layer.
 """
 
 from __future__ import annotations
@@ -49,6 +49,11 @@ from .runtime.onnx.integrity import DIGEST
 from .runtime.quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
 
 WRITER = "lowrank_compiler.export_adapter"
+INTEGER_ZEROS = (
+    "compile the fine-tune with zero_point='int' (any fold is then exact), or fold with "
+    "zeros='round' (integer zero points, lossy)"
+)
+SPLIT = f" (a zeros='split' fold adds correction tensors to float zero points: {INTEGER_ZEROS})"
 
 
 def export_adapter(model: nn.Module, base: str | os.PathLike, out: str | os.PathLike) -> Path:
@@ -125,10 +130,12 @@ def _differences(base: onnx.ModelProto, mine: onnx.ModelProto, where: Path) -> d
     theirs = {t.name: t for t in base.graph.initializer}
     ours = {t.name: t for t in mine.graph.initializer}
     if set(theirs) != set(ours):
-        extra = sorted(set(ours) ^ set(theirs))[:3]
+        extra = sorted(set(ours) ^ set(theirs))
+        split = any(n.endswith(".correction") for n in extra)
         raise ExportError(
-            f"the model's graph is not the base's ({str(where)!r}): tensors {extra} are in one "
-            "and not the other; compile the fine-tune from the base's model with its policy"
+            f"the model's graph is not the base's ({str(where)!r}): tensors {extra[:3]} are in "
+            "one and not the other; compile the fine-tune from the base's model with its policy"
+            + (SPLIT if split else "")
         )
     params = {}
     for name, tensor in ours.items():
@@ -137,8 +144,22 @@ def _differences(base: onnx.ModelProto, mine: onnx.ModelProto, where: Path) -> d
             continue
         if name not in overridable:
             raise ExportError(_refusal(name, where, overridable))
+        if a.dtype != b.dtype or a.shape != b.shape:
+            raise ExportError(_mismatch(name, a, b, where))
         params[name] = a
     return params
+
+
+def _mismatch(name: str, a: np.ndarray, b: np.ndarray, where: Path) -> str:
+    """An overridable tensor of another element type or shape: the runtime (onnxruntime-genai's
+    adapters, a session's feeds or constants) takes the base's alone."""
+    layer = name.rsplit(".", 1)[0]
+    return (
+        f"layer {layer!r}: {name!r} is {a.dtype} {list(a.shape)} in the fine-tune, "
+        f"{b.dtype} {list(b.shape)} in the base {str(where)!r}; an adapter replaces a tensor by "
+        "one of the same type and shape (float zero points are not the base's packed integer "
+        f"ones): {INTEGER_ZEROS}"
+    )
 
 
 def _refusal(name: str, where: Path, overridable: set) -> str:
@@ -169,9 +190,11 @@ def _digest(model: onnx.ModelProto) -> str:
 def _write(out: Path, params: dict, base_digest: str) -> None:
     import onnxruntime as ort
 
+    from .runtime.serve.adapters import model_version
+
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
-    fmt.set_model_version(int(base_digest[:7], 16))  # the base's digest, as far as an int holds
+    fmt.set_model_version(model_version(base_digest))  # checked without the record
     fmt.set_parameters(
         {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in params.items()}
     )

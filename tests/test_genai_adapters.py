@@ -9,8 +9,12 @@ none active gives the base's; adapters of another base, group size or fold are r
 from __future__ import annotations
 
 import copy
+import json
+import re
+import shutil
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -18,6 +22,7 @@ from test_genai import VOCAB, _quiet, llama, og
 
 import lowrank_compiler as lrc
 from lowrank_compiler.genai import export_genai
+from lowrank_compiler.runtime.quant.formats import adapter_record_path
 
 STEPS = 24
 G = 32
@@ -25,6 +30,12 @@ G = 32
 
 def tuned(float_model, low, high, *, seed, group=G, train_scales=False):
     """QA-LoRA (integer zeros) over RTN, 12 AdamW steps on tokens in [low, high), folded."""
+    model = trained(float_model, low, high, seed=seed, group=group, train_scales=train_scales)
+    return lrc.fold(model, zeros="round")
+
+
+def trained(float_model, low, high, *, seed, group=G, train_scales=False, zero_point="int"):
+    """QA-LoRA over RTN, 12 AdamW steps on tokens in [low, high); not folded."""
     ids = torch.randint(2, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
     model = lrc.compile(
         copy.deepcopy(float_model),
@@ -33,7 +44,7 @@ def tuned(float_model, low, high, *, seed, group=G, train_scales=False):
             bits=4,
             group_size=group,
             rank=8,
-            zero_point="int",
+            zero_point=zero_point,
             train_scales=train_scales,
         ),
         example_inputs=(ids,),
@@ -47,22 +58,43 @@ def tuned(float_model, low, high, *, seed, group=G, train_scales=False):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return lrc.fold(model.eval(), zeros="round")
+    return model.eval()
+
+
+def og_generator(model, ids, adapters=None, name=None):
+    """A greedy generator of ``model`` over the prompt ``ids``, adapter ``name`` active (set
+    before the prompt: onnxruntime-genai takes one set later too, for the steps after it)."""
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + STEPS, do_sample=False)
+    generator = og.Generator(model, params)
+    if name is not None:
+        generator.set_active_adapter(adapters, name)
+    generator.append_tokens(ids.numpy().astype(np.int32))
+    return generator
+
+
+def og_new(generator, ids):
+    """The generated tokens (after the prompt ``ids``), generating what remains first."""
+    while not generator.is_done():
+        generator.generate_next_token()
+    return [int(t) for t in generator.get_sequence(0)[ids.shape[1] :]]
+
+
+def og_step_in_turn(generators):
+    """One token of each generator in turn, until all are done."""
+    while not all(g.is_done() for g in generators):
+        for g in generators:
+            if not g.is_done():
+                g.generate_next_token()
 
 
 def og_tokens(folder, ids, adapter=None):
     model = og.Model(str(folder))
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=ids.shape[1] + STEPS, do_sample=False)
-    generator = og.Generator(model, params)
+    adapters = None
     if adapter is not None:
         adapters = og.Adapters(model)
         adapters.load(str(adapter), "tuned")
-        generator.set_active_adapter(adapters, "tuned")
-    generator.append_tokens(ids.numpy().astype(np.int32))
-    while not generator.is_done():
-        generator.generate_next_token()
-    return list(generator.get_sequence(0))[ids.shape[1] :]
+    return og_new(og_generator(model, ids, adapters, None if adapter is None else "tuned"), ids)
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +130,26 @@ def case(tmp_path_factory):
     )
 
 
+@pytest.fixture(scope="module")
+def other(case, tmp_path_factory):
+    """A base of other weights, the same shapes (and adapter inputs)."""
+    model = lrc.compile(
+        llama().eval(),
+        lrc.Policy(method="rtn", bits=4, group_size=G),
+        example_inputs=(case["prompt"],),
+    )
+    folder = tmp_path_factory.mktemp("other") / "base"
+    return export_genai(model, folder, accuracy_level=0, adapter_inputs="zeros")
+
+
+@pytest.fixture(scope="module")
+def og_want(case):
+    """onnxruntime-genai's greedy tokens of each fine-tune's own folded file, and of the base
+    (``None``: the folder without adapter inputs)."""
+    want = {n: og_tokens(case["folded"][n], case["prompt"]) for n in ("a", "b")}
+    return {**want, None: og_tokens(case["plain_dir"], case["prompt"])}
+
+
 def tokens(session, prompt, adapter=None):
     out = session.generate(prompt, max_new_tokens=STEPS, adapter=adapter)
     return out[0, prompt.shape[1] :].tolist()
@@ -120,13 +172,34 @@ def test_each_adapter_gives_its_folded_files_tokens_in_our_loop(case):
 
 
 @pytest.mark.skipif(og is None, reason="onnxruntime-genai is not installed")
-def test_onnxruntime_genai_applies_each_adapter_as_its_folded_file(case):
+def test_onnxruntime_genai_applies_each_adapter_as_its_folded_file(case, og_want):
     for name in ("a", "b"):
-        want = og_tokens(case["folded"][name], case["prompt"])
-        assert og_tokens(case["base_dir"], case["prompt"], case["files"][name]) == want
-    assert og_tokens(case["base_dir"], case["prompt"]) == og_tokens(
-        case["plain_dir"], case["prompt"]
-    )
+        assert og_tokens(case["base_dir"], case["prompt"], case["files"][name]) == og_want[name]
+    assert og_tokens(case["base_dir"], case["prompt"]) == og_want[None]
+
+
+@pytest.mark.skipif(og is None, reason="onnxruntime-genai is not installed")
+def test_onnxruntime_genai_switches_adapters_per_generator_on_one_model(case, og_want):
+    """One og.Model, one og.Adapters holding both: one generator after another (a, none, b, a),
+    then three alive at once stepped in turn; each generator keeps its own adapter. An adapter
+    a live generator uses cannot be unloaded; once the generator is gone it can."""
+    prompt = case["prompt"]
+    assert og_want["a"] != og_want[None] and og_want["b"] != og_want[None]
+    assert og_want["a"] != og_want["b"]
+    model = og.Model(str(case["base_dir"]))
+    adapters = og.Adapters(model)
+    for name in ("a", "b"):
+        adapters.load(str(case["files"][name]), name)
+    for name in ("a", None, "b", "a"):
+        assert og_new(og_generator(model, prompt, adapters, name), prompt) == og_want[name], name
+    live = {n: og_generator(model, prompt, adapters, n) for n in ("b", None, "a")}
+    og_step_in_turn(live.values())
+    assert {n: og_new(g, prompt) for n, g in live.items()} == og_want
+    with pytest.raises(RuntimeError, match="in use"):
+        adapters.unload("a")
+    del live
+    adapters.unload("a")
+    assert og_new(og_generator(model, prompt, adapters, "b"), prompt) == og_want["b"]
 
 
 def test_an_adapter_is_the_zero_points_alone(case):
@@ -138,13 +211,8 @@ def test_an_adapter_is_the_zero_points_alone(case):
         assert "base_weights_sha256" in record.read_text()
 
 
-def test_a_foreign_adapter_or_fine_tune_is_refused(case, tmp_path):
-    other = lrc.compile(
-        llama().eval(),  # other weights, the same shapes
-        lrc.Policy(method="rtn", bits=4, group_size=G),
-        example_inputs=(case["prompt"],),
-    )
-    other_dir = export_genai(other, tmp_path / "other", accuracy_level=0, adapter_inputs="zeros")
+def test_a_foreign_adapter_or_fine_tune_is_refused(case, other, tmp_path):
+    other_dir = other
     session = lrc.runtime.load(other_dir)
     with pytest.raises(lrc.AdapterError, match="belongs to another base"):
         session.load_adapter(case["files"]["a"])
@@ -156,6 +224,48 @@ def test_a_foreign_adapter_or_fine_tune_is_refused(case, tmp_path):
     with pytest.raises(lrc.AdapterError, match="not an overridable input"):
         lrc.runtime.load(case["plain_dir"]).load_adapter(case["files"]["a"], route="feeds")
     assert not list(tmp_path.glob("*.onnx_adapter*"))
+
+
+def test_a_fold_to_other_zero_points_is_refused_naming_the_tensor(case, tmp_path):
+    """QA-LoRA trained with float zero points: a ``float`` fold's zero points are float32, one
+    per group, where the base's are packed 4-bit integers; a ``split`` fold adds corrections."""
+    model = trained(case["float_model"], 2, 64, seed=1, zero_point="float")
+    with pytest.raises(lrc.ExportError) as float_fold:
+        lrc.export_adapter(lrc.fold(model, zeros="float"), case["base_dir"], tmp_path / "f.x")
+    message = str(float_fold.value)
+    name = re.search(r"'(model\.[\w.]+\.zeros)' is float32 \[", message).group(1)
+    assert f"layer {name.rsplit('.', 1)[0]!r}" in message
+    base = onnx.load(case["base_dir"] / "model.onnx", load_external_data=False)
+    zeros = next(t for t in base.graph.initializer if t.name == name)
+    assert name in {i.name for i in base.graph.input}  # an overridable zero point
+    assert zeros.data_type == onnx.TensorProto.UINT8
+    node = next(n for n in base.graph.node if n.op_type == "MatMulNBits" and name in n.input)
+    attrs = {a.name: a.i for a in node.attribute}
+    groups = -(-attrs["K"] // attrs["block_size"])  # a float zero point a group
+    assert zeros.dims[1] == -(-groups // 2)  # the base's: two 4-bit zero points a byte
+    assert f"float32 [{zeros.dims[0]}, {groups}]" in message, message
+    assert f"uint8 {list(zeros.dims)}" in message, message
+    assert "zero_point='int'" in message and "zeros='round'" in message
+    with pytest.raises(lrc.ExportError, match=r"\.correction'.*zeros='split'.*zero_point='int'"):
+        lrc.export_adapter(lrc.fold(model, zeros="split"), case["base_dir"], tmp_path / "s.x")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_adapter_without_its_record_is_checked_by_its_model_version(case, other, tmp_path):
+    """The file's model version is the first hex digits of its base's weights digest: without
+    the record beside it, the adapter loads into its base (the same tokens as with the record)
+    and is refused by another base of the same shapes."""
+    bare = shutil.copy(case["files"]["a"], tmp_path / "a.onnx_adapter")
+    assert not adapter_record_path(bare).exists()
+    record = json.loads(adapter_record_path(case["files"]["a"]).read_text())
+    version = ort.AdapterFormat.read_adapter(str(bare)).get_model_version()
+    assert f"{version:07x}" == record["base_weights_sha256"][:7]
+    session = lrc.runtime.load(case["base_dir"])
+    session.load_adapter(bare, "bare")
+    session.load_adapter(case["files"]["a"], "a")
+    assert tokens(session, case["prompt"], "bare") == tokens(session, case["prompt"], "a")
+    with pytest.raises(lrc.AdapterError, match=r"has no record.*model version.*another base"):
+        lrc.runtime.load(other).load_adapter(bare)
 
 
 def read(path):

@@ -14,8 +14,10 @@ checked against the session's graph, then applied per run in one of two ways.
 
 Each tensor must match the base's (element type and shape), as an overridable input (feeds) or
 as a MatMulNBits zero point / scale initializer (session); the adapter's record
-(``<file>.json``, when present) must name the base's weights digest. A file that fails either is
-refused as it loads, naming the tensor or the digests, never at a later run.
+(``<file>.json``) must name the base's weights digest, or, without a record, the file's model
+version must be the digest's first hex digits (``model_version``, as ``export_adapter`` writes
+it). A file that fails either is refused as it loads, naming the tensor or the digests, never at
+a later run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..onnx.file import adapter_tensors
 from ..quant.formats import FOLDER_RECORD, METADATA_KEY, adapter_record_path
 
 ROUTES = ("auto", "feeds", "session")
+VERSION_DIGITS = 7  # an adapter file's model version: the base's digest's first hex digits
 _NP = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -114,19 +117,41 @@ def adapter_route(
     return route
 
 
+def model_version(digest: str) -> int:
+    """The adapter file's model version for a base of weights digest ``digest``: its first
+    ``VERSION_DIGITS`` hex digits (as far as the format's int holds)."""
+    return int(digest[:VERSION_DIGITS], 16)
+
+
 def _check_record(path: Path, session: ort.InferenceSession) -> None:
+    """The record's digest, or without a record the file's model version, must be the base's."""
     record = adapter_record_path(path)
+    have = base_digest(session)
     if not record.is_file():
+        _check_version(path, have)
         return
     try:
         want = json.loads(record.read_text(encoding="utf-8")).get("base_weights_sha256")
     except (OSError, ValueError) as e:
         raise AdapterError(f"cannot read the adapter's record {str(record)!r}: {e}") from None
-    have = base_digest(session)
     if want and have and want != have:
         raise AdapterError(
             f"adapter {str(path)!r} belongs to another base: its record names weights "
             f"{want[:16]}..., this base's are {have[:16]}...; export it over this base "
+            "(export_adapter) or load its own base"
+        )
+
+
+def _check_version(path: Path, have: str | None) -> None:
+    if have is None:
+        return
+    version = ort.AdapterFormat.read_adapter(str(path)).get_model_version()
+    if version != model_version(have):
+        raise AdapterError(
+            f"adapter {str(path)!r} has no record ({adapter_record_path(path).name} is missing) "
+            f"and its model version {version:#x} is not this base's ({model_version(have):#x}, "
+            f"the first {VERSION_DIGITS} hex digits of its weights digest {have[:16]}...): it "
+            "belongs to another base; put its record back beside it, export it over this base "
             "(export_adapter) or load its own base"
         )
 
