@@ -10,7 +10,8 @@ builder's own quantizer stands in for it: onnxruntime's ``MatMulNBitsQuantizer``
 block 32) on a plain fp32 export. Twice: on the tied model (the head reads the table through a
 Transpose, which the quantizer leaves float, as our ``all-linear`` does) and on an untied copy
 (the builder writes a tied ``lm_head`` as its own INT4 MatMul; ours then targets ``lm_head`` by
-name). Same grid, same rounding: each pair must agree within 1%.
+name). Same grid, same rounding: each pair must agree within 1% (``BOUND``); the script prints
+PASS or FAIL against it and exits with status 1 on FAIL.
 
 Text: ``--sequences`` samples of ``--length`` tokens from BOS, temperature 1, seeded, from the
 fp32 model; perplexity = exp(mean next-token negative log-likelihood), every file run by
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -30,6 +32,8 @@ import torch
 
 import lowrank_compiler as lrc
 from lowrank_compiler.app.pretrained import load_stories260k
+
+BOUND = 0.01  # ours / onnxruntime's perplexity, each pair: within 1%
 
 
 def sample(model, sequences: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -100,6 +104,11 @@ def files(ids, work: Path) -> dict[str, tuple[Path, int]]:
     return rows
 
 
+def outside(ratios: dict[str, float]) -> list[str]:
+    """The pairs whose perplexity ratio is further than ``BOUND`` from 1 (or not a number)."""
+    return [head for head, r in ratios.items() if not abs(r - 1.0) <= BOUND]
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", type=int, default=32)
@@ -126,12 +135,18 @@ def main(argv=None) -> dict:
     }
     for head, r in ratios.items():
         print(f"ours / onnxruntime's, {head}: {r:.4f}")
+    failed = outside(ratios)
+    if failed:
+        print(f"FAIL: outside {BOUND:.0%} of onnxruntime's: {', '.join(failed)}")
+    else:
+        print(f"PASS: every pair within {BOUND:.0%}")
     return {
         "perplexity": ppl,
         "ours_over_onnxruntime": ratios,
         "int4_matmuls": {k: v[1] for k, v in rows.items()},
+        "passed": not failed,
     }
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main()["passed"] else 1)

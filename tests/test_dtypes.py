@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -166,6 +167,35 @@ def test_float16_files_run_in_float16(trained, tmp_path):
     assert got.dtype == np.float16
     # the INT4 table (and tied head) adds its own rounding: 7-8% on these logits, as in float32
     assert np.abs(got.astype(np.float32) - want).max() / np.abs(want).max() < 0.1
+
+
+def test_float16_qdq_files_of_a_bfloat16_model_hold_float16_weights(trained, tmp_path):
+    """QDQ in float16: the scales, norms and token table float16, the logits within float16's
+    own noise of the model's float32 computation."""
+    case = trained(("bfloat16", "qalora"))
+    path = lrc.export_onnx(case.folded, tmp_path / "m.onnx", format="qdq", dtype="float16")
+    graph = onnx.load(str(path)).graph
+    T = onnx.TensorProto
+    fp16, fp32 = T.FLOAT16, T.FLOAT
+    floats = {
+        i.name: i for i in graph.initializer if i.data_type in (fp16, fp32, T.DOUBLE, T.BFLOAT16)
+    }
+    assert [o.type.tensor_type.elem_type for o in graph.output] == [fp16]
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dq) == 35 and {floats[n.input[1]].data_type for n in dq} == {fp16}  # the scales
+    config = case.model.config
+    table = [i for i in floats.values() if list(i.dims) == [config.vocab_size, config.hidden_size]]
+    assert len(table) == 1 and table[0].data_type == fp16
+    # float32 is left only where Llama computes in float32 by design (RoPE's frequencies,
+    # RMSNorm's square and epsilon): no weight, nothing as wide as the hidden state
+    others = [i for i in floats.values() if i.data_type != fp16]
+    assert all(i.data_type == fp32 and np.prod(i.dims) < config.hidden_size for i in others)
+    with torch.no_grad():
+        want = copy.deepcopy(case.folded).float()(case.ids).logits.numpy()
+    got = lrc.runtime.load(path)(case.ids.numpy())
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    assert got.dtype == np.float16
+    assert np.abs(got.astype(np.float32) - want).max() / np.abs(want).max() < NOISE[torch.float16]
 
 
 def test_bfloat16_files_are_refused_because_onnxruntime_has_no_kernel(trained, tmp_path):
