@@ -8,8 +8,9 @@ nodes it rewrote (same name, new op, target or inputs) amber; the nodes it remov
 listed below the table. ``index.html`` links the passes in order with their node counts
 and stats.
 
-Every page is self-contained (inline CSS, no script, nothing fetched) and every piece
-of text from the graph is escaped. A page carries its index entry as JSON, so a later
+Every pass's page is self-contained (inline CSS and SVG, nothing fetched, no code; the index
+shows the drawings' SVG files beside it) and every piece of text from the graph is escaped. A
+page carries its index entry as a JSON data block, so a later
 pipeline that continues the numbering (``fold(..., dump_dir=)``) rebuilds the index with
 the earlier passes and links the previous page to its own.
 

@@ -70,12 +70,26 @@ def fx_layer(node: fx.Node) -> str:
     return str(list(stack.values())[-1][0]) if stack else ""
 
 
+def _packed(name: str, t: torch.Tensor, owner: nn.Module) -> str:
+    """`` (2 x 4-bit)`` after a layer's frozen codes packed into bytes (``bits`` < 8)."""
+    bits = getattr(owner, "bits", 8)
+    frozen = name.rsplit(".", 1)[-1] in getattr(type(owner), "frozen_tensors", ())
+    if frozen and t.dtype == torch.uint8 and isinstance(bits, int) and bits < 8 and 8 % bits == 0:
+        return f" ({8 // bits} x {bits}-bit)"
+    return ""
+
+
 def _module_op(node: fx.Node, module: nn.Module) -> tuple[str, list[str]]:
     """A called module's label and lines: its kind and shape, then each tensor it holds."""
-    own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+    own = [(n, t, module) for n, t in module.named_parameters(recurse=False)]
+    own += [(n, t, module) for n, t in module.named_buffers(recurse=False)]
     if isinstance(module, AdapterLayer):
-        own += [(f"base.{n}", t) for n, t in module.base.named_buffers(recurse=False)]
-    lines = [tensor_text(n, t) for n, t in own if t is not None and t.numel() > 0]
+        own += [(f"base.{n}", t, module.base) for n, t in module.base.named_buffers(recurse=False)]
+    lines = [
+        tensor_text(n, t) + _packed(n, t, owner)
+        for n, t, owner in own
+        if t is not None and t.numel()
+    ]
     if isinstance(module, nn.Linear):
         return f"Linear [{module.in_features}->{module.out_features}]", lines
     if isinstance(module, Layer):
