@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -50,17 +49,12 @@ def build():
     return model, params
 
 
-def resident_bytes() -> int:
-    found = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
-    return int(found.group(1)) * 1024
-
-
 def one_setting(checkpointing: bool, batch: int, seq: int, steps: int) -> dict:
     """Runs in its own process: how far the first step's peak rises above the resident set
     before it (the model, the optimizer, the data), then the time of later steps."""
     import torch
 
-    from lowrank_compiler.app.jobs.memory import PeakRSS
+    from lowrank_compiler.app.jobs.memory import PeakRSS, resident_bytes
 
     model, params = build()
     if checkpointing:

@@ -13,6 +13,7 @@ its folder's own logits through onnxruntime (``llm_eval``); decode speed in onnx
 
 from __future__ import annotations
 
+import gc
 import shutil
 import statistics
 import time
@@ -29,8 +30,8 @@ from .encoder import check_out_dir
 from .llm_config import JobConfig, add_arguments, config_from_args, load_model, load_tokenizer
 from .llm_data import Data, load_data
 from .llm_deploy import (
-    adapter_route,
     at_level,
+    builder_adapter_folder,
     builder_folder,
     export,
     folder_bytes,
@@ -38,7 +39,7 @@ from .llm_deploy import (
     weight_bytes,
 )
 from .llm_methods import BY_KEY, Deploy, Method
-from .memory import PeakRSS
+from .memory import PeakRSS, resident_bytes
 from .retrieval import get_params, set_params
 
 __all__ = ["JobConfig", "add_arguments", "config_from_args", "run"]
@@ -113,10 +114,11 @@ def choose_lr(model, method: Method, job: Context) -> tuple[E.LMTrainer, dict]:
     return run, scores
 
 
-def tune(model, method: Method, job: Context) -> dict:
+def tune(model, method: Method, job: Context, before: int | None) -> dict:
+    """Train ``model`` (rate search first); ``before``: the resident set before it was built."""
     run, search = choose_lr(model, method, job)
     started = time.perf_counter()
-    with PeakRSS() as peak:
+    with PeakRSS(before) as peak:
         run.run(job.cfg.steps - run.done)
     text = ", ".join(f"{r:g}: {s:.2f}" for r, s in search.items())
     searched = f" (perplexity on the set-aside windows after {job.cfg.lr_steps} steps: {text})"
@@ -129,7 +131,8 @@ def tune(model, method: Method, job: Context) -> dict:
         "lr": run.lr,
         "search": {str(k): v for k, v in search.items()},
         "step_ms": 1000 * sorted(run.step_s)[len(run.step_s) // 2],
-        "peak_rss": peak.bytes,
+        "peak_rss": peak.grown,  # the model, its optimizer and a step, libraries left out
+        "peak_rss_process": peak.bytes,
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 
@@ -152,9 +155,7 @@ def deployed(model, deploy: Deploy, method: Method, job: Context) -> tuple[objec
         )
         return quantized, "export_genai"
     if deploy.kind == "builder-adapter":
-        return adapter_route(
-            model, cfg.bits, cfg.group_size
-        ), "export_genai (the builder's adapter graph)"
+        return model, "model builder, adapter_path"  # the LoRA model: its base and its adapters
     return merged, "model builder"
 
 
@@ -172,8 +173,14 @@ def measure_row(model, deploy: Deploy, method: Method, job: Context, trained: di
             folder, how = builder_folder(
                 target, job.tokenizer, folder, job.cfg.group_size, job.known
             )
+        elif deploy.kind == "builder-adapter":
+            base = load_model(job.cfg)  # the pretrained weights the adapters were trained over
+            cfg = job.cfg
+            folder, how = builder_adapter_folder(
+                target, base, job.tokenizer, folder, cfg.bits, cfg.group_size, job.known
+            )
         else:
-            export(target, folder, job.tokenizer, unmerged=deploy.kind == "builder-adapter")
+            export(target, folder, job.tokenizer)
         job.folders[key] = folder
         row.update(
             engine="onnxruntime",
@@ -203,8 +210,10 @@ def token_check(model, folder: Path, prompt, new: int) -> dict:
 
 
 def measure(method: Method, job: Context) -> list[dict]:
+    gc.collect()  # the rows before leave nothing behind in the figure below
+    before = resident_bytes()
     model = build(method, job)
-    trained = tune(model, method, job) if method.train else {"trainable": 0}
+    trained = tune(model, method, job, before) if method.train else {"trainable": 0}
     if method.train and any(d.ours for d in method.deploys):
         save_adapters(model, job.out / "adapters" / method.key)
     return [measure_row(model, d, method, job, trained) for d in method.deploys]

@@ -8,9 +8,11 @@ the model saved with its tokenizer. Its folder is used only if onnxruntime-genai
 from it: for stories260K it does not (head size 8: its GroupQueryAttention refuses it on the
 CPU), so the row takes the stand-in, and says so: onnxruntime's ``MatMulNBitsQuantizer`` (the
 builder's own quantizer: RTN, asymmetric, the same block) applied to the fp32 folder we export,
-the same grid in the same MatMulNBits layout. The builder's adapter route (an INT4 base with the
-LoRA unmerged beside it, fed at run time) is written as that graph: each layer a MatMulNBits of
-the RTN base plus the adapter's float ``A`` and ``B`` MatMuls, the adapter held as constants.
+the same grid in the same MatMulNBits layout. The builder's adapter route is its INT4 base with
+the LoRA unmerged beside each layer (``adapter_path``: the adapters saved as a PEFT folder, which
+the builder writes into ``model.onnx`` as INT4 A and B MatMulNBits and an Add); where the builder
+cannot deploy the model its stand-in is that graph written by ``export_genai``: each layer a
+MatMulNBits of the RTN base plus the adapter's float ``A`` and ``B`` MatMuls.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import onnx.numpy_helper
 import torch
 
 from ...genai import export_genai
+from ...peft_io import save_peft_adapter
 from ...runtime.digests import folder_digests
 from ...runtime.files import write_atomic
 from ...runtime.layers.int_linear import IntLinear
@@ -40,6 +43,7 @@ from ...runtime.quant.formats import FOLDER_RECORD
 from .llm_config import hf_quiet
 
 STANDIN = "stand-in: onnxruntime's quantizer on our fp32 export"
+STANDIN_ADAPTER = "stand-in: export_genai of the adapter graph (RTN INT4 base, float A and B)"
 
 
 def export(model, folder: Path, tokenizer, unmerged: bool = False) -> Path:
@@ -78,6 +82,22 @@ def builder_folder(model, tokenizer, folder: Path, group: int, known: dict) -> t
     return folder, f"{STANDIN} (the builder's file {reason})"
 
 
+def builder_adapter_folder(
+    lora_model, base, tokenizer, folder: Path, bits: int, group: int, known: dict
+) -> tuple[Path, str]:
+    """The builder's INT4 folder of the float ``base`` with ``lora_model``'s LoRA unmerged
+    (``adapter_path``), or the stand-in graph (``adapter_route``); (folder, how)."""
+    reason = known.get("builder")
+    if reason is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            peft_dir = save_peft_adapter(lora_model, Path(tmp) / "lora")
+            reason = _try_builder(base, tokenizer, folder, group, adapter=peft_dir)
+        if reason is None:
+            return folder, "onnxruntime-genai model builder, adapter_path"
+    export(adapter_route(lora_model, bits, group), folder, tokenizer, unmerged=True)
+    return folder, f"{STANDIN_ADAPTER} (the builder's file {reason})"
+
+
 # one greedy step in a fresh process: onnxruntime's own error lines stay out of the job's output
 GENERATES = """import sys, onnxruntime_genai as og
 m = og.Model(sys.argv[1]); p = og.GeneratorParams(m); p.set_search_options(max_length=4)
@@ -85,8 +105,9 @@ g = og.Generator(m, p); g.append_tokens([[int(sys.argv[2]), 2]]); g.generate_nex
 """
 
 
-def _try_builder(model, tokenizer, folder: Path, group: int) -> str | None:
-    """None when the builder wrote a folder that onnxruntime-genai generates from; else why not."""
+def _try_builder(model, tokenizer, folder: Path, group: int, adapter=None) -> str | None:
+    """None when the builder wrote a folder that onnxruntime-genai generates from; else why not.
+    ``adapter``: a PEFT LoRA folder the builder writes unmerged beside each layer."""
     if importlib.util.find_spec("onnxruntime_genai") is None:
         return "cannot be run: onnxruntime-genai is not installed"
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +122,7 @@ def _try_builder(model, tokenizer, folder: Path, group: int) -> str | None:
             f"block_size={group}",
             "accuracy_level=0",
             "nodes_to_exclude=/lm_head/MatMul",
-        ]
+        ] + ([f"adapter_path={adapter}"] if adapter else [])
         cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir)]
         cmd += ["-o", str(folder), "-p", "int4", "-e", "cpu", "-c", str(Path(tmp) / "cache")]
         done = subprocess.run([*cmd, "--extra_options", *extra], capture_output=True, text=True)

@@ -36,7 +36,7 @@ def _cell(value, fmt, unit=""):
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "| row | perplexity | vs fp32 + LoRA | decode ms/token | file | weights | trainable "
-        "| train step | peak train memory | tokens: genai = ours = PyTorch |",
+        "| train step | train memory (peak above the libraries) | tokens: genai = ours = PyTorch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     mib = 2**20
@@ -54,7 +54,7 @@ def table(rows: list[dict]) -> list[str]:
             f"| {_cell(r.get('size') and r['size'] / mib, '.2f', ' MiB')} "
             f"| {_cell(r.get('weights') and r['weights'] / mib, '.3f', ' MiB')} "
             f"| {r.get('trainable', 0):,} | {_cell(r.get('step_ms'), '.0f', ' ms')} "
-            f"| {_cell(r.get('peak_rss') and r['peak_rss'] / mib, '.0f', ' MiB')} | {check} |"
+            f"| {_cell(r.get('peak_rss') and r['peak_rss'] / mib, '.1f', ' MiB')} | {check} |"
         )
     return lines
 

@@ -2,7 +2,9 @@
 
 The peak is the kernel's high-water mark (``VmHWM``), reset when the block starts by
 writing 5 to ``/proc/self/clear_refs`` (Linux). Where that cannot be done the figure is
-the process's peak so far (``getrusage``), and ``exact`` is False.
+the process's peak so far (``getrusage``), and ``exact`` is False. ``grown`` is the peak less a
+resident set taken before (by default at the block's start): the libraries' pages, the same for
+every row of a job, left out.
 """
 
 from __future__ import annotations
@@ -23,9 +25,15 @@ def frozen_bytes(model: nn.Module) -> int:
 
 
 class PeakRSS:
-    """``with PeakRSS() as peak: ...``; then ``peak.bytes`` (and ``peak.exact``)."""
+    """``with PeakRSS() as peak: ...``; then ``peak.bytes``, ``peak.grown`` (above ``before``, a
+    ``resident_bytes()`` taken earlier, or the resident set at the start) and ``peak.exact``."""
+
+    def __init__(self, before: int | None = None):
+        self.before = before
 
     def __enter__(self) -> Self:
+        if self.before is None:
+            self.before = resident_bytes() or 0
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.exact = True
@@ -41,11 +49,21 @@ class PeakRSS:
             self.bytes = (
                 usage if sys.platform == "darwin" else usage * 1024
             )  # macOS: bytes; Linux: KiB
+        self.grown = max(self.bytes - self.before, 0)
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set now (``VmRSS``); None where /proc is not there."""
+    return _status_kib("VmRSS")
 
 
 def _high_water_mark() -> int | None:
+    return _status_kib("VmHWM")
+
+
+def _status_kib(field: str) -> int | None:
     try:
-        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+        found = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
     except OSError:
         return None
     return int(found.group(1)) * 1024 if found else None
