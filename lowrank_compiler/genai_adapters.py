@@ -58,9 +58,11 @@ SPLIT = f" (a zeros='split' fold adds correction tensors to float zero points: {
 
 def export_adapter(model: nn.Module, base: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write ``model`` (compiled over ``base``'s weights with integer zero points, folded) as an
-    adapter of the genai folder ``base``: ``out`` (``.onnx_adapter``) and ``out`` + ``.json``.
-    Returns ``out``'s path."""
+    adapter of the genai folder ``base`` (or its ``model.onnx``): ``out`` (``.onnx_adapter``) and
+    ``out`` + ``.json``. Returns ``out``'s path."""
     base, out = Path(base), Path(out)
+    if base.suffix == ".onnx" and base.is_file():  # the folder's file: the folder holds its record
+        base = base.parent
     record, base_model = _read_base(base)
     with tempfile.TemporaryDirectory() as tmp:
         folder = _export_like(model, base, record, base_model, Path(tmp) / "adapter")
@@ -85,7 +87,9 @@ def _read_base(base: Path) -> tuple[dict, onnx.ModelProto]:
         record = json.loads((base / FOLDER_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ExportError(
-            f"base {str(base)!r} is not a folder export_genai wrote ({FOLDER_RECORD}: {e})"
+            f"base {str(base)!r} is not a folder export_genai wrote ({FOLDER_RECORD}: {e}); an "
+            "adapter's base is such a folder or its model.onnx, whose record says how to export "
+            "the fine-tune like it"
         ) from None
     if record.get("format") != "matmulnbits":
         raise ExportError(

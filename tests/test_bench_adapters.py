@@ -53,3 +53,6 @@ def test_the_adapters_benchmark_runs_small(tmp_path, monkeypatch):
     sizes = result["sizes"]
     assert 0 < sizes["adapter"] < sizes["base_onnx"] / 16 and sizes["adapter_tensors"] > 0
     assert "worst of 2 adapters" in (tmp_path / "report.md").read_text()
+    rows = bench_adapters.targets(result, lambda ok: "PASS" if ok else "FAIL")
+    assert len(rows) == 4 and {r[2] for r in rows} <= {"PASS", "FAIL"}
+    assert rows[2][1].startswith("worst of 2:")  # our loop's row judges every adapter

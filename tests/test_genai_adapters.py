@@ -211,6 +211,15 @@ def test_an_adapter_is_the_zero_points_alone(case):
         assert "base_weights_sha256" in record.read_text()
 
 
+def test_the_base_may_be_named_by_its_model_onnx(case, tmp_path):
+    out = lrc.export_adapter(case["tunes"]["a"], case["base_dir"] / "model.onnx", tmp_path / "a.x")
+    assert out.read_bytes() == case["files"]["a"].read_bytes()
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(case["base_dir"] / "model.onnx", bare)  # a file without its folder's record
+    with pytest.raises(lrc.ExportError, match="not a folder export_genai wrote.*its model.onnx"):
+        lrc.export_adapter(case["tunes"]["a"], bare, tmp_path / "b.x")
+
+
 def test_a_foreign_adapter_or_fine_tune_is_refused(case, other, tmp_path):
     other_dir = other
     session = lrc.runtime.load(other_dir)

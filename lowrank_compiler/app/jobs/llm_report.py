@@ -33,7 +33,14 @@ def _cell(value, fmt, unit=""):
     return "-" if value is None else format(value, fmt) + unit
 
 
+def stand_ins(rows: list[dict]) -> dict[str, str]:
+    """Each stand-in's ``how`` -> its mark in the table (``*``, ``**``, ...), in row order."""
+    hows = [r["how"] for r in rows if r.get("how", "").startswith("stand-in")]
+    return {h: "\\*" * (i + 1) for i, h in enumerate(dict.fromkeys(hows))}  # markdown-escaped
+
+
 def table(rows: list[dict]) -> list[str]:
+    marks = stand_ins(rows)
     lines = [
         "| row | perplexity | vs fp32 + LoRA | decode ms/token | file | weights | trainable "
         "| train step | train memory (peak above the libraries) | tokens: genai = ours = PyTorch |",
@@ -48,7 +55,7 @@ def table(rows: list[dict]) -> list[str]:
                 "" if og is None else (", genai yes" if og else ", genai no")
             )
         lines.append(
-            f"| {r['label']}{' *' if r.get('how', '').startswith('stand-in') else ''} "
+            f"| {r['label']}{' ' + marks[r['how']] if r.get('how') in marks else ''} "
             f"| {r['perplexity']:.3f} | {_cell(_ratio(rows, r['key']), '.3f', 'x')} "
             f"| {_cell(r.get('decode_ms'), '.3f')} "
             f"| {_cell(r.get('size') and r['size'] / mib, '.2f', ' MiB')} "
@@ -152,7 +159,7 @@ def write(job, rows: list[dict], seconds: float) -> dict:
         "median of the rounds' ratios). Whole job: "
         f"{seconds / 60:.1f} min on {machine()}."
     )
-    notes = sorted({r["how"] for r in rows if r.get("how", "").startswith("stand-in")})
+    notes = [f"{m} {how}" for how, m in stand_ins(rows).items()]
     continuation = [
         "",
         f"Held-out prompt: {job.tokenizer.decode(data.prompt[0], skip_special_tokens=True)!r}",
@@ -162,7 +169,7 @@ def write(job, rows: list[dict], seconds: float) -> dict:
         head,
         "",
         *table(rows),
-        *[f"\n\\* {n}" for n in notes],
+        *[f"\n{n}" for n in notes],
         *goals(rows, seconds),
         *continuation,
     ]
