@@ -52,16 +52,21 @@ from .common import cpu_flags
 from .genai_run import one_run
 
 
-def fine_tune(model, seed: int):
-    """A fine-tune's stand-in: QA-LoRA (integer zeros) rank 16 with B drawn, folded round."""
+def fine_tune(model, seed: int, train_scales: bool = False):
+    """A fine-tune's stand-in: QA-LoRA (integer zeros) rank 16 with B drawn, folded round;
+    ``train_scales``: each group's scale gain drawn too."""
     m = copy.deepcopy(model)
-    policy = lrc.Policy(method="qalora", bits=4, group_size=32, rank=16, zero_point="int")
+    policy = lrc.Policy(
+        method="qalora", bits=4, group_size=32, rank=16, zero_point="int", train_scales=train_scales
+    )
     lrc.compile(m, policy, example_inputs=(gm._ids(m.config.vocab_size),))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if name.endswith("lora_B"):
                 p.normal_(0, 0.3, generator=g)  # moves zero points by whole steps, as training
+            elif name.endswith("scale_gain"):
+                p.normal_(0, 0.02, generator=g)  # scales within a few percent, as training
     return lrc.fold(m, zeros="round")
 
 
@@ -96,9 +101,20 @@ def build(args, work: Path, log) -> tuple[dict, list[Path], dict]:
     shutil.copytree(folders["builder-lora"], folders["builder-lora-acc0"])
     model_file = folders["builder-lora-acc0"] / "model.onnx"
     at_level(model_file, model_file, 0)
+    log("  a zeros+scales base and a fine-tune with trained scales (the adapter's size)")
+    scales_base = lrc.export_genai(
+        base,
+        work / "scales-base",
+        tokenizer=str(hf),
+        accuracy_level=0,
+        adapter_inputs="zeros+scales",
+    )
+    scaled = fine_tune(model, seed=99, train_scales=True)
+    with_scales = lrc.export_adapter(scaled, scales_base, work / "scales.onnx_adapter")
     for folder in folders.values():
         gm.set_threads(folder, args.threads)
     sizes = {
+        "adapter_with_scales": with_scales.stat().st_size,
         "adapter": adapters[0].stat().st_size,
         "adapter_tensors": len(json.loads(Path(f"{adapters[0]}.json").read_text())["parameters"]),
         "lora_safetensors": (lora / "adapter_model.safetensors").stat().st_size,
@@ -244,6 +260,8 @@ def report(result: dict, args) -> str:
         f"- adapter file {sizes['adapter'] / 2**10:.1f} KiB ({sizes['adapter_tensors']} tensors); "
         f"the base's model.onnx "
         f"{sizes['base_onnx'] / mib:.1f} MiB (1/{sizes['base_onnx'] / sizes['adapter']:.0f}); "
+        f"with trained scales too {sizes['adapter_with_scales'] / 2**10:.1f} KiB "
+        f"(1/{sizes['base_onnx'] / sizes['adapter_with_scales']:.1f}); "
         f"the rank-16 LoRA's safetensors {sizes['lora_safetensors'] / mib:.1f} MiB",
         "- RSS after loading each adapter: "
         + ", ".join(f"{b / mib:.1f} MiB" for b in result["adapter_rss_bytes"]),

@@ -52,6 +52,7 @@ def test_the_adapters_benchmark_runs_small(tmp_path, monkeypatch):
     assert len(ours["session_rss_bytes"]) == 2
     sizes = result["sizes"]
     assert 0 < sizes["adapter"] < sizes["base_onnx"] / 16 and sizes["adapter_tensors"] > 0
+    assert sizes["adapter"] < sizes["adapter_with_scales"] < sizes["base_onnx"]  # + float scales
     assert "worst of 2 adapters" in (tmp_path / "report.md").read_text()
     rows = bench_adapters.targets(result, lambda ok: "PASS" if ok else "FAIL")
     assert len(rows) == 4 and {r[2] for r in rows} <= {"PASS", "FAIL"}

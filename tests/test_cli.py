@@ -197,12 +197,15 @@ def test_python_factory_dump_and_quiet_compile(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert files(tmp_path / "dumps") == [
         "00-trace.html",
+        "00-trace.json",
         "00-trace.txt",
         "01-find-linears.html",
+        "01-find-linears.json",
         "01-find-linears.txt",
         "02-insert-lora.after.svg",  # the first rewritten layer, drawn for the index
         "02-insert-lora.before.svg",
         "02-insert-lora.html",
+        "02-insert-lora.json",
         "02-insert-lora.txt",
         "index.html",
         "pipeline.txt",
