@@ -110,13 +110,19 @@ def tiny_model_dir(root, kind: str):
     if kind == "gpt2":
         config = transformers.GPT2Config(n_embd=64, n_head=4, n_positions=256, **common)
     else:
-        config = transformers.Qwen2Config(
+        configs = {
+            "qwen2": transformers.Qwen2Config,
+            "mistral": transformers.MistralConfig,
+            "phi3": transformers.Phi3Config,  # q, k, v fused in one qkv_proj, gate and up too
+        }
+        config = configs[kind](
             hidden_size=64,
             intermediate_size=172,  # not a multiple of the group: the partial last group
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=256,
             **common,
+            **({"pad_token_id": 0} if kind == "phi3" else {}),
         )
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(config)
@@ -127,7 +133,7 @@ def tiny_model_dir(root, kind: str):
     return folder
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("kind", ["qwen2", "mistral", "phi3", "gpt2"])
 def test_any_causal_lm_directory_runs_and_our_tokens_agree(tmp_path, kind):
     cfg = llm.JobConfig(
         model=str(tiny_model_dir(tmp_path, kind)),
