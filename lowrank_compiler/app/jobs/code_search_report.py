@@ -1,13 +1,12 @@
 """The code-search job's report: ``results.md`` (the table, the goal, the machine) and
 ``recall.png`` (recall@1 per row), both written whole or not at all.
 
-matplotlib is imported only here, and only when the figure is drawn; without it the
-report says so and the job goes on.
+matplotlib is imported only when the figure is drawn (``plotting``); without it the report says
+so and the job goes on.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import platform
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ...runtime.files import write_atomic
+from .plotting import png, pyplot
 
 COSINE_GOAL = (
     0.99999  # ONNX vs PyTorch embeddings of an exactly deployed model, every held-out text
@@ -147,12 +147,8 @@ def parity(rows: list[dict], n_eval: int) -> list[str]:
 
 def figure(rows: list[dict], title: str) -> bytes | None:
     """recall@1 per row as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display: draw to memory
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.4))
     labels = [r["label"] for r in rows][::-1]
@@ -167,11 +163,7 @@ def figure(rows: list[dict], title: str) -> bytes | None:
     ax.set_xlabel("recall@1, held-out pairs (blue: onnxruntime; gray: PyTorch; green: ours)")
     ax.set_xlim(0, min(1.0, max(values) + 0.08))
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 GRID_NOTE = " (LR-QAT: ten times those, its adapter being in grid units)"

@@ -2,12 +2,12 @@
 continuation per row, the machine), ``results.json``, ``perplexity.png`` (perplexity against file
 size) and ``best/``, the deployable folder of the best INT4 row; all written whole.
 
-matplotlib is imported only when the figure is drawn; without it the report says so.
+matplotlib is imported only when the figure is drawn (``plotting``); without it the report says
+so.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import statistics
@@ -19,6 +19,7 @@ import onnx
 from ...runtime.files import write_atomic
 from .code_search_report import machine
 from .llm_methods import BY_KEY
+from .plotting import png, pyplot
 
 PPL_GOAL = 1.03  # ours within 3% of fp32 + LoRA's perplexity
 SPEED_GOAL = 1.02  # our integer-zero file decodes within 2% of the builder's base INT4 file
@@ -107,12 +108,8 @@ def graph_signature(folder) -> tuple:
 
 def figure(rows: list[dict], title: str) -> bytes | None:
     """Perplexity against file size, one marker per deployed row; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(11, 5))
     markers = iter("osD^vP*Xhp<>")
@@ -135,11 +132,7 @@ def figure(rows: list[dict], title: str) -> bytes | None:
     ax.set_ylabel("held-out perplexity, log scale (green: ours)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png(fig)
 
 
 def write(job, rows: list[dict], seconds: float) -> dict:
