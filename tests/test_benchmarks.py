@@ -127,3 +127,12 @@ def test_plain_lora_adapter_computes_the_qalora_adapter(tmp_path, monkeypatch):
                 torch.testing.assert_close(added_theirs, added_ours, rtol=1e-5, atol=1e-6)
                 checked += 1
     assert checked == 6  # q, k, v, o, gate, up (down reads the MLP width)
+
+
+def test_the_stories260k_benchmark_fails_a_pair_outside_one_percent(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_stories260k import outside
+
+    assert outside({"a": 1.0, "b": 0.995, "c": 1.0099}) == []
+    assert outside({"a": 1.011, "b": 0.98, "c": 1.0}) == ["a", "b"]
+    assert outside({"a": float("nan")}) == ["a"]  # a missing number is no pass
