@@ -25,22 +25,31 @@ LABEL = {
 BIG = 2048  # the size the decode targets are stated for; below it node count, not weights, decides
 
 
-def _ratios(r: dict, name: str, peer: str) -> dict[str, float]:
-    return {c: v / r["decode_ms"][peer][c] for c, v in r["decode_ms"][name].items()}
+def _ratios(r: dict, name: str, peer: str, metric: str = "decode_ms") -> dict[str, float]:
+    return {c: v / r[metric][peer][c] for c, v in r[metric][name].items()}
 
 
-TARGETS = (
+TARGETS = (  # (file, its peer, what is timed, the target, whether it holds)
     (
         "ours",
         "builder",
+        "decode_ms",
         "onnxruntime-genai decode, ours (fused) / model builder's file <= 1.1x",
         lambda x: x <= 1.1,
     ),
     (
         "ours-lora",
         "builder-lora",
+        "decode_ms",
         "decode with a LoRA adapter, ours (folded) / the builder's (a branch) < 1x",
         lambda x: x < 1,
+    ),
+    (
+        "ours",
+        "builder",
+        "prefill_ms",
+        "onnxruntime-genai prefill, ours (fused) / model builder's file <= 1.05x",
+        lambda x: x <= 1.05,
     ),
 )
 
@@ -48,25 +57,14 @@ TARGETS = (
 def targets(r: dict, verdict) -> list[tuple[str, str, str]]:
     rows = []
     big = r["settings"]["hidden"] >= BIG
-    for name, peer, label, holds in TARGETS:
-        ratios = _ratios(r, name, peer)
+    for name, peer, metric, label, holds in TARGETS:
+        ratios = _ratios(r, name, peer, metric)
         worst = max(ratios, key=ratios.get)
         each = ", ".join(f"{c}: {v:.2f}x" for c, v in ratios.items())
         text = f"worst {ratios[worst]:.2f}x (context {worst}); {each}"
         if not big:
             text = f"{text} (hidden {r['settings']['hidden']} < {BIG}: not judged)"
         rows.append((label, text, verdict(holds(ratios[worst]) if big else None)))
-    prefill = {c: v / r["prefill_ms"]["builder"][c] for c, v in r["prefill_ms"]["ours"].items()}
-    worst = max(prefill, key=prefill.get)
-    each = ", ".join(f"{c}: {v:.2f}x" for c, v in prefill.items())
-    rows.append(
-        (
-            "onnxruntime-genai prefill, ours (fused) / model builder's file <= 1.05x",
-            f"worst {prefill[worst]:.2f}x (context {worst}); {each}"
-            + ("" if big else f" (hidden {r['settings']['hidden']} < {BIG}: not judged)"),
-            verdict(prefill[worst] <= 1.05 if big else None),
-        )
-    )
     ctx = str(r["settings"]["no_cache_context"])
     speedup = r["no_cache_ms"][ctx] / r["decode_ms"]["ours"][ctx]
     judged = int(ctx) >= 512

@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import torch
 from torch import nn
 
 from .api import compile_info
+from .dump_html import page_data_files
 from .dump_ops import onnx_layer
 from .runtime.errors import LowRankError
 from .runtime.files import make_dir, write_atomic
@@ -48,7 +48,6 @@ FILES = {"pass": "explorer-passes.json", "report": "explorer-report.json"}
 _NAMES = {"pass": "passes", "report": "pass report"}  # as Model Explorer lists them
 INSTALL = "pip install 'lowrank-compiler[view]'"
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#9c755f")
-_PAGE = re.compile(r"^(\d{2,})-.+\.json$")
 
 
 class ViewerMissingError(LowRankError, ImportError):
@@ -115,14 +114,13 @@ class _Page:
 
 def _pages(dump_dir: Path) -> list[_Page]:
     """Every ``NN-<pass>.json`` in ``dump_dir`` (the newest for each number), in order."""
-    found = sorted((p.stat().st_mtime, p) for p in dump_dir.glob("*.json") if _PAGE.match(p.name))
-    newest = {int(_PAGE.match(p.name)[1]): p for _, p in found}  # the newest last, so it stays
+    newest = page_data_files(dump_dir)
     if not newest:
         raise ValueError(
             f"no pass dumps (NN-<pass>.json) in {str(dump_dir)!r}: give the dump_dir that "
             "compile(..., dump_dir=), fold or export_onnx wrote, or `lowrank-compiler dump`'s --out"
         )
-    return [_Page.read(newest[number], number) for number in sorted(newest)]
+    return [_Page.read(path, number) for number, path in newest.items()]
 
 
 @dataclass

@@ -8,11 +8,10 @@ nodes it rewrote (same name, new op, target or inputs) amber; the nodes it remov
 listed below the table. ``index.html`` links the passes in order with their node counts
 and stats.
 
-Every pass's page is self-contained (inline CSS and SVG, nothing fetched, no code; the index
+Every pass's page is self-contained (inline CSS and SVG, nothing fetched, no script; the index
 shows the drawings' SVG files beside it) and every piece of text from the graph is escaped. A
-page carries its index entry as a JSON data block, so a later
-pipeline that continues the numbering (``fold(..., dump_dir=)``) rebuilds the index with
-the earlier passes and links the previous page to its own.
+later pipeline that continues the numbering (``fold(..., dump_dir=)``) rebuilds the index with
+the earlier passes from their JSON (below) and links the previous page to its own.
 
 Beside each page, ``NN-<pass>.json`` holds what the page shows for programs to read (the Model
 Explorer overlays do): ``{"pass": <index entry>, "graph": "fx" | "onnx", "report": [...],
@@ -33,7 +32,7 @@ from .dump_views import Row, esc, fx_rows, onnx_rows, wrap_name
 
 INDEX = "index.html"
 _NEXT = "<!--next-->"  # where a page's link to the following one goes once that page exists
-_ENTRY = re.compile(r'<script type="application/json" id="lrc-pass">(.*?)</script>', re.S)
+_DATA = re.compile(r"^(\d{2,})-.+\.json$")  # NN-<pass>.json
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,sans-serif;margin:0;background:#f6f7fb;color:#1d2433}
@@ -83,20 +82,11 @@ figure.layer figcaption{font-size:13px;margin-bottom:6px}
 _STRIP_COLOURS = {"added": "#1f8a4c", "rewritten": "#e0a100", "same": "#c5cbd8"}
 
 
-def _page(title: str, subtitle: str, nav: str, body: str, entry: dict | None = None) -> str:
-    data = ""
-    if entry is not None:  # JSON inside <script>: '<' escaped so no text can close the element
-        blob = (
-            json.dumps(entry, default=str)
-            .replace("<", "\\u003c")
-            .replace(">", "\\u003e")
-            .replace("&", "\\u0026")
-        )
-        data = f'<script type="application/json" id="lrc-pass">{blob}</script>\n'
+def _page(title: str, subtitle: str, nav: str, body: str) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta '
         f'charset="utf-8"><title>{esc(title)}</title>\n'
-        f"<style>{_CSS}</style>\n{data}</head><body>\n"
+        f"<style>{_CSS}</style>\n</head><body>\n"
         f'<header><h1>{esc(title)}</h1><div class="sub">{esc(subtitle)}</div></header>\n'
         f"<nav>{nav}</nav>\n<main>\n{body}\n</main></body></html>\n"
     )
@@ -257,7 +247,7 @@ class HtmlDump:
         body = _cards(entry) + _body(
             rows, stats or {}, list(report), changes, before or {}, drawings
         )
-        self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body, entry))
+        self.write(self.dir / file, _page(f"{index:02d} {name}", title, nav + _NEXT, body))
         data = _data(entry, graph, rows, report, changes)
         self.write(self.dir / f"{index:02d}-{name}.json", data)
         if previous is not None:
@@ -321,20 +311,25 @@ def _body(
     return "\n".join(parts)
 
 
+def page_data_files(dump_dir: Path) -> dict[int, Path]:
+    """Each number's ``NN-<pass>.json`` in ``dump_dir`` (the newest where a number has two), in
+    order of number."""
+    found = sorted((p.stat().st_mtime, p) for p in dump_dir.glob("*.json") if _DATA.match(p.name))
+    newest = {int(_DATA.match(p.name)[1]): p for _, p in found}  # the newest last, so it stays
+    return dict(sorted(newest.items()))
+
+
 def _earlier_entries(dump_dir: Path, first_index: int) -> list[dict]:
-    """Index entries of the pages before ``first_index`` (the newest page for each number)."""
-    found: dict[int, tuple[float, dict]] = {}
-    for path in dump_dir.glob("[0-9][0-9]-*.html"):
-        number = int(path.name[:2])
-        if number >= first_index:
-            continue
-        m = _ENTRY.search(path.read_text(encoding="utf-8"))
-        if m is None:
-            continue
-        mtime = path.stat().st_mtime
-        if number not in found or mtime > found[number][0]:
-            found[number] = (mtime, json.loads(m.group(1)))
-    return [found[k][1] for k in sorted(found)]
+    """Index entries of the pages before ``first_index`` (from their JSON; unreadable ones left
+    out of the index)."""
+    entries = []
+    for number, path in page_data_files(dump_dir).items():
+        if number < first_index:
+            try:
+                entries.append(json.loads(path.read_text(encoding="utf-8"))["pass"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return entries
 
 
 def _index_row(e: dict) -> str:

@@ -140,9 +140,7 @@ def test_text_from_the_graph_is_escaped(tmp_path):
     assert (
         "<script>alert" not in text and "&lt;script&gt;alert" in text and "&amp; &lt;b&gt;" in text
     )
-    assert _read(tmp_path / "02-insert-lora.html").scripts == [
-        "application/json"
-    ]  # only the page's own data
+    assert _read(tmp_path / "02-insert-lora.html").scripts == []  # no script: data is in the JSON
     assert not re.search(r"(src|href)=\"(https?:)?//", text)  # self-contained: nothing fetched
 
 

@@ -18,6 +18,7 @@ import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -174,10 +175,9 @@ def measure_row(model, deploy: Deploy, method: Method, job: Context, trained: di
                 target, job.tokenizer, folder, job.cfg.group_size, job.known
             )
         elif deploy.kind == "builder-adapter":
-            base = load_model(job.cfg)  # the pretrained weights the adapters were trained over
-            cfg = job.cfg
+            cfg = job.cfg  # the base: the pretrained weights, loaded if the builder runs
             folder, how = builder_adapter_folder(
-                target, base, job.tokenizer, folder, cfg.bits, cfg.group_size, job.known
+                target, partial(load_model, cfg), job.tokenizer, folder, cfg, job.known
             )
         else:
             export(target, folder, job.tokenizer)

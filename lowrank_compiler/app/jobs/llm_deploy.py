@@ -83,18 +83,18 @@ def builder_folder(model, tokenizer, folder: Path, group: int, known: dict) -> t
 
 
 def builder_adapter_folder(
-    lora_model, base, tokenizer, folder: Path, bits: int, group: int, known: dict
+    lora_model, load_base, tokenizer, folder: Path, cfg, known: dict
 ) -> tuple[Path, str]:
-    """The builder's INT4 folder of the float ``base`` with ``lora_model``'s LoRA unmerged
-    (``adapter_path``), or the stand-in graph (``adapter_route``); (folder, how)."""
+    """The builder's INT4 folder of the float base (``load_base()``) with ``lora_model``'s LoRA
+    unmerged (``adapter_path``), or the stand-in graph (``adapter_route``); (folder, how)."""
     reason = known.get("builder")
     if reason is None:
         with tempfile.TemporaryDirectory() as tmp:
             peft_dir = save_peft_adapter(lora_model, Path(tmp) / "lora")
-            reason = _try_builder(base, tokenizer, folder, group, adapter=peft_dir)
+            reason = _try_builder(load_base(), tokenizer, folder, cfg.group_size, peft_dir)
         if reason is None:
             return folder, "onnxruntime-genai model builder, adapter_path"
-    export(adapter_route(lora_model, bits, group), folder, tokenizer, unmerged=True)
+    export(adapter_route(lora_model, cfg.bits, cfg.group_size), folder, tokenizer, unmerged=True)
     return folder, f"{STANDIN_ADAPTER} (the builder's file {reason})"
 
 
